@@ -1,0 +1,116 @@
+use half::f16;
+
+use crate::DataType;
+
+/// The elements of a tensor, flattened in row-major order, one variant per v2 datatype.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    Bool(Vec<bool>),
+    Uint8(Vec<u8>),
+    Uint16(Vec<u16>),
+    Uint32(Vec<u32>),
+    Uint64(Vec<u64>),
+    Int8(Vec<i8>),
+    Int16(Vec<i16>),
+    Int32(Vec<i32>),
+    Int64(Vec<i64>),
+    Fp16(Vec<f16>),
+    Fp32(Vec<f32>),
+    Fp64(Vec<f64>),
+    /// Arbitrary byte strings (ONNX `string` tensors hold UTF-8 text).
+    Bytes(Vec<Vec<u8>>),
+}
+
+impl TensorData {
+    /// The datatype of these elements.
+    pub fn datatype(&self) -> DataType {
+        match self {
+            TensorData::Bool(_) => DataType::Bool,
+            TensorData::Uint8(_) => DataType::Uint8,
+            TensorData::Uint16(_) => DataType::Uint16,
+            TensorData::Uint32(_) => DataType::Uint32,
+            TensorData::Uint64(_) => DataType::Uint64,
+            TensorData::Int8(_) => DataType::Int8,
+            TensorData::Int16(_) => DataType::Int16,
+            TensorData::Int32(_) => DataType::Int32,
+            TensorData::Int64(_) => DataType::Int64,
+            TensorData::Fp16(_) => DataType::Fp16,
+            TensorData::Fp32(_) => DataType::Fp32,
+            TensorData::Fp64(_) => DataType::Fp64,
+            TensorData::Bytes(_) => DataType::Bytes,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::Bool(v) => v.len(),
+            TensorData::Uint8(v) => v.len(),
+            TensorData::Uint16(v) => v.len(),
+            TensorData::Uint32(v) => v.len(),
+            TensorData::Uint64(v) => v.len(),
+            TensorData::Int8(v) => v.len(),
+            TensorData::Int16(v) => v.len(),
+            TensorData::Int32(v) => v.len(),
+            TensorData::Int64(v) => v.len(),
+            TensorData::Fp16(v) => v.len(),
+            TensorData::Fp32(v) => v.len(),
+            TensorData::Fp64(v) => v.len(),
+            TensorData::Bytes(v) => v.len(),
+        }
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A named tensor with a concrete shape, as carried by an inference request or response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// Builds a tensor after checking that `shape` holds exactly as many elements as `data`.
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: TensorData) -> Result<Self, String> {
+        let name = name.into();
+        let expected = element_count(&shape)
+            .ok_or_else(|| format!("tensor '{name}': shape {shape:?} holds more elements than fit in memory"))?;
+        if expected != data.len() {
+            return Err(format!(
+                "tensor '{name}': shape {shape:?} needs {expected} elements, but {} were given",
+                data.len()
+            ));
+        }
+        Ok(Tensor { name, shape, data })
+    }
+
+    /// The datatype of the elements.
+    pub fn datatype(&self) -> DataType {
+        self.data.datatype()
+    }
+}
+
+/// Product of the dimensions, or `None` when it overflows `usize`.
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_checks_element_count() {
+        let t = Tensor::new("x", vec![2, 3], TensorData::Fp32(vec![0.0; 6])).expect("valid");
+        assert_eq!(t.datatype(), DataType::Fp32);
+        let err = Tensor::new("x", vec![2, 3], TensorData::Fp32(vec![0.0; 5])).unwrap_err();
+        assert_eq!(err, "tensor 'x': shape [2, 3] needs 6 elements, but 5 were given");
+        let err = Tensor::new("x", vec![usize::MAX, 3], TensorData::Fp32(vec![])).unwrap_err();
+        assert!(err.contains("more elements than fit"), "{err}");
+    }
+}
