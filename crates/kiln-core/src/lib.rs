@@ -25,6 +25,10 @@ pub enum BackendError {
     /// The runtime failed while running the model on inputs that passed validation.
     #[error("inference failed: {0}")]
     Run(String),
+    /// The inputs passed the signature checks but the backend cannot accept their values
+    /// (for example BYTES that are not UTF-8 for an ONNX string tensor).
+    #[error("{0}")]
+    InvalidInput(String),
     /// The model uses a type kiln cannot carry over the v2 protocol.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -1,0 +1,223 @@
+//! Turning ONNX bytes into ready sessions, and kiln tensors into ONNX Runtime values and back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use half::f16;
+use kiln_core::{BackendError, DataType, ModelInstance, ModelSignature, Tensor, TensorData, TensorSpec};
+use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+
+use crate::onnx_proto;
+use crate::runtime;
+
+/// How each session of a model is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// ONNX Runtime intra-op threads per session (per instance). 1 is fastest for small
+    /// models on few cores: parallelism comes from several instances.
+    pub intra_threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { intra_threads: 1 }
+    }
+}
+
+/// A model file checked and made servable: the bytes sessions are built from (ZipMap
+/// outputs already rewritten) and what the model declares.
+#[derive(Debug, Clone)]
+pub struct PreparedModel {
+    bytes: Arc<Vec<u8>>,
+    pub signature: ModelSignature,
+    /// Class labels per output, taken from rewritten ZipMaps.
+    pub labels: BTreeMap<String, Vec<String>>,
+    /// Things the operator should know (logged at load time).
+    pub warnings: Vec<String>,
+    pub options: SessionOptions,
+}
+
+impl PreparedModel {
+    /// Checks a model and reads its signature. The runtime must have been initialised
+    /// ([`runtime::init`]).
+    pub fn new(bytes: Vec<u8>, options: SessionOptions) -> Result<Self, BackendError> {
+        let mut labels = BTreeMap::new();
+        let mut warnings = Vec::new();
+        let bytes = match onnx_proto::rewrite_zipmaps(&bytes).map_err(|e| BackendError::Load(e.to_string()))? {
+            Some((rewritten, rewrites)) => {
+                for rewrite in rewrites {
+                    warnings.push(format!(
+                        "output '{}' is a scikit-learn ZipMap (sequence<map>), which the v2 protocol cannot carry; \
+                         kiln serves it as an FP32 tensor [batch, {}] with columns in class order {:?}. \
+                         Export with skl2onnx options={{id(model): {{\"zipmap\": False}}}} to skip this rewrite.",
+                        rewrite.output,
+                        rewrite.labels.len(),
+                        rewrite.labels
+                    ));
+                    labels.insert(rewrite.output, rewrite.labels);
+                }
+                rewritten
+            }
+            None => bytes,
+        };
+        let session = build_session(&bytes, options)?;
+        let signature = ModelSignature {
+            inputs: session.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
+            outputs: session.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
+        };
+        Ok(PreparedModel { bytes: Arc::new(bytes), signature, labels, warnings, options })
+    }
+
+    /// Builds one more independent session of this model.
+    pub fn instantiate(&self) -> Result<OrtInstance, BackendError> {
+        Ok(OrtInstance { session: build_session(&self.bytes, self.options)? })
+    }
+}
+
+fn build_session(bytes: &[u8], options: SessionOptions) -> Result<Session, BackendError> {
+    let env = runtime::environment()
+        .ok_or_else(|| BackendError::Load("ONNX Runtime is not initialised".to_string()))?;
+    let load = |e: ort::Error| BackendError::Load(e.to_string());
+    Session::builder(env)
+        .map_err(load)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| load(e.into()))?
+        .with_intra_threads(options.intra_threads.max(1))
+        .map_err(|e| load(e.into()))?
+        .with_inter_threads(1)
+        .map_err(|e| load(e.into()))?
+        .commit_from_memory(bytes)
+        .map_err(load)
+}
+
+fn datatype(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Uint16 => DataType::Uint16,
+        TensorElementType::Uint32 => DataType::Uint32,
+        TensorElementType::Uint64 => DataType::Uint64,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float16 => DataType::Fp16,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        TensorElementType::String => DataType::Bytes,
+        _ => return None,
+    })
+}
+
+fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, BackendError> {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => {
+            let datatype = datatype(*ty).ok_or_else(|| {
+                BackendError::Unsupported(format!("'{name}' has element type {ty:?}, which has no KServe v2 datatype"))
+            })?;
+            Ok(TensorSpec { name: name.to_string(), datatype, shape: shape.iter().map(|&d| d.max(-1)).collect() })
+        }
+        other => Err(BackendError::Unsupported(format!(
+            "'{name}' is a {other:?}, not a tensor; the KServe v2 protocol carries tensors only"
+        ))),
+    }
+}
+
+/// One ONNX Runtime session: owned by one worker thread.
+pub struct OrtInstance {
+    session: Session,
+}
+
+fn input_value<'a>(tensor: &'a Tensor, strings: &'a [String]) -> Result<SessionInputValue<'a>, ort::Error> {
+    let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+    Ok(match &tensor.data {
+        TensorData::Bool(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Uint8(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Uint16(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Uint32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Uint64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Int8(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Int16(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Int32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Int64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Fp16(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Fp32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Fp64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Bytes(_) => ort::value::Tensor::from_string_array((shape, strings))?.into(),
+    })
+}
+
+fn output_tensor(name: &str, value: &DynValue) -> Result<Tensor, BackendError> {
+    let run = |e: ort::Error| BackendError::Run(format!("output '{name}': {e}"));
+    let ValueType::Tensor { ty, .. } = value.dtype() else {
+        return Err(BackendError::Unsupported(format!("output '{name}' is not a tensor")));
+    };
+    macro_rules! copy {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(run)?;
+            (shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>(), TensorData::$variant(data.to_vec()))
+        }};
+    }
+    let (shape, data) = match ty {
+        TensorElementType::Bool => copy!(bool, Bool),
+        TensorElementType::Uint8 => copy!(u8, Uint8),
+        TensorElementType::Uint16 => copy!(u16, Uint16),
+        TensorElementType::Uint32 => copy!(u32, Uint32),
+        TensorElementType::Uint64 => copy!(u64, Uint64),
+        TensorElementType::Int8 => copy!(i8, Int8),
+        TensorElementType::Int16 => copy!(i16, Int16),
+        TensorElementType::Int32 => copy!(i32, Int32),
+        TensorElementType::Int64 => copy!(i64, Int64),
+        TensorElementType::Float16 => copy!(f16, Fp16),
+        TensorElementType::Float32 => copy!(f32, Fp32),
+        TensorElementType::Float64 => copy!(f64, Fp64),
+        TensorElementType::String => {
+            let (shape, strings) = value.try_extract_strings().map_err(run)?;
+            (
+                shape.iter().map(|&d| d.max(0) as usize).collect(),
+                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
+            )
+        }
+        other => return Err(BackendError::Unsupported(format!("output '{name}' has element type {other:?}"))),
+    };
+    Tensor::new(name, shape, data).map_err(BackendError::Run)
+}
+
+impl ModelInstance for OrtInstance {
+    fn run(&mut self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+        // ONNX string tensors hold UTF-8 text: check BYTES inputs before handing them over.
+        let mut texts: Vec<Vec<String>> = Vec::with_capacity(inputs.len());
+        for tensor in inputs {
+            let mut strs = Vec::new();
+            if let TensorData::Bytes(items) = &tensor.data {
+                for (i, item) in items.iter().enumerate() {
+                    let text = std::str::from_utf8(item).map_err(|e| {
+                        BackendError::InvalidInput(format!(
+                            "input '{}': element {i} is not valid UTF-8 text ({e}); ONNX string tensors hold text",
+                            tensor.name
+                        ))
+                    })?;
+                    strs.push(text.to_owned());
+                }
+            }
+            texts.push(strs);
+        }
+        let values = inputs
+            .iter()
+            .zip(&texts)
+            .map(|(t, strs)| Ok((t.name.as_str(), input_value(t, strs)?)))
+            .collect::<Result<Vec<_>, ort::Error>>()
+            .map_err(|e| BackendError::Run(e.to_string()))?;
+        let results = self.session.run(values).map_err(|e| BackendError::Run(e.to_string()))?;
+        outputs
+            .iter()
+            .map(|name| {
+                let value = results
+                    .get(name.as_str())
+                    .ok_or_else(|| BackendError::Run(format!("the model produced no output '{name}'")))?;
+                output_tensor(name, value)
+            })
+            .collect()
+    }
+}
