@@ -1,0 +1,264 @@
+//! `REPO/<model>/config.toml`: the optional per-model settings.
+//!
+//! Every key is optional; unknown keys are errors (a typo must not be silently ignored).
+//! Overrides may narrow what the ONNX file declares (fix a dynamic dimension, name class
+//! labels) but never contradict it: a contradiction is a load error for that model.
+
+use std::collections::BTreeMap;
+
+use kiln_core::{DataType, ModelSignature, TensorSpec};
+use serde::Deserialize;
+
+/// The parsed `config.toml` of one model.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Must equal the folder name when given (the folder name is the model's name).
+    pub name: Option<String>,
+    /// Only `"onnxruntime"` exists today.
+    pub backend: Option<String>,
+    /// Model instances, each an ONNX Runtime session on its own worker thread (default 1).
+    pub instances: Option<usize>,
+    /// ONNX Runtime intra-op threads per instance (default 1).
+    pub threads: Option<usize>,
+    /// Largest batch (first dimension) a request may carry; 0 or absent = no limit.
+    pub max_batch_size: Option<usize>,
+    /// Requests that may wait for a free instance before new ones are refused with
+    /// "overloaded" (default 1024).
+    pub max_queue_size: Option<usize>,
+    /// Which versions are served (default: the highest one).
+    pub version_policy: Option<VersionPolicy>,
+    #[serde(default)]
+    pub inputs: Vec<TensorOverride>,
+    #[serde(default)]
+    pub outputs: Vec<TensorOverride>,
+    /// Class labels per output name, in column order.
+    #[serde(default)]
+    pub labels: BTreeMap<String, Vec<String>>,
+}
+
+/// Triton's version policies.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum VersionPolicy {
+    /// The N highest versions.
+    Latest(usize),
+    /// Every version in the folder.
+    All(bool),
+    /// Exactly these versions.
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those on disk (sorted ascending).
+    pub fn select(&self, available: &[u64]) -> Vec<u64> {
+        match self {
+            VersionPolicy::Latest(n) => available[available.len().saturating_sub(*n)..].to_vec(),
+            VersionPolicy::All(_) => available.to_vec(),
+            VersionPolicy::Specific(wanted) => available.iter().copied().filter(|v| wanted.contains(v)).collect(),
+        }
+    }
+}
+
+/// A declaration in config.toml that narrows one input or output.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorOverride {
+    pub name: String,
+    pub datatype: Option<DataType>,
+    pub shape: Option<Vec<i64>>,
+}
+
+/// Numbers kiln uses when config.toml says nothing.
+pub const DEFAULT_INSTANCES: usize = 1;
+pub const DEFAULT_THREADS: usize = 1;
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
+
+impl ModelConfig {
+    /// Parses config.toml text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: ModelConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(backend) = &config.backend {
+            if backend != "onnxruntime" {
+                return Err(format!("backend '{backend}' is not supported (only \"onnxruntime\")"));
+            }
+        }
+        for (key, value) in [("instances", config.instances), ("threads", config.threads), ("max_queue_size", config.max_queue_size)] {
+            if value == Some(0) {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        if let Some(VersionPolicy::Latest(0)) = config.version_policy {
+            return Err("version_policy latest must be at least 1".into());
+        }
+        Ok(config)
+    }
+
+    pub fn instances(&self) -> usize {
+        self.instances.unwrap_or(DEFAULT_INSTANCES)
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or(DEFAULT_THREADS)
+    }
+
+    pub fn max_queue_size(&self) -> usize {
+        self.max_queue_size.unwrap_or(DEFAULT_MAX_QUEUE_SIZE)
+    }
+
+    pub fn max_batch_size(&self) -> usize {
+        self.max_batch_size.unwrap_or(0)
+    }
+
+    pub fn version_policy(&self) -> VersionPolicy {
+        self.version_policy.clone().unwrap_or_default()
+    }
+
+    /// Applies the input/output overrides and label lists to what the model declares.
+    /// `labels` starts with what the model itself carries (rewritten ZipMaps); config
+    /// labels replace those.
+    pub fn apply(
+        &self,
+        signature: &mut ModelSignature,
+        labels: &mut BTreeMap<String, Vec<String>>,
+    ) -> Result<(), String> {
+        for (kind, overrides, specs) in [
+            ("input", &self.inputs, &mut signature.inputs),
+            ("output", &self.outputs, &mut signature.outputs),
+        ] {
+            for o in overrides {
+                let Some(spec) = specs.iter_mut().find(|s| s.name == o.name) else {
+                    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                    return Err(format!("config.toml names {kind} '{}', but the model's {kind}s are {names:?}", o.name));
+                };
+                narrow(kind, spec, o)?;
+            }
+        }
+        for (output, names) in &self.labels {
+            let Some(spec) = signature.outputs.iter().find(|s| &s.name == output) else {
+                return Err(format!(
+                    "config.toml has labels for output '{output}', but the model's outputs are {:?}",
+                    signature.output_names()
+                ));
+            };
+            if let Some(&cols) = spec.shape.last().filter(|&&d| d >= 0) {
+                if usize::try_from(cols).ok() != Some(names.len()) {
+                    return Err(format!(
+                        "config.toml gives {} labels for output '{output}', which has {cols} columns",
+                        names.len()
+                    ));
+                }
+            }
+            labels.insert(output.clone(), names.clone());
+        }
+        Ok(())
+    }
+}
+
+fn narrow(kind: &str, spec: &mut TensorSpec, o: &TensorOverride) -> Result<(), String> {
+    if let Some(datatype) = o.datatype {
+        if datatype != spec.datatype {
+            return Err(format!(
+                "config.toml declares {kind} '{}' as {datatype}, but the model has {}",
+                o.name, spec.datatype
+            ));
+        }
+    }
+    if let Some(shape) = &o.shape {
+        let fits = shape.len() == spec.shape.len()
+            && shape.iter().zip(&spec.shape).all(|(&want, &model)| model < 0 || want == model)
+            && shape.iter().all(|&d| d >= -1);
+        if !fits {
+            return Err(format!(
+                "config.toml declares {kind} '{}' with shape {shape:?}, which contradicts the model's {:?}",
+                o.name, spec.shape
+            ));
+        }
+        spec.shape.clone_from(shape);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signature() -> ModelSignature {
+        ModelSignature {
+            inputs: vec![TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape: vec![-1, 30] }],
+            outputs: vec![
+                TensorSpec { name: "label".into(), datatype: DataType::Int64, shape: vec![-1] },
+                TensorSpec { name: "probabilities".into(), datatype: DataType::Fp32, shape: vec![-1, 2] },
+            ],
+        }
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let config = ModelConfig::parse(
+            r#"
+            name = "fraud"
+            backend = "onnxruntime"
+            instances = 2
+            threads = 1
+            max_batch_size = 64
+            max_queue_size = 10
+            version_policy = { latest = 2 }
+            [[inputs]]
+            name = "input"
+            shape = [-1, 30]
+            [labels]
+            probabilities = ["legit", "fraud"]
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.instances(), 2);
+        assert_eq!(config.version_policy(), VersionPolicy::Latest(2));
+        let mut sig = signature();
+        let mut labels = BTreeMap::new();
+        config.apply(&mut sig, &mut labels).expect("applies");
+        assert_eq!(labels["probabilities"], vec!["legit", "fraud"]);
+    }
+
+    #[test]
+    fn refuses_typos_and_contradictions() {
+        let err = ModelConfig::parse("instance = 2").unwrap_err();
+        assert!(err.contains("unknown field `instance`"), "{err}");
+        assert!(ModelConfig::parse("backend = \"tensorflow\"").unwrap_err().contains("not supported"));
+        assert!(ModelConfig::parse("instances = 0").unwrap_err().contains("at least 1"));
+
+        let mut labels = BTreeMap::new();
+        let config = ModelConfig::parse("[[inputs]]\nname = \"input\"\ndatatype = \"FP64\"").expect("parses");
+        let err = config.apply(&mut signature(), &mut labels).unwrap_err();
+        assert_eq!(err, "config.toml declares input 'input' as FP64, but the model has FP32");
+        let config = ModelConfig::parse("[[inputs]]\nname = \"input\"\nshape = [-1, 31]").expect("parses");
+        assert!(config.apply(&mut signature(), &mut labels).unwrap_err().contains("contradicts"));
+        let config = ModelConfig::parse("[[outputs]]\nname = \"nope\"").expect("parses");
+        assert!(config.apply(&mut signature(), &mut labels).unwrap_err().contains("names output 'nope'"));
+        let config = ModelConfig::parse("[labels]\nprobabilities = [\"a\", \"b\", \"c\"]").expect("parses");
+        assert!(config.apply(&mut signature(), &mut labels).unwrap_err().contains("which has 2 columns"));
+    }
+
+    #[test]
+    fn narrowing_a_dynamic_dimension_is_allowed() {
+        let config = ModelConfig::parse("[[inputs]]\nname = \"input\"\nshape = [8, 30]").expect("parses");
+        let mut sig = signature();
+        config.apply(&mut sig, &mut BTreeMap::new()).expect("applies");
+        assert_eq!(sig.inputs[0].shape, vec![8, 30]);
+    }
+
+    #[test]
+    fn version_policies_select() {
+        let on_disk = [1, 2, 5];
+        assert_eq!(VersionPolicy::Latest(1).select(&on_disk), vec![5]);
+        assert_eq!(VersionPolicy::Latest(9).select(&on_disk), vec![1, 2, 5]);
+        assert_eq!(VersionPolicy::All(true).select(&on_disk), vec![1, 2, 5]);
+        assert_eq!(VersionPolicy::Specific(vec![2, 3]).select(&on_disk), vec![2]);
+    }
+}

@@ -1,0 +1,113 @@
+//! The model repository on disk: `REPO/<model>/<version>/model.onnx` plus an optional
+//! `REPO/<model>/config.toml`, and loading one model version from it.
+
+use std::path::{Path, PathBuf};
+
+use kiln_backend_ort::{PreparedModel, SessionOptions};
+use kiln_core::ModelInstance;
+
+use crate::config::ModelConfig;
+use crate::model::{ServedModel, ServingSettings};
+use crate::EngineError;
+
+/// The file each version folder holds.
+pub const MODEL_FILE: &str = "model.onnx";
+/// The optional per-model settings file.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// One model folder as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelDir {
+    pub name: String,
+    pub path: PathBuf,
+    /// Numeric version folders, ascending.
+    pub versions: Vec<u64>,
+}
+
+/// Lists the model folders of a repository (hidden folders and plain files are skipped).
+pub fn scan(repository: &Path) -> Result<Vec<ModelDir>, EngineError> {
+    let entries = std::fs::read_dir(repository).map_err(|e| {
+        EngineError::Repository(format!("cannot read model repository {}: {e}", repository.display()))
+    })?;
+    let mut models = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+        if name.starts_with('.') || !path.is_dir() {
+            continue;
+        }
+        let versions = scan_versions(&path);
+        models.push(ModelDir { name, path, versions });
+    }
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(models)
+}
+
+fn scan_versions(model_dir: &Path) -> Vec<u64> {
+    let mut versions: Vec<u64> = std::fs::read_dir(model_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+        .collect();
+    versions.sort_unstable();
+    versions
+}
+
+/// Reads `config.toml` of a model folder (defaults when there is none).
+pub fn read_config(model_dir: &Path) -> Result<ModelConfig, String> {
+    let path = model_dir.join(CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => ModelConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelConfig::default()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Loads one model file with its config: prepares it, applies the overrides and starts
+/// its instances. Blocking: call it off the async executor.
+pub fn load_model_file(name: &str, version: u64, file: &Path, config: &ModelConfig) -> Result<ServedModel, EngineError> {
+    let load_error = |reason: String| EngineError::LoadFailed { model: name.to_string(), version, reason };
+    let bytes = std::fs::read(file).map_err(|e| load_error(format!("cannot read {}: {e}", file.display())))?;
+    let options = SessionOptions { intra_threads: config.threads() };
+    let prepared = PreparedModel::new(bytes, options).map_err(|e| load_error(e.to_string()))?;
+    for warning in &prepared.warnings {
+        tracing::warn!(model = name, version, "{warning}");
+    }
+    let mut signature = prepared.signature.clone();
+    let mut labels = prepared.labels.clone();
+    config.apply(&mut signature, &mut labels).map_err(load_error)?;
+    let settings = ServingSettings {
+        instances: config.instances(),
+        threads: config.threads(),
+        max_batch_size: config.max_batch_size(),
+        max_queue_size: config.max_queue_size(),
+    };
+    if settings.max_batch_size > 0 {
+        if let Some(fixed) = signature.inputs.iter().find(|s| s.shape.first().is_none_or(|&d| d >= 0)) {
+            return Err(load_error(format!(
+                "max_batch_size is set, but input '{}' has no dynamic first (batch) dimension: {:?}",
+                fixed.name, fixed.shape
+            )));
+        }
+    }
+    let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(settings.instances);
+    for _ in 0..settings.instances {
+        instances.push(Box::new(prepared.instantiate().map_err(|e| load_error(e.to_string()))?));
+    }
+    ServedModel::start(name.to_string(), version, signature, labels, settings, instances)
+}
+
+/// Loads `REPO/<model>/<version>/model.onnx`.
+pub fn load_version(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<ServedModel, EngineError> {
+    let file = dir.path.join(version.to_string()).join(MODEL_FILE);
+    if !file.is_file() {
+        return Err(EngineError::LoadFailed {
+            model: dir.name.clone(),
+            version,
+            reason: format!("no {MODEL_FILE} in {}", file.parent().unwrap_or(&dir.path).display()),
+        });
+    }
+    load_model_file(&dir.name, version, &file, config)
+}
