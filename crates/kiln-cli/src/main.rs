@@ -1,1 +1,267 @@
-fn main() {}
+//! The `kiln` command: a thin shell over the library crates.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln_backend_ort::{onnx_proto, runtime};
+use kiln_engine::config::ModelConfig;
+use kiln_engine::{Engine, InferRequest, ServedModel, repository};
+use kiln_server::{BoundServer, ServerConfig, v2};
+
+/// kiln serves ONNX models exported from Python (scikit-learn, PyTorch) over the KServe v2 /
+/// Open Inference Protocol, on the same ONNX Runtime build that the `onnxruntime` Python
+/// wheel ships.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Path of libonnxruntime (e.g. .venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1).
+    /// Without it kiln tries ORT_DYLIB_PATH, then the onnxruntime package of python3 on PATH,
+    /// then the .venv of the kiln checkout.
+    #[arg(long, env = "KILN_ONNXRUNTIME", global = true)]
+    onnxruntime: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    log_format: LogFormat,
+
+    /// Log filter (tracing's EnvFilter syntax, e.g. "info" or "kiln_engine=debug").
+    #[arg(long, env = "KILN_LOG", default_value = "info", global = true)]
+    log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve every model of a repository (REPO/<model>/<version>/model.onnx) over KServe v2 REST.
+    Serve(ServeArgs),
+    /// Show a model file's inputs, outputs, opsets and operators.
+    Inspect {
+        /// An ONNX file.
+        model: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model once, without a server, on a v2 inference request read from a file or stdin;
+    /// prints the v2 response JSON.
+    Predict {
+        /// An ONNX file, or a model folder of a repository (REPO/<model>, with its config.toml).
+        model: PathBuf,
+        /// The request: a KServe v2 JSON inference request ("-" = stdin).
+        #[arg(long, short, default_value = "-")]
+        input: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The model repository folder.
+    #[arg(default_value = "models", env = "KILN_REPOSITORY")]
+    repository: PathBuf,
+    /// Address to listen on. 127.0.0.1 keeps kiln private to this machine; use 0.0.0.0 to
+    /// accept connections from elsewhere.
+    #[arg(long, env = "KILN_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// REST (KServe v2 HTTP) port; 0 picks a free port.
+    #[arg(long, env = "KILN_HTTP_PORT", default_value_t = 8000)]
+    http_port: u16,
+    /// Largest request body accepted; larger ones get 413.
+    #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid --log-level '{filter}'"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
+        eprintln!("kiln: {e:#}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Serve(args) => serve(cli.onnxruntime.as_deref(), args),
+        Command::Inspect { model, json } => inspect(cli.onnxruntime.as_deref(), &model, json),
+        Command::Predict { model, input } => predict(cli.onnxruntime.as_deref(), &model, &input),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start_runtime(explicit: Option<&Path>) -> Result<()> {
+    runtime::ensure(explicit)?;
+    Ok(())
+}
+
+fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
+    let started = Instant::now();
+    start_runtime(onnxruntime)?;
+    if !args.repository.is_dir() {
+        bail!(
+            "model repository {} is not a folder; expected REPO/<model>/<version>/model.onnx (try `kiln serve examples/models`)",
+            args.repository.display()
+        );
+    }
+    let engine = Engine::load_repository(&args.repository)?;
+    let index = engine.index();
+    let ready = index.iter().filter(|r| r.ready).count();
+    tracing::info!(
+        repository = %args.repository.display(),
+        ready,
+        failed = index.len() - ready,
+        "model repository loaded"
+    );
+    let config = ServerConfig { host: args.host, http_port: args.http_port, max_body_bytes: args.max_body_bytes };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-io").build()?;
+    runtime.block_on(async move {
+        let server = BoundServer::bind(&config, engine).await?;
+        let addr = server.local_addr()?;
+        tracing::info!(startup_ms = started.elapsed().as_millis() as u64, "kiln listening on http://{addr}");
+        server.serve(shutdown_signal()).await?;
+        tracing::info!("kiln stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn inspect(onnxruntime: Option<&Path>, path: &Path, as_json: bool) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let summary = onnx_proto::summarize(&bytes)?;
+    start_runtime(onnxruntime)?;
+    let prepared = kiln_backend_ort::PreparedModel::new(bytes, kiln_backend_ort::SessionOptions::default())?;
+    if as_json {
+        let doc = serde_json::json!({
+            "file": path.display().to_string(),
+            "ir_version": summary.ir_version,
+            "producer": summary.producer,
+            "opsets": summary.opsets.iter().map(|(d, v)| serde_json::json!({"domain": d, "version": v})).collect::<Vec<_>>(),
+            "inputs": prepared.signature.inputs,
+            "outputs": prepared.signature.outputs,
+            "labels": prepared.labels,
+            "ops": summary.ops,
+            "warnings": prepared.warnings,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("{}", path.display());
+    println!("  producer:   {}", if summary.producer.is_empty() { "(unknown)" } else { &summary.producer });
+    println!("  ir_version: {}", summary.ir_version);
+    let opsets: Vec<String> = summary.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
+    println!("  opsets:     {}", opsets.join(", "));
+    println!("  inputs:");
+    for s in &prepared.signature.inputs {
+        println!("    {:<24} {:<6} {:?}", s.name, s.datatype, s.shape);
+    }
+    println!("  outputs:");
+    for s in &prepared.signature.outputs {
+        match prepared.labels.get(&s.name) {
+            Some(labels) => println!("    {:<24} {:<6} {:?}  labels {:?}", s.name, s.datatype, s.shape, labels),
+            None => println!("    {:<24} {:<6} {:?}", s.name, s.datatype, s.shape),
+        }
+    }
+    println!("  ops:");
+    for (op, count) in &summary.ops {
+        println!("    {op:<40} {count}");
+    }
+    for warning in &prepared.warnings {
+        println!("  note: {warning}");
+    }
+    Ok(())
+}
+
+/// Loads a model for `predict`: an ONNX file with default settings, or a repository model
+/// folder (its highest version, with its config.toml).
+fn load_for_predict(path: &Path) -> Result<ServedModel> {
+    let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("model").to_string();
+    if path.is_file() {
+        return Ok(repository::load_model_file(&name, 1, path, &ModelConfig::default())?);
+    }
+    if !path.is_dir() {
+        bail!("{} is neither an ONNX file nor a model folder", path.display());
+    }
+    let config = repository::read_config(path).map_err(anyhow::Error::msg)?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let dir = repository::scan(parent)?
+        .into_iter()
+        .find(|d| d.path.file_name() == path.file_name())
+        .with_context(|| format!("{} is not a model folder", path.display()))?;
+    let Some(&version) = dir.versions.last() else {
+        bail!("{} has no version folders (expected {}/1/model.onnx)", path.display(), path.display());
+    };
+    Ok(repository::load_version(&dir, version, &config)?)
+}
+
+fn predict(onnxruntime: Option<&Path>, model: &Path, input: &str) -> Result<()> {
+    start_runtime(onnxruntime)?;
+    let body = if input == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("cannot read the request from stdin")?;
+        buf
+    } else {
+        std::fs::read(input).with_context(|| format!("cannot read {input}"))?
+    };
+    let served = load_for_predict(model)?;
+    let request = v2::decode_request(&body, None)?;
+    let outputs: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let response = runtime.block_on(served.infer(InferRequest { inputs: request.inputs, outputs }))?;
+    let outputs: Vec<_> = response.outputs.into_iter().map(|t| (t, false)).collect();
+    let encoded = v2::encode_response(
+        &response.model_name,
+        response.model_version,
+        request.id.as_deref(),
+        request.parameters.as_ref(),
+        &outputs,
+    );
+    println!("{}", String::from_utf8_lossy(&encoded.json));
+    Ok(())
+}
