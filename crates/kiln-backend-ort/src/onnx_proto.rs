@@ -64,7 +64,8 @@ fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, ProtoError> {
                 Value::Fixed64
             }
             2 => {
-                let len = usize::try_from(read_varint(buf, &mut pos)?).map_err(|_| ProtoError("length out of range".into()))?;
+                let len = usize::try_from(read_varint(buf, &mut pos)?)
+                    .map_err(|_| ProtoError("length out of range".into()))?;
                 Value::Bytes(take(buf, &mut pos, len)?)
             }
             5 => {
@@ -187,7 +188,8 @@ pub fn summarize(model: &[u8]) -> Result<ModelSummary, ProtoError> {
                 saw_graph = true;
                 for node in fields(graph)?.iter().filter(|f| f.number == GRAPH_NODE) {
                     let (op_type, domain) = node_op(bytes_of(node)?)?;
-                    let key = if domain.is_empty() || domain == "ai.onnx" { op_type } else { format!("{domain}:{op_type}") };
+                    let key =
+                        if domain.is_empty() || domain == "ai.onnx" { op_type } else { format!("{domain}:{op_type}") };
                     *summary.ops.entry(key).or_default() += 1;
                 }
             }
@@ -225,10 +227,17 @@ pub struct ZipMapRewrite {
     pub labels: Vec<String>,
 }
 
+/// A model after [`rewrite_zipmaps`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrittenModel {
+    pub bytes: Vec<u8>,
+    pub rewrites: Vec<ZipMapRewrite>,
+}
+
 /// Replaces every `ai.onnx.ml` `ZipMap` node that feeds a graph output by an `Identity`, so
 /// the output becomes the FP32 probability tensor `[N, n_classes]` that went into the
 /// ZipMap. Returns the rewritten model (or `None` when it has no ZipMap) and what changed.
-pub fn rewrite_zipmaps(model: &[u8]) -> Result<Option<(Vec<u8>, Vec<ZipMapRewrite>)>, ProtoError> {
+pub fn rewrite_zipmaps(model: &[u8]) -> Result<Option<RewrittenModel>, ProtoError> {
     let model_fields = fields(model)?;
     let Some(graph_field) = model_fields.iter().find(|f| f.number == MODEL_GRAPH) else {
         return Err(ProtoError("no graph".into()));
@@ -239,12 +248,12 @@ pub fn rewrite_zipmaps(model: &[u8]) -> Result<Option<(Vec<u8>, Vec<ZipMapRewrit
     let mut rewrites = Vec::new();
     let mut new_graph = Vec::with_capacity(graph.len());
     for field in &graph_fields {
-        if field.number == GRAPH_NODE {
-            if let Some((node, rewrite)) = rewrite_node(bytes_of(field)?)? {
-                write_bytes(&mut new_graph, GRAPH_NODE, &node);
-                rewrites.push(rewrite);
-                continue;
-            }
+        if field.number == GRAPH_NODE
+            && let Some((node, rewrite)) = rewrite_node(bytes_of(field)?)?
+        {
+            write_bytes(&mut new_graph, GRAPH_NODE, &node);
+            rewrites.push(rewrite);
+            continue;
         }
         if field.number != GRAPH_OUTPUT {
             new_graph.extend_from_slice(field.raw);
@@ -257,11 +266,7 @@ pub fn rewrite_zipmaps(model: &[u8]) -> Result<Option<(Vec<u8>, Vec<ZipMapRewrit
     // protobuf, and repeated fields keep their relative order.
     for field in graph_fields.iter().filter(|f| f.number == GRAPH_OUTPUT) {
         let info = bytes_of(field)?;
-        let name = fields(info)?
-            .iter()
-            .find(|f| f.number == VALUE_INFO_NAME)
-            .and_then(string_of)
-            .unwrap_or_default();
+        let name = fields(info)?.iter().find(|f| f.number == VALUE_INFO_NAME).and_then(string_of).unwrap_or_default();
         match rewrites.iter().find(|r| r.output == name) {
             Some(rewrite) => {
                 let mut value_info = Vec::new();
@@ -297,7 +302,7 @@ pub fn rewrite_zipmaps(model: &[u8]) -> Result<Option<(Vec<u8>, Vec<ZipMapRewrit
         write_uint(&mut opset, OPSET_VERSION, 13);
         write_bytes(&mut new_model, MODEL_OPSET_IMPORT, &opset);
     }
-    Ok(Some((new_model, rewrites)))
+    Ok(Some(RewrittenModel { bytes: new_model, rewrites }))
 }
 
 /// `TypeProto { tensor_type { elem_type: FLOAT, shape { dim { dim_param: "N" } dim { dim_value: classes } } } }`

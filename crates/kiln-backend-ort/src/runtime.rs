@@ -107,9 +107,9 @@ fn library_in_package(package: &Path, source: &str, tried: &mut Vec<String>) -> 
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libonnxruntime.so") || n.starts_with("libonnxruntime.") && n.ends_with(".dylib"))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libonnxruntime.so") || n.starts_with("libonnxruntime.") && n.ends_with(".dylib")
+            })
         })
         .collect();
     candidates.sort();
@@ -150,10 +150,8 @@ pub fn init(location: &RuntimeLocation) -> Result<&'static Environment, RuntimeE
     if let Some(env) = ENVIRONMENT.get() {
         return Ok(env);
     }
-    let builder = ort::init_from(&location.path).map_err(|e| RuntimeError::Load {
-        path: location.path.clone(),
-        reason: e.to_string(),
-    })?;
+    let builder = ort::init_from(&location.path)
+        .map_err(|e| RuntimeError::Load { path: location.path.clone(), reason: e.to_string() })?;
     let env = builder
         .with_name("kiln")
         .with_telemetry(false)

@@ -45,8 +45,8 @@ impl PreparedModel {
         let mut labels = BTreeMap::new();
         let mut warnings = Vec::new();
         let bytes = match onnx_proto::rewrite_zipmaps(&bytes).map_err(|e| BackendError::Load(e.to_string()))? {
-            Some((rewritten, rewrites)) => {
-                for rewrite in rewrites {
+            Some(rewritten) => {
+                for rewrite in rewritten.rewrites {
                     warnings.push(format!(
                         "output '{}' is a scikit-learn ZipMap (sequence<map>), which the v2 protocol cannot carry; \
                          kiln serves it as an FP32 tensor [batch, {}] with columns in class order {:?}. \
@@ -57,7 +57,7 @@ impl PreparedModel {
                     ));
                     labels.insert(rewrite.output, rewrite.labels);
                 }
-                rewritten
+                rewritten.bytes
             }
             None => bytes,
         };
@@ -76,8 +76,8 @@ impl PreparedModel {
 }
 
 fn build_session(bytes: &[u8], options: SessionOptions) -> Result<Session, BackendError> {
-    let env = runtime::environment()
-        .ok_or_else(|| BackendError::Load("ONNX Runtime is not initialised".to_string()))?;
+    let env =
+        runtime::environment().ok_or_else(|| BackendError::Load("ONNX Runtime is not initialised".to_string()))?;
     let load = |e: ort::Error| BackendError::Load(e.to_string());
     Session::builder(env)
         .map_err(load)?

@@ -100,10 +100,14 @@ fn every_datatype_round_trips() {
                 DataType::Int16 => TensorData::Int16(vec![i16::MIN, -1, 0, 1, 2, i16::MAX]),
                 DataType::Int32 => TensorData::Int32(vec![i32::MIN, -1, 0, 1, 2, i32::MAX]),
                 DataType::Int64 => TensorData::Int64(vec![i64::MIN, -1, 0, 1, 2, i64::MAX]),
-                DataType::Fp16 => TensorData::Fp16([0.5f32, -1.0, 2.0, 65504.0, 0.0, 3.25].map(half::f16::from_f32).to_vec()),
+                DataType::Fp16 => {
+                    TensorData::Fp16([0.5f32, -1.0, 2.0, 65504.0, 0.0, 3.25].map(half::f16::from_f32).to_vec())
+                }
                 DataType::Fp32 => TensorData::Fp32(vec![0.5, -1.0, 1e-30, 3.4e38, 0.0, -0.0]),
                 DataType::Fp64 => TensorData::Fp64(vec![0.5, -1.0, 1e-300, 1e300, 0.0, 2.0]),
-                DataType::Bytes => TensorData::Bytes(["a", "", "héllo", "日本", "🙂", "x y"].map(|s| s.as_bytes().to_vec()).to_vec()),
+                DataType::Bytes => {
+                    TensorData::Bytes(["a", "", "héllo", "日本", "🙂", "x y"].map(|s| s.as_bytes().to_vec()).to_vec())
+                }
             };
             Tensor::new(format!("in_{}", dt.as_str().to_lowercase()), vec![2, 3], data).expect("tensor")
         })

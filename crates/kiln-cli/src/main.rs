@@ -85,7 +85,8 @@ struct ServeArgs {
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid --log-level '{filter}'"))?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid --log-level '{filter}'"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),

@@ -81,17 +81,16 @@ impl fmt::Display for DataType {
 
 /// The error for a datatype name the protocol does not define.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES)")]
+#[error(
+    "unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES)"
+)]
 pub struct UnknownDataType(pub String);
 
 impl FromStr for DataType {
     type Err = UnknownDataType;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        DataType::ALL
-            .into_iter()
-            .find(|d| d.as_str() == s)
-            .ok_or_else(|| UnknownDataType(s.to_string()))
+        DataType::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| UnknownDataType(s.to_string()))
     }
 }
 

@@ -66,10 +66,7 @@ impl ModelSignature {
                 return Err(ValidationError::DuplicateInput { name: tensor.name.clone() });
             }
             let Some(spec) = self.inputs.iter().find(|s| s.name == tensor.name) else {
-                return Err(ValidationError::UnknownInput {
-                    name: tensor.name.clone(),
-                    expected: self.input_names(),
-                });
+                return Err(ValidationError::UnknownInput { name: tensor.name.clone(), expected: self.input_names() });
             };
             if spec.datatype != tensor.datatype() {
                 return Err(ValidationError::WrongDatatype {
@@ -87,10 +84,7 @@ impl ModelSignature {
             }
         }
         if let Some(missing) = self.inputs.iter().find(|s| !inputs.iter().any(|t| t.name == s.name)) {
-            return Err(ValidationError::MissingInput {
-                name: missing.name.clone(),
-                expected: self.input_names(),
-            });
+            return Err(ValidationError::MissingInput { name: missing.name.clone(), expected: self.input_names() });
         }
         Ok(())
     }
@@ -106,10 +100,7 @@ impl ModelSignature {
                 return Err(ValidationError::DuplicateOutput { name: name.clone() });
             }
             if !self.outputs.iter().any(|s| &s.name == name) {
-                return Err(ValidationError::UnknownOutput {
-                    name: name.clone(),
-                    available: self.output_names(),
-                });
+                return Err(ValidationError::UnknownOutput { name: name.clone(), available: self.output_names() });
             }
         }
         Ok(requested.to_vec())

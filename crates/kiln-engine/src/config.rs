@@ -84,12 +84,14 @@ impl ModelConfig {
     /// Parses config.toml text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: ModelConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        if let Some(backend) = &config.backend {
-            if backend != "onnxruntime" {
-                return Err(format!("backend '{backend}' is not supported (only \"onnxruntime\")"));
-            }
+        if let Some(backend) = &config.backend
+            && backend != "onnxruntime"
+        {
+            return Err(format!("backend '{backend}' is not supported (only \"onnxruntime\")"));
         }
-        for (key, value) in [("instances", config.instances), ("threads", config.threads), ("max_queue_size", config.max_queue_size)] {
+        for (key, value) in
+            [("instances", config.instances), ("threads", config.threads), ("max_queue_size", config.max_queue_size)]
+        {
             if value == Some(0) {
                 return Err(format!("{key} must be at least 1"));
             }
@@ -128,14 +130,16 @@ impl ModelConfig {
         signature: &mut ModelSignature,
         labels: &mut BTreeMap<String, Vec<String>>,
     ) -> Result<(), String> {
-        for (kind, overrides, specs) in [
-            ("input", &self.inputs, &mut signature.inputs),
-            ("output", &self.outputs, &mut signature.outputs),
-        ] {
+        for (kind, overrides, specs) in
+            [("input", &self.inputs, &mut signature.inputs), ("output", &self.outputs, &mut signature.outputs)]
+        {
             for o in overrides {
                 let Some(spec) = specs.iter_mut().find(|s| s.name == o.name) else {
                     let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-                    return Err(format!("config.toml names {kind} '{}', but the model's {kind}s are {names:?}", o.name));
+                    return Err(format!(
+                        "config.toml names {kind} '{}', but the model's {kind}s are {names:?}",
+                        o.name
+                    ));
                 };
                 narrow(kind, spec, o)?;
             }
@@ -147,13 +151,13 @@ impl ModelConfig {
                     signature.output_names()
                 ));
             };
-            if let Some(&cols) = spec.shape.last().filter(|&&d| d >= 0) {
-                if usize::try_from(cols).ok() != Some(names.len()) {
-                    return Err(format!(
-                        "config.toml gives {} labels for output '{output}', which has {cols} columns",
-                        names.len()
-                    ));
-                }
+            if let Some(&cols) = spec.shape.last().filter(|&&d| d >= 0)
+                && usize::try_from(cols).ok() != Some(names.len())
+            {
+                return Err(format!(
+                    "config.toml gives {} labels for output '{output}', which has {cols} columns",
+                    names.len()
+                ));
             }
             labels.insert(output.clone(), names.clone());
         }
@@ -162,13 +166,13 @@ impl ModelConfig {
 }
 
 fn narrow(kind: &str, spec: &mut TensorSpec, o: &TensorOverride) -> Result<(), String> {
-    if let Some(datatype) = o.datatype {
-        if datatype != spec.datatype {
-            return Err(format!(
-                "config.toml declares {kind} '{}' as {datatype}, but the model has {}",
-                o.name, spec.datatype
-            ));
-        }
+    if let Some(datatype) = o.datatype
+        && datatype != spec.datatype
+    {
+        return Err(format!(
+            "config.toml declares {kind} '{}' as {datatype}, but the model has {}",
+            o.name, spec.datatype
+        ));
     }
     if let Some(shape) = &o.shape {
         let fits = shape.len() == spec.shape.len()

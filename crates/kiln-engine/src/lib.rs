@@ -73,11 +73,7 @@ pub struct ModelState {
 impl ModelState {
     /// Versions that are ready, ascending.
     pub fn ready_versions(&self) -> Vec<u64> {
-        self.versions
-            .iter()
-            .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
-            .map(|(&v, _)| v)
-            .collect()
+        self.versions.iter().filter(|(_, s)| matches!(s, VersionState::Ready(_))).map(|(&v, _)| v).collect()
     }
 
     /// Why the model cannot serve, when it cannot.
@@ -182,7 +178,12 @@ impl Engine {
     }
 
     /// Runs one request on a model.
-    pub async fn infer(&self, name: &str, version: Option<&str>, request: InferRequest) -> Result<InferResponse, EngineError> {
+    pub async fn infer(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        request: InferRequest,
+    ) -> Result<InferResponse, EngineError> {
         self.model(name, version)?.infer(request).await
     }
 
@@ -221,13 +222,13 @@ fn load_model_dir(dir: &repository::ModelDir) -> ModelState {
             return state;
         }
     };
-    if let Some(named) = &config.name {
-        if named != &dir.name {
-            let e = format!("config.toml names the model '{named}', but its folder is '{}'", dir.name);
-            tracing::error!(model = %dir.name, "{e}");
-            state.error = Some(e);
-            return state;
-        }
+    if let Some(named) = &config.name
+        && named != &dir.name
+    {
+        let e = format!("config.toml names the model '{named}', but its folder is '{}'", dir.name);
+        tracing::error!(model = %dir.name, "{e}");
+        state.error = Some(e);
+        return state;
     }
     let selected = config.version_policy().select(&dir.versions);
     if selected.is_empty() {

@@ -89,15 +89,14 @@ impl ServedModel {
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
         self.signature.validate_inputs(&request.inputs)?;
         let outputs = self.signature.resolve_outputs(&request.outputs)?;
-        if self.settings.max_batch_size > 0 {
-            if let Some(rows) = request.inputs.iter().find_map(|t| t.shape.first().copied()) {
-                if rows > self.settings.max_batch_size {
-                    return Err(EngineError::InvalidRequest(format!(
-                        "batch of {rows} rows exceeds max_batch_size {} of model '{}'",
-                        self.settings.max_batch_size, self.name
-                    )));
-                }
-            }
+        if self.settings.max_batch_size > 0
+            && let Some(rows) = request.inputs.iter().find_map(|t| t.shape.first().copied())
+            && rows > self.settings.max_batch_size
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "batch of {rows} rows exceeds max_batch_size {} of model '{}'",
+                self.settings.max_batch_size, self.name
+            )));
         }
         let (reply, answer) = oneshot::channel();
         let job = Job { inputs: request.inputs, outputs, reply };
@@ -110,12 +109,15 @@ impl ServedModel {
                 )));
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(EngineError::Unavailable(format!("model '{}' version {} is shutting down", self.name, self.version)));
+                return Err(EngineError::Unavailable(format!(
+                    "model '{}' version {} is shutting down",
+                    self.name, self.version
+                )));
             }
         }
-        let outputs = answer
-            .await
-            .map_err(|_| EngineError::Backend(format!("model '{}' version {} dropped the request", self.name, self.version)))??;
+        let outputs = answer.await.map_err(|_| {
+            EngineError::Backend(format!("model '{}' version {} dropped the request", self.name, self.version))
+        })??;
         Ok(InferResponse { model_name: self.name.clone(), model_version: self.version, outputs })
     }
 

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use kiln_backend_ort::{PreparedModel, SessionOptions};
 use kiln_core::ModelInstance;
 
+use crate::EngineError;
 use crate::config::ModelConfig;
 use crate::model::{ServedModel, ServingSettings};
-use crate::EngineError;
 
 /// The file each version folder holds.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -26,9 +26,8 @@ pub struct ModelDir {
 
 /// Lists the model folders of a repository (hidden folders and plain files are skipped).
 pub fn scan(repository: &Path) -> Result<Vec<ModelDir>, EngineError> {
-    let entries = std::fs::read_dir(repository).map_err(|e| {
-        EngineError::Repository(format!("cannot read model repository {}: {e}", repository.display()))
-    })?;
+    let entries = std::fs::read_dir(repository)
+        .map_err(|e| EngineError::Repository(format!("cannot read model repository {}: {e}", repository.display())))?;
     let mut models = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
@@ -67,7 +66,12 @@ pub fn read_config(model_dir: &Path) -> Result<ModelConfig, String> {
 
 /// Loads one model file with its config: prepares it, applies the overrides and starts
 /// its instances. Blocking: call it off the async executor.
-pub fn load_model_file(name: &str, version: u64, file: &Path, config: &ModelConfig) -> Result<ServedModel, EngineError> {
+pub fn load_model_file(
+    name: &str,
+    version: u64,
+    file: &Path,
+    config: &ModelConfig,
+) -> Result<ServedModel, EngineError> {
     let load_error = |reason: String| EngineError::LoadFailed { model: name.to_string(), version, reason };
     let bytes = std::fs::read(file).map_err(|e| load_error(format!("cannot read {}: {e}", file.display())))?;
     let options = SessionOptions { intra_threads: config.threads() };
@@ -84,13 +88,13 @@ pub fn load_model_file(name: &str, version: u64, file: &Path, config: &ModelConf
         max_batch_size: config.max_batch_size(),
         max_queue_size: config.max_queue_size(),
     };
-    if settings.max_batch_size > 0 {
-        if let Some(fixed) = signature.inputs.iter().find(|s| s.shape.first().is_none_or(|&d| d >= 0)) {
-            return Err(load_error(format!(
-                "max_batch_size is set, but input '{}' has no dynamic first (batch) dimension: {:?}",
-                fixed.name, fixed.shape
-            )));
-        }
+    if settings.max_batch_size > 0
+        && let Some(fixed) = signature.inputs.iter().find(|s| s.shape.first().is_none_or(|&d| d >= 0))
+    {
+        return Err(load_error(format!(
+            "max_batch_size is set, but input '{}' has no dynamic first (batch) dimension: {:?}",
+            fixed.name, fixed.shape
+        )));
     }
     let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(settings.instances);
     for _ in 0..settings.instances {

@@ -55,11 +55,8 @@ impl BoundServer {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
-        let state = rest::AppState {
-            engine,
-            max_body_bytes: config.max_body_bytes,
-            ready: Arc::new(AtomicBool::new(true)),
-        };
+        let state =
+            rest::AppState { engine, max_body_bytes: config.max_body_bytes, ready: Arc::new(AtomicBool::new(true)) };
         Ok(BoundServer { listener, state })
     }
 

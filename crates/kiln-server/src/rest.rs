@@ -91,7 +91,11 @@ pub fn router(state: AppState) -> Router {
 async fn not_found(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("no endpoint {} {}; see the KServe v2 protocol (e.g. POST /v2/models/<model>/infer)", request.method(), request.uri().path()),
+        format!(
+            "no endpoint {} {}; see the KServe v2 protocol (e.g. POST /v2/models/<model>/infer)",
+            request.method(),
+            request.uri().path()
+        ),
     )
 }
 
@@ -141,7 +145,10 @@ pub fn model_metadata_json(model: &ServedModel, served_versions: &[u64]) -> Valu
     })
 }
 
-async fn model_metadata(State(state): State<AppState>, Path(model): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn model_metadata(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     metadata(&state.engine, &model, None).map(axum::Json)
 }
 
@@ -221,15 +228,17 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 
 fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     let Some(value) = headers.get(v2::HEADER_LENGTH) else { return Ok(None) };
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .map(Some)
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Inference-Header-Content-Length must be a non-negative integer"))
+    value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).map(Some).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "Inference-Header-Content-Length must be a non-negative integer")
+    })
 }
 
-async fn run_infer(state: AppState, model: String, version: Option<String>, request: Request) -> Result<Response, ApiError> {
+async fn run_infer(
+    state: AppState,
+    model: String,
+    version: Option<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let header_length = header_length(&parts.headers)?;
     // Resolve the model first: an unknown model is a 404 even for a malformed body.
@@ -243,11 +252,8 @@ async fn run_infer(state: AppState, model: String, version: Option<String>, requ
         .outputs
         .into_iter()
         .map(|t| {
-            let binary = decoded
-                .outputs
-                .iter()
-                .find(|o| o.name == t.name)
-                .map_or(decoded.binary_by_default, |o| o.binary);
+            let binary =
+                decoded.outputs.iter().find(|o| o.name == t.name).map_or(decoded.binary_by_default, |o| o.binary);
             (t, binary)
         })
         .collect();

@@ -73,16 +73,13 @@ pub struct DecodedRequest {
 pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<DecodedRequest, DecodeError> {
     let (json_part, mut binary) = match header_length {
         Some(n) if n > body.len() => {
-            return fail(format!(
-                "Inference-Header-Content-Length is {n}, but the body has only {} bytes",
-                body.len()
-            ));
+            return fail(format!("Inference-Header-Content-Length is {n}, but the body has only {} bytes", body.len()));
         }
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
-    let request: RequestJson = serde_json::from_slice(json_part)
-        .map_err(|e| DecodeError(format!("malformed inference request JSON: {e}")))?;
+    let request: RequestJson =
+        serde_json::from_slice(json_part).map_err(|e| DecodeError(format!("malformed inference request JSON: {e}")))?;
     let id = match request.id {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
@@ -91,12 +88,15 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Decod
     };
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        let datatype: DataType = input.datatype.parse().map_err(|e| DecodeError(format!("input '{}': {e}", input.name)))?;
+        let datatype: DataType =
+            input.datatype.parse().map_err(|e| DecodeError(format!("input '{}': {e}", input.name)))?;
         let mut shape = Vec::with_capacity(input.shape.len());
         for &d in &input.shape {
             match usize::try_from(d) {
                 Ok(d) => shape.push(d),
-                Err(_) => return fail(format!("input '{}': shape {:?} has a negative dimension", input.name, input.shape)),
+                Err(_) => {
+                    return fail(format!("input '{}': shape {:?} has a negative dimension", input.name, input.shape));
+                }
             }
         }
         let count = element_count(&shape)
@@ -104,10 +104,9 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Decod
         let binary_size = input.parameters.as_ref().and_then(|p| p.get("binary_data_size"));
         let data = match (binary_size, input.data) {
             (Some(size), None) => {
-                let size = size
-                    .as_u64()
-                    .and_then(|s| usize::try_from(s).ok())
-                    .ok_or_else(|| DecodeError(format!("input '{}': binary_data_size must be a non-negative integer", input.name)))?;
+                let size = size.as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| {
+                    DecodeError(format!("input '{}': binary_data_size must be a non-negative integer", input.name))
+                })?;
                 if size > binary.len() {
                     return fail(format!(
                         "input '{}': binary_data_size is {size}, but only {} bytes of binary data are left in the body",
@@ -128,12 +127,8 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Decod
     if !binary.is_empty() {
         return fail(format!("{} bytes of binary data follow the inputs that no input claims", binary.len()));
     }
-    let binary_by_default = request
-        .parameters
-        .as_ref()
-        .and_then(|p| p.get("binary_data_output"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let binary_by_default =
+        request.parameters.as_ref().and_then(|p| p.get("binary_data_output")).and_then(Value::as_bool).unwrap_or(false);
     let outputs = request
         .outputs
         .unwrap_or_default()
@@ -155,7 +150,7 @@ fn decode_binary(name: &str, datatype: DataType, count: usize, bytes: &[u8]) -> 
     let Some(size) = datatype.element_size() else {
         return decode_binary_strings(name, count, bytes);
     };
-    let expected = count.checked_mul(size).unwrap_or(usize::MAX);
+    let expected = count.saturating_mul(size);
     if bytes.len() != expected {
         return fail(format!(
             "input '{name}': {datatype} with {count} elements needs {expected} bytes, but binary_data_size is {}",
@@ -211,7 +206,10 @@ fn decode_binary_strings(name: &str, count: usize, mut bytes: &[u8]) -> Result<T
         bytes = &bytes[len..];
     }
     if items.len() != count {
-        return fail(format!("input '{name}': the shape needs {count} BYTES elements, but the binary data holds {}", items.len()));
+        return fail(format!(
+            "input '{name}': the shape needs {count} BYTES elements, but the binary data holds {}",
+            items.len()
+        ));
     }
     Ok(TensorData::Bytes(items))
 }
@@ -401,10 +399,17 @@ pub fn encode_response(
             } else {
                 (None, Some(JsonData(&tensor.data)))
             };
-            OutputJsonOut { name: &tensor.name, datatype: tensor.datatype().as_str(), shape: &tensor.shape, parameters, data }
+            OutputJsonOut {
+                name: &tensor.name,
+                datatype: tensor.datatype().as_str(),
+                shape: &tensor.shape,
+                parameters,
+                data,
+            }
         })
         .collect();
-    let response = ResponseJson { model_name, model_version: model_version.to_string(), id, parameters, outputs: encoded };
+    let response =
+        ResponseJson { model_name, model_version: model_version.to_string(), id, parameters, outputs: encoded };
     // Serializing these types cannot fail: every map key is a string.
     let json = serde_json::to_vec(&response).unwrap_or_default();
     EncodedResponse { json, binary }
@@ -421,17 +426,20 @@ mod tests {
 
     #[test]
     fn json_tensors_flat_and_nested() {
-        let req = decode(r#"{"id":"a","inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,4]]}]}"#)
-            .expect("valid");
+        let req =
+            decode(r#"{"id":"a","inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,4]]}]}"#)
+                .expect("valid");
         assert_eq!(req.id.as_deref(), Some("a"));
         assert_eq!(req.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.5, 4.0]));
-        let req = decode(r#"{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","data":["a","é"]}]}"#).expect("valid");
+        let req =
+            decode(r#"{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","data":["a","é"]}]}"#).expect("valid");
         assert_eq!(req.inputs[0].data, TensorData::Bytes(vec![b"a".to_vec(), "é".as_bytes().to_vec()]));
     }
 
     #[test]
     fn precise_json_errors() {
-        let err = decode(r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5]}]}"#).unwrap_err();
+        let err =
+            decode(r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5]}]}"#).unwrap_err();
         assert_eq!(err.0, "input 'x': the shape needs 6 elements, but 'data' holds 5");
         let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[300]}]}"#).unwrap_err();
         assert_eq!(err.0, "input 'x': element 0 (300) is not a valid UINT8");
@@ -447,7 +455,8 @@ mod tests {
         assert!(err.0.starts_with("malformed inference request JSON"), "{}", err.0);
         let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#).unwrap_err();
         assert!(err.0.contains("neither 'data' nor binary_data_size"), "{}", err.0);
-        let huge = format!(r#"{{"inputs":[{{"name":"x","shape":[{},{}],"datatype":"FP32","data":[1]}}]}}"#, u64::MAX / 2, 8);
+        let huge =
+            format!(r#"{{"inputs":[{{"name":"x","shape":[{},{}],"datatype":"FP32","data":[1]}}]}}"#, u64::MAX / 2, 8);
         assert!(decode(&huge).unwrap_err().0.contains("too large"));
     }
 

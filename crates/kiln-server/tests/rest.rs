@@ -57,7 +57,10 @@ async fn model_metadata_and_readiness() {
     assert_eq!(meta["instances"], 2);
 
     let (_, meta) = s.get("/v2/models/breast_cancer").await;
-    assert_eq!(meta["outputs"][1], json!({"name": "output_probability", "datatype": "FP32", "shape": [-1, 2], "labels": ["0", "1"]}));
+    assert_eq!(
+        meta["outputs"][1],
+        json!({"name": "output_probability", "datatype": "FP32", "shape": [-1, 2], "labels": ["0", "1"]})
+    );
 
     assert_eq!(s.get("/v2/models/fraud/ready").await.0, 200);
     assert_eq!(s.get("/v2/models/fraud/versions/1").await.0, 200);
@@ -139,14 +142,16 @@ async fn binary_inference_matches_scikit_learn() {
     body.extend_from_slice(&data);
     let r = s.post_raw("/v2/models/fraud/infer", body, Some(n)).await;
     assert_eq!(r.status(), 200);
-    let length: usize = r.headers()["inference-header-content-length"].to_str().expect("ascii").parse().expect("number");
+    let length: usize =
+        r.headers()["inference-header-content-length"].to_str().expect("ascii").parse().expect("number");
     let bytes = r.bytes().await.expect("body");
     let (head, binary) = split_binary(&bytes, length);
     // Outputs come back in the order they were requested.
     assert_eq!(head["outputs"][0]["name"], "probabilities");
     assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], rows * 2 * 4);
     assert_eq!(head["outputs"][1]["name"], "label");
-    let proba: Vec<f64> = binary.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4")))).collect();
+    let proba: Vec<f64> =
+        binary.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4")))).collect();
     assert!(max_diff(&proba, &flat_f64(&fx["probabilities"])) <= 1e-5);
     assert_eq!(labels_as_strings(&head["outputs"][1]["data"]), labels_as_strings(&fx["labels"]));
 
@@ -154,7 +159,8 @@ async fn binary_inference_matches_scikit_learn() {
     let req = json!({"parameters": {"binary_data_output": true}, "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
     let r = s.post_raw("/v2/models/iris/infer", serde_json::to_vec(&req).expect("json"), None).await;
     assert_eq!(r.status(), 200);
-    let length: usize = r.headers()["inference-header-content-length"].to_str().expect("ascii").parse().expect("number");
+    let length: usize =
+        r.headers()["inference-header-content-length"].to_str().expect("ascii").parse().expect("number");
     let bytes = r.bytes().await.expect("body");
     let (head, binary) = split_binary(&bytes, length);
     assert_eq!(head["parameters"]["binary_data_output"], true);
@@ -185,7 +191,9 @@ fn all_types_request(binary: bool) -> (Vec<u8>, Option<usize>, Vec<(String, Valu
         let name = format!("in_{}", dt.to_lowercase());
         if binary {
             let bytes = encode(dt, data);
-            inputs.push(json!({"name": name, "shape": [2, 3], "datatype": dt, "parameters": {"binary_data_size": bytes.len()}}));
+            inputs.push(
+                json!({"name": name, "shape": [2, 3], "datatype": dt, "parameters": {"binary_data_size": bytes.len()}}),
+            );
             binary_data.extend_from_slice(&bytes);
         } else {
             inputs.push(json!({"name": name, "shape": [2, 3], "datatype": dt, "data": [data.as_array().expect("a")[..3], data.as_array().expect("a")[3..]]}));
@@ -269,7 +277,10 @@ async fn requested_outputs_id_and_parameters() {
     assert_eq!(v["id"], "42");
     assert_eq!(v["parameters"]["trace"], "abc");
     assert_eq!(v["model_version"], "2");
-    assert_eq!(v["outputs"], json!([{"name": "product", "datatype": "FP32", "shape": [2, 3], "data": [1.0, 2.0, 3.0, 8.0, 10.0, 12.0]}]));
+    assert_eq!(
+        v["outputs"],
+        json!([{"name": "product", "datatype": "FP32", "shape": [2, 3], "data": [1.0, 2.0, 3.0, 8.0, 10.0, 12.0]}])
+    );
     let (status, v) = s.post_json("/v2/models/fixed_add/versions/1/infer", &body).await;
     assert_eq!(status, 404, "{v}");
 }
@@ -292,36 +303,88 @@ async fn bad_requests_get_precise_400s_and_the_server_keeps_serving() {
     expect_400(&s, path, b"{\"inputs\": [".to_vec(), None, "malformed inference request JSON").await;
     expect_400(&s, path, b"not json at all".to_vec(), None, "malformed inference request JSON").await;
     expect_400(&s, path, Vec::new(), None, "malformed inference request JSON").await;
-    expect_400(&s, path, req(json!({"name": "input", "shape": [1, 30], "datatype": "INT64", "data": vec![1; 30]})), None,
-        "input 'input': expected datatype FP32, got INT64").await;
-    expect_400(&s, path, req(json!({"name": "input", "shape": [1, 29], "datatype": "FP32", "data": vec![1.0; 29]})), None,
-        "input 'input': expected shape [-1, 30] (-1 = any size), got [1, 29]").await;
-    expect_400(&s, path, req(json!({"name": "input", "shape": [30], "datatype": "FP32", "data": vec![1.0; 30]})), None,
-        "expected shape [-1, 30]").await;
-    expect_400(&s, path, req(json!({"name": "input", "shape": [2, 30], "datatype": "FP32", "data": vec![1.0; 59]})), None,
-        "input 'input': the shape needs 60 elements, but 'data' holds 59").await;
-    expect_400(&s, path, req(json!({"name": "x", "shape": [1, 30], "datatype": "FP32", "data": vec![1.0; 30]})), None,
-        "unknown input 'x': the model expects inputs [\"input\"]").await;
-    expect_400(&s, path, req(json!({"name": "input", "shape": [1, 30], "datatype": "FP32", "data": vec![json!("a"); 30]})), None,
-        "input 'input': element 0 (\"a\") is not a valid FP32").await;
-    expect_400(&s, path, serde_json::to_vec(&json!({"inputs": []})).expect("json"), None, "missing input 'input'").await;
+    expect_400(
+        &s,
+        path,
+        req(json!({"name": "input", "shape": [1, 30], "datatype": "INT64", "data": vec![1; 30]})),
+        None,
+        "input 'input': expected datatype FP32, got INT64",
+    )
+    .await;
+    expect_400(
+        &s,
+        path,
+        req(json!({"name": "input", "shape": [1, 29], "datatype": "FP32", "data": vec![1.0; 29]})),
+        None,
+        "input 'input': expected shape [-1, 30] (-1 = any size), got [1, 29]",
+    )
+    .await;
+    expect_400(
+        &s,
+        path,
+        req(json!({"name": "input", "shape": [30], "datatype": "FP32", "data": vec![1.0; 30]})),
+        None,
+        "expected shape [-1, 30]",
+    )
+    .await;
+    expect_400(
+        &s,
+        path,
+        req(json!({"name": "input", "shape": [2, 30], "datatype": "FP32", "data": vec![1.0; 59]})),
+        None,
+        "input 'input': the shape needs 60 elements, but 'data' holds 59",
+    )
+    .await;
+    expect_400(
+        &s,
+        path,
+        req(json!({"name": "x", "shape": [1, 30], "datatype": "FP32", "data": vec![1.0; 30]})),
+        None,
+        "unknown input 'x': the model expects inputs [\"input\"]",
+    )
+    .await;
+    expect_400(
+        &s,
+        path,
+        req(json!({"name": "input", "shape": [1, 30], "datatype": "FP32", "data": vec![json!("a"); 30]})),
+        None,
+        "input 'input': element 0 (\"a\") is not a valid FP32",
+    )
+    .await;
+    expect_400(&s, path, serde_json::to_vec(&json!({"inputs": []})).expect("json"), None, "missing input 'input'")
+        .await;
     let with_output = json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": vec![1.0; 30]}], "outputs": [{"name": "score"}]});
-    expect_400(&s, path, serde_json::to_vec(&with_output).expect("json"), None,
-        "unknown output 'score': the model has outputs [\"label\", \"probabilities\"]").await;
+    expect_400(
+        &s,
+        path,
+        serde_json::to_vec(&with_output).expect("json"),
+        None,
+        "unknown output 'score': the model has outputs [\"label\", \"probabilities\"]",
+    )
+    .await;
 
     // Binary body problems.
     let header = serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "parameters": {"binary_data_size": 120}}]})).expect("json");
     let n = header.len();
     let mut truncated = header.clone();
     truncated.extend_from_slice(&[0u8; 100]);
-    expect_400(&s, path, truncated, Some(n), "binary_data_size is 120, but only 100 bytes of binary data are left").await;
+    expect_400(&s, path, truncated, Some(n), "binary_data_size is 120, but only 100 bytes of binary data are left")
+        .await;
     expect_400(&s, path, header.clone(), Some(n + 5000), "Inference-Header-Content-Length is").await;
     let huge = serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [4_000_000_000u64, 30], "datatype": "FP32", "parameters": {"binary_data_size": 480_000_000_000u64}}]})).expect("json");
     let hn = huge.len();
     expect_400(&s, path, huge, Some(hn), "binary_data_size is 480000000000, but only 0 bytes").await;
-    let big_shape = req(json!({"name": "input", "shape": [1_000_000_000_000u64, 30], "datatype": "FP32", "data": [1.0]}));
+    let big_shape =
+        req(json!({"name": "input", "shape": [1_000_000_000_000u64, 30], "datatype": "FP32", "data": [1.0]}));
     expect_400(&s, path, big_shape, None, "the shape needs 30000000000000 elements, but 'data' holds 1").await;
-    let r = s.client.post(s.url(path)).header("Inference-Header-Content-Length", "abc").body("{}").send().await.expect("send");
+    let r = s
+        .client
+        .post(s.url(path))
+        .header("Inference-Header-Content-Length", "abc")
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 400);
 
     // BYTES that are not text cannot feed an ONNX string tensor.

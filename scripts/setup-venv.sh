@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Makes ./.venv with the pinned ONNX Runtime kiln loads (and, with --test, the test tools).
+# Idempotent and quick when nothing changed.
+#   bash scripts/setup-venv.sh          # runtime only (onnxruntime==1.31.1)
+#   bash scripts/setup-venv.sh --test   # + scikit-learn, skl2onnx, tritonclient, pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+requirements=python/requirements-runtime.txt
+if [[ "${1:-}" == "--test" ]]; then
+  requirements=python/requirements-test.txt
+fi
+
+python=${PYTHON:-python3}
+if ! command -v "$python" >/dev/null; then
+  echo "setup-venv: $python not found; install Python 3.9+ first" >&2
+  exit 1
+fi
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup-venv: creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+
+stamp=.venv/.kiln-$(basename "$requirements" .txt)
+want=$(cat python/requirements-*.txt | sha256sum | cut -d' ' -f1)
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  exit 0
+fi
+echo "setup-venv: installing $requirements"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+echo "$want" > "$stamp"
