@@ -31,10 +31,13 @@ def free_port():
 class KilnServer:
     def __init__(self, repository, extra_args=()):
         self.port = free_port()
+        self.grpc_port = free_port()
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.url = f"127.0.0.1:{self.port}"  # tritonclient wants no scheme
         self.log = open(repository.parent / "kiln.log", "w+")
         self.proc = subprocess.Popen(
-            [kiln_bin(), "serve", str(repository), "--http-port", str(self.port), *extra_args],
+            [kiln_bin(), "serve", str(repository), "--http-port", str(self.port),
+             "--grpc-port", str(self.grpc_port), *extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

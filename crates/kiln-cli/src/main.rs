@@ -3,13 +3,13 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_backend_ort::{onnx_proto, runtime};
 use kiln_engine::config::ModelConfig;
-use kiln_engine::{Engine, InferRequest, ServedModel, repository};
+use kiln_engine::{Engine, EngineConfig, InferRequest, ModelControl, ServedModel, repository};
 use kiln_server::{BoundServer, ServerConfig, v2};
 
 /// kiln serves ONNX models exported from Python (scikit-learn, PyTorch) over the KServe v2 /
@@ -44,9 +44,19 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModelControlArg {
+    /// Load every model at start; never change.
+    None,
+    /// Rescan the repository every --poll-interval-secs and apply changes.
+    Poll,
+    /// Load and unload only on request (POST /v2/repository/models/<m>/load|unload).
+    Explicit,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve every model of a repository (REPO/<model>/<version>/model.onnx) over KServe v2 REST.
+    /// Serve a model repository (REPO/<model>/<version>/model.onnx) over KServe v2 REST and gRPC.
     Serve(ServeArgs),
     /// Show a model file's inputs, outputs, opsets and operators.
     Inspect {
@@ -79,6 +89,20 @@ struct ServeArgs {
     /// REST (KServe v2 HTTP) port; 0 picks a free port.
     #[arg(long, env = "KILN_HTTP_PORT", default_value_t = 8000)]
     http_port: u16,
+    /// gRPC (KServe v2 `inference.GRPCInferenceService`) port; 0 picks a free port.
+    #[arg(long, env = "KILN_GRPC_PORT", default_value_t = 8001)]
+    grpc_port: u16,
+    /// How the served models may change while running: `none` (load everything at start),
+    /// `poll` (rescan the repository and apply changes), `explicit` (load/unload on request
+    /// through the repository API).
+    #[arg(long, env = "KILN_MODEL_CONTROL", value_enum, default_value_t = ModelControlArg::None)]
+    model_control: ModelControlArg,
+    /// Poll mode: seconds between repository scans.
+    #[arg(long, env = "KILN_POLL_INTERVAL_SECS", default_value_t = 5.0)]
+    poll_interval_secs: f64,
+    /// Explicit mode: a model to load at start (repeatable; `*` = all).
+    #[arg(long = "load-model", env = "KILN_LOAD_MODELS", value_delimiter = ',')]
+    load_models: Vec<String>,
     /// Largest request body accepted; larger ones get 413.
     #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -129,7 +153,21 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
             args.repository.display()
         );
     }
-    let engine = Engine::load_repository(&args.repository)?;
+    let control = match args.model_control {
+        ModelControlArg::None => ModelControl::None,
+        ModelControlArg::Poll => {
+            if !(args.poll_interval_secs.is_finite() && args.poll_interval_secs >= 0.05) {
+                bail!("--poll-interval-secs must be at least 0.05");
+            }
+            ModelControl::Poll { interval: Duration::from_secs_f64(args.poll_interval_secs) }
+        }
+        ModelControlArg::Explicit => ModelControl::Explicit,
+    };
+    let engine = Engine::start(EngineConfig {
+        repository: args.repository.clone(),
+        control,
+        startup_models: args.load_models.clone(),
+    })?;
     let index = engine.index();
     let ready = index.iter().filter(|r| r.ready).count();
     tracing::info!(
@@ -138,12 +176,18 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         failed = index.len() - ready,
         "model repository loaded"
     );
-    let config = ServerConfig { host: args.host, http_port: args.http_port, max_body_bytes: args.max_body_bytes };
+    let config = ServerConfig {
+        host: args.host,
+        http_port: args.http_port,
+        grpc_port: args.grpc_port,
+        max_body_bytes: args.max_body_bytes,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-io").build()?;
     runtime.block_on(async move {
         let server = BoundServer::bind(&config, engine).await?;
         let addr = server.local_addr()?;
-        tracing::info!(startup_ms = started.elapsed().as_millis() as u64, "kiln listening on http://{addr}");
+        let grpc = server.grpc_addr()?;
+        tracing::info!(startup_ms = started.elapsed().as_millis() as u64, grpc = %grpc, "kiln listening on http://{addr}");
         server.serve(shutdown_signal()).await?;
         tracing::info!("kiln stopped");
         Ok(())

@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use kiln_core::{ModelInstance, ModelSignature, Tensor};
 use tokio::sync::oneshot;
 
 use crate::EngineError;
+use crate::stats::ModelStats;
 
 /// What a caller asks of a model.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +31,7 @@ pub struct InferResponse {
 }
 
 struct Job {
+    enqueued: Instant,
     inputs: Vec<Tensor>,
     outputs: Vec<String>,
     reply: oneshot::Sender<Result<Vec<Tensor>, EngineError>>,
@@ -52,6 +55,8 @@ pub struct ServedModel {
     /// Class labels per output, in column order.
     pub labels: BTreeMap<String, Vec<String>>,
     pub settings: ServingSettings,
+    /// Request, queue and compute counters (Triton's statistics extension).
+    pub stats: Arc<ModelStats>,
     queue: Sender<Job>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -73,20 +78,34 @@ impl ServedModel {
         instances: Vec<Box<dyn ModelInstance>>,
     ) -> Result<Self, EngineError> {
         let (queue, jobs) = crossbeam_channel::bounded::<Job>(settings.max_queue_size);
+        let stats = Arc::new(ModelStats::default());
+        // Rows are counted along the first dimension when the model has a dynamic one.
+        let batched = signature.inputs.first().is_some_and(|s| s.shape.first() == Some(&-1));
         let mut workers = Vec::with_capacity(instances.len());
         for (i, instance) in instances.into_iter().enumerate() {
             let jobs = jobs.clone();
+            let stats = stats.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("kiln-{name}-v{version}-{i}"))
-                .spawn(move || work(instance, &jobs))
+                .spawn(move || work(instance, &jobs, &stats, batched))
                 .map_err(|e| EngineError::Backend(format!("cannot start a worker thread: {e}")))?;
             workers.push(worker);
         }
-        Ok(ServedModel { name, version, signature, labels, settings, queue, workers })
+        Ok(ServedModel { name, version, signature, labels, settings, stats, queue, workers })
     }
 
     /// Validates a request and runs it on the next free instance.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
+        let started = Instant::now();
+        let result = self.infer_inner(request).await;
+        match &result {
+            Ok(_) => self.stats.success.record(started.elapsed()),
+            Err(_) => self.stats.fail.record(started.elapsed()),
+        }
+        result
+    }
+
+    async fn infer_inner(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
         self.signature.validate_inputs(&request.inputs)?;
         let outputs = self.signature.resolve_outputs(&request.outputs)?;
         if self.settings.max_batch_size > 0
@@ -99,7 +118,7 @@ impl ServedModel {
             )));
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job { inputs: request.inputs, outputs, reply };
+        let job = Job { enqueued: Instant::now(), inputs: request.inputs, outputs, reply };
         match self.queue.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -127,12 +146,19 @@ impl ServedModel {
     }
 }
 
-fn work(mut instance: Box<dyn ModelInstance>, jobs: &Receiver<Job>) {
+fn work(mut instance: Box<dyn ModelInstance>, jobs: &Receiver<Job>, stats: &ModelStats, batched: bool) {
     while let Ok(job) = jobs.recv() {
         if job.reply.is_closed() {
             continue; // the caller went away: do not spend compute on it
         }
+        let started = Instant::now();
+        stats.queue.record(started.duration_since(job.enqueued));
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| instance.run(&job.inputs, &job.outputs)));
+        stats.compute_infer.record(started.elapsed());
+        if matches!(result, Ok(Ok(_))) {
+            let rows = if batched { job.inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1) } else { 1 };
+            stats.record_execution(rows as u64);
+        }
         let result = match result {
             Ok(Ok(outputs)) => Ok(outputs),
             Ok(Err(e)) => Err(EngineError::from(e)),

@@ -1,10 +1,11 @@
 //! The model repository on disk: `REPO/<model>/<version>/model.onnx` plus an optional
 //! `REPO/<model>/config.toml`, and loading one model version from it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_backend_ort::{PreparedModel, SessionOptions};
-use kiln_core::ModelInstance;
+use kiln_core::{DataType, ModelInstance, ModelSignature, Tensor, TensorData};
 
 use crate::EngineError;
 use crate::config::ModelConfig;
@@ -54,6 +55,33 @@ fn scan_versions(model_dir: &Path) -> Vec<u64> {
     versions
 }
 
+/// Size and modification time of one file; `None` when it does not exist.
+pub type FileStamp = Option<(u64, std::time::SystemTime)>;
+
+/// What a model folder's files looked like, to tell whether anything changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub config: FileStamp,
+    /// Per numeric version folder, its model file.
+    pub versions: BTreeMap<u64, FileStamp>,
+}
+
+fn stamp(path: &Path) -> FileStamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// Reads the stamps of a model folder's config.toml and version files.
+pub fn fingerprint(model_dir: &Path) -> Fingerprint {
+    Fingerprint {
+        config: stamp(&model_dir.join(CONFIG_FILE)),
+        versions: scan_versions(model_dir)
+            .into_iter()
+            .map(|v| (v, stamp(&model_dir.join(v.to_string()).join(MODEL_FILE))))
+            .collect(),
+    }
+}
+
 /// Reads `config.toml` of a model folder (defaults when there is none).
 pub fn read_config(model_dir: &Path) -> Result<ModelConfig, String> {
     let path = model_dir.join(CONFIG_FILE);
@@ -97,10 +125,46 @@ pub fn load_model_file(
         )));
     }
     let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(settings.instances);
+    let warmup = warmup_inputs(&prepared.signature);
+    let outputs = prepared.signature.output_names();
     for _ in 0..settings.instances {
-        instances.push(Box::new(prepared.instantiate().map_err(|e| load_error(e.to_string()))?));
+        let mut instance = prepared.instantiate().map_err(|e| load_error(e.to_string()))?;
+        // Warm up before serving: the first run allocates and plans; pay it here, not in a
+        // user's request. A model that cannot run on zeros still serves (with a warning).
+        if let Err(e) = instance.run(&warmup, &outputs) {
+            tracing::warn!(model = name, version, "warm-up run on zero inputs failed: {e}");
+        }
+        instances.push(Box::new(instance));
     }
     ServedModel::start(name.to_string(), version, signature, labels, settings, instances)
+}
+
+/// Zero-valued inputs of the declared shapes, dynamic dimensions set to 1.
+fn warmup_inputs(signature: &ModelSignature) -> Vec<Tensor> {
+    signature
+        .inputs
+        .iter()
+        .filter_map(|spec| {
+            let shape: Vec<usize> = spec.shape.iter().map(|&d| usize::try_from(d).unwrap_or(1)).collect();
+            let n = kiln_core::element_count(&shape)?;
+            let data = match spec.datatype {
+                DataType::Bool => TensorData::Bool(vec![false; n]),
+                DataType::Uint8 => TensorData::Uint8(vec![0; n]),
+                DataType::Uint16 => TensorData::Uint16(vec![0; n]),
+                DataType::Uint32 => TensorData::Uint32(vec![0; n]),
+                DataType::Uint64 => TensorData::Uint64(vec![0; n]),
+                DataType::Int8 => TensorData::Int8(vec![0; n]),
+                DataType::Int16 => TensorData::Int16(vec![0; n]),
+                DataType::Int32 => TensorData::Int32(vec![0; n]),
+                DataType::Int64 => TensorData::Int64(vec![0; n]),
+                DataType::Fp16 => TensorData::Fp16(vec![half::f16::ZERO; n]),
+                DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
+                DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
+                DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
+            };
+            Tensor::new(spec.name.clone(), shape, data).ok()
+        })
+        .collect()
 }
 
 /// Loads `REPO/<model>/<version>/model.onnx`.

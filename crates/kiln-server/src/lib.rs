@@ -5,8 +5,18 @@
 //! typed errors to status codes. Only this crate speaks protocols; it runs no model itself
 //! and calls the one cloneable [`kiln_engine::Engine`] handle.
 
+pub mod grpc;
 pub mod rest;
 pub mod v2;
+
+/// The code generated from proto/inference.proto (messages, service trait, client).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("inference");
+
+    /// The encoded descriptor set, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));
+}
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +24,42 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::serve::ListenerExt;
-use kiln_engine::Engine;
+use kiln_engine::{Engine, EngineError, ModelControl};
+
+/// The protocol extensions kiln implements, as `GET /v2` and ServerMetadata list them.
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "statistics"];
+
+/// Explicit-mode load, off the executor (loading builds sessions and warms them up).
+pub async fn load_model(engine: &Engine, name: String) -> Result<(), EngineError> {
+    require_explicit(engine)?;
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.load_model(&name))
+        .await
+        .map_err(|e| EngineError::Backend(format!("model load task failed: {e}")))?
+}
+
+/// Explicit-mode unload.
+pub async fn unload_model(engine: &Engine, name: String) -> Result<(), EngineError> {
+    require_explicit(engine)?;
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.unload_model(&name))
+        .await
+        .map_err(|e| EngineError::Backend(format!("model unload task failed: {e}")))?
+}
+
+fn require_explicit(engine: &Engine) -> Result<(), EngineError> {
+    match engine.control() {
+        ModelControl::Explicit => Ok(()),
+        other => Err(EngineError::ModelControl(format!(
+            "loading and unloading models needs `--model-control explicit` (this server runs with {})",
+            match other {
+                ModelControl::None => "none",
+                ModelControl::Poll { .. } => "poll",
+                ModelControl::Explicit => "explicit",
+            }
+        ))),
+    }
+}
 
 /// Network settings of `kiln serve`.
 #[derive(Debug, Clone)]
@@ -23,13 +68,15 @@ pub struct ServerConfig {
     pub host: String,
     /// REST port; 0 picks a free one (tests).
     pub http_port: u16,
-    /// Largest request body accepted.
+    /// gRPC port; 0 picks a free one (tests).
+    pub grpc_port: u16,
+    /// Largest request body (REST) or message (gRPC) accepted.
     pub max_body_bytes: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { host: "127.0.0.1".into(), http_port: 8000, max_body_bytes: 64 * 1024 * 1024 }
+        ServerConfig { host: "127.0.0.1".into(), http_port: 8000, grpc_port: 8001, max_body_bytes: 64 * 1024 * 1024 }
     }
 }
 
@@ -40,49 +87,96 @@ pub enum ServerError {
     Bind { addr: String, source: std::io::Error },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
 }
 
-/// A bound, not yet running server: lets callers learn the real port before serving.
+/// A bound, not yet running server: lets callers learn the real ports before serving.
 pub struct BoundServer {
-    listener: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    grpc: tokio::net::TcpListener,
     state: rest::AppState,
 }
 
+async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener, ServerError> {
+    let addr = format!("{host}:{port}");
+    tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr, source })
+}
+
 impl BoundServer {
-    /// Binds the REST listener.
+    /// Binds the REST and gRPC listeners.
     pub async fn bind(config: &ServerConfig, engine: Engine) -> Result<Self, ServerError> {
-        let addr = format!("{}:{}", config.host, config.http_port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+        let http = bind(&config.host, config.http_port).await?;
+        let grpc = bind(&config.host, config.grpc_port).await?;
         let state =
             rest::AppState { engine, max_body_bytes: config.max_body_bytes, ready: Arc::new(AtomicBool::new(true)) };
-        Ok(BoundServer { listener, state })
+        Ok(BoundServer { http, grpc, state })
     }
 
-    /// The address actually bound.
+    /// The REST address actually bound.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.http.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, answers the requests in
-    /// flight and returns.
+    /// The gRPC address actually bound.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// Serves REST and gRPC until `shutdown` resolves, then stops accepting, answers the
+    /// requests in flight and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let ready = self.state.ready.clone();
-        let app = rest::router(self.state);
+        let engine = self.state.engine.clone();
+        let max_message = self.state.max_body_bytes;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|&s| s).await;
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            ready.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down: no new connections, finishing requests in flight");
+            let _ = stop_tx.send(true);
+        });
+
+        let poller = engine.spawn_poller();
+
         // Small request/response exchanges: do not let Nagle's algorithm hold them back.
-        let listener = self.listener.tap_io(|tcp| {
+        let listener = self.http.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!("cannot set TCP_NODELAY: {e}");
             }
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                ready.store(false, Ordering::Relaxed);
-                tracing::info!("shutting down: no new connections, finishing requests in flight");
-            })
-            .await?;
+        let app = rest::router(self.state.clone());
+        let rest = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<proto::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::InferenceService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let service = proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+            grpc::InferenceService::new(engine, self.state.ready.clone()),
+        )
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
+        let incoming = tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+
+        let (rest, grpc) = tokio::join!(rest.into_future(), grpc);
+        if let Some(poller) = poller {
+            poller.abort();
+        }
+        rest?;
+        grpc?;
         Ok(())
     }
 }

@@ -46,6 +46,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Validation(_) | EngineError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             EngineError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            EngineError::ModelControl(_) => StatusCode::BAD_REQUEST,
             EngineError::Repository(_) | EngineError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -81,7 +82,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_version))
+        .route("/v2/models/stats", get(all_stats))
         .route("/v2/repository/index", post(repository_index).get(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
         .fallback(not_found)
         // The infer handlers enforce `max_body_bytes` themselves with a JSON error.
         .layer(DefaultBodyLimit::disable())
@@ -103,7 +109,7 @@ async fn server_metadata() -> axum::Json<Value> {
     axum::Json(json!({
         "name": "kiln",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_repository"],
+        "extensions": crate::EXTENSIONS,
     }))
 }
 
@@ -279,4 +285,71 @@ async fn run_infer(
         )
             .into_response()
     })
+}
+
+async fn load(State(state): State<AppState>, Path(model): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    crate::load_model(&state.engine, model).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn unload(State(state): State<AppState>, Path(model): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    crate::unload_model(&state.engine, model).await?;
+    Ok(axum::Json(json!({})))
+}
+
+fn stats_json(engine: &Engine, name: Option<&str>, version: Option<&str>) -> Result<Value, ApiError> {
+    let states = match name {
+        Some(name) => vec![engine.model_state(name)?],
+        None => engine.model_states(),
+    };
+    let duration = |d: kiln_engine::stats::DurationSnapshot| json!({ "count": d.count, "ns": d.ns });
+    let mut rows = Vec::new();
+    for state in states {
+        for (v, s) in &state.versions {
+            let kiln_engine::VersionState::Ready(model) = s else { continue };
+            if version.is_some_and(|want| want != v.to_string()) {
+                continue;
+            }
+            let st = model.stats.snapshot();
+            rows.push(json!({
+                "name": state.name,
+                "version": v.to_string(),
+                "last_inference": st.last_inference_ms,
+                "inference_count": st.inference_count,
+                "execution_count": st.execution_count,
+                "inference_stats": {
+                    "success": duration(st.success),
+                    "fail": duration(st.fail),
+                    "queue": duration(st.queue),
+                    "compute_input": {"count": 0, "ns": 0},
+                    "compute_infer": duration(st.compute_infer),
+                    "compute_output": {"count": 0, "ns": 0},
+                    "cache_hit": {"count": 0, "ns": 0},
+                    "cache_miss": {"count": 0, "ns": 0},
+                },
+                "batch_stats": [],
+            }));
+        }
+    }
+    if let (Some(name), Some(version)) = (name, version)
+        && rows.is_empty()
+    {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("model '{name}' has no served version {version}")));
+    }
+    Ok(json!({ "model_stats": rows }))
+}
+
+async fn model_stats(State(state): State<AppState>, Path(model): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    stats_json(&state.engine, Some(&model), None).map(axum::Json)
+}
+
+async fn model_stats_version(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    stats_json(&state.engine, Some(&model), Some(&version)).map(axum::Json)
+}
+
+async fn all_stats(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    stats_json(&state.engine, None, None).map(axum::Json)
 }

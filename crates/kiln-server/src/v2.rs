@@ -146,7 +146,9 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Decod
     Ok(DecodedRequest { id, parameters: request.parameters, inputs, outputs, binary_by_default })
 }
 
-fn decode_binary(name: &str, datatype: DataType, count: usize, bytes: &[u8]) -> Result<TensorData, DecodeError> {
+/// Decodes one tensor's elements from the binary encoding (little-endian; BYTES as 4-byte
+/// length-prefixed items); `count` is the number of elements the shape needs.
+pub fn decode_binary(name: &str, datatype: DataType, count: usize, bytes: &[u8]) -> Result<TensorData, DecodeError> {
     let Some(size) = datatype.element_size() else {
         return decode_binary_strings(name, count, bytes);
     };

@@ -52,7 +52,13 @@ impl Drop for TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        Self::start_with(ServerConfig { http_port: 0, max_body_bytes: 1 << 20, ..ServerConfig::default() }).await
+        Self::start_with(ServerConfig {
+            http_port: 0,
+            grpc_port: 0,
+            max_body_bytes: 1 << 20,
+            ..ServerConfig::default()
+        })
+        .await
     }
 
     pub async fn start_with(config: ServerConfig) -> TestServer {

@@ -1,0 +1,429 @@
+//! The [`Engine`] handle: which model versions are served, and how that changes while
+//! serving (explicit load/unload, repository polling) without dropping a request.
+//!
+//! Zero-downtime rule: a model's new state is built completely (new versions loaded and
+//! warmed up, unchanged versions reused) before it replaces the old one in one map write.
+//! Requests in flight hold an `Arc` of the version they started on and finish on it; the old
+//! version's workers stop once the last of them is answered. A version that fails to load
+//! leaves the copy already serving in place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::config::ModelConfig;
+use crate::repository::{self, Fingerprint, ModelDir};
+use crate::{EngineError, InferRequest, InferResponse, ModelHandle};
+
+/// How the set of served models may change after start (Triton's `--model-control-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelControl {
+    /// Everything in the repository is loaded at start and never changes.
+    None,
+    /// The repository is rescanned every `interval`; new, changed and removed models and
+    /// versions are applied.
+    Poll { interval: Duration },
+    /// Models are loaded and unloaded on request (REST/gRPC repository API) only.
+    Explicit,
+}
+
+/// What the engine serves and how.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub repository: PathBuf,
+    pub control: ModelControl,
+    /// In explicit mode, the models to load at start (`*` = all); ignored otherwise.
+    pub startup_models: Vec<String>,
+}
+
+/// The state of one version of a model.
+#[derive(Debug, Clone)]
+pub enum VersionState {
+    Ready(ModelHandle),
+    Failed(String),
+}
+
+/// One model and the state of each version kiln tried to serve.
+#[derive(Debug, Clone)]
+pub struct ModelState {
+    pub name: String,
+    pub versions: BTreeMap<u64, VersionState>,
+    /// A problem with the model as a whole (bad config.toml, no versions, unloaded) or with
+    /// its last reload while an older copy keeps serving.
+    pub error: Option<String>,
+    /// The files the current state was built from (for change detection).
+    fingerprint: Fingerprint,
+}
+
+impl ModelState {
+    fn failed(name: &str, error: String, fingerprint: Fingerprint) -> Self {
+        ModelState { name: name.to_string(), versions: BTreeMap::new(), error: Some(error), fingerprint }
+    }
+
+    /// Versions that are ready, ascending.
+    pub fn ready_versions(&self) -> Vec<u64> {
+        self.versions.iter().filter(|(_, s)| matches!(s, VersionState::Ready(_))).map(|(&v, _)| v).collect()
+    }
+
+    /// Why the model cannot serve, when it cannot.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        if !self.ready_versions().is_empty() {
+            return None;
+        }
+        let mut reasons: Vec<String> = self.error.iter().cloned().collect();
+        reasons.extend(self.versions.iter().filter_map(|(v, s)| match s {
+            VersionState::Failed(reason) => Some(format!("version {v}: {reason}")),
+            VersionState::Ready(_) => None,
+        }));
+        Some(format!("model '{}' is not available: {}", self.name, reasons.join("; ")))
+    }
+}
+
+/// One row of the repository index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: Option<u64>,
+    pub ready: bool,
+    pub reason: Option<String>,
+}
+
+struct EngineInner {
+    config: EngineConfig,
+    models: RwLock<BTreeMap<String, Arc<ModelState>>>,
+    /// Serializes loads and unloads so two reloads of one model cannot interleave.
+    changes: Mutex<()>,
+}
+
+/// The cloneable handle to every served model.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+impl Engine {
+    /// Loads every model of a repository (model control `none`).
+    pub fn load_repository(repository: &Path) -> Result<Engine, EngineError> {
+        Engine::start(EngineConfig {
+            repository: repository.to_path_buf(),
+            control: ModelControl::None,
+            startup_models: Vec::new(),
+        })
+    }
+
+    /// Creates the engine and loads the models its mode loads at start: all of them, or in
+    /// explicit mode those named in `startup_models`. A model that fails is recorded with
+    /// its reason and does not stop the others; only an unreadable repository is an error.
+    /// Blocking; ONNX Runtime must be initialised first (`kiln_backend_ort::runtime`).
+    pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+        let dirs = repository::scan(&config.repository)?;
+        let explicit = config.control == ModelControl::Explicit;
+        let startup = config.startup_models.clone();
+        let wanted = |name: &str| !explicit || startup.iter().any(|m| m == "*" || m == name);
+        if config.control == ModelControl::Explicit {
+            for name in config.startup_models.iter().filter(|m| *m != "*") {
+                if !dirs.iter().any(|d| &d.name == name) {
+                    return Err(EngineError::Repository(format!(
+                        "--load-model {name}: no such model folder in {}",
+                        config.repository.display()
+                    )));
+                }
+            }
+        }
+        let engine = Engine {
+            inner: Arc::new(EngineInner { config, models: RwLock::new(BTreeMap::new()), changes: Mutex::new(()) }),
+        };
+        for dir in dirs.iter().filter(|d| wanted(&d.name)) {
+            let state = build_state(dir, None);
+            engine.write_models().insert(dir.name.clone(), Arc::new(state));
+        }
+        Ok(engine)
+    }
+
+    /// The repository folder this engine serves.
+    pub fn repository(&self) -> &Path {
+        &self.inner.config.repository
+    }
+
+    /// The model control mode.
+    pub fn control(&self) -> ModelControl {
+        self.inner.config.control
+    }
+
+    fn models(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<ModelState>>> {
+        // Writers replace whole entries, so a poisoned lock never holds a half-written map.
+        self.inner.models.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_models(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<ModelState>>> {
+        self.inner.models.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The state of one model.
+    pub fn model_state(&self, name: &str) -> Result<Arc<ModelState>, EngineError> {
+        self.models().get(name).cloned().ok_or_else(|| EngineError::ModelNotFound(name.to_string()))
+    }
+
+    /// Every model currently known, by name.
+    pub fn model_states(&self) -> Vec<Arc<ModelState>> {
+        self.models().values().cloned().collect()
+    }
+
+    /// The ready version to use: the named one, or the highest ready one.
+    pub fn model(&self, name: &str, version: Option<&str>) -> Result<ModelHandle, EngineError> {
+        let state = self.model_state(name)?;
+        match version {
+            None | Some("") => {
+                let ready = state.versions.values().rev().find_map(|s| match s {
+                    VersionState::Ready(m) => Some(m.clone()),
+                    VersionState::Failed(_) => None,
+                });
+                ready.ok_or_else(|| EngineError::NotReady(state.unavailable_reason().unwrap_or_default()))
+            }
+            Some(text) => {
+                let not_found = || EngineError::VersionNotFound {
+                    model: name.to_string(),
+                    version: text.to_string(),
+                    served: state.ready_versions(),
+                };
+                let version: u64 = text.parse().map_err(|_| not_found())?;
+                match state.versions.get(&version) {
+                    Some(VersionState::Ready(m)) => Ok(m.clone()),
+                    Some(VersionState::Failed(reason)) => Err(EngineError::NotReady(format!(
+                        "model '{name}' version {version} is not available: {reason}"
+                    ))),
+                    None => Err(not_found()),
+                }
+            }
+        }
+    }
+
+    /// Runs one request on a model.
+    pub async fn infer(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        request: InferRequest,
+    ) -> Result<InferResponse, EngineError> {
+        self.model(name, version)?.infer(request).await
+    }
+
+    /// Every model and version with its state, sorted by name and version; in explicit mode
+    /// also the repository's models that are not loaded.
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let mut rows = Vec::new();
+        let models = self.models().clone();
+        for state in models.values() {
+            let ready_any = !state.ready_versions().is_empty();
+            if state.versions.is_empty() {
+                rows.push(IndexEntry {
+                    name: state.name.clone(),
+                    version: None,
+                    ready: false,
+                    reason: state.unavailable_reason(),
+                });
+            }
+            for (&version, s) in &state.versions {
+                let (ready, reason) = match s {
+                    VersionState::Ready(_) => (true, state.error.clone().filter(|_| ready_any)),
+                    VersionState::Failed(r) => (false, Some(r.clone())),
+                };
+                rows.push(IndexEntry { name: state.name.clone(), version: Some(version), ready, reason });
+            }
+        }
+        if let Ok(dirs) = repository::scan(self.repository()) {
+            for dir in dirs.into_iter().filter(|d| !models.contains_key(&d.name)) {
+                rows.push(IndexEntry {
+                    name: dir.name,
+                    version: None,
+                    ready: false,
+                    reason: Some("not loaded".into()),
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        rows
+    }
+
+    /// Loads or reloads one model from the repository (explicit mode's load). New and
+    /// changed versions are loaded and warmed up before they replace the serving ones;
+    /// unchanged versions keep serving untouched. Blocking: call it off the executor.
+    pub fn load_model(&self, name: &str) -> Result<(), EngineError> {
+        let _guard = self.inner.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = repository::scan(self.repository())?
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| EngineError::ModelNotFound(format!("{name}' (no such folder in the model repository)")))?;
+        let previous = self.models().get(name).cloned();
+        let state = build_state(&dir, previous.as_deref());
+        let result = match state.unavailable_reason() {
+            Some(reason) => Err(EngineError::NotReady(reason)),
+            None => Ok(()),
+        };
+        self.write_models().insert(name.to_string(), Arc::new(state));
+        result
+    }
+
+    /// Stops serving a model. Requests in flight finish; the model stays in the index as
+    /// unavailable ("unloaded").
+    pub fn unload_model(&self, name: &str) -> Result<(), EngineError> {
+        let _guard = self.inner.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut models = self.write_models();
+        if !models.contains_key(name) && !self.repository().join(name).is_dir() {
+            return Err(EngineError::ModelNotFound(name.to_string()));
+        }
+        models.insert(name.to_string(), Arc::new(ModelState::failed(name, "unloaded".into(), Fingerprint::default())));
+        tracing::info!(model = name, "model unloaded");
+        Ok(())
+    }
+
+    /// One pass of poll mode: applies new, changed and removed models. A model whose files
+    /// are still changing (a copy in progress) is left for the next pass. Blocking.
+    pub fn poll_once(&self, settle: Duration) {
+        let dirs = match repository::scan(self.repository()) {
+            Ok(dirs) => dirs,
+            Err(e) => {
+                tracing::warn!("repository poll failed: {e}");
+                return;
+            }
+        };
+        let current = self.models().clone();
+        for dir in &dirs {
+            let fingerprint = repository::fingerprint(&dir.path);
+            let changed = current.get(&dir.name).is_none_or(|s| s.fingerprint != fingerprint);
+            if !changed {
+                continue;
+            }
+            std::thread::sleep(settle);
+            if repository::fingerprint(&dir.path) != fingerprint {
+                tracing::debug!(model = %dir.name, "files still changing; trying again next poll");
+                continue;
+            }
+            tracing::info!(model = %dir.name, "repository change detected; reloading");
+            if let Err(e) = self.load_model(&dir.name) {
+                tracing::warn!(model = %dir.name, "{e}");
+            }
+        }
+        for name in current.keys().filter(|n| !dirs.iter().any(|d| &d.name == *n)) {
+            let _guard = self.inner.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.write_models().remove(name);
+            tracing::info!(model = %name, "model folder removed; model unloaded");
+        }
+    }
+
+    /// Runs poll mode until the returned task is dropped or aborted. Does nothing in other
+    /// modes.
+    pub fn spawn_poller(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let ModelControl::Poll { interval } = self.control() else { return None };
+        let engine = self.clone();
+        Some(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let engine = engine.clone();
+                let settle = interval.min(Duration::from_millis(200));
+                if tokio::task::spawn_blocking(move || engine.poll_once(settle)).await.is_err() {
+                    tracing::error!("repository poll panicked; polling continues");
+                }
+            }
+        }))
+    }
+}
+
+/// Builds a model's state from its folder, reusing the versions of `previous` whose files
+/// and config did not change, and keeping a serving copy when its replacement fails.
+fn build_state(dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
+    let fingerprint = repository::fingerprint(&dir.path);
+    let config = match repository::read_config(&dir.path) {
+        Ok(config) => config,
+        Err(e) => return keep_previous_or_fail(dir, previous, e, fingerprint),
+    };
+    if let Some(named) = &config.name
+        && named != &dir.name
+    {
+        let e = format!("config.toml names the model '{named}', but its folder is '{}'", dir.name);
+        return keep_previous_or_fail(dir, previous, e, fingerprint);
+    }
+    let selected = config.version_policy().select(&dir.versions);
+    if selected.is_empty() {
+        let e = if dir.versions.is_empty() {
+            format!("no version folders in {} (expected {}/1/model.onnx)", dir.path.display(), dir.path.display())
+        } else {
+            format!("the version policy selects none of the versions on disk {:?}", dir.versions)
+        };
+        return keep_previous_or_fail(dir, previous, e, fingerprint);
+    }
+    let config_unchanged = previous.is_some_and(|p| p.fingerprint.config == fingerprint.config);
+    let mut state = ModelState { name: dir.name.clone(), versions: BTreeMap::new(), error: None, fingerprint };
+    let mut errors = Vec::new();
+    for version in selected {
+        let old = previous.and_then(|p| match p.versions.get(&version) {
+            Some(VersionState::Ready(m)) => Some((m.clone(), p.fingerprint.versions.get(&version).copied())),
+            _ => None,
+        });
+        if let Some((model, old_file)) = &old
+            && config_unchanged
+            && *old_file == state.fingerprint.versions.get(&version).copied()
+        {
+            state.versions.insert(version, VersionState::Ready(model.clone()));
+            continue;
+        }
+        match load_and_log(dir, version, &config) {
+            Ok(model) => {
+                state.versions.insert(version, VersionState::Ready(Arc::new(model)));
+            }
+            Err(reason) => match old {
+                Some((model, _)) => {
+                    errors.push(format!("version {version}: reload failed, the previous copy keeps serving: {reason}"));
+                    state.versions.insert(version, VersionState::Ready(model));
+                }
+                None => {
+                    state.versions.insert(version, VersionState::Failed(reason));
+                }
+            },
+        }
+    }
+    if !errors.is_empty() {
+        state.error = Some(errors.join("; "));
+    }
+    state
+}
+
+fn load_and_log(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<crate::ServedModel, String> {
+    match repository::load_version(dir, version, config) {
+        Ok(model) => {
+            tracing::info!(
+                model = %dir.name,
+                version,
+                instances = model.instance_count(),
+                inputs = ?model.signature.input_names(),
+                outputs = ?model.signature.output_names(),
+                "model ready"
+            );
+            Ok(model)
+        }
+        Err(e) => {
+            tracing::error!(model = %dir.name, version, "{e}");
+            Err(match e {
+                EngineError::LoadFailed { reason, .. } => reason,
+                other => other.to_string(),
+            })
+        }
+    }
+}
+
+/// A model-level problem: keep serving what was served (noting the error), or fail.
+fn keep_previous_or_fail(dir: &ModelDir, previous: Option<&ModelState>, error: String, fp: Fingerprint) -> ModelState {
+    tracing::error!(model = %dir.name, "{error}");
+    match previous.filter(|p| !p.ready_versions().is_empty()) {
+        Some(p) => ModelState {
+            error: Some(format!("reload failed, the previous copy keeps serving: {error}")),
+            fingerprint: fp,
+            ..p.clone()
+        },
+        None => ModelState::failed(&dir.name, error, fp),
+    }
+}

@@ -1,0 +1,345 @@
+//! The KServe v2 gRPC service (`inference.GRPCInferenceService`) on tonic, sharing the
+//! engine handle with REST.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::{Stream, StreamExt};
+use kiln_core::{DataType, Tensor, TensorData, element_count};
+use kiln_engine::{Engine, EngineError, InferRequest, VersionState};
+use prost::bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use crate::proto::grpc_inference_service_server::GrpcInferenceService;
+use crate::proto::model_infer_request::InferInputTensor;
+use crate::proto::model_infer_response::InferOutputTensor;
+use crate::proto::model_metadata_response::TensorMetadata;
+use crate::proto::repository_index_response::ModelIndex;
+use crate::proto::{
+    InferBatchStatistics, InferStatistics, InferTensorContents, ModelInferRequest, ModelInferResponse,
+    ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStatistics,
+    ModelStatisticsRequest, ModelStatisticsResponse, ModelStreamInferResponse, RepositoryIndexRequest,
+    RepositoryIndexResponse, RepositoryModelLoadRequest, RepositoryModelLoadResponse, RepositoryModelUnloadRequest,
+    RepositoryModelUnloadResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
+    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse, StatisticDuration,
+};
+use crate::v2;
+
+/// Requests of one ModelStreamInfer stream run concurrently up to this many; answers keep
+/// the order of the requests.
+const STREAM_CONCURRENCY: usize = 16;
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct InferenceService {
+    engine: Engine,
+    ready: Arc<AtomicBool>,
+}
+
+impl InferenceService {
+    pub fn new(engine: Engine, ready: Arc<AtomicBool>) -> Self {
+        InferenceService { engine, ready }
+    }
+}
+
+/// The one place engine errors become gRPC status codes.
+pub fn status(e: &EngineError) -> Status {
+    let message = e.to_string();
+    match e {
+        EngineError::ModelNotFound(_) | EngineError::VersionNotFound { .. } => Status::not_found(message),
+        EngineError::Validation(_) | EngineError::InvalidRequest(_) => Status::invalid_argument(message),
+        EngineError::NotReady(_) | EngineError::LoadFailed { .. } | EngineError::Unavailable(_) => {
+            Status::unavailable(message)
+        }
+        EngineError::Overloaded(_) => Status::resource_exhausted(message),
+        EngineError::ModelControl(_) => Status::failed_precondition(message),
+        EngineError::Repository(_) | EngineError::Backend(_) => Status::internal(message),
+    }
+}
+
+fn invalid(e: v2::DecodeError) -> Status {
+    Status::invalid_argument(e.0)
+}
+
+fn narrow<T: TryFrom<S>, S: Copy + std::fmt::Display>(
+    name: &str,
+    dt: DataType,
+    values: &[S],
+) -> Result<Vec<T>, Status> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            T::try_from(v).map_err(|_| {
+                Status::invalid_argument(format!("input '{name}': element {i} ({v}) is out of range for {dt}"))
+            })
+        })
+        .collect()
+}
+
+/// Decodes typed `contents` (the protocol's per-type repeated fields).
+fn from_contents(name: &str, dt: DataType, c: InferTensorContents) -> Result<TensorData, Status> {
+    Ok(match dt {
+        DataType::Bool => TensorData::Bool(c.bool_contents),
+        DataType::Int8 => TensorData::Int8(narrow(name, dt, &c.int_contents)?),
+        DataType::Int16 => TensorData::Int16(narrow(name, dt, &c.int_contents)?),
+        DataType::Int32 => TensorData::Int32(c.int_contents),
+        DataType::Int64 => TensorData::Int64(c.int64_contents),
+        DataType::Uint8 => TensorData::Uint8(narrow(name, dt, &c.uint_contents)?),
+        DataType::Uint16 => TensorData::Uint16(narrow(name, dt, &c.uint_contents)?),
+        DataType::Uint32 => TensorData::Uint32(c.uint_contents),
+        DataType::Uint64 => TensorData::Uint64(c.uint64_contents),
+        // The protocol has no FP16 field; fp32_contents are converted.
+        DataType::Fp16 => TensorData::Fp16(c.fp32_contents.iter().map(|&x| half::f16::from_f32(x)).collect()),
+        DataType::Fp32 => TensorData::Fp32(c.fp32_contents),
+        DataType::Fp64 => TensorData::Fp64(c.fp64_contents),
+        DataType::Bytes => TensorData::Bytes(c.bytes_contents.into_iter().map(|b| b.to_vec()).collect()),
+    })
+}
+
+fn decode_input(input: InferInputTensor, raw: Option<&Bytes>) -> Result<Tensor, Status> {
+    let name = input.name;
+    let dt: DataType = input.datatype.parse().map_err(|e| Status::invalid_argument(format!("input '{name}': {e}")))?;
+    let mut shape = Vec::with_capacity(input.shape.len());
+    for &d in &input.shape {
+        shape.push(usize::try_from(d).map_err(|_| {
+            Status::invalid_argument(format!("input '{name}': shape {:?} has a negative dimension", input.shape))
+        })?);
+    }
+    let count = element_count(&shape)
+        .ok_or_else(|| Status::invalid_argument(format!("input '{name}': shape {shape:?} is too large")))?;
+    let data = match (raw, input.contents) {
+        (Some(bytes), _) => v2::decode_binary(&name, dt, count, bytes).map_err(invalid)?,
+        (None, Some(contents)) => from_contents(&name, dt, contents)?,
+        (None, None) => {
+            return Err(Status::invalid_argument(format!(
+                "input '{name}' has no data: send raw_input_contents or typed contents"
+            )));
+        }
+    };
+    if data.len() != count {
+        return Err(Status::invalid_argument(format!(
+            "input '{name}': the shape needs {count} elements, but the contents hold {}",
+            data.len()
+        )));
+    }
+    Tensor::new(name, shape, data).map_err(Status::invalid_argument)
+}
+
+async fn infer_one(engine: &Engine, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+    let ModelInferRequest { model_name, model_version, id, parameters, inputs, outputs, raw_input_contents } = request;
+    let served = engine.model(&model_name, Some(&model_version)).map_err(|e| status(&e))?;
+    if !raw_input_contents.is_empty() && raw_input_contents.len() != inputs.len() {
+        return Err(Status::invalid_argument(format!(
+            "raw_input_contents has {} entries for {} inputs; send one per input, in order",
+            raw_input_contents.len(),
+            inputs.len()
+        )));
+    }
+    let tensors = inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, input)| decode_input(input, raw_input_contents.get(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let requested = outputs.into_iter().map(|o| o.name).collect();
+    let response = served.infer(InferRequest { inputs: tensors, outputs: requested }).await.map_err(|e| status(&e))?;
+    let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
+    let outputs = response
+        .outputs
+        .into_iter()
+        .map(|t| {
+            raw_output_contents.push(Bytes::from(v2::encode_binary(&t.data)));
+            InferOutputTensor {
+                datatype: t.datatype().as_str().to_string(),
+                shape: t.shape.iter().map(|&d| d as i64).collect(),
+                name: t.name,
+                parameters: HashMap::new(),
+                contents: None,
+            }
+        })
+        .collect();
+    Ok(ModelInferResponse {
+        model_name: response.model_name,
+        model_version: response.model_version.to_string(),
+        id,
+        parameters,
+        outputs,
+        raw_output_contents,
+    })
+}
+
+fn duration(d: kiln_engine::stats::DurationSnapshot) -> Option<StatisticDuration> {
+    Some(StatisticDuration { count: d.count, ns: d.ns })
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: self.ready.load(Ordering::Relaxed) }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let ready = self.engine.model(&r.name, Some(&r.version)).is_ok();
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "kiln".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: crate::EXTENSIONS.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.engine.model(&r.name, Some(&r.version)).map_err(|e| status(&e))?;
+        let versions = self.engine.model_state(&r.name).map_err(|e| status(&e))?.ready_versions();
+        let meta = |s: &kiln_core::TensorSpec| TensorMetadata {
+            name: s.name.clone(),
+            datatype: s.datatype.as_str().into(),
+            shape: s.shape.clone(),
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: model.name.clone(),
+            versions: versions.iter().map(ToString::to_string).collect(),
+            platform: "onnxruntime_onnx".into(),
+            inputs: model.signature.inputs.iter().map(meta).collect(),
+            outputs: model.signature.outputs.iter().map(meta).collect(),
+        }))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        infer_one(&self.engine, request.into_inner()).await.map(Response::new)
+    }
+
+    type ModelStreamInferStream = ResponseStream;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let engine = self.engine.clone();
+        let stream = request
+            .into_inner()
+            .map(move |item| {
+                let engine = engine.clone();
+                async move {
+                    // A failed request is reported in-band and the stream goes on; only a
+                    // broken transport ends it.
+                    let request = match item {
+                        Ok(r) => r,
+                        Err(status) => return Err(status),
+                    };
+                    Ok(match infer_one(&engine, request).await {
+                        Ok(response) => {
+                            ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
+                        }
+                        Err(status) => ModelStreamInferResponse {
+                            error_message: status.message().to_string(),
+                            infer_response: None,
+                        },
+                    })
+                }
+            })
+            .buffered(STREAM_CONCURRENCY);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let states = if r.name.is_empty() {
+            self.engine.model_states()
+        } else {
+            vec![self.engine.model_state(&r.name).map_err(|e| status(&e))?]
+        };
+        let mut model_stats = Vec::new();
+        for state in states {
+            for (version, v) in &state.versions {
+                let VersionState::Ready(model) = v else { continue };
+                if !r.version.is_empty() && r.version != version.to_string() {
+                    continue;
+                }
+                let s = model.stats.snapshot();
+                model_stats.push(ModelStatistics {
+                    name: state.name.clone(),
+                    version: version.to_string(),
+                    last_inference: s.last_inference_ms,
+                    inference_count: s.inference_count,
+                    execution_count: s.execution_count,
+                    inference_stats: Some(InferStatistics {
+                        success: duration(s.success),
+                        fail: duration(s.fail),
+                        queue: duration(s.queue),
+                        compute_input: duration(Default::default()),
+                        compute_infer: duration(s.compute_infer),
+                        compute_output: duration(Default::default()),
+                        cache_hit: duration(Default::default()),
+                        cache_miss: duration(Default::default()),
+                    }),
+                    batch_stats: Vec::<InferBatchStatistics>::new(),
+                });
+            }
+        }
+        if !r.name.is_empty() && !r.version.is_empty() && model_stats.is_empty() {
+            return Err(Status::not_found(format!("model '{}' has no served version {}", r.name, r.version)));
+        }
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let only_ready = request.into_inner().ready;
+        let models = self
+            .engine
+            .index()
+            .into_iter()
+            .filter(|row| !only_ready || row.ready)
+            .map(|row| ModelIndex {
+                name: row.name,
+                version: row.version.map(|v| v.to_string()).unwrap_or_default(),
+                state: if row.ready { "READY" } else { "UNAVAILABLE" }.into(),
+                reason: row.reason.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        let name = request.into_inner().model_name;
+        crate::load_model(&self.engine, name).await.map_err(|e| status(&e))?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        let name = request.into_inner().model_name;
+        crate::unload_model(&self.engine, name).await.map_err(|e| status(&e))?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+}
