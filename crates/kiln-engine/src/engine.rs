@@ -386,6 +386,31 @@ fn build_state(dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
             },
         }
     }
+    // If none of the newly selected versions could load (say version 2 arrived corrupt
+    // under `latest = 1`), the versions already serving carry on rather than going dark.
+    if state.ready_versions().is_empty()
+        && let Some(previous) = previous
+        && !previous.ready_versions().is_empty()
+    {
+        let failed: Vec<String> = state
+            .versions
+            .iter()
+            .filter_map(|(v, s)| match s {
+                VersionState::Failed(reason) => Some(format!("version {v}: {reason}")),
+                VersionState::Ready(_) => None,
+            })
+            .collect();
+        for (v, s) in &previous.versions {
+            if let VersionState::Ready(model) = s {
+                state.versions.insert(*v, VersionState::Ready(model.clone()));
+            }
+        }
+        errors.push(format!(
+            "new versions failed to load, still serving {:?}: {}",
+            previous.ready_versions(),
+            failed.join("; ")
+        ));
+    }
     if !errors.is_empty() {
         state.error = Some(errors.join("; "));
     }
