@@ -409,3 +409,40 @@ async fn unknown_models_and_oversized_bodies() {
     assert_eq!(r.status(), 405);
     s.assert_still_serving().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_count_what_was_sent() {
+    let s = TestServer::start().await;
+    let body = json!({"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2, 6.2, 2.9, 4.3, 1.3]}]});
+    for _ in 0..4 {
+        assert_eq!(s.post_json("/v2/models/iris/infer", &body).await.0, 200);
+    }
+    let bad = json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    assert_eq!(s.post_json("/v2/models/iris/infer", &bad).await.0, 400);
+    let (status, v) = s.get("/v2/models/iris/stats").await;
+    assert_eq!(status, 200, "{v}");
+    let st = &v["model_stats"][0];
+    assert_eq!(st["name"], "iris");
+    assert_eq!(st["version"], "1");
+    assert_eq!(st["inference_stats"]["success"]["count"], 4);
+    assert_eq!(st["inference_stats"]["fail"]["count"], 1);
+    assert_eq!(st["inference_count"], 8);
+    assert_eq!(st["execution_count"], 4);
+    assert_eq!(st["inference_stats"]["queue"]["count"], 4);
+    assert!(st["inference_stats"]["compute_infer"]["ns"].as_u64().expect("ns") > 0);
+    assert!(st["last_inference"].as_u64().expect("ms") > 1_700_000_000_000);
+    assert_eq!(s.get("/v2/models/iris/versions/1/stats").await.0, 200);
+    assert_eq!(s.get("/v2/models/iris/versions/9/stats").await.0, 404);
+    let (_, all) = s.get("/v2/models/stats").await;
+    assert!(all["model_stats"].as_array().expect("rows").len() >= 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_and_unload_need_explicit_mode() {
+    let s = TestServer::start().await;
+    let r = s.client.post(s.url("/v2/repository/models/iris/unload")).send().await.expect("send");
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.expect("json");
+    assert!(v["error"].as_str().expect("error").contains("needs `--model-control explicit`"), "{v}");
+    s.assert_still_serving().await;
+}
