@@ -33,11 +33,12 @@ class KilnServer:
         self.port = free_port()
         self.grpc_port = free_port()
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        self.metrics_port = free_port()
         self.url = f"127.0.0.1:{self.port}"  # tritonclient wants no scheme
         self.log = open(repository.parent / "kiln.log", "w+")
         self.proc = subprocess.Popen(
             [kiln_bin(), "serve", str(repository), "--http-port", str(self.port),
-             "--grpc-port", str(self.grpc_port), *extra_args],
+             "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port), *extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

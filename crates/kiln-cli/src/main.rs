@@ -54,6 +54,12 @@ enum ModelControlArg {
     Explicit,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a model repository (REPO/<model>/<version>/model.onnx) over KServe v2 REST and gRPC.
@@ -103,6 +109,13 @@ struct ServeArgs {
     /// Explicit mode: a model to load at start (repeatable; `*` = all).
     #[arg(long = "load-model", env = "KILN_LOAD_MODELS", value_delimiter = ',')]
     load_models: Vec<String>,
+    /// Port of a listener that serves only `GET /metrics` (Prometheus text; also on the REST
+    /// port). 0 picks a free port.
+    #[arg(long, env = "KILN_METRICS_PORT", default_value_t = 8002)]
+    metrics_port: u16,
+    /// Collect and expose Prometheus metrics (`on`) or not (`off`).
+    #[arg(long, env = "KILN_METRICS", value_enum, default_value_t = Switch::On)]
+    metrics: Switch,
     /// Largest request body accepted; larger ones get 413.
     #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -153,6 +166,8 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
             args.repository.display()
         );
     }
+    // Before any model loads: models register their metric handles when they start.
+    let metrics = (args.metrics == Switch::On).then(install_metrics).transpose()?;
     let control = match args.model_control {
         ModelControlArg::None => ModelControl::None,
         ModelControlArg::Poll => {
@@ -181,17 +196,48 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         http_port: args.http_port,
         grpc_port: args.grpc_port,
         max_body_bytes: args.max_body_bytes,
+        metrics_port: metrics.is_some().then_some(args.metrics_port),
+        metrics,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-io").build()?;
     runtime.block_on(async move {
         let server = BoundServer::bind(&config, engine).await?;
         let addr = server.local_addr()?;
         let grpc = server.grpc_addr()?;
-        tracing::info!(startup_ms = started.elapsed().as_millis() as u64, grpc = %grpc, "kiln listening on http://{addr}");
+        let metrics = server.metrics_addr().map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+        tracing::info!(
+            startup_ms = started.elapsed().as_millis() as u64,
+            grpc = %grpc,
+            metrics = %metrics,
+            "kiln listening on http://{addr}"
+        );
         server.serve(shutdown_signal()).await?;
         tracing::info!("kiln stopped");
         Ok(())
     })
+}
+
+/// Installs the Prometheus recorder behind the `metrics` facade the library crates use.
+/// Latency histograms get buckets (so p99s can be computed server-side), not summaries.
+fn install_metrics() -> Result<kiln_server::MetricsRender> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let seconds = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        10.0,
+    ];
+    let rows = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)?
+        .set_buckets_for_metric(Matcher::Full("kiln_batch_size".into()), &rows)?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let process = metrics_process::Collector::default();
+    process.describe();
+    Ok(std::sync::Arc::new(move || {
+        process.collect();
+        handle.run_upkeep();
+        handle.render()
+    }))
 }
 
 async fn shutdown_signal() {
@@ -298,7 +344,8 @@ fn predict(onnxruntime: Option<&Path>, model: &Path, input: &str) -> Result<()> 
     let request = v2::decode_request(&body, None)?;
     let outputs: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let response = runtime.block_on(served.infer(InferRequest { inputs: request.inputs, outputs }))?;
+    let response =
+        runtime.block_on(served.infer(InferRequest { inputs: request.inputs, outputs, ..InferRequest::default() }))?;
     let outputs: Vec<_> = response.outputs.into_iter().map(|t| (t, false)).collect();
     let encoded = v2::encode_response(
         &response.model_name,

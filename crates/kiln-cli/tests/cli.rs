@@ -17,7 +17,7 @@ fn root() -> PathBuf {
 #[test]
 fn serve_answers_and_stops_cleanly_on_sigterm() {
     let mut child = kiln()
-        .args(["serve", "--http-port", "0", "--grpc-port", "0", "--log-format", "json"])
+        .args(["serve", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--log-format", "json"])
         .arg(root().join("examples/models"))
         .stderr(Stdio::piped())
         .spawn()
@@ -148,8 +148,10 @@ fn a_missing_runtime_is_explained_not_a_panic() {
 
 #[test]
 fn a_missing_repository_is_explained() {
-    let out =
-        kiln().args(["serve", "/nonexistent/models", "--http-port", "0", "--grpc-port", "0"]).output().expect("run");
+    let out = kiln()
+        .args(["serve", "/nonexistent/models", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"])
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("model repository /nonexistent/models is not a folder"), "{stderr}");

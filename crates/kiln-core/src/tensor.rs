@@ -64,6 +64,56 @@ impl TensorData {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Joins tensors' elements end to end (the batcher's merge along the first dimension).
+    /// `None` when the parts do not all have one datatype, or there are none.
+    pub fn concat(parts: &[&TensorData]) -> Option<TensorData> {
+        let first = parts.first()?;
+        macro_rules! join {
+            ($variant:ident) => {{
+                let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+                for part in parts {
+                    let TensorData::$variant(v) = part else { return None };
+                    out.extend_from_slice(v);
+                }
+                TensorData::$variant(out)
+            }};
+        }
+        Some(match first {
+            TensorData::Bool(_) => join!(Bool),
+            TensorData::Uint8(_) => join!(Uint8),
+            TensorData::Uint16(_) => join!(Uint16),
+            TensorData::Uint32(_) => join!(Uint32),
+            TensorData::Uint64(_) => join!(Uint64),
+            TensorData::Int8(_) => join!(Int8),
+            TensorData::Int16(_) => join!(Int16),
+            TensorData::Int32(_) => join!(Int32),
+            TensorData::Int64(_) => join!(Int64),
+            TensorData::Fp16(_) => join!(Fp16),
+            TensorData::Fp32(_) => join!(Fp32),
+            TensorData::Fp64(_) => join!(Fp64),
+            TensorData::Bytes(_) => join!(Bytes),
+        })
+    }
+
+    /// Elements `start..end` (the batcher's split back per request).
+    pub fn slice(&self, start: usize, end: usize) -> TensorData {
+        match self {
+            TensorData::Bool(v) => TensorData::Bool(v[start..end].to_vec()),
+            TensorData::Uint8(v) => TensorData::Uint8(v[start..end].to_vec()),
+            TensorData::Uint16(v) => TensorData::Uint16(v[start..end].to_vec()),
+            TensorData::Uint32(v) => TensorData::Uint32(v[start..end].to_vec()),
+            TensorData::Uint64(v) => TensorData::Uint64(v[start..end].to_vec()),
+            TensorData::Int8(v) => TensorData::Int8(v[start..end].to_vec()),
+            TensorData::Int16(v) => TensorData::Int16(v[start..end].to_vec()),
+            TensorData::Int32(v) => TensorData::Int32(v[start..end].to_vec()),
+            TensorData::Int64(v) => TensorData::Int64(v[start..end].to_vec()),
+            TensorData::Fp16(v) => TensorData::Fp16(v[start..end].to_vec()),
+            TensorData::Fp32(v) => TensorData::Fp32(v[start..end].to_vec()),
+            TensorData::Fp64(v) => TensorData::Fp64(v[start..end].to_vec()),
+            TensorData::Bytes(v) => TensorData::Bytes(v[start..end].to_vec()),
+        }
+    }
 }
 
 /// A named tensor with a concrete shape, as carried by an inference request or response.
@@ -103,6 +153,19 @@ pub fn element_count(shape: &[usize]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concat_and_slice_are_inverse() {
+        let a = TensorData::Int64(vec![1, 2, 3]);
+        let b = TensorData::Int64(vec![4]);
+        let joined = TensorData::concat(&[&a, &b]).expect("same type");
+        assert_eq!(joined, TensorData::Int64(vec![1, 2, 3, 4]));
+        assert_eq!(joined.slice(0, 3), a);
+        assert_eq!(joined.slice(3, 4), b);
+        let s = TensorData::Bytes(vec![b"x".to_vec()]);
+        assert_eq!(TensorData::concat(&[&a, &s]), None);
+        assert_eq!(TensorData::concat(&[]), None);
+    }
 
     #[test]
     fn new_checks_element_count() {

@@ -26,6 +26,18 @@ pub struct ModelConfig {
     /// Requests that may wait for a free instance before new ones are refused with
     /// "overloaded" (default 1024).
     pub max_queue_size: Option<usize>,
+    /// Merge concurrent requests into batches along the first dimension (default: on when
+    /// `max_batch_size` > 0).
+    pub dynamic_batching: Option<bool>,
+    /// Longest a batch waits for more requests, in microseconds (default 0: merge only what
+    /// is already waiting).
+    pub max_queue_delay_us: Option<u64>,
+    /// Adaptive batching: tune the wait (up to `max_queue_delay_us`, or half the target) to
+    /// keep request latency under this many milliseconds.
+    pub latency_target_ms: Option<f64>,
+    /// Default per-request timeout in milliseconds (a request's `timeout` parameter, in
+    /// microseconds, overrides it); none by default.
+    pub request_timeout_ms: Option<u64>,
     /// Which versions are served (default: the highest one).
     pub version_policy: Option<VersionPolicy>,
     #[serde(default)]
@@ -96,6 +108,14 @@ impl ModelConfig {
                 return Err(format!("{key} must be at least 1"));
             }
         }
+        if config.dynamic_batching == Some(true) && config.max_batch_size() == 0 {
+            return Err("dynamic_batching needs max_batch_size > 0 (the largest merged batch)".into());
+        }
+        if let Some(t) = config.latency_target_ms
+            && !(t.is_finite() && t > 0.0)
+        {
+            return Err(format!("latency_target_ms must be a positive number, got {t}"));
+        }
         if let Some(VersionPolicy::Latest(0)) = config.version_policy {
             return Err("version_policy latest must be at least 1".into());
         }
@@ -116,6 +136,27 @@ impl ModelConfig {
 
     pub fn max_batch_size(&self) -> usize {
         self.max_batch_size.unwrap_or(0)
+    }
+
+    pub fn dynamic_batching(&self) -> bool {
+        self.dynamic_batching.unwrap_or(self.max_batch_size() > 0)
+    }
+
+    pub fn latency_target(&self) -> Option<std::time::Duration> {
+        self.latency_target_ms.map(|ms| std::time::Duration::from_secs_f64(ms / 1000.0))
+    }
+
+    /// The batching window's upper bound.
+    pub fn max_queue_delay(&self) -> std::time::Duration {
+        match (self.max_queue_delay_us, self.latency_target()) {
+            (Some(us), _) => std::time::Duration::from_micros(us),
+            (None, Some(target)) => target / 2,
+            (None, None) => std::time::Duration::ZERO,
+        }
+    }
+
+    pub fn request_timeout(&self) -> Option<std::time::Duration> {
+        self.request_timeout_ms.map(std::time::Duration::from_millis)
     }
 
     pub fn version_policy(&self) -> VersionPolicy {

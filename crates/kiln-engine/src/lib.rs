@@ -8,8 +8,10 @@
 //! It knows nothing of HTTP, gRPC or JSON: errors are typed ([`EngineError`]) and the server
 //! maps them to status codes.
 
+mod batcher;
 pub mod config;
 mod engine;
+pub mod metrics;
 mod model;
 pub mod repository;
 pub mod stats;
@@ -17,6 +19,7 @@ pub mod stats;
 use kiln_core::{BackendError, ValidationError};
 
 pub use engine::{Engine, EngineConfig, IndexEntry, ModelControl, ModelState, VersionState};
+pub use metrics::Protocol;
 pub use model::{InferRequest, InferResponse, ModelHandle, ServedModel, ServingSettings};
 
 /// Everything that can go wrong between a request and a model.
@@ -36,6 +39,9 @@ pub enum EngineError {
     InvalidRequest(String),
     #[error("{0}")]
     Overloaded(String),
+    /// The request's timeout passed before it was answered.
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]

@@ -1,17 +1,18 @@
-//! One served model version: its instances on their worker threads and the bounded queue
-//! that feeds them.
+//! One served model version: its instances on their worker threads, the bounded queue that
+//! feeds them, and the dynamic batcher each worker runs.
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 use kiln_core::{ModelInstance, ModelSignature, Tensor};
 use tokio::sync::oneshot;
 
 use crate::EngineError;
+use crate::batcher::{self, BatchWindow, Job};
+use crate::metrics::{ModelMetrics, Outcome, Protocol};
 use crate::stats::ModelStats;
 
 /// What a caller asks of a model.
@@ -20,6 +21,11 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Outputs wanted, in this order; empty = all, in model order.
     pub outputs: Vec<String>,
+    /// Give up (and answer "deadline exceeded") after this long; `None` = the model's
+    /// `request_timeout_ms`, if any.
+    pub timeout: Option<Duration>,
+    /// Which transport the request came by (for metrics).
+    pub protocol: Protocol,
 }
 
 /// What a model answers.
@@ -30,20 +36,23 @@ pub struct InferResponse {
     pub outputs: Vec<Tensor>,
 }
 
-struct Job {
-    enqueued: Instant,
-    inputs: Vec<Tensor>,
-    outputs: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Tensor>, EngineError>>,
-}
-
 /// Settings a model version runs with, resolved from config.toml and defaults.
 #[derive(Debug, Clone)]
 pub struct ServingSettings {
     pub instances: usize,
     pub threads: usize,
+    /// Largest first dimension of a request, and of a merged batch. 0 = no limit and no
+    /// dynamic batching.
     pub max_batch_size: usize,
     pub max_queue_size: usize,
+    /// Whether concurrent requests are merged into batches.
+    pub dynamic_batching: bool,
+    /// Longest a worker waits for more requests to fill a batch.
+    pub max_queue_delay: Duration,
+    /// Adaptive mode: tune the wait to keep request latency under this.
+    pub latency_target: Option<Duration>,
+    /// Default per-request timeout.
+    pub request_timeout: Option<Duration>,
 }
 
 /// A loaded, ready model version. Dropping the last handle stops its workers once the
@@ -57,6 +66,8 @@ pub struct ServedModel {
     pub settings: ServingSettings,
     /// Request, queue and compute counters (Triton's statistics extension).
     pub stats: Arc<ModelStats>,
+    metrics: Arc<ModelMetrics>,
+    window: Arc<BatchWindow>,
     queue: Sender<Job>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -79,48 +90,66 @@ impl ServedModel {
     ) -> Result<Self, EngineError> {
         let (queue, jobs) = crossbeam_channel::bounded::<Job>(settings.max_queue_size);
         let stats = Arc::new(ModelStats::default());
+        let metrics = Arc::new(ModelMetrics::new(&name, version));
+        let window = Arc::new(BatchWindow::new(settings.max_queue_delay, settings.latency_target));
+        metrics.batch_window(window.current());
         // Rows are counted along the first dimension when the model has a dynamic one.
         let batched = signature.inputs.first().is_some_and(|s| s.shape.first() == Some(&-1));
         let mut workers = Vec::with_capacity(instances.len());
         for (i, instance) in instances.into_iter().enumerate() {
-            let jobs = jobs.clone();
-            let stats = stats.clone();
-            let worker = std::thread::Builder::new()
+            let worker = batcher::Worker {
+                instance,
+                jobs: jobs.clone(),
+                stats: stats.clone(),
+                metrics: metrics.clone(),
+                window: window.clone(),
+                counts_rows: batched,
+                max_batch_size: settings.max_batch_size,
+                dynamic_batching: settings.dynamic_batching,
+            };
+            let handle = std::thread::Builder::new()
                 .name(format!("kiln-{name}-v{version}-{i}"))
-                .spawn(move || work(instance, &jobs, &stats, batched))
+                .spawn(move || worker.run())
                 .map_err(|e| EngineError::Backend(format!("cannot start a worker thread: {e}")))?;
-            workers.push(worker);
+            workers.push(handle);
         }
-        Ok(ServedModel { name, version, signature, labels, settings, stats, queue, workers })
+        Ok(ServedModel { name, version, signature, labels, settings, stats, metrics, window, queue, workers })
     }
 
-    /// Validates a request and runs it on the next free instance.
+    /// Validates a request and runs it on the next free instance (merged with others when
+    /// dynamic batching is on).
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
         let started = Instant::now();
+        let protocol = request.protocol;
+        self.metrics.in_flight(1.0);
         let result = self.infer_inner(request).await;
+        self.metrics.in_flight(-1.0);
+        let elapsed = started.elapsed();
         match &result {
-            Ok(_) => self.stats.success.record(started.elapsed()),
-            Err(_) => self.stats.fail.record(started.elapsed()),
+            Ok(_) => self.stats.success.record(elapsed),
+            Err(_) => self.stats.fail.record(elapsed),
         }
+        self.metrics.request(protocol, Outcome::of(&result), elapsed);
         result
     }
 
     async fn infer_inner(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
         self.signature.validate_inputs(&request.inputs)?;
         let outputs = self.signature.resolve_outputs(&request.outputs)?;
-        if self.settings.max_batch_size > 0
-            && let Some(rows) = request.inputs.iter().find_map(|t| t.shape.first().copied())
-            && rows > self.settings.max_batch_size
-        {
+        let rows = request.inputs.iter().find_map(|t| t.shape.first().copied()).unwrap_or(1);
+        if self.settings.max_batch_size > 0 && rows > self.settings.max_batch_size {
             return Err(EngineError::InvalidRequest(format!(
                 "batch of {rows} rows exceeds max_batch_size {} of model '{}'",
                 self.settings.max_batch_size, self.name
             )));
         }
+        let timeout = request.timeout.or(self.settings.request_timeout);
+        let now = Instant::now();
         let (reply, answer) = oneshot::channel();
-        let job = Job { enqueued: Instant::now(), inputs: request.inputs, outputs, reply };
+        let job =
+            Job { enqueued: now, deadline: timeout.map(|t| now + t), rows, inputs: request.inputs, outputs, reply };
         match self.queue.try_send(job) {
-            Ok(()) => {}
+            Ok(()) => self.metrics.queue_depth(self.queue.len()),
             Err(TrySendError::Full(_)) => {
                 return Err(EngineError::Overloaded(format!(
                     "model '{}' version {} has {} requests waiting (max_queue_size); retry later",
@@ -134,9 +163,17 @@ impl ServedModel {
                 )));
             }
         }
-        let outputs = answer.await.map_err(|_| {
-            EngineError::Backend(format!("model '{}' version {} dropped the request", self.name, self.version))
-        })??;
+        let dropped =
+            || EngineError::Backend(format!("model '{}' version {} dropped the request", self.name, self.version));
+        let outputs = match timeout {
+            // Dropping `answer` on timeout closes the reply channel: a worker that reaches the
+            // job later skips it instead of running it for nobody.
+            Some(limit) => match tokio::time::timeout(limit, answer).await {
+                Ok(reply) => reply.map_err(|_| dropped())??,
+                Err(_) => return Err(timeout_error(&self.name, self.version, limit)),
+            },
+            None => answer.await.map_err(|_| dropped())??,
+        };
         Ok(InferResponse { model_name: self.name.clone(), model_version: self.version, outputs })
     }
 
@@ -144,31 +181,23 @@ impl ServedModel {
     pub fn instance_count(&self) -> usize {
         self.workers.len()
     }
+
+    /// Requests waiting for an instance now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The batching window workers use now (adaptive mode moves it).
+    pub fn batch_window(&self) -> Duration {
+        self.window.current()
+    }
 }
 
-fn work(mut instance: Box<dyn ModelInstance>, jobs: &Receiver<Job>, stats: &ModelStats, batched: bool) {
-    while let Ok(job) = jobs.recv() {
-        if job.reply.is_closed() {
-            continue; // the caller went away: do not spend compute on it
-        }
-        let started = Instant::now();
-        stats.queue.record(started.duration_since(job.enqueued));
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| instance.run(&job.inputs, &job.outputs)));
-        stats.compute_infer.record(started.elapsed());
-        if matches!(result, Ok(Ok(_))) {
-            let rows = if batched { job.inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1) } else { 1 };
-            stats.record_execution(rows as u64);
-        }
-        let result = match result {
-            Ok(Ok(outputs)) => Ok(outputs),
-            Ok(Err(e)) => Err(EngineError::from(e)),
-            Err(_) => {
-                tracing::error!(thread = ?std::thread::current().name(), "the backend panicked; the request failed, the instance keeps serving");
-                Err(EngineError::Backend("the backend panicked while running the model".into()))
-            }
-        };
-        let _ = job.reply.send(result);
-    }
+pub(crate) fn timeout_error(model: &str, version: u64, limit: Duration) -> EngineError {
+    EngineError::Timeout(format!(
+        "model '{model}' version {version} did not answer within the request timeout of {} µs",
+        limit.as_micros()
+    ))
 }
 
 /// Keeps the served model alive while in use.

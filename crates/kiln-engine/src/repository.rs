@@ -115,7 +115,20 @@ pub fn load_model_file(
         threads: config.threads(),
         max_batch_size: config.max_batch_size(),
         max_queue_size: config.max_queue_size(),
+        dynamic_batching: config.dynamic_batching(),
+        max_queue_delay: config.max_queue_delay(),
+        latency_target: config.latency_target(),
+        request_timeout: config.request_timeout(),
     };
+    if settings.dynamic_batching
+        && let Some(fixed) = signature.outputs.iter().find(|s| s.shape.first().is_none_or(|&d| d >= 0))
+    {
+        return Err(load_error(format!(
+            "dynamic batching is on, but output '{}' has no dynamic first (batch) dimension: {:?}; \
+             set dynamic_batching = false",
+            fixed.name, fixed.shape
+        )));
+    }
     if settings.max_batch_size > 0
         && let Some(fixed) = signature.inputs.iter().find(|s| s.shape.first().is_none_or(|&d| d >= 0))
     {

@@ -5,10 +5,13 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use kiln_core::{DataType, Tensor, TensorData, element_count};
-use kiln_engine::{Engine, EngineError, InferRequest, VersionState};
+use kiln_engine::{Engine, EngineError, InferRequest, Protocol, VersionState};
+
+use crate::proto::infer_parameter::ParameterChoice as Choice;
 use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
 
@@ -55,6 +58,7 @@ pub fn status(e: &EngineError) -> Status {
         }
         EngineError::Overloaded(_) => Status::resource_exhausted(message),
         EngineError::ModelControl(_) => Status::failed_precondition(message),
+        EngineError::Timeout(_) => Status::deadline_exceeded(message),
         EngineError::Repository(_) | EngineError::Backend(_) => Status::internal(message),
     }
 }
@@ -144,7 +148,20 @@ async fn infer_one(engine: &Engine, request: ModelInferRequest) -> Result<ModelI
         .map(|(i, input)| decode_input(input, raw_input_contents.get(i)))
         .collect::<Result<Vec<_>, _>>()?;
     let requested = outputs.into_iter().map(|o| o.name).collect();
-    let response = served.infer(InferRequest { inputs: tensors, outputs: requested }).await.map_err(|e| status(&e))?;
+    let timeout = match parameters.get("timeout").and_then(|p| p.parameter_choice.as_ref()) {
+        None => None,
+        Some(Choice::Int64Param(us)) if *us > 0 => Some(Duration::from_micros(*us as u64)),
+        Some(Choice::Uint64Param(us)) if *us > 0 => Some(Duration::from_micros(*us)),
+        Some(other) => {
+            return Err(Status::invalid_argument(format!(
+                "parameter 'timeout' must be a positive integer of microseconds, got {other:?}"
+            )));
+        }
+    };
+    let response = served
+        .infer(InferRequest { inputs: tensors, outputs: requested, timeout, protocol: Protocol::Grpc })
+        .await
+        .map_err(|e| status(&e))?;
     let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
     let outputs = response
         .outputs

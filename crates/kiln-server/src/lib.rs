@@ -62,7 +62,7 @@ fn require_explicit(engine: &Engine) -> Result<(), EngineError> {
 }
 
 /// Network settings of `kiln serve`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Address to bind, 127.0.0.1 unless the operator chooses otherwise.
     pub host: String,
@@ -72,18 +72,32 @@ pub struct ServerConfig {
     pub grpc_port: u16,
     /// Largest request body (REST) or message (gRPC) accepted.
     pub max_body_bytes: usize,
+    /// A port serving only `GET /metrics` (Triton's 8002); `None` = no separate port.
+    pub metrics_port: Option<u16>,
+    /// Renders the Prometheus text exposition; `None` = metrics off (404).
+    pub metrics: Option<MetricsRender>,
 }
+
+/// Renders the current metrics as Prometheus text (installed by the binary).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { host: "127.0.0.1".into(), http_port: 8000, grpc_port: 8001, max_body_bytes: 64 * 1024 * 1024 }
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            http_port: 8000,
+            grpc_port: 8001,
+            max_body_bytes: 64 * 1024 * 1024,
+            metrics_port: None,
+            metrics: None,
+        }
     }
 }
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: String, source: std::io::Error },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
@@ -95,6 +109,7 @@ pub enum ServerError {
 pub struct BoundServer {
     http: tokio::net::TcpListener,
     grpc: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
     state: rest::AppState,
 }
 
@@ -108,14 +123,27 @@ impl BoundServer {
     pub async fn bind(config: &ServerConfig, engine: Engine) -> Result<Self, ServerError> {
         let http = bind(&config.host, config.http_port).await?;
         let grpc = bind(&config.host, config.grpc_port).await?;
-        let state =
-            rest::AppState { engine, max_body_bytes: config.max_body_bytes, ready: Arc::new(AtomicBool::new(true)) };
-        Ok(BoundServer { http, grpc, state })
+        let metrics = match config.metrics_port {
+            Some(port) => Some(bind(&config.host, port).await?),
+            None => None,
+        };
+        let state = rest::AppState {
+            engine,
+            max_body_bytes: config.max_body_bytes,
+            ready: Arc::new(AtomicBool::new(true)),
+            metrics: config.metrics.clone(),
+        };
+        Ok(BoundServer { http, grpc, metrics, state })
     }
 
     /// The REST address actually bound.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.http.local_addr()
+    }
+
+    /// The metrics address actually bound, when there is a separate metrics port.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The gRPC address actually bound.
@@ -150,6 +178,10 @@ impl BoundServer {
         });
         let app = rest::router(self.state.clone());
         let rest = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let metrics = self.metrics.map(|listener| {
+            let app = rest::metrics_router(self.state.clone());
+            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future())
+        });
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -174,6 +206,9 @@ impl BoundServer {
         let (rest, grpc) = tokio::join!(rest.into_future(), grpc);
         if let Some(poller) = poller {
             poller.abort();
+        }
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
         }
         rest?;
         grpc?;

@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kiln_engine::{Engine, EngineError, InferRequest, ServedModel};
+use kiln_engine::{Engine, EngineError, InferRequest, Protocol, ServedModel};
 use serde_json::{Value, json};
 
 use crate::v2;
@@ -22,6 +22,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Cleared when shutdown starts, so load balancers stop sending traffic.
     pub ready: Arc<AtomicBool>,
+    /// Prometheus text renderer; `None` when metrics are off.
+    pub metrics: Option<crate::MetricsRender>,
 }
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -47,6 +49,7 @@ impl From<EngineError> for ApiError {
             EngineError::Validation(_) | EngineError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             EngineError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             EngineError::ModelControl(_) => StatusCode::BAD_REQUEST,
+            EngineError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             EngineError::Repository(_) | EngineError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -85,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/stats", get(model_stats))
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_version))
         .route("/v2/models/stats", get(all_stats))
+        .route("/metrics", get(metrics))
         .route("/v2/repository/index", post(repository_index).get(repository_index))
         .route("/v2/repository/models/{model}/load", post(load))
         .route("/v2/repository/models/{model}/unload", post(unload))
@@ -92,6 +96,20 @@ pub fn router(state: AppState) -> Router {
         // The infer handlers enforce `max_body_bytes` themselves with a JSON error.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// The router of the separate metrics port: `GET /metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(metrics)).fallback(not_found).with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let render =
+        state.metrics.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "metrics are off (--metrics off)"))?;
+    let text = tokio::task::spawn_blocking(move || render())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics rendering failed: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], text).into_response())
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -253,7 +271,10 @@ async fn run_infer(
     let decoded = v2::decode_request(&body, header_length)?;
     drop(body);
     let requested: Vec<String> = decoded.outputs.iter().map(|o| o.name.clone()).collect();
-    let response = served.infer(InferRequest { inputs: decoded.inputs, outputs: requested }).await?;
+    let timeout = v2::timeout_parameter(decoded.parameters.as_ref())?;
+    let response = served
+        .infer(InferRequest { inputs: decoded.inputs, outputs: requested, timeout, protocol: Protocol::Rest })
+        .await?;
     let outputs: Vec<(kiln_core::Tensor, bool)> = response
         .outputs
         .into_iter()

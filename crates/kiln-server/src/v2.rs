@@ -290,6 +290,18 @@ fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Re
     })
 }
 
+/// The request-level `timeout` parameter (microseconds, Triton's meaning).
+pub fn timeout_parameter(parameters: Option<&Map<String, Value>>) -> Result<Option<std::time::Duration>, DecodeError> {
+    match parameters.and_then(|p| p.get("timeout")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            v.as_u64().filter(|&us| us > 0).map(|us| Some(std::time::Duration::from_micros(us))).ok_or_else(|| {
+                DecodeError(format!("parameter 'timeout' must be a positive integer of microseconds, got {v}"))
+            })
+        }
+    }
+}
+
 /// The binary encoding of a tensor's elements (little-endian; BYTES length-prefixed).
 pub fn encode_binary(data: &TensorData) -> Vec<u8> {
     macro_rules! le {

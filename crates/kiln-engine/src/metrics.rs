@@ -1,0 +1,147 @@
+//! Prometheus-style metrics through the `metrics` facade (the binary installs the exporter).
+//! Handles are registered once per model version, so the request path only bumps atomics.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+use crate::EngineError;
+
+/// The transport a request came by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    Rest,
+    Grpc,
+    /// CLI, Python bridge, benchmarks: no network hop.
+    #[default]
+    InProcess,
+}
+
+impl Protocol {
+    const ALL: [Protocol; 3] = [Protocol::Rest, Protocol::Grpc, Protocol::InProcess];
+
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Rest => "rest",
+            Protocol::Grpc => "grpc",
+            Protocol::InProcess => "in_process",
+        }
+    }
+}
+
+/// How a request ended, for the requests counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The request did not fit the model (400 / INVALID_ARGUMENT).
+    Invalid,
+    /// Refused because the queue was full (429 / RESOURCE_EXHAUSTED).
+    Overloaded,
+    /// Gave up at the request timeout (504 / DEADLINE_EXCEEDED).
+    Timeout,
+    /// Anything else (backend failure, model going away).
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] =
+        [Outcome::Success, Outcome::Invalid, Outcome::Overloaded, Outcome::Timeout, Outcome::Error];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Invalid => "invalid",
+            Outcome::Overloaded => "overloaded",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+        }
+    }
+
+    pub fn of<T>(result: &Result<T, EngineError>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(EngineError::Validation(_) | EngineError::InvalidRequest(_)) => Outcome::Invalid,
+            Err(EngineError::Overloaded(_)) => Outcome::Overloaded,
+            Err(EngineError::Timeout(_)) => Outcome::Timeout,
+            Err(_) => Outcome::Error,
+        }
+    }
+}
+
+/// The pre-registered metric handles of one model version.
+pub struct ModelMetrics {
+    requests: Vec<Counter>,
+    latency: Vec<Histogram>,
+    queue_time: Histogram,
+    compute_time: Histogram,
+    batch_size: Histogram,
+    queue_depth: Gauge,
+    in_flight: Gauge,
+    batch_window: Gauge,
+}
+
+impl ModelMetrics {
+    pub fn new(model: &str, version: u64) -> Self {
+        let model = model.to_string();
+        let version = version.to_string();
+        let mut requests = Vec::new();
+        for protocol in Protocol::ALL {
+            for outcome in Outcome::ALL {
+                requests.push(counter!(
+                    "kiln_requests_total",
+                    "model" => model.clone(), "version" => version.clone(),
+                    "protocol" => protocol.label(), "outcome" => outcome.label()
+                ));
+            }
+        }
+        let latency = Protocol::ALL
+            .iter()
+            .map(|p| {
+                histogram!("kiln_request_duration_seconds", "model" => model.clone(), "version" => version.clone(), "protocol" => p.label())
+            })
+            .collect();
+        ModelMetrics {
+            requests,
+            latency,
+            queue_time: histogram!("kiln_queue_duration_seconds", "model" => model.clone(), "version" => version.clone()),
+            compute_time: histogram!("kiln_compute_duration_seconds", "model" => model.clone(), "version" => version.clone()),
+            batch_size: histogram!("kiln_batch_size", "model" => model.clone(), "version" => version.clone()),
+            queue_depth: gauge!("kiln_queue_depth", "model" => model.clone(), "version" => version.clone()),
+            in_flight: gauge!("kiln_requests_in_flight", "model" => model.clone(), "version" => version.clone()),
+            batch_window: gauge!("kiln_batch_window_seconds", "model" => model, "version" => version),
+        }
+    }
+
+    pub fn request(&self, protocol: Protocol, outcome: Outcome, elapsed: Duration) {
+        let p = Protocol::ALL.iter().position(|&x| x == protocol).unwrap_or(0);
+        let o = Outcome::ALL.iter().position(|&x| x == outcome).unwrap_or(0);
+        self.requests[p * Outcome::ALL.len() + o].increment(1);
+        if outcome == Outcome::Success {
+            self.latency[p].record(elapsed.as_secs_f64());
+        }
+    }
+
+    pub fn queue_time(&self, d: Duration) {
+        self.queue_time.record(d.as_secs_f64());
+    }
+
+    pub fn compute_time(&self, d: Duration) {
+        self.compute_time.record(d.as_secs_f64());
+    }
+
+    pub fn batch_size(&self, rows: usize) {
+        self.batch_size.record(rows as f64);
+    }
+
+    pub fn queue_depth(&self, depth: usize) {
+        self.queue_depth.set(depth as f64);
+    }
+
+    pub fn in_flight(&self, delta: f64) {
+        self.in_flight.increment(delta);
+    }
+
+    pub fn batch_window(&self, window: Duration) {
+        self.batch_window.set(window.as_secs_f64());
+    }
+}
