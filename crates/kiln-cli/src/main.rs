@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_backend_ort::{onnx_proto, runtime};
-use kiln_engine::config::ModelConfig;
-use kiln_engine::{Engine, EngineConfig, InferRequest, ModelControl, ServedModel, repository};
+use kiln_engine::{Engine, EngineConfig, InferRequest, ModelControl, repository};
 use kiln_server::{BoundServer, ServerConfig, v2};
 
 /// kiln serves ONNX models exported from Python (scikit-learn, PyTorch) over the KServe v2 /
@@ -72,6 +71,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load-test a KServe v2 server (REST JSON/binary, gRPC) or kiln's engine in-process:
+    /// throughput, HdrHistogram percentiles, errors; --json, --plot FILE.svg.
+    Bench(Box<BenchArgs>),
     /// Run a model once, without a server, on a v2 inference request read from a file or stdin;
     /// prints the v2 response JSON.
     Predict {
@@ -81,6 +83,70 @@ enum Command {
         #[arg(long, short, default_value = "-")]
         input: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchProtocol {
+    /// REST with JSON tensors.
+    RestJson,
+    /// REST with the binary tensor extension (what tritonclient sends).
+    RestBinary,
+    /// gRPC ModelInfer with raw_input_contents.
+    Grpc,
+    /// kiln's engine in this process (needs --model-path): the ceiling without a network.
+    InProcess,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Model name (on the server), or a label for in-process runs.
+    model: String,
+    /// host:port of the server (REST port for rest-*, gRPC port for grpc).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    url: String,
+    /// How requests travel.
+    #[arg(long, value_enum, default_value_t = BenchProtocol::RestBinary)]
+    protocol: BenchProtocol,
+    /// Model version (default: the server's choice).
+    #[arg(long)]
+    model_version: Option<String>,
+    /// Closed loop: callers sending back to back.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    concurrency: usize,
+    /// Open loop: requests per second on a fixed schedule (latency counted from the intended
+    /// send time); replaces --concurrency.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds to measure.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many measured requests instead.
+    #[arg(long, short = 'n')]
+    requests: Option<u64>,
+    /// Seconds of unmeasured load first.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Rows per request for random inputs (dynamic first dimensions).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// A v2 JSON inference request to send instead of random inputs.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// In-process: an ONNX file or a repository model folder.
+    #[arg(long)]
+    model_path: Option<PathBuf>,
+    /// gRPC connections to spread the load over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Load-generator threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG of the latency distribution and throughput over time.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,6 +208,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(cli.onnxruntime.as_deref(), args),
         Command::Inspect { model, json } => inspect(cli.onnxruntime.as_deref(), &model, json),
         Command::Predict { model, input } => predict(cli.onnxruntime.as_deref(), &model, &input),
+        Command::Bench(args) => bench(cli.onnxruntime.as_deref(), *args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -309,28 +376,6 @@ fn inspect(onnxruntime: Option<&Path>, path: &Path, as_json: bool) -> Result<()>
     Ok(())
 }
 
-/// Loads a model for `predict`: an ONNX file with default settings, or a repository model
-/// folder (its highest version, with its config.toml).
-fn load_for_predict(path: &Path) -> Result<ServedModel> {
-    let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("model").to_string();
-    if path.is_file() {
-        return Ok(repository::load_model_file(&name, 1, path, &ModelConfig::default())?);
-    }
-    if !path.is_dir() {
-        bail!("{} is neither an ONNX file nor a model folder", path.display());
-    }
-    let config = repository::read_config(path).map_err(anyhow::Error::msg)?;
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let dir = repository::scan(parent)?
-        .into_iter()
-        .find(|d| d.path.file_name() == path.file_name())
-        .with_context(|| format!("{} is not a model folder", path.display()))?;
-    let Some(&version) = dir.versions.last() else {
-        bail!("{} has no version folders (expected {}/1/model.onnx)", path.display(), path.display());
-    };
-    Ok(repository::load_version(&dir, version, &config)?)
-}
-
 fn predict(onnxruntime: Option<&Path>, model: &Path, input: &str) -> Result<()> {
     start_runtime(onnxruntime)?;
     let body = if input == "-" {
@@ -340,7 +385,7 @@ fn predict(onnxruntime: Option<&Path>, model: &Path, input: &str) -> Result<()> 
     } else {
         std::fs::read(input).with_context(|| format!("cannot read {input}"))?
     };
-    let served = load_for_predict(model)?;
+    let served = repository::load_path(model)?;
     let request = v2::decode_request(&body, None)?;
     let outputs: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
@@ -355,5 +400,57 @@ fn predict(onnxruntime: Option<&Path>, model: &Path, input: &str) -> Result<()> 
         &outputs,
     );
     println!("{}", String::from_utf8_lossy(&encoded.json));
+    Ok(())
+}
+
+fn bench(onnxruntime: Option<&Path>, args: BenchArgs) -> Result<()> {
+    use kiln_bench::{BenchConfig, Protocol, TargetSpec};
+    let protocol = match args.protocol {
+        BenchProtocol::RestJson => Protocol::RestJson,
+        BenchProtocol::RestBinary => Protocol::RestBinary,
+        BenchProtocol::Grpc => Protocol::Grpc,
+        BenchProtocol::InProcess => {
+            start_runtime(onnxruntime)?;
+            Protocol::InProcess
+        }
+    };
+    if !(args.duration.is_finite() && args.duration > 0.0 && args.warmup.is_finite() && args.warmup >= 0.0) {
+        bail!("--duration must be positive and --warmup non-negative");
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of requests per second");
+    }
+    let config = BenchConfig {
+        target: TargetSpec {
+            protocol,
+            url: args.url,
+            model: args.model,
+            version: args.model_version,
+            batch: args.batch.max(1),
+            input_file: args.input,
+            model_path: args.model_path,
+            connections: args.connections,
+        },
+        concurrency: args.concurrency,
+        rate: args.rate,
+        duration: Duration::from_secs_f64(args.duration),
+        requests: args.requests,
+        warmup: Duration::from_secs_f64(args.warmup),
+        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .thread_name("kiln-bench")
+        .build()?;
+    let report = runtime.block_on(kiln_bench::run(config))?;
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report.to_svg()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
     Ok(())
 }

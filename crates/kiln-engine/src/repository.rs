@@ -192,3 +192,30 @@ pub fn load_version(dir: &ModelDir, version: u64, config: &ModelConfig) -> Resul
     }
     load_model_file(&dir.name, version, &file, config)
 }
+
+/// Loads a model from a path for one-process use (`kiln predict`, `kiln bench`, the Python
+/// bridge): an ONNX file with default settings, or a repository model folder (its
+/// config.toml, highest version).
+pub fn load_path(path: &Path) -> Result<ServedModel, EngineError> {
+    let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("model").to_string();
+    if path.is_file() {
+        return load_model_file(&name, 1, path, &ModelConfig::default());
+    }
+    if !path.is_dir() {
+        return Err(EngineError::Repository(format!("{} is neither an ONNX file nor a model folder", path.display())));
+    }
+    let config = read_config(path).map_err(EngineError::Repository)?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = scan(parent)?
+        .into_iter()
+        .find(|d| d.path.file_name() == path.file_name())
+        .ok_or_else(|| EngineError::Repository(format!("{} is not a model folder", path.display())))?;
+    let Some(&version) = dir.versions.last() else {
+        return Err(EngineError::Repository(format!(
+            "{} has no version folders (expected {}/1/model.onnx)",
+            path.display(),
+            path.display()
+        )));
+    };
+    load_version(&dir, version, &config)
+}
