@@ -52,6 +52,8 @@ struct Shared {
     ok: AtomicU64,
     errors: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
+    /// Error counts by kind (the status before the first ':').
+    error_kinds: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Completions per whole second since measuring started.
     per_second: std::sync::Mutex<Vec<u64>>,
     measuring: AtomicBool,
@@ -67,6 +69,7 @@ impl Shared {
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             first_error: std::sync::Mutex::new(None),
+            error_kinds: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             per_second: std::sync::Mutex::new(Vec::new()),
             measuring: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -86,6 +89,9 @@ impl Shared {
             }
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
+                let kind = e.split(':').next().unwrap_or_default().trim().to_string();
+                *self.error_kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(kind).or_default() +=
+                    1;
                 let mut first = self.first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 first.get_or_insert(e);
             }
@@ -168,7 +174,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let histogram = shared.histogram.lock().await.clone();
     let per_second = shared.per_second.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let first_error = shared.first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    Ok(Report::new(
+    let mut report = Report::new(
         &config,
         target.describe(),
         elapsed,
@@ -177,7 +183,9 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         first_error,
         &histogram,
         per_second,
-    ))
+    );
+    report.error_kinds = shared.error_kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    Ok(report)
 }
 
 async fn closed_loop(target: Arc<Target>, shared: Arc<Shared>) {

@@ -30,6 +30,8 @@ pub struct Report {
     pub ok: u64,
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Error counts by kind (HTTP status or gRPC code).
+    pub error_kinds: std::collections::BTreeMap<String, u64>,
     /// Successful requests per second.
     pub throughput: f64,
     pub latency_us: Latency,
@@ -67,6 +69,7 @@ impl Report {
             ok,
             errors,
             first_error,
+            error_kinds: Default::default(),
             throughput: ok as f64 / elapsed.as_secs_f64().max(1e-9),
             latency_us: Latency {
                 min: if h.is_empty() { 0 } else { h.min() },
@@ -101,6 +104,9 @@ impl Report {
             ms(l.max),
             l.mean / 1000.0
         );
+        for (kind, n) in &self.error_kinds {
+            let _ = writeln!(out, "  errors {kind}: {n}");
+        }
         if let Some(e) = &self.first_error {
             let _ = writeln!(out, "  first error: {e}");
         }
