@@ -127,7 +127,11 @@ def digits_mlp(out_dir, fixtures_dir):
         model, initial_types=[("input", FloatTensorType([None, 64]))],
         target_opset=TARGET_OPSET, options=pipe_options,
     )
-    write_model(onnx_model, out_dir, "digits_mlp")
+    classes = ", ".join(f'"{c}"' for c in model.classes_)
+    write_model(onnx_model, out_dir, "digits_mlp", config=(
+        "# 8x8 digit images (64 features) -> label and probabilities per digit.\n"
+        f"\n[labels]\nprobabilities = [{classes}]\n"
+    ))
     write_fixture(fixtures_dir, "digits_mlp", x_test[:FIXTURE_ROWS], model)
 
 

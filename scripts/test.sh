@@ -14,5 +14,7 @@ cargo test --workspace --locked
 
 echo "== pytest"
 cargo build --locked -p kiln-cli
+# The Python bridge (`import kiln`), built from crates/kiln-python into ./.venv.
+(cd python && ../.venv/bin/maturin develop --offline --locked --quiet)
 export KILN_BIN="$PWD/target/debug/kiln"
 .venv/bin/python -m pytest python/tests -q

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use half::f16;
-use kiln_core::{BackendError, DataType, ModelInstance, ModelSignature, Tensor, TensorData, TensorSpec};
+use kiln_core::{
+    BackendError, DataType, ModelInstance, ModelSignature, Tensor, TensorData, TensorDataRef, TensorSpec, TensorView,
+};
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
@@ -129,22 +131,22 @@ pub struct OrtInstance {
     session: Session,
 }
 
-fn input_value<'a>(tensor: &'a Tensor, strings: &'a [String]) -> Result<SessionInputValue<'a>, ort::Error> {
+fn input_value<'a>(tensor: &TensorView<'a>, strings: &'a [String]) -> Result<SessionInputValue<'a>, ort::Error> {
     let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
-    Ok(match &tensor.data {
-        TensorData::Bool(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Uint8(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Uint16(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Uint32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Uint64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Int8(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Int16(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Int32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Int64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Fp16(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Fp32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Fp64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
-        TensorData::Bytes(_) => ort::value::Tensor::from_string_array((shape, strings))?.into(),
+    Ok(match tensor.data {
+        TensorDataRef::Bool(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Uint8(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Uint16(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Uint32(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Uint64(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Int8(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Int16(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Int32(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Int64(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Fp16(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Fp32(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Fp64(v) => TensorRef::from_array_view((shape, v))?.into(),
+        TensorDataRef::Bytes(_) => ort::value::Tensor::from_string_array((shape, strings))?.into(),
     })
 }
 
@@ -186,11 +188,16 @@ fn output_tensor(name: &str, value: &DynValue) -> Result<Tensor, BackendError> {
 
 impl ModelInstance for OrtInstance {
     fn run(&mut self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+        let views: Vec<TensorView<'_>> = inputs.iter().map(Tensor::view).collect();
+        self.run_views(&views, outputs)
+    }
+
+    fn run_views(&mut self, inputs: &[TensorView<'_>], outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
         // ONNX string tensors hold UTF-8 text: check BYTES inputs before handing them over.
         let mut texts: Vec<Vec<String>> = Vec::with_capacity(inputs.len());
         for tensor in inputs {
             let mut strs = Vec::new();
-            if let TensorData::Bytes(items) = &tensor.data {
+            if let TensorDataRef::Bytes(items) = tensor.data {
                 for (i, item) in items.iter().enumerate() {
                     let text = std::str::from_utf8(item).map_err(|e| {
                         BackendError::InvalidInput(format!(
@@ -206,7 +213,7 @@ impl ModelInstance for OrtInstance {
         let values = inputs
             .iter()
             .zip(&texts)
-            .map(|(t, strs)| Ok((t.name.as_str(), input_value(t, strs)?)))
+            .map(|(t, strs)| Ok((t.name, input_value(t, strs)?)))
             .collect::<Result<Vec<_>, ort::Error>>()
             .map_err(|e| BackendError::Run(e.to_string()))?;
         let results = self.session.run(values).map_err(|e| BackendError::Run(e.to_string()))?;

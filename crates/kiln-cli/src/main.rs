@@ -74,6 +74,22 @@ enum Command {
     /// Load-test a KServe v2 server (REST JSON/binary, gRPC) or kiln's engine in-process:
     /// throughput, HdrHistogram percentiles, errors; --json, --plot FILE.svg.
     Bench(Box<BenchArgs>),
+    /// Check that a model in a repository gives the outputs its Python original gave: runs the
+    /// parity fixture that `kiln.export` stored (REPO/<model>/<version>/parity.json) and
+    /// compares; exits 1 beyond the tolerance.
+    Verify {
+        /// A repository model folder (REPO/<model>).
+        model: PathBuf,
+        /// Version to check (default: the highest).
+        #[arg(long)]
+        model_version: Option<u64>,
+        /// Absolute tolerance (default: the fixture's, else 1e-5).
+        #[arg(long)]
+        tolerance: Option<f64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a model once, without a server, on a v2 inference request read from a file or stdin;
     /// prints the v2 response JSON.
     Predict {
@@ -209,6 +225,9 @@ fn main() -> ExitCode {
         Command::Inspect { model, json } => inspect(cli.onnxruntime.as_deref(), &model, json),
         Command::Predict { model, input } => predict(cli.onnxruntime.as_deref(), &model, &input),
         Command::Bench(args) => bench(cli.onnxruntime.as_deref(), *args),
+        Command::Verify { model, model_version, tolerance, json } => {
+            verify::run(cli.onnxruntime.as_deref(), &model, model_version, tolerance, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -219,7 +238,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn start_runtime(explicit: Option<&Path>) -> Result<()> {
+mod verify;
+
+pub(crate) fn start_runtime(explicit: Option<&Path>) -> Result<()> {
     runtime::ensure(explicit)?;
     Ok(())
 }

@@ -14,7 +14,7 @@ mod tensor;
 
 pub use datatype::DataType;
 pub use signature::{ModelSignature, TensorSpec, ValidationError};
-pub use tensor::{Tensor, TensorData, element_count};
+pub use tensor::{Tensor, TensorData, TensorDataRef, TensorLike, TensorView, element_count};
 
 /// A failure inside a backend while loading or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -43,4 +43,14 @@ pub trait ModelInstance: Send {
     /// Runs the model. `inputs` have already been validated against the signature;
     /// `outputs` names the outputs wanted, in the order they must be returned.
     fn run(&mut self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, BackendError>;
+
+    /// Runs the model on borrowed inputs. Backends that can read caller memory in place
+    /// override this; the default copies.
+    fn run_views(&mut self, inputs: &[TensorView<'_>], outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+        let owned: Vec<Tensor> = inputs
+            .iter()
+            .map(|v| Tensor { name: v.name.to_string(), shape: v.shape.clone(), data: v.data.to_owned_data() })
+            .collect();
+        self.run(&owned, outputs)
+    }
 }

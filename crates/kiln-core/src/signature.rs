@@ -1,4 +1,4 @@
-use crate::{DataType, Tensor};
+use crate::{DataType, TensorLike};
 
 /// One input or output as a model declares it. A dimension of `-1` is dynamic: any size
 /// is accepted there.
@@ -60,30 +60,31 @@ impl ModelSignature {
 
     /// Checks that `inputs` are exactly the model's inputs (each once, any order) with the
     /// declared datatypes and shapes that fit the declared ones.
-    pub fn validate_inputs(&self, inputs: &[Tensor]) -> Result<(), ValidationError> {
+    pub fn validate_inputs<T: TensorLike>(&self, inputs: &[T]) -> Result<(), ValidationError> {
         for (i, tensor) in inputs.iter().enumerate() {
-            if inputs[..i].iter().any(|t| t.name == tensor.name) {
-                return Err(ValidationError::DuplicateInput { name: tensor.name.clone() });
+            let name = tensor.tensor_name();
+            if inputs[..i].iter().any(|t| t.tensor_name() == name) {
+                return Err(ValidationError::DuplicateInput { name: name.to_string() });
             }
-            let Some(spec) = self.inputs.iter().find(|s| s.name == tensor.name) else {
-                return Err(ValidationError::UnknownInput { name: tensor.name.clone(), expected: self.input_names() });
+            let Some(spec) = self.inputs.iter().find(|s| s.name == name) else {
+                return Err(ValidationError::UnknownInput { name: name.to_string(), expected: self.input_names() });
             };
-            if spec.datatype != tensor.datatype() {
+            if spec.datatype != tensor.tensor_datatype() {
                 return Err(ValidationError::WrongDatatype {
-                    name: tensor.name.clone(),
+                    name: name.to_string(),
                     expected: spec.datatype,
-                    got: tensor.datatype(),
+                    got: tensor.tensor_datatype(),
                 });
             }
-            if !spec.accepts_shape(&tensor.shape) {
+            if !spec.accepts_shape(tensor.tensor_shape()) {
                 return Err(ValidationError::WrongShape {
-                    name: tensor.name.clone(),
+                    name: name.to_string(),
                     expected: spec.shape.clone(),
-                    got: tensor.shape.clone(),
+                    got: tensor.tensor_shape().to_vec(),
                 });
             }
         }
-        if let Some(missing) = self.inputs.iter().find(|s| !inputs.iter().any(|t| t.name == s.name)) {
+        if let Some(missing) = self.inputs.iter().find(|s| !inputs.iter().any(|t| t.tensor_name() == s.name)) {
             return Err(ValidationError::MissingInput { name: missing.name.clone(), expected: self.input_names() });
         }
         Ok(())
@@ -110,7 +111,7 @@ impl ModelSignature {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TensorData;
+    use crate::{Tensor, TensorData};
 
     fn signature() -> ModelSignature {
         ModelSignature {

@@ -145,6 +145,164 @@ impl Tensor {
     }
 }
 
+/// Borrowed elements of a tensor: lets callers that own the memory (numpy arrays in the
+/// Python bridge) feed a backend without copying.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TensorDataRef<'a> {
+    Bool(&'a [bool]),
+    Uint8(&'a [u8]),
+    Uint16(&'a [u16]),
+    Uint32(&'a [u32]),
+    Uint64(&'a [u64]),
+    Int8(&'a [i8]),
+    Int16(&'a [i16]),
+    Int32(&'a [i32]),
+    Int64(&'a [i64]),
+    Fp16(&'a [f16]),
+    Fp32(&'a [f32]),
+    Fp64(&'a [f64]),
+    Bytes(&'a [Vec<u8>]),
+}
+
+impl TensorDataRef<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            TensorDataRef::Bool(v) => v.len(),
+            TensorDataRef::Uint8(v) => v.len(),
+            TensorDataRef::Uint16(v) => v.len(),
+            TensorDataRef::Uint32(v) => v.len(),
+            TensorDataRef::Uint64(v) => v.len(),
+            TensorDataRef::Int8(v) => v.len(),
+            TensorDataRef::Int16(v) => v.len(),
+            TensorDataRef::Int32(v) => v.len(),
+            TensorDataRef::Int64(v) => v.len(),
+            TensorDataRef::Fp16(v) => v.len(),
+            TensorDataRef::Fp32(v) => v.len(),
+            TensorDataRef::Fp64(v) => v.len(),
+            TensorDataRef::Bytes(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies the elements.
+    pub fn to_owned_data(&self) -> TensorData {
+        match *self {
+            TensorDataRef::Bool(v) => TensorData::Bool(v.to_vec()),
+            TensorDataRef::Uint8(v) => TensorData::Uint8(v.to_vec()),
+            TensorDataRef::Uint16(v) => TensorData::Uint16(v.to_vec()),
+            TensorDataRef::Uint32(v) => TensorData::Uint32(v.to_vec()),
+            TensorDataRef::Uint64(v) => TensorData::Uint64(v.to_vec()),
+            TensorDataRef::Int8(v) => TensorData::Int8(v.to_vec()),
+            TensorDataRef::Int16(v) => TensorData::Int16(v.to_vec()),
+            TensorDataRef::Int32(v) => TensorData::Int32(v.to_vec()),
+            TensorDataRef::Int64(v) => TensorData::Int64(v.to_vec()),
+            TensorDataRef::Fp16(v) => TensorData::Fp16(v.to_vec()),
+            TensorDataRef::Fp32(v) => TensorData::Fp32(v.to_vec()),
+            TensorDataRef::Fp64(v) => TensorData::Fp64(v.to_vec()),
+            TensorDataRef::Bytes(v) => TensorData::Bytes(v.to_vec()),
+        }
+    }
+}
+
+impl TensorData {
+    /// Borrows the elements.
+    pub fn as_ref(&self) -> TensorDataRef<'_> {
+        match self {
+            TensorData::Bool(v) => TensorDataRef::Bool(v),
+            TensorData::Uint8(v) => TensorDataRef::Uint8(v),
+            TensorData::Uint16(v) => TensorDataRef::Uint16(v),
+            TensorData::Uint32(v) => TensorDataRef::Uint32(v),
+            TensorData::Uint64(v) => TensorDataRef::Uint64(v),
+            TensorData::Int8(v) => TensorDataRef::Int8(v),
+            TensorData::Int16(v) => TensorDataRef::Int16(v),
+            TensorData::Int32(v) => TensorDataRef::Int32(v),
+            TensorData::Int64(v) => TensorDataRef::Int64(v),
+            TensorData::Fp16(v) => TensorDataRef::Fp16(v),
+            TensorData::Fp32(v) => TensorDataRef::Fp32(v),
+            TensorData::Fp64(v) => TensorDataRef::Fp64(v),
+            TensorData::Bytes(v) => TensorDataRef::Bytes(v),
+        }
+    }
+}
+
+/// A named tensor whose elements are borrowed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorView<'a> {
+    pub name: &'a str,
+    pub shape: Vec<usize>,
+    pub data: TensorDataRef<'a>,
+}
+
+impl<'a> TensorView<'a> {
+    /// Builds a view after checking that `shape` holds exactly as many elements as `data`.
+    pub fn new(name: &'a str, shape: Vec<usize>, data: TensorDataRef<'a>) -> Result<Self, String> {
+        let expected = element_count(&shape)
+            .ok_or_else(|| format!("tensor '{name}': shape {shape:?} holds more elements than fit in memory"))?;
+        if expected != data.len() {
+            return Err(format!(
+                "tensor '{name}': shape {shape:?} needs {expected} elements, but {} were given",
+                data.len()
+            ));
+        }
+        Ok(TensorView { name, shape, data })
+    }
+}
+
+impl Tensor {
+    /// Borrows this tensor as a view.
+    pub fn view(&self) -> TensorView<'_> {
+        TensorView { name: &self.name, shape: self.shape.clone(), data: self.data.as_ref() }
+    }
+}
+
+/// What validation needs to know of an input, owned or borrowed.
+pub trait TensorLike {
+    fn tensor_name(&self) -> &str;
+    fn tensor_shape(&self) -> &[usize];
+    fn tensor_datatype(&self) -> DataType;
+}
+
+impl TensorLike for Tensor {
+    fn tensor_name(&self) -> &str {
+        &self.name
+    }
+    fn tensor_shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn tensor_datatype(&self) -> DataType {
+        self.datatype()
+    }
+}
+
+impl TensorLike for TensorView<'_> {
+    fn tensor_name(&self) -> &str {
+        self.name
+    }
+    fn tensor_shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn tensor_datatype(&self) -> DataType {
+        match self.data {
+            TensorDataRef::Bool(_) => DataType::Bool,
+            TensorDataRef::Uint8(_) => DataType::Uint8,
+            TensorDataRef::Uint16(_) => DataType::Uint16,
+            TensorDataRef::Uint32(_) => DataType::Uint32,
+            TensorDataRef::Uint64(_) => DataType::Uint64,
+            TensorDataRef::Int8(_) => DataType::Int8,
+            TensorDataRef::Int16(_) => DataType::Int16,
+            TensorDataRef::Int32(_) => DataType::Int32,
+            TensorDataRef::Int64(_) => DataType::Int64,
+            TensorDataRef::Fp16(_) => DataType::Fp16,
+            TensorDataRef::Fp32(_) => DataType::Fp32,
+            TensorDataRef::Fp64(_) => DataType::Fp64,
+            TensorDataRef::Bytes(_) => DataType::Bytes,
+        }
+    }
+}
+
 /// Product of the dimensions, or `None` when it overflows `usize`.
 pub fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))

@@ -100,6 +100,35 @@ pub fn load_model_file(
     file: &Path,
     config: &ModelConfig,
 ) -> Result<ServedModel, EngineError> {
+    prepare_model_file(name, version, file, config)?.start()
+}
+
+/// A model version loaded and warmed up, not yet serving: its instances can go to worker
+/// threads ([`LoadedVersion::start`]) or be driven directly by the caller (the Python bridge).
+pub struct LoadedVersion {
+    pub name: String,
+    pub version: u64,
+    pub signature: ModelSignature,
+    pub labels: BTreeMap<String, Vec<String>>,
+    pub settings: ServingSettings,
+    pub instances: Vec<Box<dyn ModelInstance>>,
+}
+
+impl LoadedVersion {
+    /// Starts serving: one worker thread per instance behind the model's queue.
+    pub fn start(self) -> Result<ServedModel, EngineError> {
+        ServedModel::start(self.name, self.version, self.signature, self.labels, self.settings, self.instances)
+    }
+}
+
+/// Loads one model file with its config and warms its instances up, without starting
+/// workers. Blocking.
+pub fn prepare_model_file(
+    name: &str,
+    version: u64,
+    file: &Path,
+    config: &ModelConfig,
+) -> Result<LoadedVersion, EngineError> {
     let load_error = |reason: String| EngineError::LoadFailed { model: name.to_string(), version, reason };
     let bytes = std::fs::read(file).map_err(|e| load_error(format!("cannot read {}: {e}", file.display())))?;
     let options = SessionOptions { intra_threads: config.threads() };
@@ -149,7 +178,7 @@ pub fn load_model_file(
         }
         instances.push(Box::new(instance));
     }
-    ServedModel::start(name.to_string(), version, signature, labels, settings, instances)
+    Ok(LoadedVersion { name: name.to_string(), version, signature, labels, settings, instances })
 }
 
 /// Zero-valued inputs of the declared shapes, dynamic dimensions set to 1.
@@ -197,25 +226,50 @@ pub fn load_version(dir: &ModelDir, version: u64, config: &ModelConfig) -> Resul
 /// bridge): an ONNX file with default settings, or a repository model folder (its
 /// config.toml, highest version).
 pub fn load_path(path: &Path) -> Result<ServedModel, EngineError> {
+    prepare_path(path, None, |_| {})?.start()
+}
+
+/// [`load_path`] without starting workers; `version` picks one (default: the highest).
+/// `adjust` may change the settings read from config.toml (the Python bridge's
+/// `threads=`/`instances=`).
+pub fn prepare_path(
+    path: &Path,
+    version: Option<u64>,
+    adjust: impl FnOnce(&mut ModelConfig),
+) -> Result<LoadedVersion, EngineError> {
     let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("model").to_string();
     if path.is_file() {
-        return load_model_file(&name, 1, path, &ModelConfig::default());
+        let mut config = ModelConfig::default();
+        adjust(&mut config);
+        return prepare_model_file(&name, 1, path, &config);
     }
     if !path.is_dir() {
         return Err(EngineError::Repository(format!("{} is neither an ONNX file nor a model folder", path.display())));
     }
-    let config = read_config(path).map_err(EngineError::Repository)?;
+    let mut config = read_config(path).map_err(EngineError::Repository)?;
+    adjust(&mut config);
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let dir = scan(parent)?
         .into_iter()
         .find(|d| d.path.file_name() == path.file_name())
         .ok_or_else(|| EngineError::Repository(format!("{} is not a model folder", path.display())))?;
-    let Some(&version) = dir.versions.last() else {
-        return Err(EngineError::Repository(format!(
-            "{} has no version folders (expected {}/1/model.onnx)",
-            path.display(),
-            path.display()
-        )));
+    let version = match version {
+        Some(v) if dir.versions.contains(&v) => v,
+        Some(v) => {
+            return Err(EngineError::VersionNotFound {
+                model: dir.name.clone(),
+                version: v.to_string(),
+                served: dir.versions.clone(),
+            });
+        }
+        None => *dir.versions.last().ok_or_else(|| {
+            EngineError::Repository(format!(
+                "{} has no version folders (expected {}/1/model.onnx)",
+                path.display(),
+                path.display()
+            ))
+        })?,
     };
-    load_version(&dir, version, &config)
+    let file = dir.path.join(version.to_string()).join(MODEL_FILE);
+    prepare_model_file(&dir.name, version, &file, &config)
 }

@@ -1,0 +1,450 @@
+//! kiln-python: the `kiln._kiln` extension module. It runs kiln's engine — the same loading
+//! code, config.toml, ZipMap rewrite, validation and ONNX Runtime sessions as `kiln serve` —
+//! inside a Python process, on numpy arrays, with the GIL released while the model runs.
+//!
+//! A call takes a free instance from the model's pool and runs it on the calling thread (no
+//! queue, no thread hop): the fastest path for one process. C-contiguous numpy inputs are
+//! handed to ONNX Runtime in place; other layouts are copied in row-major order. Outputs
+//! become numpy arrays without a copy.
+//!
+//! It owns no protocol and no serving policy; errors carry the engine's messages.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+
+use kiln_core::{DataType, ModelInstance, ModelSignature, Tensor, TensorData, TensorDataRef, TensorView};
+use numpy::{PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+pyo3::create_exception!(
+    _kiln,
+    KilnError,
+    PyValueError,
+    "A request that kiln refused or could not run; the message says why."
+);
+
+fn kiln_err(msg: impl std::fmt::Display) -> PyErr {
+    KilnError::new_err(msg.to_string())
+}
+
+/// Loads `libonnxruntime` (the Python package finds the path: the `onnxruntime` wheel of this
+/// interpreter). Safe to call more than once.
+#[pyfunction]
+fn init_runtime(path: Option<PathBuf>) -> PyResult<String> {
+    let location = kiln_backend_ort::runtime::locate(path.as_deref()).map_err(kiln_err)?;
+    kiln_backend_ort::runtime::init(&location).map_err(kiln_err)?;
+    Ok(location.path.display().to_string())
+}
+
+/// A model loaded in this process.
+#[pyclass(frozen, module = "kiln")]
+struct Model {
+    name: String,
+    version: u64,
+    signature: ModelSignature,
+    labels: BTreeMap<String, Vec<String>>,
+    free: Mutex<Vec<Box<dyn ModelInstance>>>,
+    returned: Condvar,
+}
+
+/// Input elements for one call: borrowed from numpy, or copied when the layout needs it.
+enum Held<'py> {
+    Bool(numpy::PyReadonlyArrayDyn<'py, bool>),
+    U8(numpy::PyReadonlyArrayDyn<'py, u8>),
+    U16(numpy::PyReadonlyArrayDyn<'py, u16>),
+    U32(numpy::PyReadonlyArrayDyn<'py, u32>),
+    U64(numpy::PyReadonlyArrayDyn<'py, u64>),
+    I8(numpy::PyReadonlyArrayDyn<'py, i8>),
+    I16(numpy::PyReadonlyArrayDyn<'py, i16>),
+    I32(numpy::PyReadonlyArrayDyn<'py, i32>),
+    I64(numpy::PyReadonlyArrayDyn<'py, i64>),
+    F16(numpy::PyReadonlyArrayDyn<'py, half::f16>),
+    F32(numpy::PyReadonlyArrayDyn<'py, f32>),
+    F64(numpy::PyReadonlyArrayDyn<'py, f64>),
+    Owned(TensorData),
+}
+
+struct Input<'py> {
+    name: String,
+    shape: Vec<usize>,
+    held: Held<'py>,
+}
+
+fn numpy_dtype(datatype: DataType) -> &'static str {
+    match datatype {
+        DataType::Bool => "bool",
+        DataType::Uint8 => "uint8",
+        DataType::Uint16 => "uint16",
+        DataType::Uint32 => "uint32",
+        DataType::Uint64 => "uint64",
+        DataType::Int8 => "int8",
+        DataType::Int16 => "int16",
+        DataType::Int32 => "int32",
+        DataType::Int64 => "int64",
+        DataType::Fp16 => "float16",
+        DataType::Fp32 => "float32",
+        DataType::Fp64 => "float64",
+        DataType::Bytes => "object",
+    }
+}
+
+fn hold<'py>(name: &str, value: &Bound<'py, PyAny>, expected: Option<DataType>) -> PyResult<Input<'py>> {
+    let py = value.py();
+    // Lists and scalars carry no dtype: they become arrays of the dtype the model declares.
+    // numpy arrays keep theirs, and a mismatch is an error (no silent conversion).
+    let array: Bound<'py, PyUntypedArray> = match value.cast::<PyUntypedArray>() {
+        Ok(a) => a.clone(),
+        Err(_) => {
+            let dtype = expected.map(numpy_dtype);
+            py.import("numpy")?.call_method1("asarray", (value, dtype))?.cast_into::<PyUntypedArray>()?
+        }
+    };
+    let shape = array.shape().to_vec();
+    let dtype = array.dtype();
+    macro_rules! try_dtype {
+        ($t:ty, $variant:ident) => {
+            if dtype.is_equiv_to(&numpy::dtype::<$t>(py)) {
+                let typed = array.cast::<PyArrayDyn<$t>>()?;
+                return Ok(Input { name: name.to_string(), shape, held: Held::$variant(typed.readonly()) });
+            }
+        };
+    }
+    try_dtype!(f32, F32);
+    try_dtype!(f64, F64);
+    try_dtype!(i64, I64);
+    try_dtype!(i32, I32);
+    try_dtype!(bool, Bool);
+    try_dtype!(u8, U8);
+    try_dtype!(u16, U16);
+    try_dtype!(u32, U32);
+    try_dtype!(u64, U64);
+    try_dtype!(i8, I8);
+    try_dtype!(i16, I16);
+    try_dtype!(half::f16, F16);
+    let kind = dtype.kind();
+    if matches!(kind, b'O' | b'U' | b'S') {
+        // Text: str elements become UTF-8, bytes elements stay as they are.
+        let flat = array.call_method0("ravel")?.call_method0("tolist")?;
+        let items = flat.cast::<PyList>()?;
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if let Ok(s) = item.cast::<PyString>() {
+                out.push(s.to_str()?.as_bytes().to_vec());
+            } else if let Ok(b) = item.cast::<PyBytes>() {
+                out.push(b.as_bytes().to_vec());
+            } else {
+                return Err(kiln_err(format!(
+                    "input '{name}': element {i} is a {}, not str or bytes",
+                    item.get_type().name()?
+                )));
+            }
+        }
+        return Ok(Input { name: name.to_string(), shape, held: Held::Owned(TensorData::Bytes(out)) });
+    }
+    Err(kiln_err(format!(
+        "input '{name}': numpy dtype {} has no KServe v2 datatype (use bool, (u)int8-64, float16/32/64 or str/bytes)",
+        dtype.str()?
+    )))
+}
+
+impl<'py> Input<'py> {
+    /// Borrows C-contiguous arrays; copies others in row-major order.
+    fn view(&self) -> PyResult<(TensorView<'_>, Option<TensorData>)> {
+        macro_rules! borrow {
+            ($a:expr, $variant:ident) => {
+                // `as_slice` also accepts Fortran order, whose memory is not row-major:
+                // borrow C-contiguous arrays only.
+                match $a.as_slice().ok().filter(|_| $a.is_c_contiguous()) {
+                    Some(slice) => (TensorDataRef::$variant(slice), None),
+                    None => {
+                        let copied = TensorData::$variant($a.as_array().iter().copied().collect());
+                        return Ok((
+                            TensorView { name: &self.name, shape: self.shape.clone(), data: TensorDataRef::Bool(&[]) },
+                            Some(copied),
+                        ));
+                    }
+                }
+            };
+        }
+        let (data, copied) = match &self.held {
+            Held::Bool(a) => borrow!(a, Bool),
+            Held::U8(a) => borrow!(a, Uint8),
+            Held::U16(a) => borrow!(a, Uint16),
+            Held::U32(a) => borrow!(a, Uint32),
+            Held::U64(a) => borrow!(a, Uint64),
+            Held::I8(a) => borrow!(a, Int8),
+            Held::I16(a) => borrow!(a, Int16),
+            Held::I32(a) => borrow!(a, Int32),
+            Held::I64(a) => borrow!(a, Int64),
+            Held::F16(a) => borrow!(a, Fp16),
+            Held::F32(a) => borrow!(a, Fp32),
+            Held::F64(a) => borrow!(a, Fp64),
+            Held::Owned(d) => (d.as_ref(), None),
+        };
+        Ok((TensorView { name: &self.name, shape: self.shape.clone(), data }, copied))
+    }
+}
+
+fn to_numpy<'py>(py: Python<'py>, tensor: Tensor) -> PyResult<Bound<'py, PyAny>> {
+    let shape = tensor.shape;
+    macro_rules! arr {
+        ($v:expr) => {
+            PyArray1::from_vec(py, $v).reshape(shape)?.into_any()
+        };
+    }
+    Ok(match tensor.data {
+        TensorData::Bool(v) => arr!(v),
+        TensorData::Uint8(v) => arr!(v),
+        TensorData::Uint16(v) => arr!(v),
+        TensorData::Uint32(v) => arr!(v),
+        TensorData::Uint64(v) => arr!(v),
+        TensorData::Int8(v) => arr!(v),
+        TensorData::Int16(v) => arr!(v),
+        TensorData::Int32(v) => arr!(v),
+        TensorData::Int64(v) => arr!(v),
+        TensorData::Fp16(v) => arr!(v),
+        TensorData::Fp32(v) => arr!(v),
+        TensorData::Fp64(v) => arr!(v),
+        TensorData::Bytes(items) => {
+            // ONNX strings are text: give Python str objects, as scikit-learn's labels are.
+            let objects: Vec<Py<PyAny>> = items
+                .into_iter()
+                .map(|b| PyString::new(py, &String::from_utf8_lossy(&b)).into_any().unbind())
+                .collect();
+            PyArray1::from_vec(py, objects).reshape(shape)?.into_any()
+        }
+    })
+}
+
+impl Model {
+    fn take_instance(&self) -> Box<dyn ModelInstance> {
+        let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if let Some(instance) = free.pop() {
+                return instance;
+            }
+            free = self.returned.wait(free).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn give_back(&self, instance: Box<dyn ModelInstance>) {
+        self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(instance);
+        self.returned.notify_one();
+    }
+
+    fn run<'py>(&self, py: Python<'py>, inputs: Vec<Input<'py>>, outputs: Vec<String>) -> PyResult<Bound<'py, PyDict>> {
+        let mut copies = Vec::new();
+        let mut views = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            let (view, copied) = input.view()?;
+            views.push(view);
+            copies.push(copied);
+        }
+        for (view, copied) in views.iter_mut().zip(&copies) {
+            if let Some(data) = copied {
+                view.data = data.as_ref();
+            }
+        }
+        self.signature.validate_inputs(&views).map_err(kiln_err)?;
+        let outputs = self.signature.resolve_outputs(&outputs).map_err(kiln_err)?;
+        let result = py.detach(|| {
+            let mut instance = self.take_instance();
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| instance.run_views(&views, &outputs)));
+            self.give_back(instance);
+            match result {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("the backend panicked while running the model".to_string()),
+            }
+        });
+        let tensors = result.map_err(kiln_err)?;
+        let dict = PyDict::new(py);
+        for tensor in tensors {
+            let name = tensor.name.clone();
+            dict.set_item(name, to_numpy(py, tensor)?)?;
+        }
+        Ok(dict)
+    }
+
+    fn collect_inputs<'py>(&self, x: &Bound<'py, PyAny>) -> PyResult<Vec<Input<'py>>> {
+        if let Ok(dict) = x.cast::<PyDict>() {
+            return dict
+                .iter()
+                .map(|(k, v)| {
+                    let name = k.extract::<String>()?;
+                    let expected = self.signature.inputs.iter().find(|s| s.name == name).map(|s| s.datatype);
+                    hold(&name, &v, expected)
+                })
+                .collect();
+        }
+        match self.signature.inputs.as_slice() {
+            [only] => Ok(vec![hold(&only.name, x, Some(only.datatype))?]),
+            many => Err(kiln_err(format!(
+                "model '{}' has {} inputs {:?}: pass a dict of name -> array",
+                self.name,
+                many.len(),
+                self.signature.input_names()
+            ))),
+        }
+    }
+
+    /// The probability output: one with class labels, else the only 2-D float output.
+    fn proba_output(&self) -> PyResult<String> {
+        if let Some(name) = self.signature.outputs.iter().find(|s| self.labels.contains_key(&s.name)) {
+            return Ok(name.name.clone());
+        }
+        let floats: Vec<_> = self
+            .signature
+            .outputs
+            .iter()
+            .filter(|s| matches!(s.datatype, DataType::Fp32 | DataType::Fp64) && s.shape.len() == 2)
+            .collect();
+        match floats.as_slice() {
+            [one] => Ok(one.name.clone()),
+            _ => Err(kiln_err(format!("model '{}' has no single probability output", self.name))),
+        }
+    }
+}
+
+#[pymethods]
+impl Model {
+    /// Loads a model: an ONNX file, a repository model folder (`REPO/name`, with its
+    /// config.toml), or a repository with `name=`. `threads`/`instances` override config.toml.
+    #[new]
+    #[pyo3(signature = (path, name=None, version=None, threads=None, instances=None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        name: Option<String>,
+        version: Option<u64>,
+        threads: Option<usize>,
+        instances: Option<usize>,
+    ) -> PyResult<Self> {
+        if threads == Some(0) || instances == Some(0) {
+            return Err(kiln_err("threads and instances must be at least 1"));
+        }
+        let path = match name {
+            Some(n) => path.join(n),
+            None => path,
+        };
+        let loaded = py
+            .detach(|| {
+                kiln_engine::repository::prepare_path(&path, version, |config| {
+                    if threads.is_some() {
+                        config.threads = threads;
+                    }
+                    if instances.is_some() {
+                        config.instances = instances;
+                    }
+                })
+            })
+            .map_err(kiln_err)?;
+        Ok(Model {
+            name: loaded.name,
+            version: loaded.version,
+            signature: loaded.signature,
+            labels: loaded.labels,
+            free: Mutex::new(loaded.instances),
+            returned: Condvar::new(),
+        })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[getter]
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Inputs as a list of {"name", "datatype", "shape"} (-1 = any size).
+    #[getter]
+    fn inputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        specs(py, &self.signature.inputs, &BTreeMap::new())
+    }
+
+    /// Outputs as a list of {"name", "datatype", "shape"[, "labels"]}.
+    #[getter]
+    fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        specs(py, &self.signature.outputs, &self.labels)
+    }
+
+    /// Class labels of the probability output, in column order (scikit-learn's `classes_`).
+    #[getter]
+    fn classes_(&self) -> PyResult<Vec<String>> {
+        let output = self.proba_output()?;
+        self.labels.get(&output).cloned().ok_or_else(|| kiln_err(format!("output '{output}' has no class labels")))
+    }
+
+    /// Runs the model. `x` is an array (for a one-input model) or a dict of name -> array;
+    /// returns a dict of output name -> numpy array. The GIL is released while it runs.
+    #[pyo3(signature = (x, outputs=None))]
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        outputs: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let inputs = self.collect_inputs(x)?;
+        self.run(py, inputs, outputs.unwrap_or_default())
+    }
+
+    /// The class-probability matrix, like scikit-learn's `predict_proba`.
+    fn predict_proba<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let output = self.proba_output()?;
+        let inputs = self.collect_inputs(x)?;
+        let dict = self.run(py, inputs, vec![output.clone()])?;
+        dict.get_item(&output)?.ok_or_else(|| kiln_err("no probability output"))
+    }
+
+    /// The predicted labels, like scikit-learn's `predict` (the first output).
+    fn predict_labels<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let output = self.signature.outputs.first().map(|s| s.name.clone()).ok_or_else(|| kiln_err("no outputs"))?;
+        let inputs = self.collect_inputs(x)?;
+        let dict = self.run(py, inputs, vec![output.clone()])?;
+        dict.get_item(&output)?.ok_or_else(|| kiln_err("no label output"))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "kiln.Model(name={:?}, version={}, inputs={:?}, outputs={:?})",
+            self.name,
+            self.version,
+            self.signature.input_names(),
+            self.signature.output_names()
+        )
+    }
+}
+
+fn specs<'py>(
+    py: Python<'py>,
+    specs: &[kiln_core::TensorSpec],
+    labels: &BTreeMap<String, Vec<String>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for s in specs {
+        let d = PyDict::new(py);
+        d.set_item("name", &s.name)?;
+        d.set_item("datatype", s.datatype.as_str())?;
+        d.set_item("shape", s.shape.clone())?;
+        if let Some(l) = labels.get(&s.name) {
+            d.set_item("labels", l.clone())?;
+        }
+        list.append(d)?;
+    }
+    Ok(list)
+}
+
+#[pymodule]
+fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Model>()?;
+    m.add_function(wrap_pyfunction!(init_runtime, m)?)?;
+    m.add("KilnError", m.py().get_type::<KilnError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

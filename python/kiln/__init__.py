@@ -1,0 +1,47 @@
+"""kiln in Python: the same engine as `kiln serve`, in-process, on numpy arrays.
+
+    import kiln
+    model = kiln.Model("examples/models/fraud")        # a repository model folder or an .onnx file
+    out = model.predict(x)                              # dict of output name -> numpy array
+    proba = model.predict_proba(x)                      # scikit-learn style
+    kiln.verify("repo", "my_model")                     # parity with the Python model it came from
+
+kiln loads the `libonnxruntime` of this interpreter's `onnxruntime` package (override with
+KILN_ONNXRUNTIME or ORT_DYLIB_PATH), so it runs the same runtime your prototype used.
+"""
+
+import glob
+import importlib.util
+import os
+
+from . import _kiln
+from ._kiln import KilnError, Model, __version__
+
+
+def _runtime_path():
+    for var in ("KILN_ONNXRUNTIME", "ORT_DYLIB_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("kiln needs the onnxruntime package: pip install onnxruntime==1.31.1")
+    capi = os.path.join(spec.submodule_search_locations[0], "capi")
+    found = sorted(glob.glob(os.path.join(capi, "libonnxruntime.so*")) + glob.glob(os.path.join(capi, "libonnxruntime*.dylib")))
+    if not found:
+        raise ImportError(f"no libonnxruntime in {capi}; reinstall onnxruntime==1.31.1")
+    return found[-1]
+
+
+RUNTIME = _kiln.init_runtime(_runtime_path())
+
+from .verify import VerificationError, verify  # noqa: E402  (needs the runtime)
+
+__all__ = ["Model", "KilnError", "VerificationError", "verify", "export", "RUNTIME", "__version__"]
+
+
+def __getattr__(name):
+    if name == "export":  # skl2onnx is imported only when export is used
+        import importlib
+
+        return importlib.import_module(".export", __name__)
+    raise AttributeError(name)
