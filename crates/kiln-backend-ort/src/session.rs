@@ -83,7 +83,9 @@ fn build_session(bytes: &[u8], options: SessionOptions) -> Result<Session, Backe
     let load = |e: ort::Error| BackendError::Load(e.to_string());
     Session::builder(env)
         .map_err(load)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        // The same level as the onnxruntime Python package uses by default (ORT_ENABLE_ALL),
+        // so kiln runs the graph the prototype ran.
+        .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| load(e.into()))?
         .with_intra_threads(options.intra_threads.max(1))
         .map_err(|e| load(e.into()))?
