@@ -15,7 +15,7 @@ import importlib.util
 import os
 
 from . import _kiln
-from ._kiln import KilnError, Model, __version__
+from ._kiln import KilnError, Model, __version__, tokenize
 
 
 def _runtime_path():
@@ -36,7 +36,7 @@ RUNTIME = _kiln.init_runtime(_runtime_path())
 
 from .verify import VerificationError, verify  # noqa: E402  (needs the runtime)
 
-__all__ = ["Model", "KilnError", "VerificationError", "verify", "export", "RUNTIME", "__version__"]
+__all__ = ["Model", "KilnError", "tokenize", "VerificationError", "verify", "export", "RUNTIME", "__version__"]
 
 
 def __getattr__(name):

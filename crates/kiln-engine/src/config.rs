@@ -47,6 +47,44 @@ pub struct ModelConfig {
     /// Class labels per output name, in column order.
     #[serde(default)]
     pub labels: BTreeMap<String, Vec<String>>,
+    /// `"onnx"` (default) or `"text_embedding"` (tokenizer + encoder + pooling, see `[text]`).
+    pub kind: Option<String>,
+    /// Settings of a `text_embedding` model.
+    pub text: Option<TextConfig>,
+}
+
+/// `[text]`: a sentence-embedding model. Paths are relative to the model folder; by default
+/// the version folder's `model.onnx` and `tokenizer.json`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    /// The encoder (inputs input_ids/attention_mask[/token_type_ids], output [batch, seq, dim]).
+    pub model: Option<String>,
+    pub tokenizer: Option<String>,
+    /// `mean` (default) or `cls`.
+    pub pooling: Option<kiln_text::Pooling>,
+    /// L2-normalize embeddings (default true).
+    pub normalize: Option<bool>,
+    /// Tokens per text including special tokens; longer texts are truncated (default 256).
+    pub max_length: Option<usize>,
+    /// Tokens, padding included, per encoder run (default 16384).
+    pub max_batch_tokens: Option<usize>,
+    /// Longest text accepted in UTF-8 bytes (default 65536).
+    pub max_input_bytes: Option<usize>,
+}
+
+impl TextConfig {
+    pub fn settings(&self, threads: usize) -> kiln_text::TextSettings {
+        let d = kiln_text::TextSettings::default();
+        kiln_text::TextSettings {
+            pooling: self.pooling.unwrap_or(d.pooling),
+            normalize: self.normalize.unwrap_or(d.normalize),
+            max_length: self.max_length.unwrap_or(d.max_length),
+            max_batch_tokens: self.max_batch_tokens.unwrap_or(d.max_batch_tokens),
+            max_input_bytes: self.max_input_bytes.unwrap_or(d.max_input_bytes),
+            intra_threads: threads,
+        }
+    }
 }
 
 /// Triton's version policies.
@@ -108,6 +146,17 @@ impl ModelConfig {
                 return Err(format!("{key} must be at least 1"));
             }
         }
+        match (config.kind.as_deref(), &config.text) {
+            (None | Some("onnx"), None) | (Some("text_embedding"), Some(_)) => {}
+            (Some("text_embedding"), None) => return Err("kind = \"text_embedding\" needs a [text] table".into()),
+            (None | Some("onnx"), Some(_)) => return Err("a [text] table needs kind = \"text_embedding\"".into()),
+            (Some(other), _) => {
+                return Err(format!("kind '{other}' is not supported (\"onnx\" or \"text_embedding\")"));
+            }
+        }
+        if config.text.as_ref().is_some_and(|t| t.max_length == Some(0) || t.max_batch_tokens == Some(0)) {
+            return Err("[text] max_length and max_batch_tokens must be at least 1".into());
+        }
         if config.dynamic_batching == Some(true) && config.max_batch_size() == 0 {
             return Err("dynamic_batching needs max_batch_size > 0 (the largest merged batch)".into());
         }
@@ -157,6 +206,16 @@ impl ModelConfig {
 
     pub fn request_timeout(&self) -> Option<std::time::Duration> {
         self.request_timeout_ms.map(std::time::Duration::from_millis)
+    }
+
+    /// The versions a model has: its numeric folders, or for a text model whose files are
+    /// named in `[text]` and that has no version folders, version 1.
+    pub fn versions_on_disk(&self, folders: &[u64]) -> Vec<u64> {
+        if folders.is_empty() && self.text.as_ref().is_some_and(|t| t.model.is_some()) {
+            vec![1]
+        } else {
+            folders.to_vec()
+        }
     }
 
     pub fn version_policy(&self) -> VersionPolicy {

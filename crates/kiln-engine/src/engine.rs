@@ -347,7 +347,8 @@ fn build_state(dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
         let e = format!("config.toml names the model '{named}', but its folder is '{}'", dir.name);
         return keep_previous_or_fail(dir, previous, e, fingerprint);
     }
-    let selected = config.version_policy().select(&dir.versions);
+    let on_disk = config.versions_on_disk(&dir.versions);
+    let selected = config.version_policy().select(&on_disk);
     if selected.is_empty() {
         let e = if dir.versions.is_empty() {
             format!("no version folders in {} (expected {}/1/model.onnx)", dir.path.display(), dir.path.display())

@@ -130,6 +130,9 @@ pub fn prepare_model_file(
     config: &ModelConfig,
 ) -> Result<LoadedVersion, EngineError> {
     let load_error = |reason: String| EngineError::LoadFailed { model: name.to_string(), version, reason };
+    if let Some(text) = &config.text {
+        return prepare_text_model(name, version, file, config, text).map_err(load_error);
+    }
     let bytes = std::fs::read(file).map_err(|e| load_error(format!("cannot read {}: {e}", file.display())))?;
     let options = SessionOptions { intra_threads: config.threads() };
     let prepared = PreparedModel::new(bytes, options).map_err(|e| load_error(e.to_string()))?;
@@ -181,6 +184,48 @@ pub fn prepare_model_file(
     Ok(LoadedVersion { name: name.to_string(), version, signature, labels, settings, instances })
 }
 
+/// A `text_embedding` model: paths from `[text]` are relative to the model folder (the
+/// parent of the version folder); defaults are the version folder's files.
+fn prepare_text_model(
+    name: &str,
+    version: u64,
+    file: &Path,
+    config: &ModelConfig,
+    text: &crate::config::TextConfig,
+) -> Result<LoadedVersion, String> {
+    let version_dir = file.parent().unwrap_or(Path::new("."));
+    let model_dir = version_dir.parent().unwrap_or(Path::new("."));
+    let resolve = |configured: &Option<String>, default: &str| match configured {
+        Some(p) => model_dir.join(p),
+        None => version_dir.join(default),
+    };
+    let encoder = resolve(&text.model, MODEL_FILE);
+    let tokenizer = resolve(&text.tokenizer, "tokenizer.json");
+    let model =
+        kiln_text::TextModel::load(&encoder, &tokenizer, text.settings(config.threads())).map_err(|e| e.to_string())?;
+    let signature = model.signature();
+    let settings = ServingSettings {
+        instances: config.instances(),
+        threads: config.threads(),
+        max_batch_size: config.max_batch_size(),
+        max_queue_size: config.max_queue_size(),
+        dynamic_batching: config.dynamic_batching(),
+        max_queue_delay: config.max_queue_delay(),
+        latency_target: config.latency_target(),
+        request_timeout: config.request_timeout(),
+    };
+    let warmup = vec![Tensor::new(kiln_text::TEXT_INPUT, vec![1], TensorData::Bytes(vec![b"warm up".to_vec()]))?];
+    let outputs = signature.output_names();
+    let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(settings.instances);
+    for _ in 0..settings.instances {
+        let mut instance = model.instantiate().map_err(|e| e.to_string())?;
+        instance.run(&warmup, &outputs).map_err(|e| format!("warm-up failed: {e}"))?;
+        instances.push(Box::new(instance));
+    }
+    tracing::info!(model = name, version, encoder = %encoder.display(), "text embedding model loaded");
+    Ok(LoadedVersion { name: name.to_string(), version, signature, labels: BTreeMap::new(), settings, instances })
+}
+
 /// Zero-valued inputs of the declared shapes, dynamic dimensions set to 1.
 fn warmup_inputs(signature: &ModelSignature) -> Vec<Tensor> {
     signature
@@ -212,7 +257,7 @@ fn warmup_inputs(signature: &ModelSignature) -> Vec<Tensor> {
 /// Loads `REPO/<model>/<version>/model.onnx`.
 pub fn load_version(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<ServedModel, EngineError> {
     let file = dir.path.join(version.to_string()).join(MODEL_FILE);
-    if !file.is_file() {
+    if config.text.is_none() && !file.is_file() {
         return Err(EngineError::LoadFailed {
             model: dir.name.clone(),
             version,
@@ -253,16 +298,17 @@ pub fn prepare_path(
         .into_iter()
         .find(|d| d.path.file_name() == path.file_name())
         .ok_or_else(|| EngineError::Repository(format!("{} is not a model folder", path.display())))?;
+    let versions = config.versions_on_disk(&dir.versions);
     let version = match version {
-        Some(v) if dir.versions.contains(&v) => v,
+        Some(v) if versions.contains(&v) => v,
         Some(v) => {
             return Err(EngineError::VersionNotFound {
                 model: dir.name.clone(),
                 version: v.to_string(),
-                served: dir.versions.clone(),
+                served: versions.clone(),
             });
         }
-        None => *dir.versions.last().ok_or_else(|| {
+        None => *versions.last().ok_or_else(|| {
             EngineError::Repository(format!(
                 "{} has no version folders (expected {}/1/model.onnx)",
                 path.display(),

@@ -40,6 +40,15 @@ fn init_runtime(path: Option<PathBuf>) -> PyResult<String> {
     Ok(location.path.display().to_string())
 }
 
+/// Token ids of `text` as a kiln text model sees them (kiln's truncation, no padding).
+#[pyfunction]
+#[pyo3(signature = (tokenizer, text, max_length=256))]
+fn tokenize(tokenizer: PathBuf, text: &str, max_length: usize) -> PyResult<Vec<u32>> {
+    let t = kiln_text::load_tokenizer(&tokenizer, max_length).map_err(kiln_err)?;
+    let encoding = t.encode(text, true).map_err(|e| kiln_err(format!("tokenization failed: {e}")))?;
+    Ok(encoding.get_ids().to_vec())
+}
+
 /// A model loaded in this process.
 #[pyclass(frozen, module = "kiln")]
 struct Model {
@@ -444,6 +453,7 @@ fn specs<'py>(
 fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(init_runtime, m)?)?;
+    m.add_function(wrap_pyfunction!(tokenize, m)?)?;
     m.add("KilnError", m.py().get_type::<KilnError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

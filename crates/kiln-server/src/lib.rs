@@ -6,6 +6,7 @@
 //! and calls the one cloneable [`kiln_engine::Engine`] handle.
 
 pub mod grpc;
+pub mod openai;
 pub mod rest;
 pub mod v2;
 

@@ -89,6 +89,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_version))
         .route("/v2/models/stats", get(all_stats))
         .route("/metrics", get(metrics))
+        .route("/v1/embeddings", post(crate::openai::embeddings))
+        .route("/v1/models", get(crate::openai::models))
         .route("/v2/repository/index", post(repository_index).get(repository_index))
         .route("/v2/repository/models/{model}/load", post(load))
         .route("/v2/repository/models/{model}/unload", post(unload))
@@ -230,7 +232,7 @@ async fn infer_version(
     run_infer(state, model, Some(version), request).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         // to_bytes reports both "too large" and transport errors; tell them apart.
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);

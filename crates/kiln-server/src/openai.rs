@@ -1,0 +1,184 @@
+//! OpenAI-compatible endpoints for text embedding models: `POST /v1/embeddings` and
+//! `GET /v1/models`, so OpenAI clients (and pipeline `embeddings` steps) can point at kiln.
+//! Errors use OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use kiln_core::{DataType, Tensor, TensorData};
+use kiln_engine::{EngineError, InferRequest, Protocol, ServedModel};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::rest::AppState;
+
+/// An OpenAI-shaped error.
+pub struct OpenAiError {
+    status: StatusCode,
+    message: String,
+    param: Option<&'static str>,
+}
+
+impl OpenAiError {
+    fn invalid(message: impl Into<String>, param: &'static str) -> Self {
+        OpenAiError { status: StatusCode::BAD_REQUEST, message: message.into(), param: Some(param) }
+    }
+}
+
+impl From<EngineError> for OpenAiError {
+    fn from(e: EngineError) -> Self {
+        let status = crate::rest::ApiError::from(e.clone()).status;
+        OpenAiError { status, message: e.to_string(), param: None }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let kind = match self.status {
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        };
+        let body = json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": null}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsRequest {
+    input: Value,
+    model: String,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u64>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+/// Whether a served model is a text embedding model (text BYTES in, embedding FP32 out).
+fn embedding_dim(model: &ServedModel) -> Option<usize> {
+    let input = model.signature.inputs.first()?;
+    let output = model.signature.outputs.iter().find(|o| o.name == kiln_text::EMBEDDING_OUTPUT)?;
+    (model.signature.inputs.len() == 1 && input.datatype == DataType::Bytes && input.name == kiln_text::TEXT_INPUT)
+        .then(|| output.shape.last().copied().and_then(|d| usize::try_from(d).ok()))
+        .flatten()
+}
+
+pub async fn embeddings(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Json<Value>, OpenAiError> {
+    let body = crate::rest::read_body(request.into_body(), state.max_body_bytes).await.map_err(|e| OpenAiError {
+        status: e.status,
+        message: e.message,
+        param: None,
+    })?;
+    let request: EmbeddingsRequest =
+        serde_json::from_slice(&body).map_err(|e| OpenAiError::invalid(format!("malformed request: {e}"), "body"))?;
+    let texts: Vec<String> = match request.input {
+        Value::String(s) => vec![s],
+        Value::Array(items) if items.is_empty() => {
+            return Err(OpenAiError::invalid("'input' is an empty list", "input"));
+        }
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(OpenAiError::invalid(
+                    format!("'input'[{i}] is not a string (kiln embeds text; token-id input is not supported)"),
+                    "input",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(OpenAiError::invalid("'input' must be a string or a list of strings", "input")),
+    };
+    if let Some(i) = texts.iter().position(String::is_empty) {
+        return Err(OpenAiError::invalid(format!("'input'[{i}] is an empty string"), "input"));
+    }
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(OpenAiError::invalid(
+                format!("encoding_format '{other}' is not supported (float or base64)"),
+                "encoding_format",
+            ));
+        }
+    };
+    let model = state.engine.model(&request.model, None)?;
+    let dim = embedding_dim(&model).ok_or_else(|| {
+        OpenAiError::invalid(format!("model '{}' is not a text embedding model", request.model), "model")
+    })?;
+    if let Some(d) = request.dimensions
+        && d != dim as u64
+    {
+        return Err(OpenAiError::invalid(
+            format!("model '{}' makes {dim}-dimensional embeddings; 'dimensions' {d} is not supported", request.model),
+            "dimensions",
+        ));
+    }
+    let n = texts.len();
+    let input = Tensor::new(
+        kiln_text::TEXT_INPUT,
+        vec![n],
+        TensorData::Bytes(texts.into_iter().map(String::into_bytes).collect()),
+    )
+    .map_err(|e| OpenAiError::invalid(e, "input"))?;
+    let response = model
+        .infer(InferRequest { inputs: vec![input], outputs: Vec::new(), timeout: None, protocol: Protocol::Rest })
+        .await?;
+    let mut embeddings: &[f32] = &[];
+    let mut tokens: i64 = 0;
+    for out in &response.outputs {
+        match (&out.name[..], &out.data) {
+            (kiln_text::EMBEDDING_OUTPUT, TensorData::Fp32(v)) => embeddings = v,
+            (kiln_text::TOKEN_COUNT_OUTPUT, TensorData::Int64(v)) => tokens = v.iter().sum(),
+            _ => {}
+        }
+    }
+    if embeddings.len() != n * dim {
+        return Err(OpenAiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "the model returned no embeddings".into(),
+            param: None,
+        });
+    }
+    let data: Vec<Value> = embeddings
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, row)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = row.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(row)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": request.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })))
+}
+
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .engine
+        .model_states()
+        .iter()
+        .filter_map(|s| state.engine.model(&s.name, None).ok())
+        .filter(|m| embedding_dim(m).is_some())
+        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "kiln"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
