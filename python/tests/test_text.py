@@ -150,3 +150,14 @@ def test_in_process_embeddings(reference):
     model = kiln.Model(str(ROOT / "examples" / "text" / MODEL))
     got = model.predict(np.array(sentences, dtype=object))["embedding"]
     assert cosines(got, want).min() >= 0.9999
+
+
+def test_grpc_embeddings(server, reference):
+    import tritonclient.grpc as grpcclient
+
+    sentences, want = reference
+    client = grpcclient.InferenceServerClient(url=server.grpc_url)
+    inp = grpcclient.InferInput("text", [len(sentences)], "BYTES")
+    inp.set_data_from_numpy(np.array([s.encode() for s in sentences], dtype=np.object_))
+    got = client.infer(MODEL, [inp]).as_numpy("embedding")
+    assert cosines(got, want).min() >= 0.9999
