@@ -118,3 +118,13 @@ def test_wrong_datatype_and_unknown_model(client):
         client.infer("nope", [inp])
     assert "unknown model 'nope'" in str(err.value)
     assert err.value.status() == "404"
+
+
+def test_model_config(client):
+    config = client.get_model_config("fraud")
+    assert config["name"] == "fraud"
+    assert config["platform"] == "onnxruntime_onnx"
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [-1, 30]}]
+    assert config["output"][1]["labels"] == ["legit", "fraud"]
+    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    assert client.get_model_config("iris", "1")["output"][0]["data_type"] == "TYPE_STRING"

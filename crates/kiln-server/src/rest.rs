@@ -85,6 +85,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config_version))
         .route("/v2/models/{model}/stats", get(model_stats))
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_version))
         .route("/v2/models/stats", get(all_stats))
@@ -375,4 +377,51 @@ async fn model_stats_version(
 
 async fn all_stats(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
     stats_json(&state.engine, None, None).map(axum::Json)
+}
+
+/// Triton's model configuration document (`GET .../config`, what tritonclient's
+/// `get_model_config` reads), derived from what kiln serves.
+fn model_config_json(model: &ServedModel) -> Value {
+    let batched = model.settings.max_batch_size > 0;
+    let tensor = |s: &kiln_core::TensorSpec| {
+        // Triton leaves the batch dimension out of `dims` when the model batches.
+        let dims: Vec<i64> = if batched { s.shape.iter().skip(1).copied().collect() } else { s.shape.clone() };
+        let mut v = json!({ "name": s.name, "data_type": format!("TYPE_{}", match s.datatype.as_str() {
+            "BYTES" => "STRING",
+            other => other,
+        }), "dims": dims });
+        if let Some(labels) = model.labels.get(&s.name) {
+            v["label_filename"] = json!("");
+            v["labels"] = json!(labels);
+        }
+        v
+    };
+    let mut config = json!({
+        "name": model.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": model.settings.max_batch_size,
+        "input": model.signature.inputs.iter().map(tensor).collect::<Vec<_>>(),
+        "output": model.signature.outputs.iter().map(tensor).collect::<Vec<_>>(),
+        "instance_group": [{ "count": model.settings.instances, "kind": "KIND_CPU" }],
+    });
+    if model.settings.dynamic_batching {
+        config["dynamic_batching"] = json!({
+            "max_queue_delay_microseconds": model.settings.max_queue_delay.as_micros() as u64,
+        });
+    }
+    config
+}
+
+async fn model_config(State(state): State<AppState>, Path(model): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    let served = state.engine.model(&model, None)?;
+    Ok(axum::Json(model_config_json(&served)))
+}
+
+async fn model_config_version(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let served = state.engine.model(&model, Some(&version))?;
+    Ok(axum::Json(model_config_json(&served)))
 }
