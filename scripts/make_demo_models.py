@@ -6,6 +6,7 @@
 Demo repository (scikit-learn + skl2onnx, fixed seeds):
   fraud          GradientBoostingClassifier on a synthetic, heavily imbalanced 30-feature
                  transaction dataset (zipmap off: probabilities are an FP32 tensor)
+  fraud_lr       StandardScaler + LogisticRegression on the same data (for fraud_ensemble)
   breast_cancer  StandardScaler + LogisticRegression on scikit-learn's bundled dataset,
                  exported with skl2onnx's defaults (ZipMap on) -- kiln rewrites it at load time
   digits_mlp     StandardScaler + MLPClassifier on the bundled digits (8x8 images, 64 features)
@@ -70,7 +71,8 @@ def write_fixture(fixtures_dir, name, x, estimator, input_name="input", labels_a
 
 
 def convert(estimator, n_features, zipmap):
-    options = {id(estimator): {"zipmap": zipmap}}
+    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    options = {id(final): {"zipmap": zipmap}}
     return convert_sklearn(
         estimator,
         initial_types=[("input", FloatTensorType([None, n_features]))],
@@ -94,6 +96,10 @@ def fraud(out_dir, fixtures_dir):
         '\n[labels]\nprobabilities = ["legit", "fraud"]\n'
     ))
     # Mix fraud cases into the fixture: the class is rare.
+    # A second, different model of the same data: the ensemble example blends both.
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=SEED))
+    lr.fit(x_train, y_train)
+    write_model(convert(lr, 30, zipmap=False), out_dir, "fraud_lr")
     pos = np.where(model.predict(x_test) == 1)[0][:16]
     rows = np.concatenate([x_test[pos], x_test[: FIXTURE_ROWS - len(pos)]])
     write_fixture(fixtures_dir, "fraud", rows, model)

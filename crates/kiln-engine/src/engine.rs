@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::config::ModelConfig;
+use crate::pipeline::{ModelResolver, PIPELINE_FILE, Pipeline};
 use crate::repository::{self, Fingerprint, ModelDir};
 use crate::{EngineError, InferRequest, InferResponse, ModelHandle};
 
@@ -134,8 +135,11 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(EngineInner { config, models: RwLock::new(BTreeMap::new()), changes: Mutex::new(()) }),
         };
-        for dir in dirs.iter().filter(|d| wanted(&d.name)) {
-            let state = build_state(dir, None);
+        // Models first: pipelines are validated against the models they call.
+        let mut dirs: Vec<&ModelDir> = dirs.iter().filter(|d| wanted(&d.name)).collect();
+        dirs.sort_by_key(|d| d.path.join(PIPELINE_FILE).is_file());
+        for dir in dirs {
+            let state = engine.build_state(dir, None);
             engine.write_models().insert(dir.name.clone(), Arc::new(state));
         }
         Ok(engine)
@@ -256,7 +260,7 @@ impl Engine {
             .find(|d| d.name == name)
             .ok_or_else(|| EngineError::ModelNotFound(format!("{name}' (no such folder in the model repository)")))?;
         let previous = self.models().get(name).cloned();
-        let state = build_state(&dir, previous.as_deref());
+        let state = self.build_state(&dir, previous.as_deref());
         let result = match state.unavailable_reason() {
             Some(reason) => Err(EngineError::NotReady(reason)),
             None => Ok(()),
@@ -309,6 +313,30 @@ impl Engine {
             let _guard = self.inner.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             self.write_models().remove(name);
             tracing::info!(model = %name, "model folder removed; model unloaded");
+        }
+    }
+
+    /// Builds a model's or a pipeline's new state (see [`build_state`]).
+    fn build_state(&self, dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
+        let pipeline_file = dir.path.join(PIPELINE_FILE);
+        if !pipeline_file.is_file() {
+            return build_state(dir, previous);
+        }
+        let fingerprint = repository::fingerprint(&dir.path);
+        let resolver: Arc<dyn ModelResolver> = Arc::new(EngineResolver(Arc::downgrade(&self.inner)));
+        let built = std::fs::read_to_string(&pipeline_file)
+            .map_err(|e| format!("cannot read {}: {e}", pipeline_file.display()))
+            .and_then(|text| Pipeline::parse(&text, resolver));
+        match built {
+            Ok(pipeline) => {
+                tracing::info!(pipeline = %dir.name, models = ?pipeline.models(), "pipeline ready");
+                let settings = repository::default_settings();
+                let model = crate::ServedModel::pipeline(dir.name.clone(), pipeline, settings);
+                let mut versions = BTreeMap::new();
+                versions.insert(1, VersionState::Ready(Arc::new(model)));
+                ModelState { name: dir.name.clone(), versions, error: None, fingerprint }
+            }
+            Err(e) => keep_previous_or_fail(dir, previous, e, fingerprint),
         }
     }
 
@@ -451,5 +479,19 @@ fn keep_previous_or_fail(dir: &ModelDir, previous: Option<&ModelState>, error: S
             ..p.clone()
         },
         None => ModelState::failed(&dir.name, error, fp),
+    }
+}
+
+/// Lets pipelines find models at call time without keeping the engine alive.
+struct EngineResolver(std::sync::Weak<EngineInner>);
+
+impl ModelResolver for EngineResolver {
+    fn resolve(&self, name: &str, version: Option<&str>) -> Result<ModelHandle, EngineError> {
+        let inner = self.0.upgrade().ok_or_else(|| EngineError::Unavailable("kiln is shutting down".into()))?;
+        let model = Engine { inner }.model(name, version)?;
+        if model.is_pipeline() {
+            return Err(EngineError::InvalidRequest(format!("'{name}' is a pipeline; pipeline steps call models")));
+        }
+        Ok(model)
     }
 }

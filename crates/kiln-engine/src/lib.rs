@@ -13,6 +13,7 @@ pub mod config;
 mod engine;
 pub mod metrics;
 mod model;
+pub mod pipeline;
 pub mod repository;
 pub mod stats;
 

@@ -145,3 +145,10 @@ impl ModelMetrics {
         self.batch_window.set(window.as_secs_f64());
     }
 }
+
+/// One pipeline step finished.
+pub fn pipeline_step(step: &str, ok: bool, elapsed: Duration) {
+    let outcome = if ok { "success" } else { "error" };
+    counter!("kiln_pipeline_steps_total", "step" => step.to_string(), "outcome" => outcome).increment(1);
+    histogram!("kiln_pipeline_step_duration_seconds", "step" => step.to_string()).record(elapsed.as_secs_f64());
+}

@@ -26,6 +26,8 @@ pub struct InferRequest {
     pub timeout: Option<Duration>,
     /// Which transport the request came by (for metrics).
     pub protocol: Protocol,
+    /// Pipelines: report each step's timing in the response (`kiln_trace`).
+    pub trace: bool,
 }
 
 /// What a model answers.
@@ -34,6 +36,8 @@ pub struct InferResponse {
     pub model_name: String,
     pub model_version: u64,
     pub outputs: Vec<Tensor>,
+    /// Pipelines asked for a trace: each step's start, duration and outcome.
+    pub trace: Vec<crate::pipeline::StepTrace>,
 }
 
 /// Settings a model version runs with, resolved from config.toml and defaults.
@@ -70,6 +74,8 @@ pub struct ServedModel {
     window: Arc<BatchWindow>,
     queue: Sender<Job>,
     workers: Vec<JoinHandle<()>>,
+    /// Set for pipelines, which run their steps instead of a queue of their own.
+    pipeline: Option<Arc<crate::pipeline::Pipeline>>,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -113,7 +119,42 @@ impl ServedModel {
                 .map_err(|e| EngineError::Backend(format!("cannot start a worker thread: {e}")))?;
             workers.push(handle);
         }
-        Ok(ServedModel { name, version, signature, labels, settings, stats, metrics, window, queue, workers })
+        Ok(ServedModel {
+            name,
+            version,
+            signature,
+            labels,
+            settings,
+            stats,
+            metrics,
+            window,
+            queue,
+            workers,
+            pipeline: None,
+        })
+    }
+
+    /// Serves a pipeline under a model's name (version 1).
+    pub fn pipeline(name: String, pipeline: crate::pipeline::Pipeline, settings: ServingSettings) -> Self {
+        let (queue, _) = crossbeam_channel::bounded::<Job>(1);
+        ServedModel {
+            signature: pipeline.signature.clone(),
+            metrics: Arc::new(ModelMetrics::new(&name, 1)),
+            window: Arc::new(BatchWindow::new(Duration::ZERO, None)),
+            stats: Arc::new(ModelStats::default()),
+            labels: BTreeMap::new(),
+            name,
+            version: 1,
+            settings,
+            queue,
+            workers: Vec::new(),
+            pipeline: Some(Arc::new(pipeline)),
+        }
+    }
+
+    /// Whether this is a pipeline.
+    pub fn is_pipeline(&self) -> bool {
+        self.pipeline.is_some()
     }
 
     /// Validates a request and runs it on the next free instance (merged with others when
@@ -144,6 +185,18 @@ impl ServedModel {
             )));
         }
         let timeout = request.timeout.or(self.settings.request_timeout);
+        if let Some(pipeline) = &self.pipeline {
+            let run = pipeline.run(request.inputs, &outputs, request.protocol, timeout);
+            let (outputs, trace) = match timeout {
+                Some(limit) => tokio::time::timeout(limit, run)
+                    .await
+                    .map_err(|_| timeout_error(&self.name, self.version, limit))??,
+                None => run.await?,
+            };
+            self.stats.record_execution(rows as u64);
+            let trace = if request.trace { trace } else { Vec::new() };
+            return Ok(InferResponse { model_name: self.name.clone(), model_version: self.version, outputs, trace });
+        }
         let now = Instant::now();
         let (reply, answer) = oneshot::channel();
         let job =
@@ -174,7 +227,7 @@ impl ServedModel {
             },
             None => answer.await.map_err(|_| dropped())??,
         };
-        Ok(InferResponse { model_name: self.name.clone(), model_version: self.version, outputs })
+        Ok(InferResponse { model_name: self.name.clone(), model_version: self.version, outputs, trace: Vec::new() })
     }
 
     /// Number of worker threads (instances) running.

@@ -73,8 +73,9 @@ fn stamp(path: &Path) -> FileStamp {
 
 /// Reads the stamps of a model folder's config.toml and version files.
 pub fn fingerprint(model_dir: &Path) -> Fingerprint {
+    let pipeline = model_dir.join(crate::pipeline::PIPELINE_FILE);
     Fingerprint {
-        config: stamp(&model_dir.join(CONFIG_FILE)),
+        config: if pipeline.is_file() { stamp(&pipeline) } else { stamp(&model_dir.join(CONFIG_FILE)) },
         versions: scan_versions(model_dir)
             .into_iter()
             .map(|v| (v, stamp(&model_dir.join(v.to_string()).join(MODEL_FILE))))
@@ -224,6 +225,21 @@ fn prepare_text_model(
     }
     tracing::info!(model = name, version, encoder = %encoder.display(), "text embedding model loaded");
     Ok(LoadedVersion { name: name.to_string(), version, signature, labels: BTreeMap::new(), settings, instances })
+}
+
+/// The serving settings of a model without a config.toml.
+pub fn default_settings() -> ServingSettings {
+    let config = ModelConfig::default();
+    ServingSettings {
+        instances: config.instances(),
+        threads: config.threads(),
+        max_batch_size: config.max_batch_size(),
+        max_queue_size: config.max_queue_size(),
+        dynamic_batching: config.dynamic_batching(),
+        max_queue_delay: config.max_queue_delay(),
+        latency_target: config.latency_target(),
+        request_timeout: config.request_timeout(),
+    }
 }
 
 /// Zero-valued inputs of the declared shapes, dynamic dimensions set to 1.

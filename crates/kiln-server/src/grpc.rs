@@ -148,6 +148,8 @@ async fn infer_one(engine: &Engine, request: ModelInferRequest) -> Result<ModelI
         .map(|(i, input)| decode_input(input, raw_input_contents.get(i)))
         .collect::<Result<Vec<_>, _>>()?;
     let requested = outputs.into_iter().map(|o| o.name).collect();
+    let trace =
+        matches!(parameters.get("kiln_trace").and_then(|p| p.parameter_choice.as_ref()), Some(Choice::BoolParam(true)));
     let timeout = match parameters.get("timeout").and_then(|p| p.parameter_choice.as_ref()) {
         None => None,
         Some(Choice::Int64Param(us)) if *us > 0 => Some(Duration::from_micros(*us as u64)),
@@ -159,7 +161,7 @@ async fn infer_one(engine: &Engine, request: ModelInferRequest) -> Result<ModelI
         }
     };
     let response = served
-        .infer(InferRequest { inputs: tensors, outputs: requested, timeout, protocol: Protocol::Grpc })
+        .infer(InferRequest { inputs: tensors, outputs: requested, timeout, protocol: Protocol::Grpc, trace })
         .await
         .map_err(|e| status(&e))?;
     let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
@@ -177,6 +179,14 @@ async fn infer_one(engine: &Engine, request: ModelInferRequest) -> Result<ModelI
             }
         })
         .collect();
+    let mut parameters = parameters;
+    for (key, value) in v2::trace_parameters(&response.trace) {
+        let choice = match value {
+            serde_json::Value::String(s) => Choice::StringParam(s),
+            other => Choice::Uint64Param(other.as_u64().unwrap_or_default()),
+        };
+        parameters.insert(key, crate::proto::InferParameter { parameter_choice: Some(choice) });
+    }
     Ok(ModelInferResponse {
         model_name: response.model_name,
         model_version: response.model_version.to_string(),

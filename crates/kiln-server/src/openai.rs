@@ -132,7 +132,13 @@ pub async fn embeddings(
     )
     .map_err(|e| OpenAiError::invalid(e, "input"))?;
     let response = model
-        .infer(InferRequest { inputs: vec![input], outputs: Vec::new(), timeout: None, protocol: Protocol::Rest })
+        .infer(InferRequest {
+            inputs: vec![input],
+            outputs: Vec::new(),
+            timeout: None,
+            protocol: Protocol::Rest,
+            trace: false,
+        })
         .await?;
     let mut embeddings: &[f32] = &[];
     let mut tokens: i64 = 0;

@@ -276,8 +276,9 @@ async fn run_infer(
     drop(body);
     let requested: Vec<String> = decoded.outputs.iter().map(|o| o.name.clone()).collect();
     let timeout = v2::timeout_parameter(decoded.parameters.as_ref())?;
+    let trace = decoded.parameters.as_ref().and_then(|p| p.get("kiln_trace")).and_then(Value::as_bool) == Some(true);
     let response = served
-        .infer(InferRequest { inputs: decoded.inputs, outputs: requested, timeout, protocol: Protocol::Rest })
+        .infer(InferRequest { inputs: decoded.inputs, outputs: requested, timeout, protocol: Protocol::Rest, trace })
         .await?;
     let outputs: Vec<(kiln_core::Tensor, bool)> = response
         .outputs
@@ -288,11 +289,18 @@ async fn run_infer(
             (t, binary)
         })
         .collect();
+    let mut parameters = decoded.parameters;
+    if !response.trace.is_empty() {
+        let p = parameters.get_or_insert_with(Default::default);
+        for (key, value) in v2::trace_parameters(&response.trace) {
+            p.insert(key, value);
+        }
+    }
     let encoded = v2::encode_response(
         &response.model_name,
         response.model_version,
         decoded.id.as_deref(),
-        decoded.parameters.as_ref(),
+        parameters.as_ref(),
         &outputs,
     );
     Ok(if encoded.binary.is_empty() {

@@ -290,6 +290,18 @@ fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Re
     })
 }
 
+/// A pipeline's `kiln_trace` as response parameters: per step, `kiln_trace.<step>.start_us`,
+/// `.duration_us` and `.outcome` (parameters hold scalars only).
+pub fn trace_parameters(trace: &[kiln_engine::pipeline::StepTrace]) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for t in trace {
+        out.push((format!("kiln_trace.{}.start_us", t.step), Value::from(t.start.as_micros() as u64)));
+        out.push((format!("kiln_trace.{}.duration_us", t.step), Value::from(t.duration.as_micros() as u64)));
+        out.push((format!("kiln_trace.{}.outcome", t.step), Value::from(t.outcome)));
+    }
+    out
+}
+
 /// The request-level `timeout` parameter (microseconds, Triton's meaning).
 pub fn timeout_parameter(parameters: Option<&Map<String, Value>>) -> Result<Option<std::time::Duration>, DecodeError> {
     match parameters.and_then(|p| p.get("timeout")) {
