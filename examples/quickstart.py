@@ -3,11 +3,11 @@
     python examples/quickstart.py [--keep]     # needs `kiln` built and `pip install ./python`
 """
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import numpy as np
@@ -29,17 +29,18 @@ client = httpclient.InferenceServerClient(url="127.0.0.1:8000")
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 binary = os.environ.get("KILN_BIN", os.path.join(root, "target", "debug", "kiln"))
-port = int(os.environ.get("KILN_QUICKSTART_PORT", "0")) or 18000 + os.getpid() % 1000
-server = subprocess.Popen([binary, "serve", repo, "--http-port", str(port), "--grpc-port", "0",
-                           "--metrics-port", "0", "--log-level", "warn"])
+# Port 0: the kernel picks free ports; kiln's JSON log says which.
+server = subprocess.Popen([binary, "serve", repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                           "--log-format", "json"], stderr=subprocess.PIPE, text=True)
 try:
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1)
+    address = None
+    for line in server.stderr:
+        if "kiln listening on http://" in line:
+            address = json.loads(line)["message"].split("http://", 1)[1]
             break
-        except OSError:
-            time.sleep(0.05)
-    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
+    assert address, "kiln did not start"
+    urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=5)
+    client = httpclient.InferenceServerClient(url=address)
     x = X[:5].astype(np.float32)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)

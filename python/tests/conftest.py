@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,37 +21,44 @@ def kiln_bin():
     return path
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class KilnServer:
+    """`kiln serve` on ports the kernel picks (port 0), read back from its JSON log: no race
+    between choosing a free port and binding it."""
+
     def __init__(self, repository, extra_args=()):
-        self.port = free_port()
-        self.grpc_port = free_port()
-        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
-        self.metrics_port = free_port()
-        self.url = f"127.0.0.1:{self.port}"  # tritonclient wants no scheme
         self.log = open(repository.parent / "kiln.log", "w+")
         self.proc = subprocess.Popen(
-            [kiln_bin(), "serve", str(repository), "--http-port", str(self.port),
-             "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port), *extra_args],
+            [kiln_bin(), "serve", str(repository), "--http-port", "0", "--grpc-port", "0",
+             "--metrics-port", "0", "--log-format", "json", *extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kiln exited early:\n{self.logs()}")
+            listening = self._listening()
+            if listening:
+                self.url = listening["message"].split("http://", 1)[1]  # tritonclient wants no scheme
+                self.port = int(self.url.rsplit(":", 1)[1])
+                self.grpc_url = listening["grpc"]
+                self.grpc_port = int(self.grpc_url.rsplit(":", 1)[1])
+                self.metrics_port = int(listening["metrics"].rsplit(":", 1)[1])
+                with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=5) as r:
+                    assert r.status == 200
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"kiln did not start listening:\n{self.logs()}")
+
+    def _listening(self):
+        for line in self.logs().splitlines():
             try:
-                with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"kiln did not become ready:\n{self.logs()}")
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if str(event.get("message", "")).startswith("kiln listening on http://"):
+                return event
+        return None
 
     def logs(self):
         self.log.flush()
