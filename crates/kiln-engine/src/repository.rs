@@ -143,16 +143,7 @@ pub fn prepare_model_file(
     let mut signature = prepared.signature.clone();
     let mut labels = prepared.labels.clone();
     config.apply(&mut signature, &mut labels).map_err(load_error)?;
-    let settings = ServingSettings {
-        instances: config.instances(),
-        threads: config.threads(),
-        max_batch_size: config.max_batch_size(),
-        max_queue_size: config.max_queue_size(),
-        dynamic_batching: config.dynamic_batching(),
-        max_queue_delay: config.max_queue_delay(),
-        latency_target: config.latency_target(),
-        request_timeout: config.request_timeout(),
-    };
+    let settings = serving_settings(config);
     if settings.dynamic_batching
         && let Some(fixed) = signature.outputs.iter().find(|s| s.shape.first().is_none_or(|&d| d >= 0))
     {
@@ -205,16 +196,7 @@ fn prepare_text_model(
     let model =
         kiln_text::TextModel::load(&encoder, &tokenizer, text.settings(config.threads())).map_err(|e| e.to_string())?;
     let signature = model.signature();
-    let settings = ServingSettings {
-        instances: config.instances(),
-        threads: config.threads(),
-        max_batch_size: config.max_batch_size(),
-        max_queue_size: config.max_queue_size(),
-        dynamic_batching: config.dynamic_batching(),
-        max_queue_delay: config.max_queue_delay(),
-        latency_target: config.latency_target(),
-        request_timeout: config.request_timeout(),
-    };
+    let settings = serving_settings(config);
     let warmup = vec![Tensor::new(kiln_text::TEXT_INPUT, vec![1], TensorData::Bytes(vec![b"warm up".to_vec()]))?];
     let outputs = signature.output_names();
     let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(settings.instances);
@@ -229,7 +211,11 @@ fn prepare_text_model(
 
 /// The serving settings of a model without a config.toml.
 pub fn default_settings() -> ServingSettings {
-    let config = ModelConfig::default();
+    serving_settings(&ModelConfig::default())
+}
+
+/// config.toml's values, with kiln's defaults where it says nothing.
+pub fn serving_settings(config: &ModelConfig) -> ServingSettings {
     ServingSettings {
         instances: config.instances(),
         threads: config.threads(),

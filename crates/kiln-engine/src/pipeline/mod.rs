@@ -96,6 +96,23 @@ struct Step {
     wanted: Vec<String>,
 }
 
+/// The value a source names, renamed to what its reader calls it. Sources are validated at
+/// load time and steps run in dependency order; a model reloaded since with other outputs is
+/// the one way a value can be missing, and that is an error, not a panic.
+fn fetch(src: &Source, name: &str, inputs: &[Tensor], results: &[Option<Vec<Tensor>>]) -> Result<Tensor, EngineError> {
+    let found = match src {
+        Source::Input(n) => inputs.iter().find(|t| &t.name == n),
+        Source::Step { step, output } => results[*step].as_ref().and_then(|r| r.iter().find(|t| &t.name == output)),
+    };
+    let mut t = found.cloned().ok_or_else(|| {
+        EngineError::Backend(format!(
+            "pipeline value for '{name}' is missing (was a step's model reloaded with other outputs?)"
+        ))
+    })?;
+    t.name = name.to_string();
+    Ok(t)
+}
+
 /// How long one step took, for `kiln_trace`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepTrace {
@@ -368,19 +385,8 @@ impl Pipeline {
                 let args: Vec<Tensor> = step
                     .inputs
                     .iter()
-                    .map(|(name, src)| {
-                        let mut t = match src {
-                            Source::Input(n) => inputs.iter().find(|t| &t.name == n).cloned().expect("validated input"),
-                            Source::Step { step, output } => results[*step]
-                                .as_ref()
-                                .and_then(|r| r.iter().find(|t| &t.name == output))
-                                .cloned()
-                                .expect("produced output"),
-                        };
-                        t.name.clone_from(name);
-                        t
-                    })
-                    .collect();
+                    .map(|(name, src)| fetch(src, name, &inputs, &results))
+                    .collect::<Result<_, _>>()?;
                 running.push(self.run_step(i, args, protocol, timeout, started));
             }
             let Some((i, result, entry)) = running.next().await else { break };
@@ -411,19 +417,14 @@ impl Pipeline {
         let outputs = wanted
             .iter()
             .map(|name| {
-                let (_, src) = self.outputs.iter().find(|(n, _)| n == name).expect("resolved output");
-                let mut t = match src {
-                    Source::Input(n) => inputs.iter().find(|t| &t.name == n).cloned().expect("input"),
-                    Source::Step { step, output } => results[*step]
-                        .as_ref()
-                        .and_then(|r| r.iter().find(|t| &t.name == output))
-                        .cloned()
-                        .expect("produced output"),
-                };
-                t.name.clone_from(name);
-                t
+                let (_, src) = self
+                    .outputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .ok_or_else(|| EngineError::InvalidRequest(format!("the pipeline has no output '{name}'")))?;
+                fetch(src, name, &inputs, &results)
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         trace.sort_by_key(|t| t.start);
         Ok((outputs, trace))
     }
