@@ -48,10 +48,14 @@ def server(tmp_path_factory):
         "instances = 1\nmax_batch_size = 64\nmax_queue_delay_us = 3000\n"
     )
     (repo / "slow" / "1").mkdir(parents=True)
-    (repo / "slow" / "1" / "model.onnx").write_bytes(slow_model())
+    (repo / "slow" / "1" / "model.onnx").write_bytes(slow_model(768))
     (repo / "slow" / "config.toml").write_text("instances = 1\nmax_queue_size = 2\n")
     (repo / "slow_timeout" / "1").mkdir(parents=True)
-    (repo / "slow_timeout" / "1" / "model.onnx").write_bytes(slow_model())
+    # ~8x the work of `slow` (tens of ms): far beyond the timeouts below, whatever the
+    # timer granularity (tokio's is 1 ms) and the machine.
+    (repo / "slow_timeout" / "1" / "model.onnx").write_bytes(slow_model(768))
+    (repo / "slow_big" / "1").mkdir(parents=True)
+    (repo / "slow_big" / "1" / "model.onnx").write_bytes(slow_model(768))
     (repo / "slow_timeout" / "config.toml").write_text("instances = 1\nrequest_timeout_ms = 1\n")
     s = KilnServer(repo)
     yield s
@@ -128,7 +132,7 @@ def test_timeouts_answer_504(server):
     assert err.value.status() == "504"
     assert "did not answer within the request timeout of 1000 µs" in err.value.message()
     with pytest.raises(InferenceServerException) as err:
-        client.infer("slow", [inp], timeout=500)  # tritonclient sends it as the "timeout" parameter (µs)
+        client.infer("slow_big", [inp], timeout=1000)  # tritonclient sends it as the "timeout" parameter (µs)
     assert err.value.status() == "504"
     assert client.infer("slow", [inp]).as_numpy("y").shape == (1, 1)
 
