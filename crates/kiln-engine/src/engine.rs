@@ -316,6 +316,12 @@ impl Engine {
         }
     }
 
+    /// Finds this engine's models by name, for pipelines built in code
+    /// ([`crate::pipeline::PipelineBuilder::build`]). It does not keep the engine alive.
+    pub fn resolver(&self) -> Arc<dyn ModelResolver> {
+        Arc::new(EngineResolver(Arc::downgrade(&self.inner)))
+    }
+
     /// Builds a model's or a pipeline's new state (see [`build_state`]).
     fn build_state(&self, dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
         let pipeline_file = dir.path.join(PIPELINE_FILE);
@@ -323,7 +329,7 @@ impl Engine {
             return build_state(dir, previous);
         }
         let fingerprint = repository::fingerprint(&dir.path);
-        let resolver: Arc<dyn ModelResolver> = Arc::new(EngineResolver(Arc::downgrade(&self.inner)));
+        let resolver = self.resolver();
         let built = std::fs::read_to_string(&pipeline_file)
             .map_err(|e| format!("cannot read {}: {e}", pipeline_file.display()))
             .and_then(|text| Pipeline::parse(&text, resolver));

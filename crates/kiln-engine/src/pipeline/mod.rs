@@ -123,6 +123,69 @@ pub struct StepTrace {
     pub outcome: &'static str,
 }
 
+/// Builds a pipeline in code — the same graphs as pipeline.toml, for Rust applications that
+/// embed kiln and compose model calls. References are `"input"` or `"step.output"`.
+///
+/// ```text
+/// let pipeline = PipelineBuilder::new()
+///     .input("input", DataType::Fp32, vec![-1, 30])
+///     .model("gbc", "fraud", &[("input", "input")])
+///     .model("lr", "fraud_lr", &[("input", "input")])
+///     .op("blend", Op::WeightedMean(vec![0.7, 0.3]), &["gbc.probabilities", "lr.probabilities"])
+///     .output("probabilities", "blend.output")
+///     .build(engine.resolver())?;
+/// ```
+/// A step before validation: name, what it does, and (name it sees, reference) per input.
+type DraftStep = (String, Action, Vec<(String, String)>);
+
+#[derive(Debug, Clone, Default)]
+pub struct PipelineBuilder {
+    inputs: Vec<TensorSpec>,
+    steps: Vec<DraftStep>,
+    outputs: Vec<(String, String)>,
+}
+
+impl PipelineBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares a pipeline input.
+    #[must_use]
+    pub fn input(mut self, name: &str, datatype: DataType, shape: Vec<i64>) -> Self {
+        self.inputs.push(TensorSpec { name: name.into(), datatype, shape });
+        self
+    }
+
+    /// A step calling a served model; `inputs` maps the model's input names to references.
+    #[must_use]
+    pub fn model(mut self, step: &str, model: &str, inputs: &[(&str, &str)]) -> Self {
+        let inputs = inputs.iter().map(|(k, r)| ((*k).to_string(), (*r).to_string())).collect();
+        self.steps.push((step.into(), Action::Model { name: model.into(), version: None }, inputs));
+        self
+    }
+
+    /// A built-in transform over references, in order.
+    #[must_use]
+    pub fn op(mut self, step: &str, op: Op, inputs: &[&str]) -> Self {
+        let inputs = inputs.iter().map(|r| ((*r).to_string(), (*r).to_string())).collect();
+        self.steps.push((step.into(), Action::Op(op), inputs));
+        self
+    }
+
+    /// Declares a pipeline output read from a reference.
+    #[must_use]
+    pub fn output(mut self, name: &str, from: &str) -> Self {
+        self.outputs.push((name.into(), from.into()));
+        self
+    }
+
+    /// Validates the graph exactly as a pipeline.toml is validated.
+    pub fn build(self, resolver: Arc<dyn ModelResolver>) -> Result<Pipeline, String> {
+        Pipeline::assemble(&self, resolver)
+    }
+}
+
 /// A validated pipeline.
 pub struct Pipeline {
     steps: Vec<Step>,
@@ -185,19 +248,9 @@ impl Pipeline {
     /// resolver serves now.
     pub fn parse(text: &str, resolver: Arc<dyn ModelResolver>) -> Result<Pipeline, String> {
         let file: PipelineFile = toml::from_str(text).map_err(|e| format!("pipeline.toml: {e}"))?;
-        if file.steps.is_empty() {
-            return Err("pipeline.toml has no steps".into());
-        }
-        let mut names: HashMap<&str, usize> = HashMap::new();
-        for (i, s) in file.steps.iter().enumerate() {
-            if s.name.is_empty() || s.name.contains('.') {
-                return Err(format!("step name '{}' must be non-empty and contain no '.'", s.name));
-            }
-            if names.insert(&s.name, i).is_some() {
-                return Err(format!("two steps are named '{}'", s.name));
-            }
-        }
-        let mut steps = Vec::new();
+        let mut draft = PipelineBuilder::new();
+        draft.inputs = file.inputs;
+        draft.outputs = file.outputs.into_iter().map(|o| (o.name, o.from)).collect();
         for s in &file.steps {
             let action = match (&s.model, &s.op) {
                 (Some(m), None) => Action::Model { name: m.clone(), version: s.version.clone() },
@@ -205,14 +258,10 @@ impl Pipeline {
                 _ => return Err(format!("step '{}' needs exactly one of 'model' or 'op'", s.name)),
             };
             let inputs = match (&action, &s.inputs) {
-                (Action::Model { .. }, StepInputs::Named(map)) => map
-                    .iter()
-                    .map(|(k, r)| Ok((k.clone(), parse_ref(r, &names, &file.inputs, &s.name)?)))
-                    .collect::<Result<Vec<_>, String>>()?,
-                (Action::Op(_), StepInputs::List(list)) => list
-                    .iter()
-                    .map(|r| Ok((r.clone(), parse_ref(r, &names, &file.inputs, &s.name)?)))
-                    .collect::<Result<Vec<_>, String>>()?,
+                (Action::Model { .. }, StepInputs::Named(map)) => {
+                    map.iter().map(|(k, r)| (k.clone(), r.clone())).collect()
+                }
+                (Action::Op(_), StepInputs::List(list)) => list.iter().map(|r| (r.clone(), r.clone())).collect(),
                 (Action::Model { .. }, StepInputs::List(_)) => {
                     return Err(format!(
                         "step '{}': a model step's inputs are a table {{ model_input = \"ref\" }}",
@@ -223,7 +272,33 @@ impl Pipeline {
                     return Err(format!("step '{}': an op's inputs are a list [\"ref\", ...]", s.name));
                 }
             };
-            steps.push(Step { name: s.name.clone(), action, inputs, wanted: Vec::new() });
+            draft.steps.push((s.name.clone(), action, inputs));
+        }
+        Pipeline::assemble(&draft, resolver)
+    }
+
+    /// Validates a drafted graph (from pipeline.toml or a [`PipelineBuilder`]).
+    fn assemble(draft: &PipelineBuilder, resolver: Arc<dyn ModelResolver>) -> Result<Pipeline, String> {
+        if draft.steps.is_empty() {
+            return Err("the pipeline has no steps".into());
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, (name, _, _)) in draft.steps.iter().enumerate() {
+            if name.is_empty() || name.contains('.') {
+                return Err(format!("step name '{name}' must be non-empty and contain no '.'"));
+            }
+            if names.insert(name, i).is_some() {
+                return Err(format!("two steps are named '{name}'"));
+            }
+        }
+        let file_inputs = &draft.inputs;
+        let mut steps = Vec::new();
+        for (name, action, refs) in &draft.steps {
+            let inputs = refs
+                .iter()
+                .map(|(k, r)| Ok((k.clone(), parse_ref(r, &names, file_inputs, name)?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            steps.push(Step { name: name.clone(), action: action.clone(), inputs, wanted: Vec::new() });
         }
         // Order: every step after the steps it reads (Kahn); a leftover means a cycle.
         let mut order = Vec::new();
@@ -253,7 +328,7 @@ impl Pipeline {
             |src: &Source, produced: &HashMap<usize, Vec<TensorSpec>>, step: &str| -> Result<TensorSpec, String> {
                 match src {
                     Source::Input(n) => {
-                        Ok(file.inputs.iter().find(|i| &i.name == n).cloned().expect("checked by parse_ref"))
+                        Ok(file_inputs.iter().find(|i| &i.name == n).cloned().expect("checked by parse_ref"))
                     }
                     Source::Step { step: i, output } => {
                         produced[i].iter().find(|o| &o.name == output).cloned().ok_or_else(|| {
@@ -303,14 +378,14 @@ impl Pipeline {
             };
             produced.insert(i, outputs);
         }
-        let mut signature = ModelSignature { inputs: file.inputs.clone(), outputs: Vec::new() };
+        let mut signature = ModelSignature { inputs: draft.inputs.clone(), outputs: Vec::new() };
         let mut outputs = Vec::new();
-        for out in &file.outputs {
-            let src = parse_ref(&out.from, &names, &file.inputs, &format!("output {}", out.name))?;
-            let mut spec = spec_of(&src, &produced, &format!("output {}", out.name))?;
-            spec.name = out.name.clone();
+        for (out_name, from) in &draft.outputs {
+            let src = parse_ref(from, &names, file_inputs, &format!("output {out_name}"))?;
+            let mut spec = spec_of(&src, &produced, &format!("output {out_name}"))?;
+            spec.name = out_name.clone();
             signature.outputs.push(spec);
-            outputs.push((out.name.clone(), src));
+            outputs.push((out_name.clone(), src));
         }
         // What each step must produce: what later steps and the outputs read.
         let reads: Vec<Source> = steps
