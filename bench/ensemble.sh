@@ -5,16 +5,14 @@
 #   bash bench/ensemble.sh [SECONDS=6] [CONCURRENCY=16]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 secs=${1:-6}
 conc=${2:-16}
 bash scripts/setup-venv.sh --test
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements-bench.txt
-cargo build --release --locked -q -p kiln-cli
-ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
-export ORT_DYLIB_PATH
+use_release_kiln
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
-port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 kp=$(port)
 target/release/kiln serve examples/models --http-port "$kp" --grpc-port 0 --metrics-port 0 --log-level warn 2>/dev/null & pids+=($!)
 until curl -sf "127.0.0.1:$kp/v2/health/ready" >/dev/null; do sleep 0.05; done

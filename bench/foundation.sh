@@ -7,17 +7,16 @@
 #   bash bench/foundation.sh [DURATION_S=10] [CONNECTIONS=16]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 duration=${1:-10}
 conns=${2:-16}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
 bash scripts/setup-venv.sh
-cargo build --release --locked -q -p kiln-cli
-ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
-export ORT_DYLIB_PATH
+use_release_kiln
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 
-port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(port)
 t0=$(date +%s%N)
 target/release/kiln serve examples/models --http-port "$port" --log-level warn &
 pid=$!

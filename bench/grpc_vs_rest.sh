@@ -8,21 +8,15 @@
 #   bash bench/grpc_vs_rest.sh [REQUESTS=200000] [CLIENTS=16]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 requests=${1:-200000}
 clients=${2:-16}
 command -v h2load >/dev/null || { echo "needs h2load: apt-get install nghttp2-client" >&2; exit 1; }
 bash scripts/setup-venv.sh --test
-cargo build --release --locked -q -p kiln-cli
-ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
-export ORT_DYLIB_PATH
+use_release_kiln
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
-ports=$(.venv/bin/python -c '
-import socket
-s=[socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1",0))
-print(" ".join(str(x.getsockname()[1]) for x in s))')
-read -r http grpc <<<"$ports"
+http=$(port); grpc=$(port)
 target/release/kiln serve examples/models --http-port "$http" --grpc-port "$grpc" --log-level warn 2>/dev/null &
 pid=$!
 until curl -sf "127.0.0.1:$http/v2/health/ready" >/dev/null; do sleep 0.01; done

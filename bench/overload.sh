@@ -6,17 +6,16 @@
 #   bash bench/overload.sh [SECONDS=20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 secs=${1:-20}
 bash scripts/setup-venv.sh --test
-cargo build --release --locked -q -p kiln-cli
-ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
-export ORT_DYLIB_PATH
+use_release_kiln
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/models/slow/1"
 .venv/bin/python bench/make_slow_model.py "$work/models/slow/1/model.onnx"
 printf 'instances = 1\nmax_queue_size = 64\nrequest_timeout_ms = 2000\n' > "$work/models/slow/config.toml"
-port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(port)
 target/release/kiln serve "$work/models" --http-port "$port" --grpc-port 0 --metrics-port 0 --log-level warn 2>/dev/null &
 pid=$!
 until curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null; do sleep 0.05; done

@@ -5,17 +5,11 @@
 #   bash bench/python_bridge.sh [SECONDS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 bash scripts/setup-venv.sh --test
-cargo build --release --locked -q -p kiln-cli
+use_release_kiln
 (cd python && ../.venv/bin/maturin develop --release --offline --locked --quiet)
-ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
-export ORT_DYLIB_PATH
-ports=$(.venv/bin/python -c '
-import socket
-s=[socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1",0))
-print(" ".join(str(x.getsockname()[1]) for x in s))')
-read -r http grpc <<<"$ports"
+http=$(port); grpc=$(port)
 target/release/kiln serve examples/models --http-port "$http" --grpc-port "$grpc" --metrics-port 0 --log-level warn 2>/dev/null &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT

@@ -10,13 +10,12 @@
 #   bash bench/side_by_side.sh [SECONDS=8] [CONCURRENCY=16]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 secs=${1:-8}
 conc=${2:-16}
 bash scripts/setup-venv.sh --test
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements-bench.txt
-cargo build --release --locked -q -p kiln-cli
-ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
-export ORT_DYLIB_PATH
+use_release_kiln
 kiln=target/release/kiln
 out=bench/results
 mkdir -p "$out"
@@ -24,7 +23,6 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { until curl -sf "$1" >/dev/null 2>&1; do sleep 0.05; done; }
 
 # Two repositories: as shipped (batching off), and with dynamic batching on.

@@ -6,19 +6,17 @@
 #   bash bench/text_side_by_side.sh [SECONDS=8] [CONCURRENCY=8]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 secs=${1:-8}
 conc=${2:-8}
 shared=../shared/models/all-minilm-l6-v2
 [[ -f $shared/model.onnx ]] || { echo "needs $shared (team data)" >&2; exit 1; }
 bash scripts/setup-venv.sh --test
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements-bench.txt
-cargo build --release --locked -q -p kiln-cli
-ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
-export ORT_DYLIB_PATH
+use_release_kiln
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
-port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 .venv/bin/python - "$work" "$shared" <<'PY'
 import json, sys
 work, shared = sys.argv[1:]

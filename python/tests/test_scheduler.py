@@ -3,40 +3,19 @@ against the real binary."""
 
 import re
 import shutil
-import threading
+import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import onnx
 import pytest
 import tritonclient.http as httpclient
-from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT, KilnServer
 
-
-def slow_model(size=384):
-    """x: FP32 [batch, 1] -> y: FP32 [batch, 1]; each row costs a size^3 matrix product."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])
-    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [1, size, size])
-    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2])
-    nodes = [
-        helper.make_node("Unsqueeze", ["x", "one"], ["x3"]),
-        helper.make_node("Expand", ["x3", "shape"], ["m"]),
-        helper.make_node("MatMul", ["m", "m"], ["p"]),
-        helper.make_node("MatMul", ["p", "m"], ["q"]),
-        helper.make_node("ReduceMean", ["q", "axes"], ["r"], keepdims=0),
-        helper.make_node("Unsqueeze", ["r", "one"], ["y"]),
-    ]
-    one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
-    graph = helper.make_graph(nodes, "slow", [x], [y], [shape, axes, one])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+sys.path.insert(0, str(ROOT / "bench"))
+from make_slow_model import slow_model  # noqa: E402  (one definition, shared with the benchmarks)
 
 
 @pytest.fixture(scope="module")
