@@ -114,26 +114,34 @@ fn hold<'py>(name: &str, value: &Bound<'py, PyAny>, expected: Option<DataType>) 
     };
     let shape = array.shape().to_vec();
     let dtype = array.dtype();
+    // C-contiguous arrays are borrowed in place; other layouts (Fortran order, strides) are
+    // copied here, once, in row-major order. (`as_slice` alone also accepts Fortran order,
+    // whose memory is not row-major.)
     macro_rules! try_dtype {
-        ($t:ty, $variant:ident) => {
+        ($t:ty, $variant:ident, $data:ident) => {
             if dtype.is_equiv_to(&numpy::dtype::<$t>(py)) {
-                let typed = array.cast::<PyArrayDyn<$t>>()?;
-                return Ok(Input { name: name.to_string(), shape, held: Held::$variant(typed.readonly()) });
+                let readonly = array.cast::<PyArrayDyn<$t>>()?.readonly();
+                let held = if readonly.is_c_contiguous() {
+                    Held::$variant(readonly)
+                } else {
+                    Held::Owned(TensorData::$data(readonly.as_array().iter().copied().collect()))
+                };
+                return Ok(Input { name: name.to_string(), shape, held });
             }
         };
     }
-    try_dtype!(f32, F32);
-    try_dtype!(f64, F64);
-    try_dtype!(i64, I64);
-    try_dtype!(i32, I32);
-    try_dtype!(bool, Bool);
-    try_dtype!(u8, U8);
-    try_dtype!(u16, U16);
-    try_dtype!(u32, U32);
-    try_dtype!(u64, U64);
-    try_dtype!(i8, I8);
-    try_dtype!(i16, I16);
-    try_dtype!(half::f16, F16);
+    try_dtype!(f32, F32, Fp32);
+    try_dtype!(f64, F64, Fp64);
+    try_dtype!(i64, I64, Int64);
+    try_dtype!(i32, I32, Int32);
+    try_dtype!(bool, Bool, Bool);
+    try_dtype!(u8, U8, Uint8);
+    try_dtype!(u16, U16, Uint16);
+    try_dtype!(u32, U32, Uint32);
+    try_dtype!(u64, U64, Uint64);
+    try_dtype!(i8, I8, Int8);
+    try_dtype!(i16, I16, Int16);
+    try_dtype!(half::f16, F16, Fp16);
     let kind = dtype.kind();
     if matches!(kind, b'O' | b'U' | b'S') {
         // Text: str elements become UTF-8, bytes elements stay as they are.
@@ -161,40 +169,25 @@ fn hold<'py>(name: &str, value: &Bound<'py, PyAny>, expected: Option<DataType>) 
 }
 
 impl<'py> Input<'py> {
-    /// Borrows C-contiguous arrays; copies others in row-major order.
-    fn view(&self) -> PyResult<(TensorView<'_>, Option<TensorData>)> {
-        macro_rules! borrow {
-            ($a:expr, $variant:ident) => {
-                // `as_slice` also accepts Fortran order, whose memory is not row-major:
-                // borrow C-contiguous arrays only.
-                match $a.as_slice().ok().filter(|_| $a.is_c_contiguous()) {
-                    Some(slice) => (TensorDataRef::$variant(slice), None),
-                    None => {
-                        let copied = TensorData::$variant($a.as_array().iter().copied().collect());
-                        return Ok((
-                            TensorView { name: &self.name, shape: self.shape.clone(), data: TensorDataRef::Bool(&[]) },
-                            Some(copied),
-                        ));
-                    }
-                }
-            };
-        }
-        let (data, copied) = match &self.held {
-            Held::Bool(a) => borrow!(a, Bool),
-            Held::U8(a) => borrow!(a, Uint8),
-            Held::U16(a) => borrow!(a, Uint16),
-            Held::U32(a) => borrow!(a, Uint32),
-            Held::U64(a) => borrow!(a, Uint64),
-            Held::I8(a) => borrow!(a, Int8),
-            Held::I16(a) => borrow!(a, Int16),
-            Held::I32(a) => borrow!(a, Int32),
-            Held::I64(a) => borrow!(a, Int64),
-            Held::F16(a) => borrow!(a, Fp16),
-            Held::F32(a) => borrow!(a, Fp32),
-            Held::F64(a) => borrow!(a, Fp64),
-            Held::Owned(d) => (d.as_ref(), None),
+    /// Borrows the elements (C-contiguous numpy memory, or the copy `hold` made).
+    fn view(&self) -> PyResult<TensorView<'_>> {
+        let contiguous = |e: numpy::AsSliceError| kiln_err(format!("input '{}': {e}", self.name));
+        let data = match &self.held {
+            Held::Bool(a) => TensorDataRef::Bool(a.as_slice().map_err(contiguous)?),
+            Held::U8(a) => TensorDataRef::Uint8(a.as_slice().map_err(contiguous)?),
+            Held::U16(a) => TensorDataRef::Uint16(a.as_slice().map_err(contiguous)?),
+            Held::U32(a) => TensorDataRef::Uint32(a.as_slice().map_err(contiguous)?),
+            Held::U64(a) => TensorDataRef::Uint64(a.as_slice().map_err(contiguous)?),
+            Held::I8(a) => TensorDataRef::Int8(a.as_slice().map_err(contiguous)?),
+            Held::I16(a) => TensorDataRef::Int16(a.as_slice().map_err(contiguous)?),
+            Held::I32(a) => TensorDataRef::Int32(a.as_slice().map_err(contiguous)?),
+            Held::I64(a) => TensorDataRef::Int64(a.as_slice().map_err(contiguous)?),
+            Held::F16(a) => TensorDataRef::Fp16(a.as_slice().map_err(contiguous)?),
+            Held::F32(a) => TensorDataRef::Fp32(a.as_slice().map_err(contiguous)?),
+            Held::F64(a) => TensorDataRef::Fp64(a.as_slice().map_err(contiguous)?),
+            Held::Owned(d) => d.as_ref(),
         };
-        Ok((TensorView { name: &self.name, shape: self.shape.clone(), data }, copied))
+        Ok(TensorView { name: &self.name, shape: self.shape.clone(), data })
     }
 }
 
@@ -246,18 +239,7 @@ impl Model {
     }
 
     fn run<'py>(&self, py: Python<'py>, inputs: Vec<Input<'py>>, outputs: Vec<String>) -> PyResult<Bound<'py, PyDict>> {
-        let mut copies = Vec::new();
-        let mut views = Vec::with_capacity(inputs.len());
-        for input in &inputs {
-            let (view, copied) = input.view()?;
-            views.push(view);
-            copies.push(copied);
-        }
-        for (view, copied) in views.iter_mut().zip(&copies) {
-            if let Some(data) = copied {
-                view.data = data.as_ref();
-            }
-        }
+        let views = inputs.iter().map(Input::view).collect::<PyResult<Vec<_>>>()?;
         self.signature.validate_inputs(&views).map_err(kiln_err)?;
         let outputs = self.signature.resolve_outputs(&outputs).map_err(kiln_err)?;
         let result = py.detach(|| {
