@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kiln_core::{DataType, Tensor, TensorData, TensorSpec};
 use kiln_engine::{InferRequest, ModelHandle};
-use kiln_server::proto::ModelInferRequest;
-use kiln_server::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use kiln_server::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use kiln_server::v2;
+use kiln_protocol::proto::ModelInferRequest;
+use kiln_protocol::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use kiln_protocol::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use kiln_protocol::v2;
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -234,7 +234,7 @@ impl Target {
                 }
                 let meta = clients[0]
                     .clone()
-                    .model_metadata(kiln_server::proto::ModelMetadataRequest {
+                    .model_metadata(kiln_protocol::proto::ModelMetadataRequest {
                         name: spec.model.clone(),
                         version: spec.version.clone().unwrap_or_default(),
                     })

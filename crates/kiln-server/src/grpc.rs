@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use kiln_core::{DataType, Tensor, TensorData, element_count};
+use kiln_core::Tensor;
 use kiln_engine::{Engine, EngineError, InferRequest, Protocol, VersionState};
 
 use crate::proto::infer_parameter::ParameterChoice as Choice;
@@ -21,10 +21,10 @@ use crate::proto::model_infer_response::InferOutputTensor;
 use crate::proto::model_metadata_response::TensorMetadata;
 use crate::proto::repository_index_response::ModelIndex;
 use crate::proto::{
-    InferBatchStatistics, InferStatistics, InferTensorContents, ModelInferRequest, ModelInferResponse,
-    ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStatistics,
-    ModelStatisticsRequest, ModelStatisticsResponse, ModelStreamInferResponse, RepositoryIndexRequest,
-    RepositoryIndexResponse, RepositoryModelLoadRequest, RepositoryModelLoadResponse, RepositoryModelUnloadRequest,
+    InferBatchStatistics, InferStatistics, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
+    ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStatistics, ModelStatisticsRequest,
+    ModelStatisticsResponse, ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse,
+    RepositoryModelLoadRequest, RepositoryModelLoadResponse, RepositoryModelUnloadRequest,
     RepositoryModelUnloadResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
     ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse, StatisticDuration,
 };
@@ -67,69 +67,9 @@ fn invalid(e: v2::DecodeError) -> Status {
     Status::invalid_argument(e.0)
 }
 
-fn narrow<T: TryFrom<S>, S: Copy + std::fmt::Display>(
-    name: &str,
-    dt: DataType,
-    values: &[S],
-) -> Result<Vec<T>, Status> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            T::try_from(v).map_err(|_| {
-                Status::invalid_argument(format!("input '{name}': element {i} ({v}) is out of range for {dt}"))
-            })
-        })
-        .collect()
-}
-
-/// Decodes typed `contents` (the protocol's per-type repeated fields).
-fn from_contents(name: &str, dt: DataType, c: InferTensorContents) -> Result<TensorData, Status> {
-    Ok(match dt {
-        DataType::Bool => TensorData::Bool(c.bool_contents),
-        DataType::Int8 => TensorData::Int8(narrow(name, dt, &c.int_contents)?),
-        DataType::Int16 => TensorData::Int16(narrow(name, dt, &c.int_contents)?),
-        DataType::Int32 => TensorData::Int32(c.int_contents),
-        DataType::Int64 => TensorData::Int64(c.int64_contents),
-        DataType::Uint8 => TensorData::Uint8(narrow(name, dt, &c.uint_contents)?),
-        DataType::Uint16 => TensorData::Uint16(narrow(name, dt, &c.uint_contents)?),
-        DataType::Uint32 => TensorData::Uint32(c.uint_contents),
-        DataType::Uint64 => TensorData::Uint64(c.uint64_contents),
-        // The protocol has no FP16 field; fp32_contents are converted.
-        DataType::Fp16 => TensorData::Fp16(c.fp32_contents.iter().map(|&x| half::f16::from_f32(x)).collect()),
-        DataType::Fp32 => TensorData::Fp32(c.fp32_contents),
-        DataType::Fp64 => TensorData::Fp64(c.fp64_contents),
-        DataType::Bytes => TensorData::Bytes(c.bytes_contents.into_iter().map(|b| b.to_vec()).collect()),
-    })
-}
-
 fn decode_input(input: InferInputTensor, raw: Option<&Bytes>) -> Result<Tensor, Status> {
-    let name = input.name;
-    let dt: DataType = input.datatype.parse().map_err(|e| Status::invalid_argument(format!("input '{name}': {e}")))?;
-    let mut shape = Vec::with_capacity(input.shape.len());
-    for &d in &input.shape {
-        shape.push(usize::try_from(d).map_err(|_| {
-            Status::invalid_argument(format!("input '{name}': shape {:?} has a negative dimension", input.shape))
-        })?);
-    }
-    let count = element_count(&shape)
-        .ok_or_else(|| Status::invalid_argument(format!("input '{name}': shape {shape:?} is too large")))?;
-    let data = match (raw, input.contents) {
-        (Some(bytes), _) => v2::decode_binary(&name, dt, count, bytes).map_err(invalid)?,
-        (None, Some(contents)) => from_contents(&name, dt, contents)?,
-        (None, None) => {
-            return Err(Status::invalid_argument(format!(
-                "input '{name}' has no data: send raw_input_contents or typed contents"
-            )));
-        }
-    };
-    if data.len() != count {
-        return Err(Status::invalid_argument(format!(
-            "input '{name}': the shape needs {count} elements, but the contents hold {}",
-            data.len()
-        )));
-    }
-    Tensor::new(name, shape, data).map_err(Status::invalid_argument)
+    kiln_protocol::grpc::decode_tensor(input.name, &input.datatype, &input.shape, raw.map(|b| &b[..]), input.contents)
+        .map_err(invalid)
 }
 
 async fn infer_one(engine: &Engine, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
@@ -180,7 +120,7 @@ async fn infer_one(engine: &Engine, request: ModelInferRequest) -> Result<ModelI
         })
         .collect();
     let mut parameters = parameters;
-    for (key, value) in v2::trace_parameters(&response.trace) {
+    for (key, value) in crate::trace_parameters(&response.trace) {
         let choice = match value {
             serde_json::Value::String(s) => Choice::StringParam(s),
             other => Choice::Uint64Param(other.as_u64().unwrap_or_default()),

@@ -1,23 +1,16 @@
 //! kiln-server: the network front of kiln.
 //!
-//! It owns the KServe v2 / Open Inference Protocol over REST ([`rest`]) and its wire
-//! encoding ([`v2`]: JSON tensors and the binary tensor extension), and maps the engine's
-//! typed errors to status codes. Only this crate speaks protocols; it runs no model itself
-//! and calls the one cloneable [`kiln_engine::Engine`] handle.
+//! It serves the KServe v2 / Open Inference Protocol over REST ([`rest`]) and gRPC
+//! ([`grpc`]) and the OpenAI-compatible endpoints ([`openai`]), with the wire encodings of
+//! `kiln-protocol`, and maps the engine's typed errors to status codes. It is the only crate
+//! that listens on sockets; it runs no model itself and calls the one cloneable
+//! [`kiln_engine::Engine`] handle.
 
 pub mod grpc;
 pub mod openai;
 pub mod rest;
-pub mod v2;
 
-/// The code generated from proto/inference.proto (messages, service trait, client).
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
-pub mod proto {
-    tonic::include_proto!("inference");
-
-    /// The encoded descriptor set, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));
-}
+pub use kiln_protocol::{proto, v2};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -215,4 +208,19 @@ impl BoundServer {
         grpc?;
         Ok(())
     }
+}
+
+/// A pipeline's `kiln_trace` as response parameters: per step, `kiln_trace.<step>.start_us`,
+/// `.duration_us` and `.outcome` (parameters hold scalars only).
+pub(crate) fn trace_parameters(trace: &[kiln_engine::pipeline::StepTrace]) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for t in trace {
+        out.push((format!("kiln_trace.{}.start_us", t.step), serde_json::Value::from(t.start.as_micros() as u64)));
+        out.push((
+            format!("kiln_trace.{}.duration_us", t.step),
+            serde_json::Value::from(t.duration.as_micros() as u64),
+        ));
+        out.push((format!("kiln_trace.{}.outcome", t.step), serde_json::Value::from(t.outcome)));
+    }
+    out
 }

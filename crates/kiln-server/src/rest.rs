@@ -292,7 +292,7 @@ async fn run_infer(
     let mut parameters = decoded.parameters;
     if !response.trace.is_empty() {
         let p = parameters.get_or_insert_with(Default::default);
-        for (key, value) in v2::trace_parameters(&response.trace) {
+        for (key, value) in crate::trace_parameters(&response.trace) {
             p.insert(key, value);
         }
     }

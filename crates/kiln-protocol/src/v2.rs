@@ -88,41 +88,7 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Decod
     };
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        let datatype: DataType =
-            input.datatype.parse().map_err(|e| DecodeError(format!("input '{}': {e}", input.name)))?;
-        let mut shape = Vec::with_capacity(input.shape.len());
-        for &d in &input.shape {
-            match usize::try_from(d) {
-                Ok(d) => shape.push(d),
-                Err(_) => {
-                    return fail(format!("input '{}': shape {:?} has a negative dimension", input.name, input.shape));
-                }
-            }
-        }
-        let count = element_count(&shape)
-            .ok_or_else(|| DecodeError(format!("input '{}': shape {shape:?} is too large", input.name)))?;
-        let binary_size = input.parameters.as_ref().and_then(|p| p.get("binary_data_size"));
-        let data = match (binary_size, input.data) {
-            (Some(size), None) => {
-                let size = size.as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| {
-                    DecodeError(format!("input '{}': binary_data_size must be a non-negative integer", input.name))
-                })?;
-                if size > binary.len() {
-                    return fail(format!(
-                        "input '{}': binary_data_size is {size}, but only {} bytes of binary data are left in the body",
-                        input.name,
-                        binary.len()
-                    ));
-                }
-                let (chunk, rest) = binary.split_at(size);
-                binary = rest;
-                decode_binary(&input.name, datatype, count, chunk)?
-            }
-            (None, Some(data)) => decode_json(&input.name, datatype, count, &data)?,
-            (Some(_), Some(_)) => return fail(format!("input '{}' has both 'data' and binary_data_size", input.name)),
-            (None, None) => return fail(format!("input '{}' has neither 'data' nor binary_data_size", input.name)),
-        };
-        inputs.push(Tensor::new(input.name, shape, data).map_err(DecodeError)?);
+        inputs.push(decode_tensor(input, &mut binary)?);
     }
     if !binary.is_empty() {
         return fail(format!("{} bytes of binary data follow the inputs that no input claims", binary.len()));
@@ -144,6 +110,97 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Decod
         })
         .collect();
     Ok(DecodedRequest { id, parameters: request.parameters, inputs, outputs, binary_by_default })
+}
+
+/// Decodes one tensor of a request or response, taking its binary bytes (if any) from the
+/// front of `binary`.
+fn decode_tensor(input: InputJson, binary: &mut &[u8]) -> Result<Tensor, DecodeError> {
+    let datatype: DataType = input.datatype.parse().map_err(|e| DecodeError(format!("input '{}': {e}", input.name)))?;
+    let mut shape = Vec::with_capacity(input.shape.len());
+    for &d in &input.shape {
+        match usize::try_from(d) {
+            Ok(d) => shape.push(d),
+            Err(_) => {
+                return fail(format!("input '{}': shape {:?} has a negative dimension", input.name, input.shape));
+            }
+        }
+    }
+    let count = element_count(&shape)
+        .ok_or_else(|| DecodeError(format!("input '{}': shape {shape:?} is too large", input.name)))?;
+    let binary_size = input.parameters.as_ref().and_then(|p| p.get("binary_data_size"));
+    let data = match (binary_size, input.data) {
+        (Some(size), None) => {
+            let size = size.as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| {
+                DecodeError(format!("input '{}': binary_data_size must be a non-negative integer", input.name))
+            })?;
+            if size > binary.len() {
+                return fail(format!(
+                    "input '{}': binary_data_size is {size}, but only {} bytes of binary data are left in the body",
+                    input.name,
+                    binary.len()
+                ));
+            }
+            let (chunk, rest) = binary.split_at(size);
+            *binary = rest;
+            decode_binary(&input.name, datatype, count, chunk)?
+        }
+        (None, Some(data)) => decode_json(&input.name, datatype, count, &data)?,
+        (Some(_), Some(_)) => return fail(format!("input '{}' has both 'data' and binary_data_size", input.name)),
+        (None, None) => return fail(format!("input '{}' has neither 'data' nor binary_data_size", input.name)),
+    };
+    Tensor::new(input.name, shape, data).map_err(DecodeError)
+}
+
+#[derive(Debug, Deserialize)]
+struct ResponseJsonIn {
+    outputs: Vec<InputJson>,
+}
+
+/// Decodes an inference response (what a client receives): its outputs, JSON or binary.
+/// Error messages say "output" where the request decoder says "input".
+pub fn decode_response(body: &[u8], header_length: Option<usize>) -> Result<Vec<Tensor>, DecodeError> {
+    let rename = |e: DecodeError| DecodeError(e.0.replacen("input '", "output '", 1));
+    let (json_part, mut binary) = match header_length {
+        Some(n) if n > body.len() => {
+            return fail(format!("Inference-Header-Content-Length is {n}, but the body has only {} bytes", body.len()));
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let response: ResponseJsonIn = serde_json::from_slice(json_part)
+        .map_err(|e| DecodeError(format!("malformed inference response JSON: {e}")))?;
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for output in response.outputs {
+        outputs.push(decode_tensor(output, &mut binary).map_err(rename)?);
+    }
+    if !binary.is_empty() {
+        return fail(format!("{} bytes of binary data follow the outputs that no output claims", binary.len()));
+    }
+    Ok(outputs)
+}
+
+/// Encodes an inference request with every input in the binary extension and every named
+/// output asked for in binary (exact floats, no JSON parsing of numbers): the JSON header and
+/// the whole body, whose first `header.len()` bytes are the header.
+pub fn encode_request(inputs: &[Tensor], outputs: &[String]) -> (usize, Vec<u8>) {
+    let encoded: Vec<Vec<u8>> = inputs.iter().map(|t| encode_binary(&t.data)).collect();
+    let header = serde_json::json!({
+        "inputs": inputs.iter().zip(&encoded).map(|(t, bytes)| serde_json::json!({
+            "name": t.name,
+            "shape": t.shape,
+            "datatype": t.datatype().as_str(),
+            "parameters": {"binary_data_size": bytes.len()},
+        })).collect::<Vec<_>>(),
+        "outputs": outputs.iter().map(|o| serde_json::json!({"name": o, "parameters": {"binary_data": true}})).collect::<Vec<_>>(),
+        "parameters": {"binary_data_output": true},
+    });
+    // Serializing a json! value cannot fail.
+    let mut body = serde_json::to_vec(&header).unwrap_or_default();
+    let header_len = body.len();
+    for bytes in encoded {
+        body.extend_from_slice(&bytes);
+    }
+    (header_len, body)
 }
 
 /// Decodes one tensor's elements from the binary encoding (little-endian; BYTES as 4-byte
@@ -261,7 +318,11 @@ fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Re
             TensorData::$variant(
                 flat.iter()
                     .enumerate()
-                    .map(|(i, v)| v.as_f64().map($conv).ok_or_else(|| bad(i, v)))
+                    .map(|(i, v)| {
+                        // kiln writes non-finite floats as null; read null back as NaN.
+                        let x = if v.is_null() { Some(f64::NAN) } else { v.as_f64() };
+                        x.map($conv).ok_or_else(|| bad(i, v))
+                    })
                     .collect::<Result<_, _>>()?,
             )
         };
@@ -288,18 +349,6 @@ fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Re
                 .collect::<Result<_, _>>()?,
         ),
     })
-}
-
-/// A pipeline's `kiln_trace` as response parameters: per step, `kiln_trace.<step>.start_us`,
-/// `.duration_us` and `.outcome` (parameters hold scalars only).
-pub fn trace_parameters(trace: &[kiln_engine::pipeline::StepTrace]) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    for t in trace {
-        out.push((format!("kiln_trace.{}.start_us", t.step), Value::from(t.start.as_micros() as u64)));
-        out.push((format!("kiln_trace.{}.duration_us", t.step), Value::from(t.duration.as_micros() as u64)));
-        out.push((format!("kiln_trace.{}.outcome", t.step), Value::from(t.outcome)));
-    }
-    out
 }
 
 /// The request-level `timeout` parameter (microseconds, Triton's meaning).
@@ -346,7 +395,8 @@ pub fn encode_binary(data: &TensorData) -> Vec<u8> {
 }
 
 /// The JSON `data` array of a tensor, serialized straight from the typed elements (FP32
-/// keeps its shortest f32 spelling). Non-finite floats become `null` (JSON has no NaN);
+/// keeps its shortest f32 spelling). Non-finite floats become `null` (JSON has no NaN; the
+/// decoder reads `null` in a float tensor as NaN);
 /// clients that need them exactly should ask for binary outputs.
 pub struct JsonData<'a>(pub &'a TensorData);
 
@@ -560,5 +610,25 @@ mod tests {
         assert_eq!(v["outputs"][0]["data"], json!([0.25, 1.0]));
         assert_eq!(v["outputs"][1]["parameters"]["binary_data_size"], 16);
         assert_eq!(r.binary, encode_binary(&l.data));
+    }
+
+    #[test]
+    fn client_side_round_trip() {
+        let x = Tensor::new("x", vec![1, 2], TensorData::Fp32(vec![0.1, f32::NAN])).expect("tensor");
+        let s = Tensor::new("s", vec![1], TensorData::Bytes(vec![b"hi".to_vec()])).expect("tensor");
+        let (header_len, body) = encode_request(&[x.clone(), s.clone()], &["y".into()]);
+        let req = decode_request(&body, Some(header_len)).expect("a server decodes it");
+        assert_eq!(req.inputs[1], s);
+        assert!(matches!(&req.inputs[0].data, TensorData::Fp32(v) if v[0] == 0.1 && v[1].is_nan()));
+        assert_eq!(req.outputs, vec![RequestedOutput { name: "y".into(), binary: true }]);
+        let r = encode_response("m", 1, None, None, &[(s.clone(), true), (x.clone(), false)]);
+        let mut answer = r.json.clone();
+        answer.extend_from_slice(&r.binary);
+        let outputs = decode_response(&answer, Some(r.json.len())).expect("decodes");
+        assert_eq!(outputs[0], s);
+        let err =
+            decode_response(b"{\"outputs\":[{\"name\":\"y\",\"shape\":[2],\"datatype\":\"FP32\",\"data\":[1]}]}", None)
+                .unwrap_err();
+        assert_eq!(err.0, "output 'y': the shape needs 2 elements, but 'data' holds 1");
     }
 }
