@@ -332,7 +332,7 @@ impl Engine {
         let resolver = self.resolver();
         let built = std::fs::read_to_string(&pipeline_file)
             .map_err(|e| format!("cannot read {}: {e}", pipeline_file.display()))
-            .and_then(|text| Pipeline::parse(&text, resolver));
+            .and_then(|text| Pipeline::parse(&dir.name, &text, resolver));
         match built {
             Ok(pipeline) => {
                 tracing::info!(pipeline = %dir.name, models = ?pipeline.models(), "pipeline ready");

@@ -146,9 +146,25 @@ impl ModelMetrics {
     }
 }
 
-/// One pipeline step finished.
-pub fn pipeline_step(step: &str, ok: bool, elapsed: Duration) {
-    let outcome = if ok { "success" } else { "error" };
-    counter!("kiln_pipeline_steps_total", "step" => step.to_string(), "outcome" => outcome).increment(1);
-    histogram!("kiln_pipeline_step_duration_seconds", "step" => step.to_string()).record(elapsed.as_secs_f64());
+/// One pipeline step finished: `outcome` is success, error, fallback or skipped.
+pub fn pipeline_step(pipeline: &str, step: &str, outcome: &'static str, elapsed: Duration) {
+    let labels = [("pipeline", pipeline.to_string()), ("step", step.to_string())];
+    counter!(
+        "kiln_pipeline_steps_total",
+        &[("pipeline", pipeline.to_string()), ("step", step.to_string()), ("outcome", outcome.to_string())]
+    )
+    .increment(1);
+    histogram!("kiln_pipeline_step_duration_seconds", &labels).record(elapsed.as_secs_f64());
+}
+
+/// A remote step is trying again.
+pub fn pipeline_retry(pipeline: &str, step: &str) {
+    counter!("kiln_pipeline_step_retries_total", "pipeline" => pipeline.to_string(), "step" => step.to_string())
+        .increment(1);
+}
+
+/// A remote step's circuit breaker opened (1) or closed (0).
+pub fn breaker_state(pipeline: &str, step: &str, open: bool) {
+    gauge!("kiln_pipeline_step_breaker_open", "pipeline" => pipeline.to_string(), "step" => step.to_string())
+        .set(if open { 1.0 } else { 0.0 });
 }

@@ -6,11 +6,16 @@
 //! mismatches between steps are load errors naming the step — and every step starts as soon as
 //! the steps it reads have finished, so independent steps run concurrently. Model steps go
 //! through the model's own queue and batcher, resolved at call time (a reloaded model is used
-//! by the pipelines that name it).
+//! by the pipelines that name it). Remote steps ([`remote`]) call other servers under a
+//! [`resilience::Policy`]; any step may run on the rows a condition selects (`when` /
+//! `unless`) and may have a fallback (another step, or constants).
 
 pub mod ops;
+pub mod remote;
+pub mod resilience;
+pub mod rows;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +26,9 @@ use tracing::Instrument;
 
 use crate::{EngineError, InferRequest, ModelHandle, Protocol};
 use ops::Op;
+use remote::{EmbeddingsSpec, LlmSpec, RemoteSpec, RemoteStep};
+use resilience::{Guard, Policy};
+use rows::Constant;
 
 /// The file that makes a repository folder a pipeline.
 pub const PIPELINE_FILE: &str = "pipeline.toml";
@@ -51,10 +59,20 @@ struct OutputFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum StepInputs {
-    /// Model steps: model input name -> reference.
+    /// Model and remote steps: input name -> reference.
     Named(BTreeMap<String, String>),
     /// Transforms: references in order.
     List(Vec<String>),
+}
+
+/// What a step falls back to when it fails.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum FallbackSpec {
+    /// Another step of the pipeline, run only then, whose outputs stand in for this step's.
+    Step(String),
+    /// A constant per output name, repeated for every row.
+    Constants(BTreeMap<String, Constant>),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,13 +82,28 @@ struct StepFile {
     model: Option<String>,
     version: Option<String>,
     op: Option<String>,
+    remote: Option<RemoteSpec>,
+    llm: Option<LlmSpec>,
+    embeddings: Option<EmbeddingsSpec>,
     inputs: StepInputs,
+    /// A remote model's outputs.
+    outputs: Option<Vec<TensorSpec>>,
     weights: Option<Vec<f64>>,
     threshold: Option<f64>,
     column: Option<usize>,
     columns: Option<Vec<usize>>,
     k: Option<usize>,
     datatype: Option<DataType>,
+    when: Option<String>,
+    unless: Option<String>,
+    fallback: Option<FallbackSpec>,
+    timeout_ms: Option<u64>,
+    retries: Option<u32>,
+    backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    concurrency: Option<usize>,
+    breaker_failures: Option<u32>,
+    breaker_cooldown_ms: Option<u64>,
 }
 
 /// Where a value comes from.
@@ -80,10 +113,33 @@ enum Source {
     Step { step: usize, output: String },
 }
 
+/// A remote call before validation (the guard is made with the pipeline's name).
+#[derive(Debug, Clone)]
+pub enum RemoteDraft {
+    /// A model on another KServe v2 server, with the outputs it answers.
+    Kserve(RemoteSpec, Vec<TensorSpec>),
+    Llm(LlmSpec),
+    Embeddings(EmbeddingsSpec),
+}
+
+#[derive(Debug, Clone)]
+enum DraftAction {
+    Model { name: String, version: Option<String> },
+    Op(Op),
+    Remote(RemoteDraft, Policy),
+}
+
 #[derive(Debug, Clone)]
 enum Action {
     Model { name: String, version: Option<String> },
     Op(Op),
+    Remote(Arc<RemoteStep>),
+}
+
+#[derive(Debug, Clone)]
+enum Fallback {
+    Step(usize),
+    Constants(BTreeMap<String, Constant>),
 }
 
 #[derive(Debug, Clone)]
@@ -92,8 +148,23 @@ struct Step {
     action: Action,
     /// (name the step sees, source).
     inputs: Vec<(String, Source)>,
+    /// Run only on the rows this selects (`true` = `unless`, the negation).
+    condition: Option<(Source, bool)>,
+    fallback: Option<Fallback>,
+    /// A step that is only some other step's fallback: it runs when that one fails.
+    dormant: bool,
+    /// A model step's own deadline.
+    timeout: Option<Duration>,
     /// Output names the pipeline needs from this step (model steps ask only for those).
     wanted: Vec<String>,
+    /// What the step produces (for filler rows and constants).
+    produces: Vec<TensorSpec>,
+}
+
+impl Step {
+    fn sources(&self) -> impl Iterator<Item = &Source> {
+        self.inputs.iter().map(|(_, s)| s).chain(self.condition.iter().map(|(s, _)| s))
+    }
 }
 
 /// The value a source names, renamed to what its reader calls it. Sources are validated at
@@ -120,11 +191,27 @@ pub struct StepTrace {
     /// From the pipeline's start.
     pub start: Duration,
     pub duration: Duration,
+    /// `success`, `error` (its fallback answered), `fallback` (it answered for a failed step),
+    /// `constant` (failed; constants answered) or `skipped` (its condition selected no row).
     pub outcome: &'static str,
 }
 
+/// A step before validation.
+#[derive(Debug, Clone)]
+struct DraftStep {
+    name: String,
+    action: DraftAction,
+    /// (name the step sees, reference).
+    inputs: Vec<(String, String)>,
+    /// (reference, negated).
+    condition: Option<(String, bool)>,
+    fallback: Option<FallbackSpec>,
+    timeout: Option<Duration>,
+}
+
 /// Builds a pipeline in code — the same graphs as pipeline.toml, for Rust applications that
-/// embed kiln and compose model calls. References are `"input"` or `"step.output"`.
+/// embed kiln and compose model calls. References are `"input"` or `"step.output"`;
+/// `when`, `unless`, `fallback` and `policy` apply to the step added last.
 ///
 /// ```text
 /// let pipeline = PipelineBuilder::new()
@@ -135,19 +222,34 @@ pub struct StepTrace {
 ///     .output("probabilities", "blend.output")
 ///     .build(engine.resolver())?;
 /// ```
-/// A step before validation: name, what it does, and (name it sees, reference) per input.
-type DraftStep = (String, Action, Vec<(String, String)>);
-
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PipelineBuilder {
+    name: String,
     inputs: Vec<TensorSpec>,
     steps: Vec<DraftStep>,
     outputs: Vec<(String, String)>,
 }
 
+impl Default for PipelineBuilder {
+    fn default() -> Self {
+        PipelineBuilder { name: "pipeline".into(), inputs: Vec::new(), steps: Vec::new(), outputs: Vec::new() }
+    }
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, r)| ((*k).to_string(), (*r).to_string())).collect()
+}
+
 impl PipelineBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The name metrics and logs use (default "pipeline").
+    #[must_use]
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// Declares a pipeline input.
@@ -157,19 +259,72 @@ impl PipelineBuilder {
         self
     }
 
+    fn push(mut self, name: &str, action: DraftAction, inputs: Vec<(String, String)>) -> Self {
+        self.steps.push(DraftStep {
+            name: name.into(),
+            action,
+            inputs,
+            condition: None,
+            fallback: None,
+            timeout: None,
+        });
+        self
+    }
+
     /// A step calling a served model; `inputs` maps the model's input names to references.
     #[must_use]
-    pub fn model(mut self, step: &str, model: &str, inputs: &[(&str, &str)]) -> Self {
-        let inputs = inputs.iter().map(|(k, r)| ((*k).to_string(), (*r).to_string())).collect();
-        self.steps.push((step.into(), Action::Model { name: model.into(), version: None }, inputs));
-        self
+    pub fn model(self, step: &str, model: &str, inputs: &[(&str, &str)]) -> Self {
+        self.push(step, DraftAction::Model { name: model.into(), version: None }, owned(inputs))
     }
 
     /// A built-in transform over references, in order.
     #[must_use]
-    pub fn op(mut self, step: &str, op: Op, inputs: &[&str]) -> Self {
+    pub fn op(self, step: &str, op: Op, inputs: &[&str]) -> Self {
         let inputs = inputs.iter().map(|r| ((*r).to_string(), (*r).to_string())).collect();
-        self.steps.push((step.into(), Action::Op(op), inputs));
+        self.push(step, DraftAction::Op(op), inputs)
+    }
+
+    /// A step calling another server (KServe v2 model, LLM or embeddings endpoint) with the
+    /// default policy of its kind.
+    #[must_use]
+    pub fn remote(self, step: &str, remote: RemoteDraft, inputs: &[(&str, &str)]) -> Self {
+        let policy = Policy::defaults(matches!(remote, RemoteDraft::Llm(_)));
+        self.push(step, DraftAction::Remote(remote, policy), owned(inputs))
+    }
+
+    /// The last step's call policy (remote steps only).
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> Self {
+        if let Some(DraftStep { action: DraftAction::Remote(_, p), .. }) = self.steps.last_mut() {
+            *p = policy;
+        }
+        self
+    }
+
+    /// The last step runs only on the rows where `condition` holds.
+    #[must_use]
+    pub fn when(mut self, condition: &str) -> Self {
+        if let Some(s) = self.steps.last_mut() {
+            s.condition = Some((condition.into(), false));
+        }
+        self
+    }
+
+    /// The last step runs only on the rows where `condition` does not hold.
+    #[must_use]
+    pub fn unless(mut self, condition: &str) -> Self {
+        if let Some(s) = self.steps.last_mut() {
+            s.condition = Some((condition.into(), true));
+        }
+        self
+    }
+
+    /// What answers for the last step when it fails.
+    #[must_use]
+    pub fn fallback(mut self, fallback: FallbackSpec) -> Self {
+        if let Some(s) = self.steps.last_mut() {
+            s.fallback = Some(fallback);
+        }
         self
     }
 
@@ -188,6 +343,7 @@ impl PipelineBuilder {
 
 /// A validated pipeline.
 pub struct Pipeline {
+    name: String,
     steps: Vec<Step>,
     outputs: Vec<(String, Source)>,
     pub signature: ModelSignature,
@@ -230,49 +386,121 @@ fn op_of(s: &StepFile) -> Result<Op, String> {
         "mean" => Op::Mean,
         "weighted_mean" => Op::WeightedMean(s.weights.clone().ok_or_else(|| missing("weights"))?),
         "majority_vote" => Op::MajorityVote,
+        "where" => Op::Where,
         other => {
             return Err(format!(
-                "step '{}': unknown op '{other}' (softmax, argmax, top_k, threshold, cast, concat, select, mean, weighted_mean, majority_vote)",
+                "step '{}': unknown op '{other}' (softmax, argmax, top_k, threshold, cast, concat, select, mean, weighted_mean, majority_vote, where)",
                 s.name
             ));
         }
     })
 }
 
+/// The call policy of a remote step from its file fields over the kind's defaults.
+fn policy_of(s: &StepFile, slow: bool) -> Policy {
+    let d = Policy::defaults(slow);
+    let ms = Duration::from_millis;
+    Policy {
+        timeout: s.timeout_ms.map_or(d.timeout, ms),
+        retries: s.retries.unwrap_or(d.retries),
+        backoff: s.backoff_ms.map_or(d.backoff, ms),
+        max_backoff: s.max_backoff_ms.map_or(d.max_backoff, ms),
+        concurrency: s.concurrency.unwrap_or(d.concurrency),
+        breaker_failures: s.breaker_failures.unwrap_or(d.breaker_failures),
+        breaker_cooldown: s.breaker_cooldown_ms.map_or(d.breaker_cooldown, ms),
+    }
+}
+
 fn shapes_fit(want: &[i64], got: &[i64]) -> bool {
     want.len() == got.len() && want.iter().zip(got).all(|(w, g)| *w < 0 || *g < 0 || w == g)
 }
 
+/// Puts a step's name on its error, keeping the kind (and so the status code).
+fn in_step(step: &str, e: EngineError) -> EngineError {
+    let say = |m: String| format!("pipeline step '{step}': {m}");
+    match e {
+        EngineError::Validation(v) => EngineError::InvalidRequest(say(v.to_string())),
+        EngineError::InvalidRequest(m) => EngineError::InvalidRequest(say(m)),
+        EngineError::Overloaded(m) => EngineError::Overloaded(say(m)),
+        EngineError::Timeout(m) => EngineError::Timeout(say(m)),
+        EngineError::Unavailable(m) => EngineError::Unavailable(say(m)),
+        other => EngineError::Backend(format!("pipeline step '{step}' failed: {other}")),
+    }
+}
+
 impl Pipeline {
     /// Parses and validates a pipeline.toml. Model steps are checked against the models the
-    /// resolver serves now.
-    pub fn parse(text: &str, resolver: Arc<dyn ModelResolver>) -> Result<Pipeline, String> {
+    /// resolver serves now; remote servers are not called at load time.
+    pub fn parse(name: &str, text: &str, resolver: Arc<dyn ModelResolver>) -> Result<Pipeline, String> {
         let file: PipelineFile = toml::from_str(text).map_err(|e| format!("pipeline.toml: {e}"))?;
-        let mut draft = PipelineBuilder::new();
+        let mut draft = PipelineBuilder::new().named(name);
         draft.inputs = file.inputs;
         draft.outputs = file.outputs.into_iter().map(|o| (o.name, o.from)).collect();
-        for s in &file.steps {
-            let action = match (&s.model, &s.op) {
-                (Some(m), None) => Action::Model { name: m.clone(), version: s.version.clone() },
-                (None, Some(_)) => Action::Op(op_of(s)?),
-                _ => return Err(format!("step '{}' needs exactly one of 'model' or 'op'", s.name)),
+        for s in file.steps {
+            let kinds =
+                [s.model.is_some(), s.op.is_some(), s.remote.is_some(), s.llm.is_some(), s.embeddings.is_some()];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(format!(
+                    "step '{}' needs exactly one of 'model', 'op', 'remote', 'llm' or 'embeddings'",
+                    s.name
+                ));
+            }
+            let action = if let Some(m) = &s.model {
+                DraftAction::Model { name: m.clone(), version: s.version.clone() }
+            } else if s.op.is_some() {
+                DraftAction::Op(op_of(&s)?)
+            } else if let Some(r) = &s.remote {
+                DraftAction::Remote(
+                    RemoteDraft::Kserve(r.clone(), s.outputs.clone().unwrap_or_default()),
+                    policy_of(&s, false),
+                )
+            } else if let Some(l) = &s.llm {
+                DraftAction::Remote(RemoteDraft::Llm(l.clone()), policy_of(&s, true))
+            } else if let Some(e) = &s.embeddings {
+                DraftAction::Remote(RemoteDraft::Embeddings(e.clone()), policy_of(&s, false))
+            } else {
+                unreachable!("one kind is set")
             };
-            let inputs = match (&action, &s.inputs) {
-                (Action::Model { .. }, StepInputs::Named(map)) => {
-                    map.iter().map(|(k, r)| (k.clone(), r.clone())).collect()
+            let remote = matches!(action, DraftAction::Remote(..));
+            let local_model = matches!(action, DraftAction::Model { .. });
+            if !remote {
+                let retry_fields = [
+                    ("retries", s.retries.is_some()),
+                    ("backoff_ms", s.backoff_ms.is_some()),
+                    ("max_backoff_ms", s.max_backoff_ms.is_some()),
+                    ("concurrency", s.concurrency.is_some()),
+                    ("breaker_failures", s.breaker_failures.is_some()),
+                    ("breaker_cooldown_ms", s.breaker_cooldown_ms.is_some()),
+                    ("outputs", s.outputs.is_some()),
+                ];
+                if let Some((field, _)) = retry_fields.iter().find(|(_, set)| *set) {
+                    return Err(format!("step '{}': '{field}' is for remote, llm and embeddings steps", s.name));
                 }
-                (Action::Op(_), StepInputs::List(list)) => list.iter().map(|r| (r.clone(), r.clone())).collect(),
-                (Action::Model { .. }, StepInputs::List(_)) => {
+                if s.timeout_ms.is_some() && !local_model {
+                    return Err(format!("step '{}': 'timeout_ms' is for model and remote steps", s.name));
+                }
+            }
+            let inputs = match (&action, &s.inputs) {
+                (DraftAction::Op(_), StepInputs::List(list)) => list.iter().map(|r| (r.clone(), r.clone())).collect(),
+                (DraftAction::Op(_), StepInputs::Named(_)) => {
+                    return Err(format!("step '{}': an op's inputs are a list [\"ref\", ...]", s.name));
+                }
+                (_, StepInputs::Named(map)) => map.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
+                (_, StepInputs::List(_)) => {
                     return Err(format!(
-                        "step '{}': a model step's inputs are a table {{ model_input = \"ref\" }}",
+                        "step '{}': a model or remote step's inputs are a table {{ input_name = \"ref\" }}",
                         s.name
                     ));
                 }
-                (Action::Op(_), StepInputs::Named(_)) => {
-                    return Err(format!("step '{}': an op's inputs are a list [\"ref\", ...]", s.name));
-                }
             };
-            draft.steps.push((s.name.clone(), action, inputs));
+            let condition = match (s.when, s.unless) {
+                (Some(_), Some(_)) => return Err(format!("step '{}' has both 'when' and 'unless'", s.name)),
+                (Some(w), None) => Some((w, false)),
+                (None, Some(u)) => Some((u, true)),
+                (None, None) => None,
+            };
+            let timeout = if local_model { s.timeout_ms.map(Duration::from_millis) } else { None };
+            draft.steps.push(DraftStep { name: s.name, action, inputs, condition, fallback: s.fallback, timeout });
         }
         Pipeline::assemble(&draft, resolver)
     }
@@ -283,22 +511,79 @@ impl Pipeline {
             return Err("the pipeline has no steps".into());
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
-        for (i, (name, _, _)) in draft.steps.iter().enumerate() {
-            if name.is_empty() || name.contains('.') {
-                return Err(format!("step name '{name}' must be non-empty and contain no '.'"));
+        for (i, d) in draft.steps.iter().enumerate() {
+            if d.name.is_empty() || d.name.contains('.') {
+                return Err(format!("step name '{}' must be non-empty and contain no '.'", d.name));
             }
-            if names.insert(name, i).is_some() {
-                return Err(format!("two steps are named '{name}'"));
+            if names.insert(&d.name, i).is_some() {
+                return Err(format!("two steps are named '{}'", d.name));
             }
         }
         let file_inputs = &draft.inputs;
         let mut steps = Vec::new();
-        for (name, action, refs) in &draft.steps {
-            let inputs = refs
+        for d in &draft.steps {
+            let inputs = d
+                .inputs
                 .iter()
-                .map(|(k, r)| Ok((k.clone(), parse_ref(r, &names, file_inputs, name)?)))
+                .map(|(k, r)| Ok((k.clone(), parse_ref(r, &names, file_inputs, &d.name)?)))
                 .collect::<Result<Vec<_>, String>>()?;
-            steps.push(Step { name: name.clone(), action: action.clone(), inputs, wanted: Vec::new() });
+            let condition = match &d.condition {
+                Some((r, negate)) => Some((parse_ref(r, &names, file_inputs, &d.name)?, *negate)),
+                None => None,
+            };
+            let action = match &d.action {
+                DraftAction::Model { name, version } => Action::Model { name: name.clone(), version: version.clone() },
+                DraftAction::Op(op) => Action::Op(op.clone()),
+                DraftAction::Remote(remote, policy) => {
+                    let guard = Guard::new(&draft.name, &d.name, policy.clone());
+                    Action::Remote(Arc::new(match remote {
+                        RemoteDraft::Kserve(spec, outputs) => {
+                            RemoteStep::kserve(spec.clone(), outputs.clone(), guard, &d.name)?
+                        }
+                        RemoteDraft::Llm(spec) => RemoteStep::llm(spec.clone(), guard, &d.name)?,
+                        RemoteDraft::Embeddings(spec) => RemoteStep::embeddings(spec.clone(), guard, &d.name)?,
+                    }))
+                }
+            };
+            let fallback = match &d.fallback {
+                None => None,
+                Some(FallbackSpec::Step(other)) => {
+                    let &j = names.get(other.as_str()).ok_or_else(|| {
+                        format!("step '{}': its fallback '{other}' is not a step of the pipeline", d.name)
+                    })?;
+                    if j == steps.len() {
+                        return Err(format!("step '{}' cannot be its own fallback", d.name));
+                    }
+                    Some(Fallback::Step(j))
+                }
+                Some(FallbackSpec::Constants(c)) => Some(Fallback::Constants(c.clone())),
+            };
+            steps.push(Step {
+                name: d.name.clone(),
+                action,
+                inputs,
+                condition,
+                fallback,
+                dormant: false,
+                timeout: d.timeout,
+                wanted: Vec::new(),
+                produces: Vec::new(),
+            });
+        }
+        // Fallback steps run only for the step they stand in for.
+        let mut fallback_of: HashMap<usize, usize> = HashMap::new();
+        for (i, s) in steps.iter().enumerate() {
+            if let Some(Fallback::Step(j)) = s.fallback
+                && let Some(other) = fallback_of.insert(j, i)
+            {
+                return Err(format!(
+                    "step '{}' is the fallback of both '{}' and '{}'; give each its own",
+                    steps[j].name, steps[other].name, s.name
+                ));
+            }
+        }
+        for &j in fallback_of.keys() {
+            steps[j].dormant = true;
         }
         // Order: every step after the steps it reads (Kahn); a leftover means a cycle.
         let mut order = Vec::new();
@@ -306,7 +591,7 @@ impl Pipeline {
         while order.len() < steps.len() {
             let next = (0..steps.len()).find(|&i| {
                 !done[i]
-                    && steps[i].inputs.iter().all(|(_, src)| {
+                    && steps[i].sources().all(|src| {
                         matches!(src, Source::Step { step, .. } if done[*step]) || matches!(src, Source::Input(_))
                     })
             });
@@ -319,6 +604,26 @@ impl Pipeline {
                     let stuck: Vec<&str> =
                         (0..steps.len()).filter(|&i| !done[i]).map(|i| steps[i].name.as_str()).collect();
                     return Err(format!("the steps {stuck:?} form a cycle"));
+                }
+            }
+        }
+        // A fallback must not wait on the step it stands in for.
+        for (&j, &i) in &fallback_of {
+            let mut seen = HashSet::new();
+            let mut stack = vec![j];
+            while let Some(k) = stack.pop() {
+                if k == i {
+                    return Err(format!(
+                        "step '{}' is the fallback of '{}' but depends on it",
+                        steps[j].name, steps[i].name
+                    ));
+                }
+                for src in steps[k].sources() {
+                    if let Source::Step { step, .. } = src
+                        && seen.insert(*step)
+                    {
+                        stack.push(*step);
+                    }
                 }
             }
         }
@@ -346,8 +651,22 @@ impl Pipeline {
             let step = &steps[i];
             let input_specs: Vec<TensorSpec> =
                 step.inputs.iter().map(|(_, src)| spec_of(src, &produced, &step.name)).collect::<Result<_, _>>()?;
+            if let Some((src, _)) = &step.condition {
+                let c = spec_of(src, &produced, &step.name)?;
+                if !rows::is_condition(&c) {
+                    return Err(format!(
+                        "step '{}': its condition must be BOOL or an integer, [N] or [N, 1] (got {} {:?})",
+                        step.name, c.datatype, c.shape
+                    ));
+                }
+            }
             let outputs = match &step.action {
                 Action::Op(op) => ops::output_specs(op, &step.name, &input_specs)?,
+                Action::Remote(remote) => {
+                    let named: Vec<(String, TensorSpec)> =
+                        step.inputs.iter().map(|(k, _)| k.clone()).zip(input_specs.iter().cloned()).collect();
+                    remote.output_specs(&step.name, &named)?
+                }
                 Action::Model { name, version } => {
                     let model = resolver
                         .resolve(name, version.as_deref())
@@ -390,14 +709,70 @@ impl Pipeline {
         // What each step must produce: what later steps and the outputs read.
         let reads: Vec<Source> = steps
             .iter()
-            .flat_map(|s| s.inputs.iter().map(|(_, src)| src.clone()))
+            .flat_map(|s| s.sources().cloned().collect::<Vec<_>>())
             .chain(outputs.iter().map(|(_, s)| s.clone()))
             .collect();
         for src in reads {
-            if let Source::Step { step, output } = src
-                && !steps[step].wanted.contains(&output)
-            {
-                steps[step].wanted.push(output);
+            if let Source::Step { step, output } = src {
+                if steps[step].dormant {
+                    return Err(format!(
+                        "step '{}' is a fallback (it runs only when its step fails), so no step or output may read it",
+                        steps[step].name
+                    ));
+                }
+                if !steps[step].wanted.contains(&output) {
+                    steps[step].wanted.push(output);
+                }
+            }
+        }
+        for (&j, &i) in &fallback_of {
+            let wanted = steps[i].wanted.clone();
+            for w in &wanted {
+                let need = produced[&i].iter().find(|o| &o.name == w).expect("wanted outputs exist");
+                match produced[&j].iter().find(|o| &o.name == w) {
+                    Some(got) if got.datatype == need.datatype => {}
+                    Some(got) => {
+                        return Err(format!(
+                            "step '{}': its fallback '{}' answers '{w}' as {}, but it is {}",
+                            steps[i].name, steps[j].name, got.datatype, need.datatype
+                        ));
+                    }
+                    None => {
+                        return Err(format!(
+                            "step '{}': its fallback '{}' has no output '{w}' (it has {:?})",
+                            steps[i].name,
+                            steps[j].name,
+                            produced[&j].iter().map(|o| &o.name).collect::<Vec<_>>()
+                        ));
+                    }
+                }
+            }
+            steps[j].wanted = wanted;
+            // A fallback answers for the same rows as its step.
+            if steps[j].condition.is_none() {
+                steps[j].condition = steps[i].condition.clone();
+            }
+        }
+        for (i, step) in steps.iter_mut().enumerate() {
+            step.produces = produced[&i].clone();
+            let wanted_specs = step.produces.iter().filter(|p| step.wanted.contains(&p.name));
+            if step.condition.is_some() {
+                for spec in wanted_specs.clone() {
+                    if spec.shape.is_empty() || spec.shape.iter().skip(1).any(|d| *d < 0) {
+                        return Err(format!(
+                            "step '{}' runs on selected rows, so its output '{}' needs a fixed row shape (has {:?})",
+                            step.name, spec.name, spec.shape
+                        ));
+                    }
+                }
+            }
+            if let Some(Fallback::Constants(values)) = &step.fallback {
+                for spec in wanted_specs {
+                    let value = values.get(&spec.name).ok_or_else(|| {
+                        format!("step '{}': its fallback gives no constant for output '{}'", step.name, spec.name)
+                    })?;
+                    rows::constant(spec, value, 0).map_err(|e| format!("step '{}': fallback: {e}", step.name))?;
+                }
             }
         }
         if let Some(unused) = steps.iter().find(|s| s.wanted.is_empty()) {
@@ -405,21 +780,28 @@ impl Pipeline {
         }
         let mut ordered = Vec::with_capacity(steps.len());
         let position: HashMap<usize, usize> = order.iter().enumerate().map(|(pos, &i)| (i, pos)).collect();
+        let renumber = |src: &mut Source| {
+            if let Source::Step { step: s, .. } = src {
+                *s = position[s];
+            }
+        };
         for &i in &order {
             let mut step = steps[i].clone();
             for (_, src) in &mut step.inputs {
-                if let Source::Step { step: s, .. } = src {
-                    *s = position[s];
-                }
+                renumber(src);
+            }
+            if let Some((src, _)) = &mut step.condition {
+                renumber(src);
+            }
+            if let Some(Fallback::Step(j)) = &mut step.fallback {
+                *j = position[j];
             }
             ordered.push(step);
         }
         for (_, src) in &mut outputs {
-            if let Source::Step { step: s, .. } = src {
-                *s = position[s];
-            }
+            renumber(src);
         }
-        Ok(Pipeline { steps: ordered, outputs, signature, resolver })
+        Ok(Pipeline { name: draft.name.clone(), steps: ordered, outputs, signature, resolver })
     }
 
     /// Names of the models the pipeline calls.
@@ -428,7 +810,7 @@ impl Pipeline {
             .iter()
             .filter_map(|s| match &s.action {
                 Action::Model { name, .. } => Some(name.clone()),
-                Action::Op(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -442,18 +824,21 @@ impl Pipeline {
         timeout: Option<Duration>,
     ) -> Result<(Vec<Tensor>, Vec<StepTrace>), EngineError> {
         let started = Instant::now();
-        let mut results: Vec<Option<Vec<Tensor>>> = vec![None; self.steps.len()];
-        let mut launched = vec![false; self.steps.len()];
+        let deadline = timeout.map(|t| started + t);
+        let n = self.steps.len();
+        let mut results: Vec<Option<Vec<Tensor>>> = vec![None; n];
+        let mut launched = vec![false; n];
+        // A dormant fallback step runs once the step it stands in for failed; (that step, its error).
+        let mut standing_in: HashMap<usize, (usize, EngineError)> = HashMap::new();
         let mut trace = Vec::new();
         let mut running = FuturesUnordered::new();
         loop {
             for (i, step) in self.steps.iter().enumerate() {
-                if launched[i]
-                    || !step.inputs.iter().all(|(_, src)| {
-                        matches!(src, Source::Input(_))
-                            || matches!(src, Source::Step { step, .. } if results[*step].is_some())
-                    })
-                {
+                let ready = step.sources().all(|src| {
+                    matches!(src, Source::Input(_))
+                        || matches!(src, Source::Step { step, .. } if results[*step].is_some())
+                });
+                if launched[i] || (step.dormant && !standing_in.contains_key(&i)) || !ready {
                     continue;
                 }
                 launched[i] = true;
@@ -462,30 +847,56 @@ impl Pipeline {
                     .iter()
                     .map(|(name, src)| fetch(src, name, &inputs, &results))
                     .collect::<Result<_, _>>()?;
-                running.push(self.run_step(i, args, protocol, timeout, started));
+                let condition = match &step.condition {
+                    Some((src, negate)) => Some((fetch(src, "condition", &inputs, &results)?, *negate)),
+                    None => None,
+                };
+                running.push(self.run_step(i, args, condition, protocol, deadline, started));
             }
-            let Some((i, result, entry)) = running.next().await else { break };
-            trace.push(entry);
+            let Some((i, result, mut entry)) = running.next().await else { break };
+            let step = &self.steps[i];
+            if let Some((primary, primary_error)) = standing_in.remove(&i) {
+                match result {
+                    Ok(outs) => {
+                        entry.outcome = "fallback";
+                        crate::metrics::pipeline_step(&self.name, &step.name, "fallback", entry.duration);
+                        results[primary] = Some(outs);
+                        trace.push(entry);
+                    }
+                    Err(e) => {
+                        return Err(in_step(
+                            &self.steps[primary].name,
+                            match primary_error {
+                                EngineError::Timeout(m) => {
+                                    EngineError::Timeout(format!("{m}; its fallback '{}' failed too: {e}", step.name))
+                                }
+                                other => EngineError::Unavailable(format!(
+                                    "{other}; its fallback '{}' failed too: {e}",
+                                    step.name
+                                )),
+                            },
+                        ));
+                    }
+                }
+                continue;
+            }
             match result {
-                Ok(outs) => results[i] = Some(outs),
+                Ok(outs) => {
+                    crate::metrics::pipeline_step(&self.name, &step.name, entry.outcome, entry.duration);
+                    results[i] = Some(outs);
+                    trace.push(entry);
+                }
                 Err(e) => {
-                    return Err(match e {
-                        EngineError::Validation(v) => {
-                            EngineError::InvalidRequest(format!("pipeline step '{}': {v}", self.steps[i].name))
+                    entry.outcome = "error";
+                    crate::metrics::pipeline_step(&self.name, &step.name, "error", entry.duration);
+                    trace.push(entry);
+                    match step.fallback {
+                        Some(Fallback::Step(j)) => {
+                            tracing::warn!(pipeline = %self.name, step = %step.name, fallback = %self.steps[j].name, error = %e, "step failed; running its fallback");
+                            standing_in.insert(j, (i, e));
                         }
-                        EngineError::InvalidRequest(m) => {
-                            EngineError::InvalidRequest(format!("pipeline step '{}': {m}", self.steps[i].name))
-                        }
-                        EngineError::Overloaded(m) => {
-                            EngineError::Overloaded(format!("pipeline step '{}': {m}", self.steps[i].name))
-                        }
-                        EngineError::Timeout(m) => {
-                            EngineError::Timeout(format!("pipeline step '{}': {m}", self.steps[i].name))
-                        }
-                        other => {
-                            EngineError::Backend(format!("pipeline step '{}' failed: {other}", self.steps[i].name))
-                        }
-                    });
+                        _ => return Err(in_step(&step.name, e)),
+                    }
                 }
             }
         }
@@ -504,41 +915,107 @@ impl Pipeline {
         Ok((outputs, trace))
     }
 
+    /// What a step does with its (possibly row-selected) inputs.
+    async fn execute(
+        &self,
+        step: &Step,
+        args: Vec<Tensor>,
+        protocol: Protocol,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        match &step.action {
+            Action::Op(op) => ops::run(op, &args).map_err(EngineError::InvalidRequest),
+            Action::Remote(remote) => remote.call(args, &step.wanted, deadline).await,
+            Action::Model { name, version } => {
+                let model = self.resolver.resolve(name, version.as_deref())?;
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let timeout = match (left, step.timeout) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                model
+                    .infer(InferRequest { inputs: args, outputs: step.wanted.clone(), timeout, protocol, trace: false })
+                    .await
+                    .map(|r| r.outputs)
+            }
+        }
+    }
+
     async fn run_step(
         &self,
         i: usize,
         args: Vec<Tensor>,
+        condition: Option<(Tensor, bool)>,
         protocol: Protocol,
-        timeout: Option<Duration>,
+        deadline: Option<Instant>,
         pipeline_start: Instant,
     ) -> (usize, Result<Vec<Tensor>, EngineError>, StepTrace) {
         let step = &self.steps[i];
         let start = Instant::now();
-        let span = tracing::debug_span!("pipeline_step", step = %step.name);
+        let span = tracing::debug_span!("pipeline_step", pipeline = %self.name, step = %step.name);
+        let mut outcome = "success";
         let result = async {
-            match &step.action {
-                Action::Op(op) => ops::run(op, &args).map_err(EngineError::InvalidRequest),
-                Action::Model { name, version } => match self.resolver.resolve(name, version.as_deref()) {
-                    Ok(model) => model
-                        .infer(InferRequest {
-                            inputs: args,
-                            outputs: step.wanted.clone(),
-                            timeout,
-                            protocol,
-                            trace: false,
-                        })
-                        .await
-                        .map(|r| r.outputs),
-                    Err(e) => Err(e),
-                },
-            }
+            let rows = args.first().and_then(|t| t.shape.first().copied()).unwrap_or(0);
+            let mask = match &condition {
+                None => None,
+                Some((pred, negate)) => {
+                    let mask = rows::selected_rows(pred, *negate).map_err(EngineError::InvalidRequest)?;
+                    (!mask.iter().all(|&m| m)).then_some(mask)
+                }
+            };
+            let Some(mask) = mask else {
+                return self
+                    .execute(step, args, protocol, deadline)
+                    .await
+                    .or_else(|e| self.constants(step, e, rows, &mut outcome));
+            };
+            let selected = mask.iter().filter(|&&m| m).count();
+            let answered = if selected == 0 {
+                outcome = "skipped";
+                None
+            } else {
+                let taken = args
+                    .iter()
+                    .map(|t| rows::take_rows(t, &mask))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(EngineError::InvalidRequest)?;
+                let got = self
+                    .execute(step, taken, protocol, deadline)
+                    .await
+                    .or_else(|e| self.constants(step, e, selected, &mut outcome))?;
+                Some(got)
+            };
+            step.produces
+                .iter()
+                .filter(|spec| step.wanted.contains(&spec.name))
+                .map(|spec| {
+                    let part = answered.as_ref().and_then(|a| a.iter().find(|t| t.name == spec.name));
+                    rows::put_rows(part, spec, &mask).map_err(EngineError::Backend)
+                })
+                .collect()
         }
         .instrument(span)
         .await;
         let duration = start.elapsed();
-        crate::metrics::pipeline_step(&step.name, result.is_ok(), duration);
-        let outcome = if result.is_ok() { "success" } else { "error" };
         (i, result, StepTrace { step: step.name.clone(), start: start - pipeline_start, duration, outcome })
+    }
+
+    /// The constant fallback's answer for `rows` rows, or the error when there is none.
+    fn constants(
+        &self,
+        step: &Step,
+        error: EngineError,
+        rows: usize,
+        outcome: &mut &'static str,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        let Some(Fallback::Constants(values)) = &step.fallback else { return Err(error) };
+        tracing::warn!(pipeline = %self.name, step = %step.name, %error, "step failed; answering with its constants");
+        *outcome = "constant";
+        step.produces
+            .iter()
+            .filter(|spec| step.wanted.contains(&spec.name))
+            .map(|spec| rows::constant(spec, &values[&spec.name], rows).map_err(EngineError::Backend))
+            .collect()
     }
 }
 
@@ -558,7 +1035,7 @@ mod tests {
     const HEAD: &str = "[[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\nshape = [-1, 3]\n";
 
     fn parse(body: &str) -> Result<Pipeline, String> {
-        Pipeline::parse(&format!("{HEAD}{body}"), Arc::new(NoModels))
+        Pipeline::parse("p", &format!("{HEAD}{body}"), Arc::new(NoModels))
     }
 
     #[test]
@@ -622,5 +1099,122 @@ mod tests {
         assert_eq!(out[1].data, kiln_core::TensorData::Int64(vec![1, 2, 2, 0]));
         let start = |s: &str| trace.iter().find(|t| t.step == s).expect("traced").start;
         assert!(start("p") <= start("best") && start("p") <= start("top"));
+    }
+
+    fn fp32(rows: &[[f32; 3]]) -> Tensor {
+        let n = rows.len();
+        Tensor::new("x", vec![n, 3], kiln_core::TensorData::Fp32(rows.concat())).expect("tensor")
+    }
+
+    #[tokio::test]
+    async fn conditional_branches_run_on_their_rows() {
+        let pipeline = parse(
+            "[[steps]]\nname=\"hot\"\nop=\"threshold\"\nthreshold=1.0\ncolumn=0\ninputs=[\"x\"]\n\
+             [[steps]]\nname=\"a\"\nop=\"argmax\"\ninputs=[\"x\"]\nwhen=\"hot.output\"\n\
+             [[steps]]\nname=\"b\"\nop=\"top_k\"\nk=1\ninputs=[\"x\"]\nunless=\"hot.output\"\n\
+             [[steps]]\nname=\"b1\"\nop=\"cast\"\ndatatype=\"INT64\"\ninputs=[\"b.values\"]\n\
+             [[steps]]\nname=\"sel\"\nop=\"select\"\ncolumns=[0]\ninputs=[\"b.values\"]\n\
+             [[steps]]\nname=\"merged\"\nop=\"where\"\ninputs=[\"hot.output\", \"a.output\", \"bi.output\"]\n\
+             [[steps]]\nname=\"bi\"\nop=\"argmax\"\ninputs=[\"sel.output\"]\n\
+             [[outputs]]\nname=\"merged\"\nfrom=\"merged.output\"\n[[outputs]]\nname=\"max\"\nfrom=\"b1.output\"\n",
+        )
+        .expect("valid");
+        // Row 0 is hot (x0 >= 1): argmax of x. Row 1 is not: the top value, via branch b.
+        let x = fp32(&[[2.0, 5.0, 1.0], [0.0, 7.0, 3.0]]);
+        let (out, trace) =
+            pipeline.run(vec![x], &["merged".into(), "max".into()], Protocol::InProcess, None).await.expect("runs");
+        assert_eq!(out[0].data, kiln_core::TensorData::Int64(vec![1, 0]));
+        // b ran on row 1 only; row 0 is filler.
+        assert_eq!(out[1].data, kiln_core::TensorData::Int64(vec![0, 7]));
+        // Nothing hot: branch a is skipped, not run.
+        let x = fp32(&[[0.0, 5.0, 1.0]]);
+        let (_, trace_cold) = pipeline.run(vec![x], &["merged".into()], Protocol::InProcess, None).await.expect("runs");
+        let outcome = |t: &[StepTrace], s: &str| t.iter().find(|e| e.step == s).map(|e| e.outcome);
+        assert_eq!(outcome(&trace, "a"), Some("success"));
+        assert_eq!(outcome(&trace_cold, "a"), Some("skipped"));
+    }
+
+    /// A remote step whose server refuses connections (nothing listens on port 1).
+    const DEAD_REMOTE: &str = "[[steps]]\nname=\"r\"\nremote={url=\"http://127.0.0.1:1\", model=\"m\"}\n\
+        inputs={x=\"x\"}\noutputs=[{name=\"label\", datatype=\"INT64\", shape=[-1]}]\nretries=0\n";
+
+    #[tokio::test]
+    async fn failed_steps_fall_back() {
+        let constants =
+            parse(&format!("{DEAD_REMOTE}fallback={{label=-1}}\n[[outputs]]\nname=\"label\"\nfrom=\"r.label\"\n"))
+                .expect("valid");
+        let x = fp32(&[[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]);
+        let (out, trace) =
+            constants.run(vec![x.clone()], &["label".into()], Protocol::InProcess, None).await.expect("falls back");
+        assert_eq!(out[0].data, kiln_core::TensorData::Int64(vec![-1, -1]));
+        assert_eq!(trace[0].outcome, "constant");
+
+        let mismatch = parse(&format!(
+            "{DEAD_REMOTE}fallback=\"local\"\n[[steps]]\nname=\"local\"\nop=\"argmax\"\ninputs=[\"x\"]\n\
+             [[outputs]]\nname=\"label\"\nfrom=\"r.label\"\n"
+        ));
+        assert!(
+            mismatch
+                .err()
+                .unwrap_or_default()
+                .contains("its fallback 'local' has no output 'label' (it has [\"output\"])")
+        );
+
+        let remote = DEAD_REMOTE.replace("name=\"label\"", "name=\"output\"");
+        let step = parse(&format!(
+            "{remote}fallback=\"local\"\n[[steps]]\nname=\"local\"\nop=\"argmax\"\ninputs=[\"x\"]\n\
+             [[outputs]]\nname=\"label\"\nfrom=\"r.output\"\n"
+        ))
+        .expect("valid");
+        let (out, trace) = step.run(vec![x], &["label".into()], Protocol::InProcess, None).await.expect("falls back");
+        assert_eq!(out[0].data, kiln_core::TensorData::Int64(vec![2, 0]));
+        let outcomes: Vec<(&str, &str)> = trace.iter().map(|t| (t.step.as_str(), t.outcome)).collect();
+        assert_eq!(outcomes, vec![("r", "error"), ("local", "fallback")]);
+    }
+
+    #[test]
+    fn conditions_and_fallbacks_are_validated() {
+        let cases = [
+            (
+                "[[steps]]\nname=\"s\"\nop=\"softmax\"\ninputs=[\"x\"]\nwhen=\"x\"\n[[outputs]]\nname=\"o\"\nfrom=\"s.output\"\n",
+                "its condition must be BOOL or an integer, [N] or [N, 1] (got FP32 [-1, 3])",
+            ),
+            (
+                "[[steps]]\nname=\"s\"\nop=\"softmax\"\ninputs=[\"x\"]\nfallback=\"t\"\n[[steps]]\nname=\"t\"\nop=\"softmax\"\ninputs=[\"s.output\"]\n[[outputs]]\nname=\"o\"\nfrom=\"s.output\"\n",
+                "step 't' is the fallback of 's' but depends on it",
+            ),
+            (
+                "[[steps]]\nname=\"s\"\nop=\"softmax\"\ninputs=[\"x\"]\nfallback=\"t\"\n[[steps]]\nname=\"t\"\nop=\"softmax\"\ninputs=[\"x\"]\n[[outputs]]\nname=\"o\"\nfrom=\"t.output\"\n",
+                "step 't' is a fallback (it runs only when its step fails), so no step or output may read it",
+            ),
+            (
+                "[[steps]]\nname=\"s\"\nop=\"softmax\"\ninputs=[\"x\"]\nfallback={nothing=1}\n[[outputs]]\nname=\"o\"\nfrom=\"s.output\"\n",
+                "its fallback gives no constant for output 'output'",
+            ),
+            (
+                "[[steps]]\nname=\"s\"\nop=\"argmax\"\ninputs=[\"x\"]\nfallback={output=\"none\"}\n[[outputs]]\nname=\"o\"\nfrom=\"s.output\"\n",
+                "does not fit output 'output' (INT64)",
+            ),
+            (
+                "[[steps]]\nname=\"s\"\nop=\"softmax\"\ninputs=[\"x\"]\nretries=3\n[[outputs]]\nname=\"o\"\nfrom=\"s.output\"\n",
+                "'retries' is for remote, llm and embeddings steps",
+            ),
+            (
+                "[[steps]]\nname=\"r\"\nllm={url=\"http://127.0.0.1:1/v1\", model=\"m\", prompt=\"hi {who}\"}\ninputs={x=\"x\"}\n[[outputs]]\nname=\"o\"\nfrom=\"r.text\"\n",
+                "LLM input 'x' must hold one value per row",
+            ),
+            (
+                "[[steps]]\nname=\"r\"\nremote={url=\"http://127.0.0.1:1\", model=\"m\"}\ninputs={x=\"x\"}\n[[outputs]]\nname=\"o\"\nfrom=\"r.y\"\n",
+                "a remote step declares its outputs",
+            ),
+            (
+                "[[steps]]\nname=\"r\"\nllm={url=\"http://127.0.0.1:1/v1\", model=\"m\", prompt=\"hi\", api_key_env=\"KILN_TEST_UNSET_KEY\"}\ninputs={}\n[[outputs]]\nname=\"o\"\nfrom=\"r.text\"\n",
+                "api_key_env names 'KILN_TEST_UNSET_KEY', which is not set",
+            ),
+        ];
+        for (body, needle) in cases {
+            let err = parse(body).err().unwrap_or_default();
+            assert!(err.contains(needle), "expected '{needle}' in '{err}'");
+        }
     }
 }

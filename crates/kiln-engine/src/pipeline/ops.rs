@@ -27,6 +27,9 @@ pub enum Op {
     WeightedMean(Vec<f64>),
     /// Most common INT64 label per row across inputs (ties: the smallest label).
     MajorityVote,
+    /// Row-wise choice: inputs `[condition, a, b]`; each row from `a` where the condition
+    /// (BOOL or integer, non-zero = true) holds, else from `b`. Joins two conditional branches.
+    Where,
 }
 
 /// The output names of an op.
@@ -56,6 +59,42 @@ fn tensor(name: &str, shape: Vec<usize>, data: TensorData) -> Result<Tensor, Str
 pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
     let first = inputs.first().ok_or("an op needs at least one input")?;
     match op {
+        Op::Where => {
+            let [cond, a, b] = inputs else { return Err("where takes [condition, a, b]".into()) };
+            let mask = super::rows::selected_rows(cond, false)?;
+            if a.shape != b.shape || a.datatype() != b.datatype() {
+                return Err(format!(
+                    "where needs '{}' and '{}' alike: {} {:?} vs {} {:?}",
+                    a.name,
+                    b.name,
+                    a.datatype(),
+                    a.shape,
+                    b.datatype(),
+                    b.shape
+                ));
+            }
+            if a.shape.first() != Some(&mask.len()) {
+                return Err(format!(
+                    "where: '{}' has {:?} rows, but the condition has {}",
+                    a.name,
+                    a.shape.first(),
+                    mask.len()
+                ));
+            }
+            let w: usize = a.shape.iter().skip(1).product();
+            let parts: Vec<TensorData> = mask
+                .iter()
+                .enumerate()
+                .map(
+                    |(r, &pick_a)| {
+                        if pick_a { a.data.slice(r * w, (r + 1) * w) } else { b.data.slice(r * w, (r + 1) * w) }
+                    },
+                )
+                .collect();
+            let data = TensorData::concat(&parts.iter().collect::<Vec<_>>())
+                .unwrap_or_else(|| super::rows::filled(a.datatype(), 0));
+            Ok(vec![tensor("output", a.shape.clone(), data)?])
+        }
         Op::Softmax => {
             let (v, n, c) = fp32_rows(first, "softmax")?;
             let mut out = Vec::with_capacity(v.len());
@@ -208,6 +247,10 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
     }
 }
 
+fn shapes_alike(a: &[i64], b: &[i64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| *x < 0 || *y < 0 || x == y)
+}
+
 /// What an op produces for inputs of these declarations (load-time validation).
 pub fn output_specs(op: &Op, step: &str, inputs: &[TensorSpec]) -> Result<Vec<TensorSpec>, String> {
     let fail = |msg: String| Err(format!("step '{step}': {msg}"));
@@ -225,6 +268,22 @@ pub fn output_specs(op: &Op, step: &str, inputs: &[TensorSpec]) -> Result<Vec<Te
     let cols = if first.shape.len() == 2 { first.shape[1] } else { 1 };
     let spec = |name: &str, datatype: DataType, shape: Vec<i64>| TensorSpec { name: name.into(), datatype, shape };
     Ok(match op {
+        Op::Where => {
+            let [cond, a, b] = inputs else { return fail("where takes [condition, a, b]".into()) };
+            if !super::rows::is_condition(cond) {
+                return fail(format!(
+                    "where's condition '{}' must be BOOL or an integer, [N] or [N, 1] (got {} {:?})",
+                    cond.name, cond.datatype, cond.shape
+                ));
+            }
+            if a.datatype != b.datatype || !shapes_alike(&a.shape, &b.shape) {
+                return fail(format!(
+                    "where needs both branches alike: '{}' is {} {:?}, '{}' is {} {:?}",
+                    a.name, a.datatype, a.shape, b.name, b.datatype, b.shape
+                ));
+            }
+            vec![spec("output", a.datatype, a.shape.clone())]
+        }
         Op::Softmax => {
             need(first, DataType::Fp32, "softmax")?;
             vec![spec("output", DataType::Fp32, first.shape.clone())]

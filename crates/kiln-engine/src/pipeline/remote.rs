@@ -1,0 +1,501 @@
+//! Steps that call other servers: a model on another KServe v2 server (REST or gRPC), an
+//! OpenAI-compatible chat completions endpoint (`llm`) and an embeddings endpoint. Every call
+//! goes through the step's [`Guard`] (timeout, retries, breaker, concurrency limit).
+
+use std::time::Instant;
+
+use kiln_core::{DataType, Tensor, TensorData, TensorSpec};
+use kiln_protocol::client::{ChatRequest, KserveGrpcClient, KserveRestClient, OpenAiClient, texts};
+use serde::Deserialize;
+
+use super::resilience::{CallError, Guard};
+use crate::EngineError;
+
+/// How a `remote` step reaches its server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Rest,
+    Grpc,
+}
+
+/// `remote = { ... }` in pipeline.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSpec {
+    /// `http://host:port` (REST) or `host:port` (gRPC).
+    pub url: String,
+    pub model: String,
+    pub version: Option<String>,
+    #[serde(default)]
+    pub protocol: Transport,
+}
+
+/// A field the LLM's JSON answer must carry, turned into a tensor `[N]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonField {
+    pub name: String,
+    pub datatype: DataType,
+}
+
+/// `llm = { ... }` in pipeline.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSpec {
+    /// Base URL up to `/v1`.
+    pub url: String,
+    pub model: String,
+    /// The environment variable holding the API key (never the key itself).
+    pub api_key_env: Option<String>,
+    pub system: Option<String>,
+    /// `{input}` is replaced by the row's value of that step input; `{{` and `}}` are braces.
+    pub prompt: String,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    /// When set, the answer must be a JSON object with these fields.
+    #[serde(default)]
+    pub json_outputs: Vec<JsonField>,
+}
+
+/// `embeddings = { ... }` in pipeline.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsSpec {
+    pub url: String,
+    pub model: String,
+    pub api_key_env: Option<String>,
+    /// The vector length, when known (checked on every answer).
+    pub dim: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Var(String),
+}
+
+fn parse_template(template: &str) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                text.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                text.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => name.push(c),
+                        None => return Err(format!("the prompt has an unclosed '{{{name}'")),
+                    }
+                }
+                if !text.is_empty() {
+                    parts.push(Part::Text(std::mem::take(&mut text)));
+                }
+                parts.push(Part::Var(name.trim().to_string()));
+            }
+            '}' => return Err("the prompt has a lone '}' (write '}}' for a brace)".into()),
+            c => text.push(c),
+        }
+    }
+    if !text.is_empty() {
+        parts.push(Part::Text(text));
+    }
+    Ok(parts)
+}
+
+/// Element `row` of a one-value-per-row tensor, as prompt text.
+fn row_text(t: &Tensor, row: usize) -> String {
+    match &t.data {
+        TensorData::Bool(v) => v[row].to_string(),
+        TensorData::Uint8(v) => v[row].to_string(),
+        TensorData::Uint16(v) => v[row].to_string(),
+        TensorData::Uint32(v) => v[row].to_string(),
+        TensorData::Uint64(v) => v[row].to_string(),
+        TensorData::Int8(v) => v[row].to_string(),
+        TensorData::Int16(v) => v[row].to_string(),
+        TensorData::Int32(v) => v[row].to_string(),
+        TensorData::Int64(v) => v[row].to_string(),
+        TensorData::Fp16(v) => v[row].to_string(),
+        TensorData::Fp32(v) => v[row].to_string(),
+        TensorData::Fp64(v) => v[row].to_string(),
+        TensorData::Bytes(v) => String::from_utf8_lossy(&v[row]).into_owned(),
+    }
+}
+
+fn one_per_row(spec: &TensorSpec) -> bool {
+    matches!(spec.shape.as_slice(), [_] | [_, 1])
+}
+
+enum Kserve {
+    Rest(KserveRestClient),
+    Grpc(KserveGrpcClient),
+}
+
+enum Endpoint {
+    Kserve { client: Kserve, spec: RemoteSpec, outputs: Vec<TensorSpec> },
+    Llm { client: OpenAiClient, spec: LlmSpec, template: Vec<Part> },
+    Embeddings { client: OpenAiClient, spec: EmbeddingsSpec },
+}
+
+/// A step that calls another server.
+pub struct RemoteStep {
+    endpoint: Endpoint,
+    pub guard: Guard,
+}
+
+impl std::fmt::Debug for RemoteStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteStep({})", self.describe())
+    }
+}
+
+fn api_key(env: Option<&String>, step: &str) -> Result<Option<String>, String> {
+    match env {
+        None => Ok(None),
+        Some(var) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("step '{step}': api_key_env names '{var}', which is not set in kiln's environment")),
+    }
+}
+
+impl RemoteStep {
+    pub fn kserve(spec: RemoteSpec, outputs: Vec<TensorSpec>, guard: Guard, step: &str) -> Result<Self, String> {
+        if outputs.is_empty() {
+            return Err(format!(
+                "step '{step}': a remote step declares its outputs: outputs = [{{ name = ..., datatype = ..., shape = [...] }}]"
+            ));
+        }
+        let client = match spec.protocol {
+            Transport::Rest => {
+                if !spec.url.starts_with("http://") {
+                    return Err(format!("step '{step}': a REST url starts with http:// (got '{}')", spec.url));
+                }
+                Kserve::Rest(KserveRestClient::new(&spec.url))
+            }
+            Transport::Grpc => {
+                Kserve::Grpc(KserveGrpcClient::new(&spec.url).map_err(|e| format!("step '{step}': {e}"))?)
+            }
+        };
+        Ok(RemoteStep { endpoint: Endpoint::Kserve { client, spec, outputs }, guard })
+    }
+
+    pub fn llm(spec: LlmSpec, guard: Guard, step: &str) -> Result<Self, String> {
+        let template = parse_template(&spec.prompt).map_err(|e| format!("step '{step}': {e}"))?;
+        let client = OpenAiClient::new(&spec.url, api_key(spec.api_key_env.as_ref(), step)?);
+        Ok(RemoteStep { endpoint: Endpoint::Llm { client, spec, template }, guard })
+    }
+
+    pub fn embeddings(spec: EmbeddingsSpec, guard: Guard, step: &str) -> Result<Self, String> {
+        let client = OpenAiClient::new(&spec.url, api_key(spec.api_key_env.as_ref(), step)?);
+        Ok(RemoteStep { endpoint: Endpoint::Embeddings { client, spec }, guard })
+    }
+
+    fn describe(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Kserve { spec, .. } => format!("model '{}' at {}", spec.model, spec.url),
+            Endpoint::Llm { spec, .. } => format!("LLM '{}' at {}", spec.model, spec.url),
+            Endpoint::Embeddings { spec, .. } => format!("embeddings '{}' at {}", spec.model, spec.url),
+        }
+    }
+
+    /// Whether the step's calls are slow by nature (LLMs), for defaults.
+    pub fn is_llm(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Llm { .. })
+    }
+
+    /// Checks the step's inputs and says what it produces (load time).
+    pub fn output_specs(&self, step: &str, inputs: &[(String, TensorSpec)]) -> Result<Vec<TensorSpec>, String> {
+        let spec = |name: &str, datatype, shape| TensorSpec { name: name.to_string(), datatype, shape };
+        match &self.endpoint {
+            Endpoint::Kserve { outputs, .. } => Ok(outputs.clone()),
+            Endpoint::Llm { spec: llm, template, .. } => {
+                for (name, s) in inputs {
+                    if !one_per_row(s) {
+                        return Err(format!(
+                            "step '{step}': LLM input '{name}' must hold one value per row ([N] or [N, 1]), not {:?}",
+                            s.shape
+                        ));
+                    }
+                }
+                for part in template {
+                    if let Part::Var(v) = part
+                        && !inputs.iter().any(|(n, _)| n == v)
+                    {
+                        return Err(format!(
+                            "step '{step}': the prompt uses '{{{v}}}', but the step's inputs are {:?}",
+                            inputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+                        ));
+                    }
+                }
+                let mut out = vec![spec("text", DataType::Bytes, vec![-1])];
+                for field in &llm.json_outputs {
+                    if field.name == "text" {
+                        return Err(format!(
+                            "step '{step}': 'text' is the LLM's answer; name the JSON field otherwise"
+                        ));
+                    }
+                    out.push(spec(&field.name, field.datatype, vec![-1]));
+                }
+                Ok(out)
+            }
+            Endpoint::Embeddings { spec: e, .. } => match inputs {
+                [(_, s)] if s.datatype == DataType::Bytes && one_per_row(s) => {
+                    Ok(vec![spec("embedding", DataType::Fp32, vec![-1, e.dim.map_or(-1, |d| d as i64)])])
+                }
+                _ => Err(format!("step '{step}': an embeddings step takes one BYTES input of texts, [N] or [N, 1]")),
+            },
+        }
+    }
+
+    fn failed(&self, e: &CallError) -> EngineError {
+        let message = format!("{}: {e}", self.describe());
+        match e {
+            CallError::DeadlineExceeded
+            | CallError::Failed { error: kiln_protocol::client::ClientError::Timeout(_), .. } => {
+                EngineError::Timeout(message)
+            }
+            _ => EngineError::Unavailable(message),
+        }
+    }
+
+    /// Calls the server for one request's rows.
+    pub async fn call(
+        &self,
+        args: Vec<Tensor>,
+        wanted: &[String],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        match &self.endpoint {
+            Endpoint::Kserve { client, spec, outputs } => {
+                let version = spec.version.as_deref();
+                let args = &args;
+                let got = self
+                    .guard
+                    .call(deadline, |timeout| async move {
+                        let got = match client {
+                            Kserve::Rest(c) => c.infer(&spec.model, version, args, wanted, timeout).await?,
+                            Kserve::Grpc(c) => c.infer(&spec.model, version, args, wanted, timeout).await?,
+                        };
+                        check_outputs(&got, outputs, wanted)?;
+                        Ok(got)
+                    })
+                    .await
+                    .map_err(|e| self.failed(&e))?;
+                Ok(got)
+            }
+            Endpoint::Llm { client, spec, template } => {
+                let rows = args.first().and_then(|t| t.shape.first().copied()).unwrap_or(0);
+                if let Some(t) = args.iter().find(|t| t.data.len() != rows) {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "input '{}' has {} values for {rows} rows",
+                        t.name,
+                        t.data.len()
+                    )));
+                }
+                let calls = (0..rows).map(|row| {
+                    let prompt: String = template
+                        .iter()
+                        .map(|p| match p {
+                            Part::Text(t) => t.clone(),
+                            Part::Var(v) => {
+                                args.iter().find(|t| &t.name == v).map(|t| row_text(t, row)).unwrap_or_default()
+                            }
+                        })
+                        .collect();
+                    let request = ChatRequest {
+                        model: spec.model.clone(),
+                        system: spec.system.clone(),
+                        prompt,
+                        temperature: spec.temperature,
+                        max_tokens: spec.max_tokens,
+                        json: !spec.json_outputs.is_empty(),
+                    };
+                    async move {
+                        self.guard
+                            .call(deadline, |timeout| {
+                                let request = &request;
+                                async move {
+                                    let text = client.chat(request, timeout).await?;
+                                    let fields = parse_fields(&text, &spec.json_outputs)?;
+                                    Ok((text, fields))
+                                }
+                            })
+                            .await
+                    }
+                });
+                let answers = futures_util::future::join_all(calls).await;
+                let mut text = Vec::with_capacity(rows);
+                let mut columns: Vec<Vec<serde_json::Value>> = vec![Vec::with_capacity(rows); spec.json_outputs.len()];
+                for answer in answers {
+                    let (t, fields) = answer.map_err(|e| self.failed(&e))?;
+                    text.push(t.into_bytes());
+                    for (column, value) in columns.iter_mut().zip(fields) {
+                        column.push(value);
+                    }
+                }
+                let mut out =
+                    vec![Tensor::new("text", vec![rows], TensorData::Bytes(text)).map_err(EngineError::Backend)?];
+                for (field, column) in spec.json_outputs.iter().zip(columns) {
+                    let data = json_column(field, &column)
+                        .map_err(|m| EngineError::Unavailable(format!("{}: {m}", self.describe())))?;
+                    out.push(Tensor::new(field.name.clone(), vec![rows], data).map_err(EngineError::Backend)?);
+                }
+                Ok(out)
+            }
+            Endpoint::Embeddings { client, spec } => {
+                let input = args.first().ok_or_else(|| EngineError::Backend("embeddings step without input".into()))?;
+                let texts = texts(input).map_err(EngineError::InvalidRequest)?;
+                let vectors = self
+                    .guard
+                    .call(deadline, |timeout| client.embeddings(&spec.model, &texts, timeout))
+                    .await
+                    .map_err(|e| self.failed(&e))?;
+                let dim = spec.dim.or_else(|| vectors.first().map(Vec::len)).unwrap_or(0);
+                if let Some((i, v)) = vectors.iter().enumerate().find(|(_, v)| v.len() != dim) {
+                    return Err(EngineError::Unavailable(format!(
+                        "{}: embedding {i} has {} values, expected {dim}",
+                        self.describe(),
+                        v.len()
+                    )));
+                }
+                let rows = vectors.len();
+                let data = TensorData::Fp32(vectors.into_iter().flatten().collect());
+                Ok(vec![Tensor::new("embedding", vec![rows, dim], data).map_err(EngineError::Backend)?])
+            }
+        }
+    }
+}
+
+/// A remote model's answer must carry what the pipeline declared for it.
+fn check_outputs(
+    got: &[Tensor],
+    declared: &[TensorSpec],
+    wanted: &[String],
+) -> Result<(), kiln_protocol::client::ClientError> {
+    use kiln_protocol::client::ClientError::Malformed;
+    for name in wanted {
+        let Some(t) = got.iter().find(|t| &t.name == name) else {
+            return Err(Malformed(format!("the answer has no output '{name}'")));
+        };
+        if let Some(d) = declared.iter().find(|d| &d.name == name) {
+            let fits = d.shape.len() == t.shape.len()
+                && d.shape.iter().zip(&t.shape).all(|(w, g)| *w < 0 || *w as usize == *g);
+            if d.datatype != t.datatype() || !fits {
+                return Err(Malformed(format!(
+                    "output '{name}' is {} {:?}, but the pipeline declares {} {:?}",
+                    t.datatype(),
+                    t.shape,
+                    d.datatype,
+                    d.shape
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The declared fields of an LLM's JSON answer.
+fn parse_fields(
+    text: &str,
+    fields: &[JsonField],
+) -> Result<Vec<serde_json::Value>, kiln_protocol::client::ClientError> {
+    use kiln_protocol::client::ClientError::Malformed;
+    if fields.is_empty() {
+        return Ok(Vec::new());
+    }
+    let object: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| {
+        Malformed(format!("the LLM's answer is not JSON ({e}): {}", text.chars().take(200).collect::<String>()))
+    })?;
+    fields
+        .iter()
+        .map(|f| {
+            let value = object.get(&f.name).cloned().ok_or_else(|| {
+                Malformed(format!(
+                    "the LLM's JSON has no field '{}': {}",
+                    f.name,
+                    text.chars().take(200).collect::<String>()
+                ))
+            })?;
+            let ok = match f.datatype {
+                DataType::Bytes => value.is_string() || value.is_number() || value.is_boolean(),
+                DataType::Bool => value.is_boolean(),
+                _ => value.is_number(),
+            };
+            if ok {
+                Ok(value)
+            } else {
+                Err(Malformed(format!("the LLM's JSON field '{}' is {value}, not a {}", f.name, f.datatype)))
+            }
+        })
+        .collect()
+}
+
+fn json_column(field: &JsonField, column: &[serde_json::Value]) -> Result<TensorData, String> {
+    let num = |v: &serde_json::Value| v.as_f64().ok_or_else(|| format!("field '{}': {v} is not a number", field.name));
+    Ok(match field.datatype {
+        DataType::Bytes => TensorData::Bytes(
+            column.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string).into_bytes()).collect(),
+        ),
+        DataType::Bool => TensorData::Bool(column.iter().map(|v| v.as_bool().unwrap_or(false)).collect()),
+        DataType::Fp32 => TensorData::Fp32(column.iter().map(|v| num(v).map(|x| x as f32)).collect::<Result<_, _>>()?),
+        DataType::Fp64 => TensorData::Fp64(column.iter().map(num).collect::<Result<_, _>>()?),
+        DataType::Int64 => {
+            TensorData::Int64(column.iter().map(|v| num(v).map(|x| x as i64)).collect::<Result<_, _>>()?)
+        }
+        DataType::Int32 => {
+            TensorData::Int32(column.iter().map(|v| num(v).map(|x| x as i32)).collect::<Result<_, _>>()?)
+        }
+        other => {
+            return Err(format!(
+                "field '{}': JSON outputs are BYTES, BOOL, FP32, FP64, INT32 or INT64, not {other}",
+                field.name
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        assert_eq!(
+            parse_template("Hi {name}, {{literal}} {x}").expect("ok"),
+            vec![
+                Part::Text("Hi ".into()),
+                Part::Var("name".into()),
+                Part::Text(", {literal} ".into()),
+                Part::Var("x".into())
+            ]
+        );
+        assert!(parse_template("open {x").unwrap_err().contains("unclosed"));
+        assert!(parse_template("a } b").unwrap_err().contains("lone"));
+    }
+
+    #[test]
+    fn json_fields() {
+        let fields = vec![
+            JsonField { name: "label".into(), datatype: DataType::Bytes },
+            JsonField { name: "p".into(), datatype: DataType::Fp32 },
+        ];
+        let v = parse_fields(r#" {"label": "urgent", "p": 0.5} "#, &fields).expect("parses");
+        assert_eq!(json_column(&fields[1], &[v[1].clone()]).expect("col"), TensorData::Fp32(vec![0.5]));
+        assert!(parse_fields("not json", &fields).unwrap_err().to_string().contains("not JSON"));
+        assert!(parse_fields(r#"{"label": "x"}"#, &fields).unwrap_err().to_string().contains("no field 'p'"));
+        assert!(
+            parse_fields(r#"{"label": "x", "p": "high"}"#, &fields).unwrap_err().to_string().contains("not a FP32")
+        );
+    }
+}
