@@ -11,6 +11,8 @@ Demo repository (scikit-learn + skl2onnx, fixed seeds):
                  exported with skl2onnx's defaults (ZipMap on) -- kiln rewrites it at load time
   digits_mlp     StandardScaler + MLPClassifier on the bundled digits (8x8 images, 64 features)
   iris           RandomForestClassifier with string class labels, ZipMap on
+  ticket_urgency TF-IDF + LogisticRegression on support-ticket text (string input), for the
+                 support_triage pipeline
 
 For each demo model a fixture (inputs and the outputs scikit-learn itself computed) is written
 to the fixtures folder, so tests compare kiln against scikit-learn without retraining.
@@ -164,6 +166,60 @@ V2_TYPES = [
 ]
 
 
+# Support tickets for the triage example: a TF-IDF + logistic regression urgency model.
+URGENT_TICKETS = [
+    "my card was stolen", "someone took money from my account", "fraud on my card please block it",
+    "i cannot log in and my payment failed", "unauthorized charge of 900 dollars on my card",
+    "my account was hacked, urgent help", "double charged and my rent is due today",
+    "my card is blocked and i am stuck at the airport", "lost my wallet, block my cards now",
+    "a suspicious transfer i did not make", "money missing from my savings account",
+    "my salary payment bounced and i need it today",
+]
+CALM_TICKETS = [
+    "how do i change my address", "what are your opening hours", "can i get a paper statement",
+    "thanks for the quick help last week", "how do i update my email", "is there a mobile app",
+    "what is the interest rate on savings", "please send me a new brochure",
+    "i want to rename my account nickname", "do you offer student accounts",
+    "where can i find my iban", "can i order a card in another colour",
+]
+
+
+def ticket_urgency(out_dir, fixtures_dir):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from skl2onnx.common.data_types import StringTensorType
+
+    texts = URGENT_TICKETS + CALM_TICKETS
+    labels = [1] * len(URGENT_TICKETS) + [0] * len(CALM_TICKETS)
+    model = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10.0, random_state=SEED)).fit(texts, labels)
+    onnx_model = convert_sklearn(
+        model,
+        initial_types=[("text", StringTensorType([None, 1]))],
+        target_opset=TARGET_OPSET,
+        options={id(model.steps[-1][1]): {"zipmap": False}},
+    )
+    # skl2onnx's StringNormalizer asks for the en_US.UTF-8 locale, which slim containers lack
+    # (ONNX Runtime then refuses the model); C.UTF-8 is always there and lowercases ASCII alike.
+    for node in onnx_model.graph.node:
+        if node.op_type == "StringNormalizer":
+            node.attribute.append(onnx.helper.make_attribute("locale", "C.UTF-8"))
+    write_model(onnx_model, out_dir, "ticket_urgency", config=(
+        '# Support-ticket urgency: text [N, 1] -> label (1 urgent) and probabilities [N, 2].\n'
+        '\n[labels]\nprobabilities = ["calm", "urgent"]\n'
+    ))
+    probe = ["my card was stolen yesterday", "what are your opening hours on sunday",
+             "unauthorized payment on my account", "please update my email address"]
+    fixture = {
+        "model": "ticket_urgency",
+        "input": "text",
+        "inputs": [[t] for t in probe],
+        "labels": [int(v) for v in model.predict(probe)],
+        "probabilities": model.predict_proba(probe).tolist(),
+        "classes": [0, 1],
+    }
+    with open(os.path.join(fixtures_dir, "ticket_urgency.json"), "w") as f:
+        json.dump(fixture, f)
+
+
 def all_types(test_dir):
     """Identity of every v2 datatype: each input `in_<type>` [batch, 3] comes back as `out_<type>`."""
     inputs, outputs, nodes = [], [], []
@@ -219,6 +275,7 @@ def main():
     breast_cancer(args.out, args.fixtures)
     digits_mlp(args.out, args.fixtures)
     iris(args.out, args.fixtures)
+    ticket_urgency(args.out, args.fixtures)
     all_types(args.testdata)
     fixed_add(args.testdata)
     broken(args.testdata)

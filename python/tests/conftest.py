@@ -25,13 +25,14 @@ class KilnServer:
     """`kiln serve` on ports the kernel picks (port 0), read back from its JSON log: no race
     between choosing a free port and binding it."""
 
-    def __init__(self, repository, extra_args=()):
+    def __init__(self, repository, extra_args=(), env=None):
         self.log = open(repository.parent / "kiln.log", "w+")
         self.proc = subprocess.Popen(
             [kiln_bin(), "serve", str(repository), "--http-port", "0", "--grpc-port", "0",
              "--metrics-port", "0", "--log-format", "json", *extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.time() + 60
         while time.time() < deadline:

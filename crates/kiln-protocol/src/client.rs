@@ -131,10 +131,12 @@ impl KserveRestClient {
 }
 
 /// A KServe v2 server over gRPC (`inference.GRPCInferenceService`), raw tensor contents both
-/// ways. The connection opens on first use and is shared by clones.
+/// ways. The channel is made on first use (it needs the tokio runtime, which a pipeline being
+/// validated at load time may not be inside) and shared by clones.
 #[derive(Debug, Clone)]
 pub struct KserveGrpcClient {
-    client: GrpcInferenceServiceClient<Channel>,
+    endpoint: Endpoint,
+    client: std::sync::Arc<std::sync::OnceLock<GrpcInferenceServiceClient<Channel>>>,
 }
 
 impl KserveGrpcClient {
@@ -142,7 +144,7 @@ impl KserveGrpcClient {
     pub fn new(target: &str) -> Result<Self, String> {
         let uri = if target.contains("://") { target.to_string() } else { format!("http://{target}") };
         let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| format!("bad gRPC address '{uri}': {e}"))?;
-        Ok(KserveGrpcClient { client: GrpcInferenceServiceClient::new(endpoint.connect_lazy()) })
+        Ok(KserveGrpcClient { endpoint, client: std::sync::Arc::default() })
     }
 
     pub async fn infer(
@@ -172,7 +174,8 @@ impl KserveGrpcClient {
             raw_input_contents: inputs.iter().map(|t| v2::encode_binary(&t.data).into()).collect(),
             ..Default::default()
         };
-        let mut client = self.client.clone();
+        let mut client =
+            self.client.get_or_init(|| GrpcInferenceServiceClient::new(self.endpoint.connect_lazy())).clone();
         let mut request = tonic::Request::new(request);
         request.set_timeout(timeout);
         let answer = tokio::time::timeout(timeout, client.model_infer(request))

@@ -160,6 +160,30 @@ impl std::fmt::Debug for RemoteStep {
     }
 }
 
+/// `${VAR}` and `${VAR:-default}` in endpoint fields, so one pipeline.toml serves every
+/// deployment (the LLM's URL differs between a laptop and the cluster).
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("'{text}' has an unclosed '${{'"))?;
+        let (name, default) = match after[..end].split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (&after[..end], None),
+        };
+        match (std::env::var(name), default) {
+            (Ok(v), _) if !v.is_empty() => out.push_str(&v),
+            (_, Some(d)) => out.push_str(d),
+            _ => return Err(format!("'{text}' uses ${{{name}}}, which is not set in kiln's environment")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 fn api_key(env: Option<&String>, step: &str) -> Result<Option<String>, String> {
     match env {
         None => Ok(None),
@@ -170,7 +194,10 @@ fn api_key(env: Option<&String>, step: &str) -> Result<Option<String>, String> {
 }
 
 impl RemoteStep {
-    pub fn kserve(spec: RemoteSpec, outputs: Vec<TensorSpec>, guard: Guard, step: &str) -> Result<Self, String> {
+    pub fn kserve(mut spec: RemoteSpec, outputs: Vec<TensorSpec>, guard: Guard, step: &str) -> Result<Self, String> {
+        let here = |e: String| format!("step '{step}': {e}");
+        spec.url = expand_env(&spec.url).map_err(here)?;
+        spec.model = expand_env(&spec.model).map_err(here)?;
         if outputs.is_empty() {
             return Err(format!(
                 "step '{step}': a remote step declares its outputs: outputs = [{{ name = ..., datatype = ..., shape = [...] }}]"
@@ -190,13 +217,19 @@ impl RemoteStep {
         Ok(RemoteStep { endpoint: Endpoint::Kserve { client, spec, outputs }, guard })
     }
 
-    pub fn llm(spec: LlmSpec, guard: Guard, step: &str) -> Result<Self, String> {
+    pub fn llm(mut spec: LlmSpec, guard: Guard, step: &str) -> Result<Self, String> {
+        let here = |e: String| format!("step '{step}': {e}");
+        spec.url = expand_env(&spec.url).map_err(here)?;
+        spec.model = expand_env(&spec.model).map_err(here)?;
         let template = parse_template(&spec.prompt).map_err(|e| format!("step '{step}': {e}"))?;
         let client = OpenAiClient::new(&spec.url, api_key(spec.api_key_env.as_ref(), step)?);
         Ok(RemoteStep { endpoint: Endpoint::Llm { client, spec, template }, guard })
     }
 
-    pub fn embeddings(spec: EmbeddingsSpec, guard: Guard, step: &str) -> Result<Self, String> {
+    pub fn embeddings(mut spec: EmbeddingsSpec, guard: Guard, step: &str) -> Result<Self, String> {
+        let here = |e: String| format!("step '{step}': {e}");
+        spec.url = expand_env(&spec.url).map_err(here)?;
+        spec.model = expand_env(&spec.model).map_err(here)?;
         let client = OpenAiClient::new(&spec.url, api_key(spec.api_key_env.as_ref(), step)?);
         Ok(RemoteStep { endpoint: Endpoint::Embeddings { client, spec }, guard })
     }
@@ -482,6 +515,17 @@ mod tests {
         );
         assert!(parse_template("open {x").unwrap_err().contains("unclosed"));
         assert!(parse_template("a } b").unwrap_err().contains("lone"));
+    }
+
+    #[test]
+    fn environment_in_endpoints() {
+        assert_eq!(
+            expand_env("http://${KILN_TEST_SURELY_UNSET:-127.0.0.1:8080}/v1").expect("ok"),
+            "http://127.0.0.1:8080/v1"
+        );
+        assert_eq!(expand_env("plain").expect("ok"), "plain");
+        assert!(expand_env("${KILN_TEST_SURELY_UNSET}").unwrap_err().contains("not set"));
+        assert!(expand_env("${OOPS").unwrap_err().contains("unclosed"));
     }
 
     #[test]
