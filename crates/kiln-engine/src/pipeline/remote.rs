@@ -139,7 +139,7 @@ fn one_per_row(spec: &TensorSpec) -> bool {
 
 enum Kserve {
     Rest(KserveRestClient),
-    Grpc(KserveGrpcClient),
+    Grpc(Box<KserveGrpcClient>),
 }
 
 enum Endpoint {
@@ -211,7 +211,7 @@ impl RemoteStep {
                 Kserve::Rest(KserveRestClient::new(&spec.url))
             }
             Transport::Grpc => {
-                Kserve::Grpc(KserveGrpcClient::new(&spec.url).map_err(|e| format!("step '{step}': {e}"))?)
+                Kserve::Grpc(Box::new(KserveGrpcClient::new(&spec.url).map_err(|e| format!("step '{step}': {e}"))?))
             }
         };
         Ok(RemoteStep { endpoint: Endpoint::Kserve { client, spec, outputs }, guard })
