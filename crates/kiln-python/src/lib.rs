@@ -222,6 +222,28 @@ fn to_numpy<'py>(py: Python<'py>, tensor: Tensor) -> PyResult<Bound<'py, PyAny>>
     })
 }
 
+/// An array (for a one-input model) or a dict of name -> array, as inputs.
+fn collect_inputs<'py>(model: &str, signature: &ModelSignature, x: &Bound<'py, PyAny>) -> PyResult<Vec<Input<'py>>> {
+    if let Ok(dict) = x.cast::<PyDict>() {
+        return dict
+            .iter()
+            .map(|(k, v)| {
+                let name = k.extract::<String>()?;
+                let expected = signature.inputs.iter().find(|s| s.name == name).map(|s| s.datatype);
+                hold(&name, &v, expected)
+            })
+            .collect();
+    }
+    match signature.inputs.as_slice() {
+        [only] => Ok(vec![hold(&only.name, x, Some(only.datatype))?]),
+        many => Err(kiln_err(format!(
+            "model '{model}' has {} inputs {:?}: pass a dict of name -> array",
+            many.len(),
+            signature.input_names()
+        ))),
+    }
+}
+
 impl Model {
     fn take_instance(&self) -> Box<dyn ModelInstance> {
         let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -261,25 +283,7 @@ impl Model {
     }
 
     fn collect_inputs<'py>(&self, x: &Bound<'py, PyAny>) -> PyResult<Vec<Input<'py>>> {
-        if let Ok(dict) = x.cast::<PyDict>() {
-            return dict
-                .iter()
-                .map(|(k, v)| {
-                    let name = k.extract::<String>()?;
-                    let expected = self.signature.inputs.iter().find(|s| s.name == name).map(|s| s.datatype);
-                    hold(&name, &v, expected)
-                })
-                .collect();
-        }
-        match self.signature.inputs.as_slice() {
-            [only] => Ok(vec![hold(&only.name, x, Some(only.datatype))?]),
-            many => Err(kiln_err(format!(
-                "model '{}' has {} inputs {:?}: pass a dict of name -> array",
-                self.name,
-                many.len(),
-                self.signature.input_names()
-            ))),
-        }
+        collect_inputs(&self.name, &self.signature, x)
     }
 
     /// The probability output: one with class labels, else the only 2-D float output.
@@ -412,6 +416,131 @@ impl Model {
     }
 }
 
+/// A pipeline (or any model) of a repository, run by the whole engine in this process: its
+/// models' queues and batchers, remote steps, retries and fallbacks — what `kiln serve`
+/// runs, without the network in front. The engine runs on its own threads; a call waits for
+/// its answer with the GIL released.
+#[pyclass(frozen, module = "kiln")]
+struct Pipeline {
+    name: String,
+    engine: kiln_engine::Engine,
+    runtime: tokio::runtime::Runtime,
+    signature: ModelSignature,
+}
+
+#[pymethods]
+impl Pipeline {
+    /// Loads the repository `repository` (every model and pipeline in it) and serves `name`.
+    #[new]
+    fn new(py: Python<'_>, repository: PathBuf, name: String) -> PyResult<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kiln-pipeline")
+            .enable_all()
+            .build()
+            .map_err(|e| kiln_err(format!("cannot start the pipeline's runtime: {e}")))?;
+        let engine = py
+            .detach(|| {
+                let _inside = runtime.enter();
+                kiln_engine::Engine::load_repository(&repository)
+            })
+            .map_err(kiln_err)?;
+        let model = engine.model(&name, None).map_err(|e| {
+            let reason = engine
+                .index()
+                .into_iter()
+                .find(|row| row.name == name)
+                .and_then(|row| row.reason)
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            kiln_err(format!("{e}{reason}"))
+        })?;
+        let signature = model.signature.clone();
+        Ok(Pipeline { name, engine, runtime, signature })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Inputs as a list of {"name", "datatype", "shape"}.
+    #[getter]
+    fn inputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        specs(py, &self.signature.inputs, &BTreeMap::new())
+    }
+
+    /// Outputs as a list of {"name", "datatype", "shape"}.
+    #[getter]
+    fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        specs(py, &self.signature.outputs, &BTreeMap::new())
+    }
+
+    /// Runs the pipeline: `x` is an array (one input) or a dict of name -> array; returns a
+    /// dict of output name -> numpy array, and with `trace=True` also a list of the steps'
+    /// {"step", "start_us", "duration_us", "outcome"}. `timeout` is in seconds.
+    #[pyo3(signature = (x, outputs=None, trace=false, timeout=None))]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        outputs: Option<Vec<String>>,
+        trace: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let inputs = collect_inputs(&self.name, &self.signature, x)?;
+        let tensors = inputs
+            .iter()
+            .map(|i| {
+                let view = i.view()?;
+                Tensor::new(view.name, view.shape.clone(), view.data.to_owned_data()).map_err(kiln_err)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let timeout = match timeout {
+            Some(t) if !(t > 0.0 && t.is_finite()) => {
+                return Err(kiln_err("timeout must be a positive number of seconds"));
+            }
+            t => t.map(std::time::Duration::from_secs_f64),
+        };
+        let request = kiln_engine::InferRequest {
+            inputs: tensors,
+            outputs: outputs.unwrap_or_default(),
+            timeout,
+            protocol: kiln_engine::Protocol::InProcess,
+            trace,
+        };
+        let model = self.engine.model(&self.name, None).map_err(kiln_err)?;
+        let response = py.detach(|| self.runtime.block_on(model.infer(request))).map_err(kiln_err)?;
+        let dict = PyDict::new(py);
+        for tensor in response.outputs {
+            let name = tensor.name.clone();
+            dict.set_item(name, to_numpy(py, tensor)?)?;
+        }
+        if !trace {
+            return Ok(dict.into_any());
+        }
+        let steps = PyList::empty(py);
+        for t in &response.trace {
+            let d = PyDict::new(py);
+            d.set_item("step", &t.step)?;
+            d.set_item("start_us", t.start.as_micros() as u64)?;
+            d.set_item("duration_us", t.duration.as_micros() as u64)?;
+            d.set_item("outcome", t.outcome)?;
+            steps.append(d)?;
+        }
+        Ok((dict, steps).into_pyobject(py)?.into_any())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "kiln.Pipeline(name={:?}, inputs={:?}, outputs={:?})",
+            self.name,
+            self.signature.input_names(),
+            self.signature.output_names()
+        )
+    }
+}
+
 fn specs<'py>(
     py: Python<'py>,
     specs: &[kiln_core::TensorSpec],
@@ -434,6 +563,7 @@ fn specs<'py>(
 #[pymodule]
 fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
+    m.add_class::<Pipeline>()?;
     m.add_function(wrap_pyfunction!(init_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(tokenize, m)?)?;
     m.add("KilnError", m.py().get_type::<KilnError>())?;
