@@ -1,11 +1,14 @@
 //! A pipeline built in code over the real demo models equals the combination computed by
-//! hand from the models' own answers, and gets the same load-time checks as pipeline.toml.
+//! hand from the models' own answers, gets the same load-time checks as pipeline.toml, and
+//! composes remote steps, policies, fallbacks and conditions.
 
 use std::path::PathBuf;
 
-use kiln_core::{DataType, Tensor, TensorData};
-use kiln_engine::pipeline::PipelineBuilder;
+use kiln_core::{DataType, Tensor, TensorData, TensorSpec};
 use kiln_engine::pipeline::ops::Op;
+use kiln_engine::pipeline::remote::{RemoteSpec, Transport};
+use kiln_engine::pipeline::resilience::Policy;
+use kiln_engine::pipeline::{FallbackSpec, PipelineBuilder, RemoteDraft};
 use kiln_engine::{Engine, InferRequest, Protocol};
 
 fn rows() -> Tensor {
@@ -69,4 +72,49 @@ async fn builder_pipeline_equals_the_hand_combination() {
         .err()
         .expect("type error");
     assert_eq!(err, "step 's': softmax needs FP32, input 'label' is INT64");
+
+    // A remote step (nothing listens on port 1) with a policy, falling back to the local model,
+    // and a conditional step: only the rows the local model calls fraud get the blend.
+    let remote = RemoteDraft::Kserve(
+        RemoteSpec {
+            url: "http://127.0.0.1:1".into(),
+            model: "fraud".into(),
+            version: None,
+            protocol: Transport::Rest,
+        },
+        vec![
+            TensorSpec { name: "label".into(), datatype: DataType::Int64, shape: vec![-1] },
+            TensorSpec { name: "probabilities".into(), datatype: DataType::Fp32, shape: vec![-1, 2] },
+        ],
+    );
+    let pipeline = PipelineBuilder::new()
+        .named("resilient")
+        .input("input", DataType::Fp32, vec![-1, 30])
+        .remote("far", remote, &[("input", "input")])
+        .policy(Policy { retries: 0, ..Policy::defaults(false) })
+        .fallback(FallbackSpec::Step("near".into()))
+        .model("near", "fraud", &[("input", "input")])
+        .model("lr", "fraud_lr", &[("input", "input")])
+        .when("far.label")
+        .output("label", "far.label")
+        .output("lr_probabilities", "lr.probabilities")
+        .build(engine.resolver())
+        .expect("valid");
+    let (out, trace) = pipeline
+        .run(vec![x], &["label".into(), "lr_probabilities".into()], Protocol::InProcess, None)
+        .await
+        .expect("falls back");
+    let outcomes: Vec<(&str, &str)> = trace.iter().map(|t| (t.step.as_str(), t.outcome)).collect();
+    assert!(outcomes.contains(&("far", "error")) && outcomes.contains(&("near", "fallback")), "{outcomes:?}");
+    let TensorData::Int64(labels) = &out[0].data else { panic!("int64") };
+    let TensorData::Fp32(lr_p) = &out[1].data else { panic!("fp32") };
+    for (row, label) in labels.iter().enumerate() {
+        let p = &lr_p[row * 2..row * 2 + 2];
+        if *label == 0 {
+            assert_eq!(p, [0.0, 0.0], "row {row} was not selected, so it is filler");
+        } else {
+            assert!((p[0] + p[1] - 1.0).abs() < 1e-5, "row {row} ran");
+        }
+    }
+    assert!(labels.contains(&1) && labels.contains(&0), "the fixture mixes both classes");
 }
