@@ -298,6 +298,8 @@ impl RemoteStep {
             | CallError::Failed { error: kiln_protocol::client::ClientError::Timeout(_), .. } => {
                 EngineError::Timeout(message)
             }
+            // Every slot stayed busy: this server's own limit, so 429 like a full model queue.
+            CallError::Saturated { .. } => EngineError::Overloaded(message),
             _ => EngineError::Unavailable(message),
         }
     }
