@@ -1,0 +1,121 @@
+//! The prediction log on a real SQLite file: batched async writes, durable writes, queries
+//! with pagination, feedback joined for quality, and an outage (another connection holding
+//! the database's write lock) that loses nothing.
+
+use std::time::Duration;
+
+use kiln_records::{Feedback, PredictionFilter, Record, Recorder, RecorderConfig, WriteMode};
+use sqlx::Connection;
+
+fn record(i: i64, model: &str) -> Record {
+    Record {
+        id: format!("req-{i:04}"),
+        client_key: Some(format!("key-{i}")),
+        model: model.into(),
+        version: 1,
+        protocol: "rest".into(),
+        ts_ms: 1_000 + i,
+        latency_us: 100 + i,
+        outcome: if i % 10 == 9 { "error".into() } else { "success".into() },
+        error: None,
+        rows: 1,
+        inputs: Some(r#"{"x":{"datatype":"FP32","shape":[1,1],"data":[1.0]}}"#.into()),
+        outputs: None,
+        labels: Some(format!("[\"{}\"]", i % 2)),
+        truncated: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_writes_queries_and_feedback() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite:{}", dir.path().join("log.sqlite").display());
+    let recorder = Recorder::open(RecorderConfig::new(&url, WriteMode::Async)).await.expect("opens");
+    for i in 0..250 {
+        recorder.record(record(i, if i % 5 == 0 { "b" } else { "a" })).await.expect("queued");
+    }
+    assert!(recorder.flush(Duration::from_secs(10)).await);
+    let store = recorder.store();
+    // Pagination: newest first, 3 pages of 70 + the rest, no row twice.
+    let mut seen = Vec::new();
+    let mut filter = PredictionFilter { model: Some("a".into()), limit: 70, ..Default::default() };
+    loop {
+        let page = store.predictions(&filter).await.expect("query");
+        if page.is_empty() {
+            break;
+        }
+        let last = page.last().expect("row");
+        filter.before = Some((last.ts_ms, last.id.clone()));
+        seen.extend(page.into_iter().map(|r| r.id));
+    }
+    assert_eq!(seen.len(), 200);
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 200, "no duplicates across pages");
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first");
+    // Filters are values, never SQL.
+    let evil = PredictionFilter { model: Some("a' OR '1'='1".into()), limit: 10, ..Default::default() };
+    assert!(store.predictions(&evil).await.expect("query").is_empty());
+    let errors = PredictionFilter { outcome: Some("error".into()), limit: 1000, ..Default::default() };
+    assert_eq!(store.predictions(&errors).await.expect("query").len(), 25);
+    // Feedback by request id and by client key, joined for quality.
+    recorder
+        .feedback(&Feedback {
+            id: "f1".into(),
+            prediction_id: Some("req-0001".into()),
+            client_key: None,
+            ts_ms: 5,
+            labels: vec!["1".into()],
+        })
+        .await
+        .expect("stored");
+    recorder
+        .feedback(&Feedback {
+            id: "f2".into(),
+            prediction_id: None,
+            client_key: Some("key-2".into()),
+            ts_ms: 6,
+            labels: vec!["1".into()],
+        })
+        .await
+        .expect("stored");
+    let (row, feedback) = store.prediction("req-0001").await.expect("query").expect("found");
+    assert_eq!(row.inputs.expect("tensors")["x"]["data"][0], 1.0);
+    assert_eq!(feedback.len(), 1);
+    let scored = store.scored("a", 0, i64::MAX).await.expect("scored");
+    assert_eq!(scored.len(), 200);
+    let labeled: Vec<_> = scored.iter().filter(|s| s.truth.is_some()).collect();
+    assert_eq!(labeled.len(), 2, "req-0001 (predicted 1, true 1) and req-0002 (predicted 0, true 1)");
+    let (_, total) = kiln_records::quality::report(&scored, 0, 60_000);
+    assert_eq!(total.accuracy, Some(0.5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_writes_survive_a_locked_database() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("log.sqlite");
+    let url = format!("sqlite:{}", path.display());
+    let recorder = Recorder::open(RecorderConfig::new(&url, WriteMode::Durable)).await.expect("opens");
+    recorder.record(record(1, "a")).await.expect("committed");
+    assert_eq!(
+        recorder.store().predictions(&PredictionFilter { limit: 10, ..Default::default() }).await.expect("q").len(),
+        1
+    );
+
+    // Another process's write lock: the log cannot write, keeps the rows, and writes them after.
+    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.expect("connects");
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.expect("locks");
+    let waiting = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move { recorder.record(record(2, "a")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "a durable write waits for its commit");
+    sqlx::query("COMMIT").execute(&mut locker).await.expect("unlocks");
+    waiting.await.expect("join").expect("committed after the lock");
+    assert_eq!(
+        recorder.store().predictions(&PredictionFilter { limit: 10, ..Default::default() }).await.expect("q").len(),
+        2
+    );
+}
