@@ -201,6 +201,40 @@ struct ServeArgs {
     /// Largest request body accepted; larger ones get 413.
     #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// The prediction log: `sqlite:PATH` (embedded; default: REPO.records.sqlite beside the
+    /// repository), `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (several replicas share it), or
+    /// `off`.
+    #[arg(long, env = "KILN_RECORDS")]
+    records: Option<String>,
+    /// `async`: answers never wait for the log (rows queue; dropped and counted only under
+    /// sustained overload). `durable`: an answer is sent once its row is committed.
+    #[arg(long, env = "KILN_RECORDS_MODE", value_enum, default_value_t = RecordsMode::Async)]
+    records_mode: RecordsMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RecordsMode {
+    Async,
+    Durable,
+}
+
+/// `--records` resolved: `None` = off.
+fn records_config(args: &ServeArgs) -> Option<kiln_records::RecorderConfig> {
+    let url = match args.records.as_deref() {
+        Some("off") => return None,
+        Some(url) => url.to_string(),
+        None => {
+            let repo = args.repository.canonicalize().unwrap_or_else(|_| args.repository.clone());
+            let name = repo.file_name().map_or_else(|| "kiln".into(), |n| n.to_string_lossy().into_owned());
+            let path = repo.parent().unwrap_or(std::path::Path::new(".")).join(format!("{name}.records.sqlite"));
+            format!("sqlite:{}", path.display())
+        }
+    };
+    let mode = match args.records_mode {
+        RecordsMode::Async => kiln_records::WriteMode::Async,
+        RecordsMode::Durable => kiln_records::WriteMode::Durable,
+    };
+    Some(kiln_records::RecorderConfig::new(&url, mode))
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
@@ -279,6 +313,7 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         failed = index.len() - ready,
         "model repository loaded"
     );
+    let records = records_config(&args);
     let config = ServerConfig {
         host: args.host,
         http_port: args.http_port,
@@ -286,6 +321,7 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_bytes,
         metrics_port: metrics.is_some().then_some(args.metrics_port),
         metrics,
+        records,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-io").build()?;
     runtime.block_on(async move {

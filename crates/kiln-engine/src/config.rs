@@ -51,6 +51,93 @@ pub struct ModelConfig {
     pub kind: Option<String>,
     /// Settings of a `text_embedding` model.
     pub text: Option<TextConfig>,
+    /// What the prediction log keeps of this model's requests.
+    pub records: Option<RecordsConfig>,
+}
+
+/// `[records]`: what the prediction log keeps of a model's requests (when the server runs
+/// with a prediction log at all).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsConfig {
+    /// `all` (default), `sampled` (a `rate` share of requests) or `none`.
+    #[serde(default)]
+    pub log: RecordsLog,
+    /// For `sampled`: the share of requests logged, 0 to 1.
+    pub rate: Option<f64>,
+    /// Input tensors to keep (default all; `[]` keeps none).
+    pub inputs: Option<Vec<String>>,
+    /// Output tensors to keep (default all).
+    pub outputs: Option<Vec<String>>,
+    /// Bytes of JSON kept for inputs and for outputs each; past it a row keeps only the
+    /// tensors' shapes and is marked truncated (default 65536).
+    pub max_bytes: Option<usize>,
+    /// The output holding the predicted label per row, compared with feedback for quality
+    /// (default: the first INT64/INT32/BYTES output with one dimension).
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordsLog {
+    #[default]
+    All,
+    Sampled,
+    None,
+}
+
+/// The prediction-log policy of a model, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordsPolicy {
+    /// Share of requests logged: 1 = all, 0 = none.
+    pub rate: f64,
+    pub inputs: Option<Vec<String>>,
+    pub outputs: Option<Vec<String>>,
+    pub max_bytes: usize,
+    pub label: Option<String>,
+}
+
+impl Default for RecordsPolicy {
+    fn default() -> Self {
+        RecordsPolicy { rate: 1.0, inputs: None, outputs: None, max_bytes: 65_536, label: None }
+    }
+}
+
+impl ModelConfig {
+    /// The `[records]` policy (the default when absent), checked against the signature.
+    pub fn records_policy(&self, signature: &ModelSignature) -> Result<RecordsPolicy, String> {
+        let policy = self.records.as_ref().map(RecordsConfig::policy).transpose()?.unwrap_or_default();
+        let unknown = |list: &Option<Vec<String>>, specs: &[TensorSpec], what: &str| -> Result<(), String> {
+            if let Some(name) = list.iter().flatten().find(|n| !specs.iter().any(|s| &s.name == *n)) {
+                return Err(format!("[records] {what} names '{name}', which the model does not have"));
+            }
+            Ok(())
+        };
+        unknown(&policy.inputs, &signature.inputs, "inputs")?;
+        unknown(&policy.outputs, &signature.outputs, "outputs")?;
+        unknown(&policy.label.clone().map(|l| vec![l]), &signature.outputs, "label")?;
+        Ok(policy)
+    }
+}
+
+impl RecordsConfig {
+    pub fn policy(&self) -> Result<RecordsPolicy, String> {
+        let rate = match (self.log, self.rate) {
+            (RecordsLog::All, None) => 1.0,
+            (RecordsLog::None, None) => 0.0,
+            (RecordsLog::Sampled, Some(r)) if (0.0..=1.0).contains(&r) => r,
+            (RecordsLog::Sampled, Some(r)) => return Err(format!("[records] rate must be between 0 and 1, not {r}")),
+            (RecordsLog::Sampled, None) => return Err("[records] log = \"sampled\" needs a rate (0 to 1)".into()),
+            (_, Some(_)) => return Err("[records] rate applies only to log = \"sampled\"".into()),
+        };
+        Ok(RecordsPolicy {
+            rate,
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.clone(),
+            max_bytes: self.max_bytes.unwrap_or(65_536),
+            label: self.label.clone(),
+        })
+    }
 }
 
 /// `[text]`: a sentence-embedding model. Paths are relative to the model folder; by default

@@ -57,6 +57,8 @@ pub struct ServingSettings {
     pub latency_target: Option<Duration>,
     /// Default per-request timeout.
     pub request_timeout: Option<Duration>,
+    /// What the prediction log keeps of this model's requests.
+    pub records: crate::config::RecordsPolicy,
 }
 
 /// A loaded, ready model version. Dropping the last handle stops its workers once the

@@ -143,7 +143,8 @@ pub fn prepare_model_file(
     let mut signature = prepared.signature.clone();
     let mut labels = prepared.labels.clone();
     config.apply(&mut signature, &mut labels).map_err(load_error)?;
-    let settings = serving_settings(config);
+    let mut settings = serving_settings(config);
+    settings.records = config.records_policy(&signature).map_err(load_error)?;
     if settings.dynamic_batching
         && let Some(fixed) = signature.outputs.iter().find(|s| s.shape.first().is_none_or(|&d| d >= 0))
     {
@@ -196,7 +197,8 @@ fn prepare_text_model(
     let model =
         kiln_text::TextModel::load(&encoder, &tokenizer, text.settings(config.threads())).map_err(|e| e.to_string())?;
     let signature = model.signature();
-    let settings = serving_settings(config);
+    let mut settings = serving_settings(config);
+    settings.records = config.records_policy(&signature)?;
     let warmup = vec![Tensor::new(kiln_text::TEXT_INPUT, vec![1], TensorData::Bytes(vec![b"warm up".to_vec()]))?];
     let outputs = signature.output_names();
     let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(settings.instances);
@@ -225,6 +227,7 @@ pub fn serving_settings(config: &ModelConfig) -> ServingSettings {
         max_queue_delay: config.max_queue_delay(),
         latency_target: config.latency_target(),
         request_timeout: config.request_timeout(),
+        records: config.records.as_ref().and_then(|r| r.policy().ok()).unwrap_or_default(),
     }
 }
 

@@ -11,6 +11,9 @@ use sqlx::{AnyPool, Executor, Row};
 
 use crate::{Feedback, Record, RecordsError};
 
+/// The database error type, for callers that do not depend on sqlx.
+pub type DbError = sqlx::Error;
+
 /// Which SQL the store speaks (placeholders differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {

@@ -39,11 +39,12 @@ const STREAM_CONCURRENCY: usize = 16;
 pub struct InferenceService {
     engine: Engine,
     ready: Arc<AtomicBool>,
+    records: Option<kiln_records::Recorder>,
 }
 
 impl InferenceService {
-    pub fn new(engine: Engine, ready: Arc<AtomicBool>) -> Self {
-        InferenceService { engine, ready }
+    pub fn new(engine: Engine, ready: Arc<AtomicBool>, records: Option<kiln_records::Recorder>) -> Self {
+        InferenceService { engine, ready, records }
     }
 }
 
@@ -72,7 +73,12 @@ fn decode_input(input: InferInputTensor, raw: Option<&Bytes>) -> Result<Tensor, 
         .map_err(invalid)
 }
 
-async fn infer_one(engine: &Engine, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+/// One request; with a prediction log, also kiln's id of the logged request.
+async fn infer_one(
+    engine: &Engine,
+    records: Option<&kiln_records::Recorder>,
+    request: ModelInferRequest,
+) -> Result<(ModelInferResponse, Option<String>), Status> {
     let ModelInferRequest { model_name, model_version, id, parameters, inputs, outputs, raw_input_contents } = request;
     let served = engine.model(&model_name, Some(&model_version)).map_err(|e| status(&e))?;
     if !raw_input_contents.is_empty() && raw_input_contents.len() != inputs.len() {
@@ -100,10 +106,21 @@ async fn infer_one(engine: &Engine, request: ModelInferRequest) -> Result<ModelI
             )));
         }
     };
-    let response = served
+    let capture = crate::records::begin(records, &served, &tensors, Some(id.as_str()).filter(|k| !k.is_empty()));
+    let result = served
         .infer(InferRequest { inputs: tensors, outputs: requested, timeout, protocol: Protocol::Grpc, trace })
-        .await
-        .map_err(|e| status(&e))?;
+        .await;
+    let request_id = match (capture, records) {
+        (Some(capture), Some(recorder)) => {
+            let logged_id = capture.request_id.clone();
+            crate::records::finish(recorder, capture, &served, "grpc", &result)
+                .await
+                .map_err(|e| Status::unavailable(crate::records::not_logged(&e).message))?;
+            Some(logged_id)
+        }
+        _ => None,
+    };
+    let response = result.map_err(|e| status(&e))?;
     let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
     let outputs = response
         .outputs
@@ -127,14 +144,15 @@ async fn infer_one(engine: &Engine, request: ModelInferRequest) -> Result<ModelI
         };
         parameters.insert(key, crate::proto::InferParameter { parameter_choice: Some(choice) });
     }
-    Ok(ModelInferResponse {
+    let answer = ModelInferResponse {
         model_name: response.model_name,
         model_version: response.model_version.to_string(),
         id,
         parameters,
         outputs,
         raw_output_contents,
-    })
+    };
+    Ok((answer, request_id))
 }
 
 fn duration(d: kiln_engine::stats::DurationSnapshot) -> Option<StatisticDuration> {
@@ -192,7 +210,12 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        infer_one(&self.engine, request.into_inner()).await.map(Response::new)
+        let (answer, request_id) = infer_one(&self.engine, self.records.as_ref(), request.into_inner()).await?;
+        let mut response = Response::new(answer);
+        if let Some(id) = request_id.and_then(|id| id.parse().ok()) {
+            response.metadata_mut().insert(crate::records::REQUEST_ID, id);
+        }
+        Ok(response)
     }
 
     type ModelStreamInferStream = ResponseStream;
@@ -202,10 +225,12 @@ impl GrpcInferenceService for InferenceService {
         request: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let engine = self.engine.clone();
+        let records = self.records.clone();
         let stream = request
             .into_inner()
             .map(move |item| {
                 let engine = engine.clone();
+                let records = records.clone();
                 async move {
                     // A failed request is reported in-band and the stream goes on; only a
                     // broken transport ends it.
@@ -213,8 +238,8 @@ impl GrpcInferenceService for InferenceService {
                         Ok(r) => r,
                         Err(status) => return Err(status),
                     };
-                    Ok(match infer_one(&engine, request).await {
-                        Ok(response) => {
+                    Ok(match infer_one(&engine, records.as_ref(), request).await {
+                        Ok((response, _)) => {
                             ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
                         }
                         Err(status) => ModelStreamInferResponse {

@@ -8,6 +8,8 @@
 
 pub mod grpc;
 pub mod openai;
+pub mod openapi;
+pub mod records;
 pub mod rest;
 
 pub use kiln_protocol::{proto, v2};
@@ -70,6 +72,8 @@ pub struct ServerConfig {
     pub metrics_port: Option<u16>,
     /// Renders the Prometheus text exposition; `None` = metrics off (404).
     pub metrics: Option<MetricsRender>,
+    /// The prediction log; `None` = records off.
+    pub records: Option<kiln_records::RecorderConfig>,
 }
 
 /// Renders the current metrics as Prometheus text (installed by the binary).
@@ -84,6 +88,7 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024 * 1024,
             metrics_port: None,
             metrics: None,
+            records: None,
         }
     }
 }
@@ -97,6 +102,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("prediction log: {0}")]
+    Records(#[from] kiln_records::RecordsError),
 }
 
 /// A bound, not yet running server: lets callers learn the real ports before serving.
@@ -113,8 +120,12 @@ async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener, ServerEr
 }
 
 impl BoundServer {
-    /// Binds the REST and gRPC listeners.
+    /// Binds the REST and gRPC listeners and opens the prediction log.
     pub async fn bind(config: &ServerConfig, engine: Engine) -> Result<Self, ServerError> {
+        let records = match &config.records {
+            Some(c) => Some(kiln_records::Recorder::open(c.clone()).await?),
+            None => None,
+        };
         let http = bind(&config.host, config.http_port).await?;
         let grpc = bind(&config.host, config.grpc_port).await?;
         let metrics = match config.metrics_port {
@@ -126,6 +137,7 @@ impl BoundServer {
             max_body_bytes: config.max_body_bytes,
             ready: Arc::new(AtomicBool::new(true)),
             metrics: config.metrics.clone(),
+            records,
         };
         Ok(BoundServer { http, grpc, metrics, state })
     }
@@ -186,7 +198,7 @@ impl BoundServer {
             .build_v1()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let service = proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(
-            grpc::InferenceService::new(engine, self.state.ready.clone()),
+            grpc::InferenceService::new(engine, self.state.ready.clone(), self.state.records.clone()),
         )
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
@@ -203,6 +215,14 @@ impl BoundServer {
         }
         if let Some(metrics) = metrics {
             let _ = metrics.await;
+        }
+        if let Some(records) = &self.state.records {
+            // Every request is answered: write what the log still holds before exiting.
+            if records.flush(std::time::Duration::from_secs(30)).await {
+                tracing::info!("prediction log flushed");
+            } else {
+                tracing::error!("prediction log: rows still unwritten at shutdown (database unreachable)");
+            }
         }
         rest?;
         grpc?;

@@ -24,6 +24,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Prometheus text renderer; `None` when metrics are off.
     pub metrics: Option<crate::MetricsRender>,
+    /// The prediction log; `None` when records are off.
+    pub records: Option<kiln_records::Recorder>,
 }
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -96,6 +98,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/repository/index", post(repository_index).get(repository_index))
         .route("/v2/repository/models/{model}/load", post(load))
         .route("/v2/repository/models/{model}/unload", post(unload))
+        .route("/v1/predictions", get(crate::records::list))
+        .route("/v1/predictions/{id}", get(crate::records::one))
+        .route("/v1/feedback", post(crate::records::feedback))
+        .route("/v1/models/{model}/quality", get(crate::records::quality))
+        .route("/openapi.json", get(crate::openapi::document))
         .fallback(not_found)
         // The infer handlers enforce `max_body_bytes` themselves with a JSON error.
         .layer(DefaultBodyLimit::disable())
@@ -277,9 +284,21 @@ async fn run_infer(
     let requested: Vec<String> = decoded.outputs.iter().map(|o| o.name.clone()).collect();
     let timeout = v2::timeout_parameter(decoded.parameters.as_ref())?;
     let trace = decoded.parameters.as_ref().and_then(|p| p.get("kiln_trace")).and_then(Value::as_bool) == Some(true);
-    let response = served
+    let capture = crate::records::begin(state.records.as_ref(), &served, &decoded.inputs, decoded.id.as_deref());
+    let result = served
         .infer(InferRequest { inputs: decoded.inputs, outputs: requested, timeout, protocol: Protocol::Rest, trace })
-        .await?;
+        .await;
+    let request_id = match (capture, &state.records) {
+        (Some(capture), Some(recorder)) => {
+            let id = capture.request_id.clone();
+            crate::records::finish(recorder, capture, &served, "rest", &result)
+                .await
+                .map_err(|e| crate::records::not_logged(&e))?;
+            Some(id)
+        }
+        _ => None,
+    };
+    let response = result?;
     let outputs: Vec<(kiln_core::Tensor, bool)> = response
         .outputs
         .into_iter()
@@ -303,7 +322,7 @@ async fn run_infer(
         parameters.as_ref(),
         &outputs,
     );
-    Ok(if encoded.binary.is_empty() {
+    let mut answer = if encoded.binary.is_empty() {
         ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], encoded.json).into_response()
     } else {
         let json_len = encoded.json.len();
@@ -317,7 +336,11 @@ async fn run_infer(
             body,
         )
             .into_response()
-    })
+    };
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        answer.headers_mut().insert(header::HeaderName::from_static(crate::records::REQUEST_ID), id);
+    }
+    Ok(answer)
 }
 
 async fn load(State(state): State<AppState>, Path(model): Path<String>) -> Result<axum::Json<Value>, ApiError> {
