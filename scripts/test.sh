@@ -14,6 +14,18 @@ fi
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
 export ORT_DYLIB_PATH
 
+# The prediction-log tests run against a real PostgreSQL server, which they start on loopback;
+# install Debian's package when it is missing (root only; otherwise those tests say they skip).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing PostgreSQL (apt-get install postgresql)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null ||
+      echo "test.sh: could not install PostgreSQL; its tests will be skipped" >&2
+  else
+    echo "test.sh: PostgreSQL server binaries not found and not root; its tests will be skipped" >&2
+  fi
+fi
+
 echo "== cargo test"
 cargo test --workspace --locked
 
