@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use store::{Dialect, PredictionFilter, PredictionRow, Store};
 
@@ -82,15 +82,15 @@ pub struct RecorderConfig {
     /// `sqlite:PATH` or `postgres://...`.
     pub url: String,
     pub mode: WriteMode,
-    /// Rows waiting for the database at most (channel + backlog); beyond it rows are dropped
-    /// and counted.
+    /// Rows waiting for the database at most (queue, and backlog each); beyond it rows are
+    /// dropped and counted.
     pub capacity: usize,
     /// Rows per transaction at most.
     pub batch_rows: usize,
-    /// How long the writer waits to fill a batch once it has a row.
+    /// Async mode: how long the writer lets rows gather once the first arrives.
     pub linger: Duration,
-    /// Async mode: how long a request may wait for room in a full channel before its row is
-    /// dropped (backpressure, bounded).
+    /// Async mode: how long a request waits for room in a full backlog before its row is
+    /// dropped and counted (backpressure, bounded).
     pub enqueue_wait: Duration,
     /// Durable mode: how long a request waits for its commit before it fails.
     pub commit_wait: Duration,
@@ -103,7 +103,7 @@ impl RecorderConfig {
             mode,
             capacity: 100_000,
             batch_rows: 512,
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(20),
             enqueue_wait: Duration::from_millis(5),
             commit_wait: Duration::from_secs(10),
         }
@@ -118,25 +118,67 @@ enum Item {
     Flush(oneshot::Sender<()>),
 }
 
-/// The handle the server records through (cheap to clone).
+/// Where requests leave rows for the writer. A plain locked queue rather than a channel: the
+/// writer is woken only when the queue goes from empty to non-empty (once per batch, not once
+/// per row — a wake-up per request cost more than the insert itself), then takes everything.
+struct Handoff {
+    queue: std::sync::Mutex<VecDeque<Item>>,
+    wake: tokio::sync::Notify,
+    capacity: usize,
+}
+
+impl Handoff {
+    /// Leaves an item; `Err` gives it back when the queue is full.
+    fn push(&self, item: Item) -> Result<(), Item> {
+        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(item, Item::Row(..)) && queue.len() >= self.capacity {
+            return Err(item);
+        }
+        let was_empty = queue.is_empty();
+        queue.push_back(item);
+        drop(queue);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn take_all(&self) -> VecDeque<Item> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
+    }
+}
+
+/// The handle the server records through (cheap to clone). The writer stops when the last
+/// handle is gone and everything is written.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Item>,
+    handoff: Arc<Handoff>,
     store: Store,
     config: Arc<RecorderConfig>,
     dropped: Arc<AtomicU64>,
+    /// The writer watches this to know when every handle is gone.
+    _alive: Arc<()>,
 }
 
 impl Recorder {
     /// Connects, migrates and starts the writer task (on the current tokio runtime).
     pub async fn open(config: RecorderConfig) -> Result<Recorder, RecordsError> {
         let store = Store::connect(&config.url).await?;
-        let (tx, rx) = mpsc::channel(config.capacity.clamp(1, 65_536));
+        let handoff = Arc::new(Handoff {
+            queue: std::sync::Mutex::new(VecDeque::new()),
+            wake: tokio::sync::Notify::new(),
+            capacity: config.capacity.max(1),
+        });
         let config = Arc::new(config);
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(writer(store.clone(), rx, config.clone(), dropped.clone()));
+        let alive = Arc::new(());
+        tokio::spawn(writer(store.clone(), handoff.clone(), config.clone(), dropped.clone(), Arc::downgrade(&alive)));
         tracing::info!(database = %store.display, mode = ?config.mode, "prediction log ready");
-        Ok(Recorder { tx, store, config, dropped })
+        Ok(Recorder { handoff, store, config, dropped, _alive: alive })
     }
 
     pub fn store(&self) -> &Store {
@@ -147,7 +189,7 @@ impl Recorder {
         self.config.mode
     }
 
-    /// Rows dropped so far (async mode under sustained pressure, or a full backlog).
+    /// Rows dropped so far (a full backlog under sustained overload or a long outage).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -163,33 +205,25 @@ impl Recorder {
     pub async fn record(&self, record: Record) -> Result<(), RecordsError> {
         match self.config.mode {
             WriteMode::Async => {
-                let item = Item::Row(Box::new(record), None);
-                match self.tx.try_send(item) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(item)) => {
-                        // Bounded backpressure: wait a little for room, then drop and count.
-                        if tokio::time::timeout(self.config.enqueue_wait, self.tx.send(item)).await.is_err() {
-                            self.drop_row("the writer stayed behind (channel full)");
-                        }
+                if let Err(item) = self.handoff.push(Item::Row(Box::new(record), None)) {
+                    // Bounded backpressure: wait a little for room, then drop and count.
+                    tokio::time::sleep(self.config.enqueue_wait).await;
+                    if self.handoff.push(item).is_err() {
+                        self.drop_row("the prediction log's backlog is full");
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => self.drop_row("the writer has stopped"),
                 }
                 Ok(())
             }
             WriteMode::Durable => {
                 let (ack, done) = oneshot::channel();
                 let wait = self.config.commit_wait;
-                let committed = tokio::time::timeout(wait, async {
-                    self.tx
-                        .send(Item::Row(Box::new(record), Some(ack)))
-                        .await
-                        .map_err(|_| "the writer has stopped".to_string())?;
-                    done.await.map_err(|_| "the writer has stopped".to_string())?
-                })
-                .await;
-                match committed {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(why)) => Err(RecordsError::NotCommitted(wait, why)),
+                if self.handoff.push(Item::Row(Box::new(record), Some(ack))).is_err() {
+                    return Err(RecordsError::NotCommitted(wait, "the prediction log's backlog is full".into()));
+                }
+                match tokio::time::timeout(wait, done).await {
+                    Ok(Ok(Ok(()))) => Ok(()),
+                    Ok(Ok(Err(why))) => Err(RecordsError::NotCommitted(wait, why)),
+                    Ok(Err(_)) => Err(RecordsError::NotCommitted(wait, "the writer has stopped".into())),
                     Err(_) => Err(RecordsError::NotCommitted(wait, "the database did not answer in time".into())),
                 }
             }
@@ -200,7 +234,7 @@ impl Recorder {
     /// Returns whether it got there (shutdown logs what is left otherwise).
     pub async fn flush(&self, within: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Item::Flush(tx)).await.is_err() {
+        if self.handoff.push(Item::Flush(tx)).is_err() {
             return false;
         }
         tokio::time::timeout(within, rx).await.is_ok_and(|r| r.is_ok())
@@ -213,59 +247,48 @@ impl Recorder {
 
 /// The writer: batches rows into transactions; keeps them in a bounded backlog while the
 /// database fails, retrying with backoff, and keeps accepting rows meanwhile.
-async fn writer(store: Store, mut rx: mpsc::Receiver<Item>, config: Arc<RecorderConfig>, dropped: Arc<AtomicU64>) {
+async fn writer(
+    store: Store,
+    handoff: Arc<Handoff>,
+    config: Arc<RecorderConfig>,
+    dropped: Arc<AtomicU64>,
+    alive: std::sync::Weak<()>,
+) {
     let mut backlog: VecDeque<(Record, Option<Ack>)> = VecDeque::new();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     let mut retry_at: Option<Instant> = None;
-    let mut open = true;
     loop {
-        // Take what arrived: wait for the first item when idle, then up to a batch within the
-        // linger time. While the database is failing, wait for new rows or the next retry.
-        let deadline = match (retry_at, backlog.is_empty()) {
-            (Some(at), _) => Some(at),
-            (None, false) => Some(Instant::now()),
-            (None, true) => None,
-        };
-        let first = if !open {
-            None
-        } else {
-            match deadline {
-                None => rx.recv().await,
-                Some(at) => tokio::time::timeout_at(at.into(), rx.recv()).await.unwrap_or(None),
+        if handoff.is_empty() {
+            if backlog.is_empty() && flushes.is_empty() && alive.strong_count() == 0 {
+                return;
             }
-        };
-        let mut take = |item: Item, backlog: &mut VecDeque<(Record, Option<Ack>)>| match item {
-            Item::Row(record, ack) => {
-                if backlog.len() >= config.capacity {
-                    dropped.fetch_add(1, Ordering::Relaxed);
-                    counter!("kiln_records_dropped_total").increment(1);
-                    if let Some(ack) = ack {
-                        let _ = ack.send(Err("the prediction log's backlog is full".into()));
-                    }
-                } else {
-                    backlog.push_back((*record, ack));
-                }
+            // Sleep until rows arrive, the next retry is due, or (every second) to notice
+            // that every handle is gone.
+            let until = retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let _ = tokio::time::timeout_at(until.into(), handoff.wake.notified()).await;
+            // Async rows may linger a moment so one transaction takes many; durable callers
+            // wait for their commit, so they are written at once (a batch forms while the
+            // previous commit runs).
+            if config.mode == WriteMode::Async && !config.linger.is_zero() && retry_at.is_none() {
+                tokio::time::sleep(config.linger).await;
             }
-            Item::Flush(done) => flushes.push(done),
-        };
-        match first {
-            Some(item) => {
-                take(item, &mut backlog);
-                let until = Instant::now() + config.linger;
-                while backlog.len() < config.batch_rows {
-                    match tokio::time::timeout_at(until.into(), rx.recv()).await {
-                        Ok(Some(item)) => take(item, &mut backlog),
-                        Ok(None) => {
-                            open = false;
-                            break;
+        }
+        for item in handoff.take_all() {
+            match item {
+                Item::Row(record, ack) => {
+                    if backlog.len() >= config.capacity {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        counter!("kiln_records_dropped_total").increment(1);
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Err("the prediction log's backlog is full".into()));
                         }
-                        Err(_) => break,
+                    } else {
+                        backlog.push_back((*record, ack));
                     }
                 }
+                Item::Flush(done) => flushes.push(done),
             }
-            None if open && rx.is_closed() => open = false,
-            None => {}
         }
         gauge!("kiln_records_backlog").set(backlog.len() as f64);
         if retry_at.is_some_and(|at| Instant::now() < at) {
@@ -274,7 +297,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Item>, config: Arc<Recorder
         // Write the backlog in batches until it is empty or the database fails.
         while !backlog.is_empty() {
             let n = backlog.len().min(config.batch_rows);
-            let batch: Vec<Record> = backlog.iter().take(n).map(|(r, _)| r.clone()).collect();
+            let batch: Vec<&Record> = backlog.iter().take(n).map(|(r, _)| r).collect();
             let started = Instant::now();
             match store.insert(&batch).await {
                 Ok(()) => {
@@ -304,9 +327,6 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Item>, config: Arc<Recorder
         if backlog.is_empty() {
             for done in flushes.drain(..) {
                 let _ = done.send(());
-            }
-            if !open {
-                return;
             }
         }
     }

@@ -129,6 +129,11 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA busy_timeout = 1000").await?;
+                        // Keep the indexes' pages in memory and read the file through mmap:
+                        // page reads were syscalls that cost more than the inserts.
+                        conn.execute("PRAGMA cache_size = -65536").await?;
+                        conn.execute("PRAGMA mmap_size = 268435456").await?;
+                        conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
                     }
                     Ok(())
                 })
@@ -156,46 +161,63 @@ impl Store {
         }
     }
 
-    /// Inserts rows in one transaction; rows already there (a retry after a lost commit
-    /// acknowledgement) are left as they are.
-    pub async fn insert(&self, records: &[Record]) -> Result<(), sqlx::Error> {
-        const COLUMNS: usize = 14;
-        const PER_STATEMENT: usize = 200;
-        let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO predictions (id, client_key, model, version, protocol, ts_ms, latency_us, outcome, \
-                 error, rows_n, inputs, outputs, labels, truncated) VALUES ",
-            );
-            for (i, _) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                let cols: Vec<String> = (1..=COLUMNS).map(|c| self.ph(i * COLUMNS + c)).collect();
-                sql.push_str(&format!("({})", cols.join(",")));
-            }
-            sql.push_str(" ON CONFLICT (id) DO NOTHING");
-            let mut query = sqlx::query(&sql);
-            for r in chunk {
-                query = query
-                    .bind(r.id.clone())
-                    .bind(r.client_key.clone())
-                    .bind(r.model.clone())
-                    .bind(r.version)
-                    .bind(r.protocol.clone())
-                    .bind(r.ts_ms)
-                    .bind(r.latency_us)
-                    .bind(r.outcome.clone())
-                    .bind(r.error.clone())
-                    .bind(r.rows)
-                    .bind(r.inputs.clone())
-                    .bind(r.outputs.clone())
-                    .bind(r.labels.clone())
-                    .bind(i64::from(r.truncated));
-            }
-            tx.execute(query).await?;
+    /// Inserts rows in one statement and so one transaction; rows already there (a retry
+    /// after a lost commit acknowledgement) are left as they are. The batch travels as one
+    /// JSON parameter that the database unpacks itself (`json_each` / `json_populate_recordset`):
+    /// binding 14 parameters per row cost ~10× more CPU than the insert.
+    pub async fn insert(&self, records: &[&Record]) -> Result<(), sqlx::Error> {
+        #[derive(Serialize)]
+        struct Columns<'a> {
+            id: &'a str,
+            client_key: Option<&'a str>,
+            model: &'a str,
+            version: i64,
+            protocol: &'a str,
+            ts_ms: i64,
+            latency_us: i64,
+            outcome: &'a str,
+            error: Option<&'a str>,
+            rows_n: i64,
+            inputs: Option<&'a str>,
+            outputs: Option<&'a str>,
+            labels: Option<&'a str>,
+            truncated: i64,
         }
-        tx.commit().await
+        let batch: Vec<Columns<'_>> = records
+            .iter()
+            .map(|r| Columns {
+                id: &r.id,
+                client_key: r.client_key.as_deref(),
+                model: &r.model,
+                version: r.version,
+                protocol: &r.protocol,
+                ts_ms: r.ts_ms,
+                latency_us: r.latency_us,
+                outcome: &r.outcome,
+                error: r.error.as_deref(),
+                rows_n: r.rows,
+                inputs: r.inputs.as_deref(),
+                outputs: r.outputs.as_deref(),
+                labels: r.labels.as_deref(),
+                truncated: i64::from(r.truncated),
+            })
+            .collect();
+        let json = serde_json::to_string(&batch).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        const COLUMNS: &str = "id, client_key, model, version, protocol, ts_ms, latency_us, outcome, error, rows_n, \
+                               inputs, outputs, labels, truncated";
+        let sql = match self.dialect {
+            Dialect::Sqlite => format!(
+                "INSERT INTO predictions ({COLUMNS}) SELECT value->>'id', value->>'client_key', value->>'model', \
+                 value->>'version', value->>'protocol', value->>'ts_ms', value->>'latency_us', value->>'outcome', \
+                 value->>'error', value->>'rows_n', value->>'inputs', value->>'outputs', value->>'labels', \
+                 value->>'truncated' FROM json_each(?1) WHERE true ON CONFLICT (id) DO NOTHING"
+            ),
+            Dialect::Postgres => format!(
+                "INSERT INTO predictions ({COLUMNS}) SELECT {COLUMNS} \
+                 FROM json_populate_recordset(NULL::predictions, $1::json) ON CONFLICT (id) DO NOTHING"
+            ),
+        };
+        sqlx::query(&sql).bind(json).execute(&self.pool).await.map(|_| ())
     }
 
     pub async fn add_feedback(&self, f: &Feedback) -> Result<(), sqlx::Error> {

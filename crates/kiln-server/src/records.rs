@@ -11,7 +11,7 @@ use kiln_core::{DataType, Tensor, TensorData};
 use kiln_engine::{EngineError, InferResponse, ServedModel};
 use kiln_records::{Feedback, PredictionFilter, Record, Recorder, RecordsError, WriteMode};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::rest::{ApiError, AppState};
 use crate::v2::JsonData;
@@ -30,28 +30,49 @@ pub struct Capture {
     rows: i64,
 }
 
-fn new_request_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+/// 32 hex digits: milliseconds since the epoch, then 80 random bits. Time-ordered ids append
+/// to the primary-key index instead of touching a random page per row.
+fn new_request_id(ts_ms: i64) -> String {
+    format!("{:012x}{:020x}", ts_ms.max(0), fastrand::u128(..) >> 48)
 }
 
-/// `{name: {datatype, shape, data}}` of the kept tensors; past `max_bytes` only the shapes.
+#[derive(serde::Serialize)]
+struct TensorJson<'a> {
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+/// `{name: {datatype, shape, data}}` of the kept tensors, written straight from the typed
+/// elements; past `max_bytes` only the shapes.
 fn tensors_json<'a>(tensors: impl Iterator<Item = &'a Tensor> + Clone, max_bytes: usize) -> (String, bool) {
-    let mut full = Map::new();
-    for t in tensors.clone() {
-        full.insert(
-            t.name.clone(),
-            json!({"datatype": t.datatype().as_str(), "shape": t.shape, "data": JsonData(&t.data)}),
-        );
+    let write = |with_data: bool| {
+        let map: Vec<(&str, TensorJson<'_>)> = tensors
+            .clone()
+            .map(|t| {
+                let json = TensorJson {
+                    datatype: t.datatype().as_str(),
+                    shape: &t.shape,
+                    data: with_data.then_some(JsonData(&t.data)),
+                };
+                (t.name.as_str(), json)
+            })
+            .collect();
+        // Serializing these types cannot fail: keys are strings.
+        serde_json::to_string(&OrderedMap(&map)).unwrap_or_default()
+    };
+    let text = write(true);
+    if text.len() <= max_bytes { (text, false) } else { (write(false), true) }
+}
+
+/// A list of pairs serialized as a JSON object, in order.
+struct OrderedMap<'a, V>(&'a [(&'a str, V)]);
+
+impl<V: serde::Serialize> serde::Serialize for OrderedMap<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (*k, v)))
     }
-    let text = Value::Object(full).to_string();
-    if text.len() <= max_bytes {
-        return (text, false);
-    }
-    let mut shapes = Map::new();
-    for t in tensors {
-        shapes.insert(t.name.clone(), json!({"datatype": t.datatype().as_str(), "shape": t.shape}));
-    }
-    (Value::Object(shapes).to_string(), true)
 }
 
 fn kept<'a>(tensors: &'a [Tensor], names: Option<&'a Vec<String>>) -> impl Iterator<Item = &'a Tensor> + Clone {
@@ -72,11 +93,12 @@ pub fn begin(
     }
     let (text, truncated) = tensors_json(kept(inputs, policy.inputs.as_ref()), policy.max_bytes);
     let kept_any = policy.inputs.as_ref().is_none_or(|n| !n.is_empty());
+    let ts_ms = kiln_records::now_ms();
     Some(Capture {
-        request_id: new_request_id(),
+        request_id: new_request_id(ts_ms),
         client_key: client_key.map(str::to_string),
         started: Instant::now(),
-        ts_ms: kiln_records::now_ms(),
+        ts_ms,
         inputs: kept_any.then_some(text),
         truncated,
         rows: inputs.first().and_then(|t| t.shape.first()).map_or(0, |&n| n as i64),
