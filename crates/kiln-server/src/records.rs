@@ -46,10 +46,10 @@ struct TensorJson<'a> {
 
 /// `{name: {datatype, shape, data}}` of the kept tensors, written straight from the typed
 /// elements; past `max_bytes` only the shapes.
-fn tensors_json<'a>(tensors: impl Iterator<Item = &'a Tensor> + Clone, max_bytes: usize) -> (String, bool) {
+fn tensors_json(tensors: &[&Tensor], max_bytes: usize) -> (String, bool) {
     let write = |with_data: bool| {
         let map: Vec<(&str, TensorJson<'_>)> = tensors
-            .clone()
+            .iter()
             .map(|t| {
                 let json = TensorJson {
                     datatype: t.datatype().as_str(),
@@ -91,7 +91,7 @@ pub fn begin(
     if policy.rate <= 0.0 || (policy.rate < 1.0 && fastrand::f64() >= policy.rate) {
         return None;
     }
-    let (text, truncated) = tensors_json(kept(inputs, policy.inputs.as_ref()), policy.max_bytes);
+    let (text, truncated) = tensors_json(&kept(inputs, policy.inputs.as_ref()).collect::<Vec<_>>(), policy.max_bytes);
     let kept_any = policy.inputs.as_ref().is_none_or(|n| !n.is_empty());
     let ts_ms = kiln_records::now_ms();
     Some(Capture {
@@ -137,7 +137,7 @@ pub async fn finish(
     let policy = &model.settings.records;
     let (outcome, error, outputs, labels, truncated) = match result {
         Ok(r) => {
-            let (text, cut) = tensors_json(kept(&r.outputs, policy.outputs.as_ref()), policy.max_bytes);
+            let (text, cut) = tensors_json(&kept(&r.outputs, policy.outputs.as_ref()).collect::<Vec<_>>(), policy.max_bytes);
             let kept_any = policy.outputs.as_ref().is_none_or(|n| !n.is_empty());
             ("success", None, kept_any.then_some(text), labels(model, &r.outputs), cut)
         }
