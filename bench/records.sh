@@ -52,6 +52,7 @@ echo "| records | req/s | p50 ms | p99 ms | errors |"
 echo "|---|---|---|---|---|"
 row "off" off async
 row "SQLite, async/all" sqlite async
+row "off (again: the noise between runs)" off async
 row "SQLite, durable/all" sqlite durable
 row "PostgreSQL, async/all" postgres async
 row "PostgreSQL, durable/all" postgres durable

@@ -13,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{{\"input\":{{\"datatype\":\"FP32\",\"shape\":[1,30],\"data\":[{}]}}}}",
         vec!["0.12345678"; 30].join(",")
     );
-    let rows: Vec<Record> = (0..20_000)
+    let rows: Vec<Record> = (0..200_000)
         .map(|i| Record {
             id: format!("{:012x}{:020x}", 1_000_000 + i, fastrand::u128(..) >> 48),
             client_key: None,
@@ -35,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let cpu = cpu_time();
         let mut n = 0;
-        for chunk in rows.chunks(batch).take(20_000 / batch / 4) {
+        for chunk in rows.chunks(batch).take(200_000 / batch / 4) {
             let refs: Vec<&Record> = chunk.iter().collect();
             store.insert(&refs).await?;
             n += chunk.len();

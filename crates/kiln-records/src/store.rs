@@ -161,10 +161,11 @@ impl Store {
         }
     }
 
-    /// Inserts rows in one statement and so one transaction; rows already there (a retry
-    /// after a lost commit acknowledgement) are left as they are. The batch travels as one
-    /// JSON parameter that the database unpacks itself (`json_each` / `json_populate_recordset`):
-    /// binding 14 parameters per row cost ~10× more CPU than the insert.
+    /// Inserts rows in one transaction; rows already there (a retry after a lost commit
+    /// acknowledgement) are left as they are. SQLite (in this process) gets bound values in
+    /// cached 32-row statements — 4 µs of CPU a row here, where unpacking a JSON batch with
+    /// `json_each` cost 13+; PostgreSQL gets the batch as one JSON parameter
+    /// (`json_populate_recordset`), one round trip, unpacked in its own process.
     pub async fn insert(&self, records: &[&Record]) -> Result<(), sqlx::Error> {
         #[derive(Serialize)]
         struct Columns<'a> {
@@ -202,22 +203,51 @@ impl Store {
                 truncated: i64::from(r.truncated),
             })
             .collect();
-        let json = serde_json::to_string(&batch).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         const COLUMNS: &str = "id, client_key, model, version, protocol, ts_ms, latency_us, outcome, error, rows_n, \
                                inputs, outputs, labels, truncated";
-        let sql = match self.dialect {
-            Dialect::Sqlite => format!(
-                "INSERT INTO predictions ({COLUMNS}) SELECT value->>'id', value->>'client_key', value->>'model', \
-                 value->>'version', value->>'protocol', value->>'ts_ms', value->>'latency_us', value->>'outcome', \
-                 value->>'error', value->>'rows_n', value->>'inputs', value->>'outputs', value->>'labels', \
-                 value->>'truncated' FROM json_each(?1) WHERE true ON CONFLICT (id) DO NOTHING"
-            ),
-            Dialect::Postgres => format!(
+        if self.dialect == Dialect::Postgres {
+            // PostgreSQL unpacks the whole batch from one JSON parameter in its own process.
+            let json = serde_json::to_string(&batch).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            let sql = format!(
                 "INSERT INTO predictions ({COLUMNS}) SELECT {COLUMNS} \
                  FROM json_populate_recordset(NULL::predictions, $1::json) ON CONFLICT (id) DO NOTHING"
-            ),
-        };
-        sqlx::query(&sql).bind(json).execute(&self.pool).await.map(|_| ())
+            );
+            return sqlx::query(&sql).bind(json).execute(&self.pool).await.map(|_| ());
+        }
+        // SQLite runs in this process: bind the values (no JSON to re-parse) into multi-row
+        // statements of a fixed size, prepared once and cached by the connection.
+        const PER_STATEMENT: usize = 32;
+        let mut tx = self.pool.begin().await?;
+        for chunk in batch.chunks(PER_STATEMENT) {
+            let mut sql = format!("INSERT INTO predictions ({COLUMNS}) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+            }
+            sql.push_str(" ON CONFLICT (id) DO NOTHING");
+            let mut query = sqlx::query(&sql);
+            for c in chunk {
+                query = query
+                    .bind(c.id)
+                    .bind(c.client_key)
+                    .bind(c.model)
+                    .bind(c.version)
+                    .bind(c.protocol)
+                    .bind(c.ts_ms)
+                    .bind(c.latency_us)
+                    .bind(c.outcome)
+                    .bind(c.error)
+                    .bind(c.rows_n)
+                    .bind(c.inputs)
+                    .bind(c.outputs)
+                    .bind(c.labels)
+                    .bind(c.truncated);
+            }
+            tx.execute(query).await?;
+        }
+        tx.commit().await
     }
 
     pub async fn add_feedback(&self, f: &Feedback) -> Result<(), sqlx::Error> {

@@ -137,7 +137,8 @@ pub async fn finish(
     let policy = &model.settings.records;
     let (outcome, error, outputs, labels, truncated) = match result {
         Ok(r) => {
-            let (text, cut) = tensors_json(&kept(&r.outputs, policy.outputs.as_ref()).collect::<Vec<_>>(), policy.max_bytes);
+            let (text, cut) =
+                tensors_json(&kept(&r.outputs, policy.outputs.as_ref()).collect::<Vec<_>>(), policy.max_bytes);
             let kept_any = policy.outputs.as_ref().is_none_or(|n| !n.is_empty());
             ("success", None, kept_any.then_some(text), labels(model, &r.outputs), cut)
         }
