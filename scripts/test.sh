@@ -31,7 +31,9 @@ cargo test --workspace --locked
 
 echo "== pytest"
 cargo build --locked -p kiln-cli
-# The Python bridge (`import kiln`), built from crates/kiln-python into ./.venv.
+# The Python bridge (`import kiln`), built from crates/kiln-python into ./.venv. maturin runs
+# `cargo metadata`, which wants every locked crate, even those only other platforms build.
+cargo fetch --locked
 (cd python && ../.venv/bin/maturin develop --offline --locked --quiet)
 export KILN_BIN="$PWD/target/debug/kiln"
 .venv/bin/python -m pytest python/tests -q
