@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 . bench/common.sh
 bash scripts/setup-venv.sh --test
 use_release_kiln
+cargo fetch --locked  # maturin's cargo metadata wants every locked crate
 (cd python && ../.venv/bin/maturin develop --release --offline --locked --quiet)
 http=$(port); grpc=$(port)
 target/release/kiln serve examples/models --http-port "$http" --grpc-port "$grpc" --metrics-port 0 --log-level warn 2>/dev/null &
