@@ -397,3 +397,30 @@ def test_shutdown_flushes_the_log(tmp_path):
     assert server.stop() == 0
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM predictions WHERE client_key LIKE 's-%'").fetchone()[0] == 100
+
+
+def test_pipelines_are_logged_by_their_own_policy(tmp_path, database):
+    repo = repository(tmp_path)
+    for name in ("fraud_lr", "fraud_ensemble"):
+        shutil.copytree(ROOT / "examples" / "models" / name, repo / name)
+    quiet = (ROOT / "examples" / "models" / "fraud_ensemble" / "pipeline.toml").read_text()
+    (repo / "quiet_ensemble").mkdir()
+    (repo / "quiet_ensemble" / "pipeline.toml").write_text(quiet + '\n[records]\nlog = "none"\n')
+    (repo / "bad_policy").mkdir()
+    (repo / "bad_policy" / "pipeline.toml").write_text(quiet + '\n[records]\nlabel = "nope"\n')
+    server = KilnServer(repo, extra_args=["--records", database])
+    try:
+        x = rows(3)
+        status, body, headers = infer(server, "fraud_ensemble", x, key="ens-1")
+        assert status == 200, body
+        assert infer(server, "quiet_ensemble", x, key="quiet-1")[0] == 200
+        (row,) = wait_for_rows(server, "&model=fraud_ensemble", 1)
+        assert row["id"] == headers["kiln-request-id"] and row["rows"] == 3
+        assert row["labels"] == [str(v) for v in [o for o in body["outputs"] if o["name"] == "label"][0]["data"]]
+        time.sleep(0.3)
+        assert all_rows(server, "&model=quiet_ensemble") == []
+        index = {r["name"]: r for r in json.loads(urllib.request.urlopen(urllib.request.Request(
+            f"http://{server.url}/v2/repository/index", method="POST")).read())}
+        assert "[records] label names 'nope'" in index["bad_policy"]["reason"]
+    finally:
+        assert server.stop() == 0

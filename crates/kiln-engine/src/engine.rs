@@ -336,7 +336,8 @@ impl Engine {
         match built {
             Ok(pipeline) => {
                 tracing::info!(pipeline = %dir.name, models = ?pipeline.models(), "pipeline ready");
-                let settings = repository::default_settings();
+                let mut settings = repository::default_settings();
+                settings.records = pipeline.records.clone();
                 let model = crate::ServedModel::pipeline(dir.name.clone(), pipeline, settings);
                 let mut versions = BTreeMap::new();
                 versions.insert(1, VersionState::Ready(Arc::new(model)));

@@ -47,6 +47,8 @@ struct PipelineFile {
     inputs: Vec<TensorSpec>,
     outputs: Vec<OutputFile>,
     steps: Vec<StepFile>,
+    /// What the prediction log keeps of the pipeline's requests (as in a model's config.toml).
+    records: Option<crate::config::RecordsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -344,6 +346,8 @@ impl PipelineBuilder {
 /// A validated pipeline.
 pub struct Pipeline {
     name: String,
+    /// The `[records]` policy of pipeline.toml (the default for pipelines built in code).
+    pub records: crate::config::RecordsPolicy,
     steps: Vec<Step>,
     outputs: Vec<(String, Source)>,
     pub signature: ModelSignature,
@@ -433,6 +437,7 @@ impl Pipeline {
     /// resolver serves now; remote servers are not called at load time.
     pub fn parse(name: &str, text: &str, resolver: Arc<dyn ModelResolver>) -> Result<Pipeline, String> {
         let file: PipelineFile = toml::from_str(text).map_err(|e| format!("pipeline.toml: {e}"))?;
+        let records = file.records.clone();
         let mut draft = PipelineBuilder::new().named(name);
         draft.inputs = file.inputs;
         draft.outputs = file.outputs.into_iter().map(|o| (o.name, o.from)).collect();
@@ -502,7 +507,10 @@ impl Pipeline {
             let timeout = if local_model { s.timeout_ms.map(Duration::from_millis) } else { None };
             draft.steps.push(DraftStep { name: s.name, action, inputs, condition, fallback: s.fallback, timeout });
         }
-        Pipeline::assemble(&draft, resolver)
+        let mut pipeline = Pipeline::assemble(&draft, resolver)?;
+        let config = crate::config::ModelConfig { records, ..Default::default() };
+        pipeline.records = config.records_policy(&pipeline.signature)?;
+        Ok(pipeline)
     }
 
     /// Validates a drafted graph (from pipeline.toml or a [`PipelineBuilder`]).
@@ -801,7 +809,14 @@ impl Pipeline {
         for (_, src) in &mut outputs {
             renumber(src);
         }
-        Ok(Pipeline { name: draft.name.clone(), steps: ordered, outputs, signature, resolver })
+        Ok(Pipeline {
+            name: draft.name.clone(),
+            records: crate::config::RecordsPolicy::default(),
+            steps: ordered,
+            outputs,
+            signature,
+            resolver,
+        })
     }
 
     /// Names of the models the pipeline calls.
