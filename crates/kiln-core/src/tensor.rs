@@ -96,6 +96,26 @@ impl TensorData {
         })
     }
 
+    /// `len` zeros of a datatype (false for BOOL, empty strings for BYTES): warm-up inputs,
+    /// filler rows.
+    pub fn zeros(datatype: DataType, len: usize) -> TensorData {
+        match datatype {
+            DataType::Bool => TensorData::Bool(vec![false; len]),
+            DataType::Uint8 => TensorData::Uint8(vec![0; len]),
+            DataType::Uint16 => TensorData::Uint16(vec![0; len]),
+            DataType::Uint32 => TensorData::Uint32(vec![0; len]),
+            DataType::Uint64 => TensorData::Uint64(vec![0; len]),
+            DataType::Int8 => TensorData::Int8(vec![0; len]),
+            DataType::Int16 => TensorData::Int16(vec![0; len]),
+            DataType::Int32 => TensorData::Int32(vec![0; len]),
+            DataType::Int64 => TensorData::Int64(vec![0; len]),
+            DataType::Fp16 => TensorData::Fp16(vec![f16::ZERO; len]),
+            DataType::Fp32 => TensorData::Fp32(vec![0.0; len]),
+            DataType::Fp64 => TensorData::Fp64(vec![0.0; len]),
+            DataType::Bytes => TensorData::Bytes(vec![Vec::new(); len]),
+        }
+    }
+
     /// Elements `start..end` (the batcher's split back per request).
     pub fn slice(&self, start: usize, end: usize) -> TensorData {
         match self {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_backend_ort::{PreparedModel, SessionOptions};
-use kiln_core::{DataType, ModelInstance, ModelSignature, Tensor, TensorData};
+use kiln_core::{ModelInstance, ModelSignature, Tensor, TensorData};
 
 use crate::EngineError;
 use crate::config::ModelConfig;
@@ -239,21 +239,7 @@ fn warmup_inputs(signature: &ModelSignature) -> Vec<Tensor> {
         .filter_map(|spec| {
             let shape: Vec<usize> = spec.shape.iter().map(|&d| usize::try_from(d).unwrap_or(1)).collect();
             let n = kiln_core::element_count(&shape)?;
-            let data = match spec.datatype {
-                DataType::Bool => TensorData::Bool(vec![false; n]),
-                DataType::Uint8 => TensorData::Uint8(vec![0; n]),
-                DataType::Uint16 => TensorData::Uint16(vec![0; n]),
-                DataType::Uint32 => TensorData::Uint32(vec![0; n]),
-                DataType::Uint64 => TensorData::Uint64(vec![0; n]),
-                DataType::Int8 => TensorData::Int8(vec![0; n]),
-                DataType::Int16 => TensorData::Int16(vec![0; n]),
-                DataType::Int32 => TensorData::Int32(vec![0; n]),
-                DataType::Int64 => TensorData::Int64(vec![0; n]),
-                DataType::Fp16 => TensorData::Fp16(vec![half::f16::ZERO; n]),
-                DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
-                DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
-                DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
-            };
+            let data = TensorData::zeros(spec.datatype, n);
             Tensor::new(spec.name.clone(), shape, data).ok()
         })
         .collect()

@@ -415,7 +415,8 @@ fn policy_of(s: &StepFile, slow: bool) -> Policy {
     }
 }
 
-fn shapes_fit(want: &[i64], got: &[i64]) -> bool {
+/// Whether two declared shapes can hold the same tensor (-1 matches any size).
+pub(crate) fn shapes_fit(want: &[i64], got: &[i64]) -> bool {
     want.len() == got.len() && want.iter().zip(got).all(|(w, g)| *w < 0 || *g < 0 || w == g)
 }
 

@@ -92,7 +92,7 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
                 )
                 .collect();
             let data = TensorData::concat(&parts.iter().collect::<Vec<_>>())
-                .unwrap_or_else(|| super::rows::filled(a.datatype(), 0));
+                .unwrap_or_else(|| TensorData::zeros(a.datatype(), 0));
             Ok(vec![tensor("output", a.shape.clone(), data)?])
         }
         Op::Softmax => {
@@ -247,10 +247,6 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
     }
 }
 
-fn shapes_alike(a: &[i64], b: &[i64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| *x < 0 || *y < 0 || x == y)
-}
-
 /// What an op produces for inputs of these declarations (load-time validation).
 pub fn output_specs(op: &Op, step: &str, inputs: &[TensorSpec]) -> Result<Vec<TensorSpec>, String> {
     let fail = |msg: String| Err(format!("step '{step}': {msg}"));
@@ -276,7 +272,7 @@ pub fn output_specs(op: &Op, step: &str, inputs: &[TensorSpec]) -> Result<Vec<Te
                     cond.name, cond.datatype, cond.shape
                 ));
             }
-            if a.datatype != b.datatype || !shapes_alike(&a.shape, &b.shape) {
+            if a.datatype != b.datatype || !super::shapes_fit(&a.shape, &b.shape) {
                 return fail(format!(
                     "where needs both branches alike: '{}' is {} {:?}, '{}' is {} {:?}",
                     a.name, a.datatype, a.shape, b.name, b.datatype, b.shape
@@ -334,9 +330,7 @@ pub fn output_specs(op: &Op, step: &str, inputs: &[TensorSpec]) -> Result<Vec<Te
             }
             for t in inputs {
                 need(t, DataType::Fp32, "mean")?;
-                let compatible = t.shape.len() == first.shape.len()
-                    && t.shape.iter().zip(&first.shape).all(|(a, b)| *a < 0 || *b < 0 || a == b);
-                if !compatible {
+                if !super::shapes_fit(&first.shape, &t.shape) {
                     return fail(format!("mean needs one shape: {:?} vs {:?}", first.shape, t.shape));
                 }
             }

@@ -52,29 +52,11 @@ pub fn take_rows(t: &Tensor, mask: &[bool]) -> Result<Tensor, String> {
     let parts: Vec<TensorData> =
         mask.iter().enumerate().filter(|(_, keep)| **keep).map(|(r, _)| t.data.slice(r * w, (r + 1) * w)).collect();
     let kept = parts.len();
-    let data = TensorData::concat(&parts.iter().collect::<Vec<_>>()).unwrap_or_else(|| filled(t.datatype(), 0));
+    let data =
+        TensorData::concat(&parts.iter().collect::<Vec<_>>()).unwrap_or_else(|| TensorData::zeros(t.datatype(), 0));
     let mut shape = t.shape.clone();
     shape[0] = kept;
     Tensor::new(t.name.clone(), shape, data)
-}
-
-/// Zeros (empty strings for BYTES, false for BOOL).
-pub fn filled(datatype: DataType, len: usize) -> TensorData {
-    match datatype {
-        DataType::Bool => TensorData::Bool(vec![false; len]),
-        DataType::Uint8 => TensorData::Uint8(vec![0; len]),
-        DataType::Uint16 => TensorData::Uint16(vec![0; len]),
-        DataType::Uint32 => TensorData::Uint32(vec![0; len]),
-        DataType::Uint64 => TensorData::Uint64(vec![0; len]),
-        DataType::Int8 => TensorData::Int8(vec![0; len]),
-        DataType::Int16 => TensorData::Int16(vec![0; len]),
-        DataType::Int32 => TensorData::Int32(vec![0; len]),
-        DataType::Int64 => TensorData::Int64(vec![0; len]),
-        DataType::Fp16 => TensorData::Fp16(vec![half::f16::ZERO; len]),
-        DataType::Fp32 => TensorData::Fp32(vec![0.0; len]),
-        DataType::Fp64 => TensorData::Fp64(vec![0.0; len]),
-        DataType::Bytes => TensorData::Bytes(vec![Vec::new(); len]),
-    }
 }
 
 /// The full-height output of a step that ran on the selected rows only: its rows where the
@@ -90,7 +72,7 @@ pub fn put_rows(part: Option<&Tensor>, spec: &TensorSpec, mask: &[bool]) -> Resu
             .collect::<Result<_, String>>()?,
     };
     let w: usize = shape.iter().skip(1).product();
-    let blank = filled(spec.datatype, w);
+    let blank = TensorData::zeros(spec.datatype, w);
     let mut next = 0;
     let mut parts = Vec::with_capacity(mask.len());
     for &keep in mask {
@@ -105,7 +87,8 @@ pub fn put_rows(part: Option<&Tensor>, spec: &TensorSpec, mask: &[bool]) -> Resu
             _ => parts.push(blank.clone()),
         }
     }
-    let data = TensorData::concat(&parts.iter().collect::<Vec<_>>()).unwrap_or_else(|| filled(spec.datatype, 0));
+    let data =
+        TensorData::concat(&parts.iter().collect::<Vec<_>>()).unwrap_or_else(|| TensorData::zeros(spec.datatype, 0));
     shape[0] = mask.len();
     Tensor::new(part.map_or_else(|| spec.name.clone(), |p| p.name.clone()), shape, data)
 }
