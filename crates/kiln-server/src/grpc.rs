@@ -110,16 +110,9 @@ async fn infer_one(
     let result = served
         .infer(InferRequest { inputs: tensors, outputs: requested, timeout, protocol: Protocol::Grpc, trace })
         .await;
-    let request_id = match (capture, records) {
-        (Some(capture), Some(recorder)) => {
-            let logged_id = capture.request_id.clone();
-            crate::records::finish(recorder, capture, &served, "grpc", &result)
-                .await
-                .map_err(|e| Status::unavailable(crate::records::not_logged(&e).message))?;
-            Some(logged_id)
-        }
-        _ => None,
-    };
+    let request_id = crate::records::finish(records, capture, &served, "grpc", &result)
+        .await
+        .map_err(|e| Status::unavailable(crate::records::not_logged(&e).message))?;
     let response = result.map_err(|e| status(&e))?;
     let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
     let outputs = response

@@ -126,14 +126,16 @@ fn labels(model: &ServedModel, outputs: &[Tensor]) -> Option<String> {
     serde_json::to_string(&values).ok()
 }
 
-/// Writes the record of a finished request. In durable mode this waits for the commit.
+/// Writes the record of a finished request that [`begin`] kept, and returns its request id for
+/// the answer. In durable mode this waits for the commit.
 pub async fn finish(
-    recorder: &Recorder,
-    capture: Capture,
+    recorder: Option<&Recorder>,
+    capture: Option<Capture>,
     model: &ServedModel,
     protocol: &str,
     result: &Result<InferResponse, EngineError>,
-) -> Result<(), RecordsError> {
+) -> Result<Option<String>, RecordsError> {
+    let (Some(recorder), Some(capture)) = (recorder, capture) else { return Ok(None) };
     let policy = &model.settings.records;
     let (outcome, error, outputs, labels, truncated) = match result {
         Ok(r) => {
@@ -144,6 +146,7 @@ pub async fn finish(
         }
         Err(e) => ("error", Some(e.to_string()), None, None, false),
     };
+    let request_id = capture.request_id.clone();
     let record = Record {
         id: capture.request_id,
         client_key: capture.client_key,
@@ -160,7 +163,7 @@ pub async fn finish(
         labels,
         truncated: truncated || capture.truncated,
     };
-    recorder.record(record).await
+    recorder.record(record).await.map(|()| Some(request_id))
 }
 
 /// A durable-mode commit failure as the API's error.
@@ -197,13 +200,16 @@ pub struct ListQuery {
 
 const MAX_PAGE: usize = 1000;
 
+fn bad_query(e: &axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, format!("bad query: {}", e.body_text()))
+}
+
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let recorder = recorder(&state)?;
-    let Query(q) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad query: {}", e.body_text())))?;
+    let Query(q) = query.map_err(|e| bad_query(&e))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("limit must be 1 to {MAX_PAGE}, not {limit}")));
@@ -329,8 +335,7 @@ pub async fn quality(
     query: Result<Query<QualityQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let recorder = recorder(&state)?;
-    let Query(q) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad query: {}", e.body_text())))?;
+    let Query(q) = query.map_err(|e| bad_query(&e))?;
     let until = q.until.unwrap_or_else(|| kiln_records::now_ms() + 1);
     let since = q.since.unwrap_or(until - 24 * 3600 * 1000);
     let bucket = q.bucket.unwrap_or(3600);

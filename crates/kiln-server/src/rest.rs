@@ -288,16 +288,9 @@ async fn run_infer(
     let result = served
         .infer(InferRequest { inputs: decoded.inputs, outputs: requested, timeout, protocol: Protocol::Rest, trace })
         .await;
-    let request_id = match (capture, &state.records) {
-        (Some(capture), Some(recorder)) => {
-            let id = capture.request_id.clone();
-            crate::records::finish(recorder, capture, &served, "rest", &result)
-                .await
-                .map_err(|e| crate::records::not_logged(&e))?;
-            Some(id)
-        }
-        _ => None,
-    };
+    let request_id = crate::records::finish(state.records.as_ref(), capture, &served, "rest", &result)
+        .await
+        .map_err(|e| crate::records::not_logged(&e))?;
     let response = result?;
     let outputs: Vec<(kiln_core::Tensor, bool)> = response
         .outputs
