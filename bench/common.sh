@@ -11,3 +11,10 @@ use_release_kiln() {
 port() {
   .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# One markdown row: `kiln bench` closed loop on MODEL at URL over PROTOCOL ($conc callers,
+# $secs seconds): label | req/s | p50 ms | p99 ms | errors.
+bench_row() { # label url model protocol
+  target/release/kiln bench "$3" --url "$2" --protocol "$4" -c "$conc" -d "$secs" --warmup 1 --json 2>/dev/null |
+    .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print("| %s | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], r["throughput"], r["latency_us"]["p50"]/1000, r["latency_us"]["p99"]/1000, r["errors"]))' "$1"
+}

@@ -16,10 +16,7 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 kp=$(port)
 target/release/kiln serve examples/models --http-port "$kp" --grpc-port 0 --metrics-port 0 --log-level warn 2>/dev/null & pids+=($!)
 until curl -sf "127.0.0.1:$kp/v2/health/ready" >/dev/null; do sleep 0.05; done
-row() { # label url protocol
-  target/release/kiln bench fraud_ensemble --url "$2" --protocol "$3" -c "$conc" -d "$secs" --warmup 1 --json 2>/dev/null |
-    .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print("| %s | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], r["throughput"], r["latency_us"]["p50"]/1000, r["latency_us"]["p99"]/1000, r["errors"]))' "$1"
-}
+row() { bench_row "$1" "$2" fraud_ensemble "$3"; } # label url protocol
 echo "| server | req/s | p50 ms | p99 ms | errors |"
 echo "|---|---|---|---|---|"
 row "kiln pipeline, REST JSON" "127.0.0.1:$kp" rest-json

@@ -40,8 +40,7 @@ row() { # label records mode
   target/release/kiln serve examples/models --http-port "$kp" --grpc-port 0 --metrics-port 0 --log-level warn \
     --records "$records" --records-mode "$3" 2>/dev/null & pids+=($!)
   until curl -sf "127.0.0.1:$kp/v2/health/ready" >/dev/null; do sleep 0.05; done
-  target/release/kiln bench fraud --url "127.0.0.1:$kp" --protocol rest-binary -c "$conc" -d "$secs" --warmup 1 --json 2>/dev/null |
-    .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print("| %s | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], r["throughput"], r["latency_us"]["p50"]/1000, r["latency_us"]["p99"]/1000, r["errors"]))' "$1"
+  bench_row "$1" "127.0.0.1:$kp" fraud rest-binary
   if [[ $records != off ]]; then
     sleep 1
     echo "|   rows logged | $(curl -s "127.0.0.1:$kp/metrics" | awk '/^kiln_records_written_total/ {print $2}') written, $(curl -s "127.0.0.1:$kp/metrics" | awk '/^kiln_records_dropped_total/ {print $2}') dropped | | | |"

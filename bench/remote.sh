@@ -40,10 +40,7 @@ done
 bp=$(port)
 target/release/kiln serve "$work/repo" --http-port "$bp" --grpc-port 0 --metrics-port 0 --log-level warn 2>/dev/null & pids+=($!)
 until curl -sf "127.0.0.1:$bp/v2/health/ready" >/dev/null; do sleep 0.05; done
-row() { # label url model
-  target/release/kiln bench "$3" --url "$2" --protocol rest-binary -c "$conc" -d "$secs" --warmup 1 --json 2>/dev/null |
-    .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print("| %s | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], r["throughput"], r["latency_us"]["p50"]/1000, r["latency_us"]["p99"]/1000, r["errors"]))' "$1"
-}
+row() { bench_row "$1" "$2" "$3" rest-binary; } # label url model
 echo "| path | req/s | p50 ms | p99 ms | errors |"
 echo "|---|---|---|---|---|"
 row "client → A: fraud" "127.0.0.1:$ap" fraud
