@@ -62,7 +62,7 @@ enum Switch {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a model repository (REPO/<model>/<version>/model.onnx) over KServe v2 REST and gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show a model file's inputs, outputs, opsets and operators.
     Inspect {
         /// An ONNX file.
@@ -198,9 +198,59 @@ struct ServeArgs {
     /// Collect and expose Prometheus metrics (`on`) or not (`off`).
     #[arg(long, env = "KILN_METRICS", value_enum, default_value_t = Switch::On)]
     metrics: Switch,
-    /// Largest request body accepted; larger ones get 413.
-    #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    /// Largest request body (REST) or message (gRPC) accepted; larger ones get 413 /
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024, help_heading = "Limits")]
     max_body_bytes: usize,
+    /// Most elements in one input tensor (400 beyond).
+    #[arg(long, env = "KILN_MAX_TENSOR_ELEMENTS", default_value_t = 16 * 1024 * 1024, help_heading = "Limits")]
+    max_tensor_elements: usize,
+    /// Most rows (first dimension) in one input tensor, and texts in one embeddings request.
+    #[arg(long, env = "KILN_MAX_BATCH_ROWS", default_value_t = 65_536, help_heading = "Limits")]
+    max_batch_rows: usize,
+    /// Longest string (one BYTES element or embeddings text), in bytes.
+    #[arg(long, env = "KILN_MAX_STRING_BYTES", default_value_t = 1024 * 1024, help_heading = "Limits")]
+    max_string_bytes: usize,
+    /// Open connections per port; more are closed at once (and counted in
+    /// kiln_connections_rejected_total).
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 4096, help_heading = "Limits")]
+    max_connections: usize,
+    /// Largest request head: HTTP/1 request line + headers (431 beyond), HTTP/2 header list.
+    #[arg(long, env = "KILN_MAX_HEADER_BYTES", default_value_t = 64 * 1024, help_heading = "Limits")]
+    max_header_bytes: usize,
+    /// Seconds a client has to finish the TLS handshake and send a request's headers.
+    #[arg(long, env = "KILN_HEADER_TIMEOUT_SECS", default_value_t = 10.0, help_heading = "Limits")]
+    header_timeout_secs: f64,
+    /// PEM certificate chain: serve REST, gRPC and metrics over TLS (needs --tls-key).
+    #[arg(long, env = "KILN_TLS_CERT", requires = "tls_key", help_heading = "Security")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KILN_TLS_KEY", requires = "tls_cert", help_heading = "Security")]
+    tls_key: Option<PathBuf>,
+    /// Require bearer tokens: a file of `NAME SCOPES TOKEN` lines, SCOPES = inference, admin or
+    /// inference,admin. `admin` (which includes inference) guards the repository API, the
+    /// prediction log, feedback and metrics.
+    #[arg(long, env = "KILN_AUTH_TOKEN_FILE", help_heading = "Security")]
+    auth_token_file: Option<PathBuf>,
+    /// With --auth-token-file: endpoints open without a token (`health`: liveness/readiness
+    /// for probes; `metrics`; `none`).
+    #[arg(
+        long,
+        env = "KILN_AUTH_PUBLIC",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "health",
+        help_heading = "Security"
+    )]
+    auth_public: Vec<PublicEndpoint>,
+    /// On SIGTERM/SIGINT: seconds to keep serving with readiness false before closing the
+    /// listeners (give load balancers time to notice; e.g. 5 on Kubernetes).
+    #[arg(long, env = "KILN_SHUTDOWN_DELAY_SECS", default_value_t = 0.0, help_heading = "Shutdown")]
+    shutdown_delay_secs: f64,
+    /// On SIGTERM/SIGINT: seconds to answer the requests in flight once the listeners are
+    /// closed; past it they are cut and kiln exits 1. A second signal exits at once.
+    #[arg(long, env = "KILN_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30.0, help_heading = "Shutdown")]
+    shutdown_timeout_secs: f64,
     /// The prediction log: `sqlite:PATH` (embedded; default: REPO.records.sqlite beside the
     /// repository), `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (several replicas share it), or
     /// `off`.
@@ -210,6 +260,13 @@ struct ServeArgs {
     /// sustained overload). `durable`: an answer is sent once its row is committed.
     #[arg(long, env = "KILN_RECORDS_MODE", value_enum, default_value_t = RecordsMode::Async)]
     records_mode: RecordsMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PublicEndpoint {
+    Health,
+    Metrics,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -255,7 +312,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Serve(args) => serve(cli.onnxruntime.as_deref(), args),
+        Command::Serve(args) => serve(cli.onnxruntime.as_deref(), *args),
         Command::Inspect { model, json } => inspect(cli.onnxruntime.as_deref(), &model, json),
         Command::Predict { model, input } => predict(cli.onnxruntime.as_deref(), &model, &input),
         Command::Bench(args) => bench(cli.onnxruntime.as_deref(), *args),
@@ -314,11 +371,58 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         "model repository loaded"
     );
     let records = records_config(&args);
+    let seconds = |value: f64, flag: &str| {
+        if value.is_finite() && value >= 0.0 {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            Err(anyhow::anyhow!("{flag} must be a number of seconds, 0 or more"))
+        }
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(kiln_server::transport::TlsFiles::load(cert, key)?),
+        _ => None,
+    };
+    let auth = match &args.auth_token_file {
+        Some(path) => {
+            let public: Vec<kiln_server::auth::Access> = args
+                .auth_public
+                .iter()
+                .filter_map(|p| match p {
+                    PublicEndpoint::Health => Some(kiln_server::auth::Access::Health),
+                    PublicEndpoint::Metrics => Some(kiln_server::auth::Access::Metrics),
+                    PublicEndpoint::None => None,
+                })
+                .collect();
+            Some(std::sync::Arc::new(kiln_server::auth::Auth::from_file(path, &public)?))
+        }
+        None => None,
+    };
+    if args.max_connections == 0 || args.max_tensor_elements == 0 || args.max_batch_rows == 0 {
+        bail!("--max-connections, --max-tensor-elements and --max-batch-rows must be at least 1");
+    }
     let config = ServerConfig {
         host: args.host,
         http_port: args.http_port,
         grpc_port: args.grpc_port,
-        max_body_bytes: args.max_body_bytes,
+        limits: kiln_server::limits::RequestLimits {
+            max_body_bytes: args.max_body_bytes,
+            max_tensor_elements: args.max_tensor_elements,
+            max_batch_rows: args.max_batch_rows,
+            max_string_bytes: args.max_string_bytes,
+            ..Default::default()
+        },
+        connections: kiln_server::transport::ConnectionLimits {
+            max_connections: args.max_connections,
+            max_header_bytes: args.max_header_bytes,
+            header_timeout: seconds(args.header_timeout_secs, "--header-timeout-secs")?,
+            ..Default::default()
+        },
+        tls,
+        auth,
+        shutdown: kiln_server::ShutdownConfig {
+            delay: seconds(args.shutdown_delay_secs, "--shutdown-delay-secs")?,
+            drain: seconds(args.shutdown_timeout_secs, "--shutdown-timeout-secs")?,
+        },
         metrics_port: metrics.is_some().then_some(args.metrics_port),
         metrics,
         records,
@@ -333,9 +437,20 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
             startup_ms = started.elapsed().as_millis() as u64,
             grpc = %grpc,
             metrics = %metrics,
-            "kiln listening on http://{addr}"
+            auth = config.auth.is_some(),
+            "kiln listening on {scheme}://{addr}",
+            scheme = if config.tls.is_some() { "https" } else { "http" },
         );
-        server.serve(shutdown_signal()).await?;
+        let shutdown = async {
+            shutdown_signal().await;
+            // A second signal while draining: the operator wants out now.
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::warn!("second shutdown signal: exiting without draining");
+                std::process::exit(130);
+            });
+        };
+        server.serve(shutdown).await?;
         tracing::info!("kiln stopped");
         Ok(())
     })

@@ -254,6 +254,7 @@ impl Engine {
     /// changed versions are loaded and warmed up before they replace the serving ones;
     /// unchanged versions keep serving untouched. Blocking: call it off the executor.
     pub fn load_model(&self, name: &str) -> Result<(), EngineError> {
+        repository::validate_model_name(name)?;
         let _guard = self.inner.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = repository::scan(self.repository())?
             .into_iter()
@@ -272,6 +273,7 @@ impl Engine {
     /// Stops serving a model. Requests in flight finish; the model stays in the index as
     /// unavailable ("unloaded").
     pub fn unload_model(&self, name: &str) -> Result<(), EngineError> {
+        repository::validate_model_name(name)?;
         let _guard = self.inner.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut models = self.write_models();
         if !models.contains_key(name) && !self.repository().join(name).is_dir() {

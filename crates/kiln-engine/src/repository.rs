@@ -25,7 +25,42 @@ pub struct ModelDir {
     pub versions: Vec<u64>,
 }
 
-/// Lists the model folders of a repository (hidden folders and plain files are skipped).
+/// Checks a model name from a request or a folder: 1 to 128 characters of letters, digits,
+/// `_`, `-` and `.`, not starting with `.` — so it can never name a path outside the
+/// repository (`..`, `/`, `\\`) nor a hidden folder.
+pub fn validate_model_name(name: &str) -> Result<(), EngineError> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        let shown: String = name.chars().take(64).flat_map(char::escape_default).collect();
+        Err(EngineError::InvalidRequest(format!(
+            "invalid model name '{shown}': use 1 to 128 letters, digits, '_', '-' or '.', not starting with '.'"
+        )))
+    }
+}
+
+/// Errs when `path` resolves (symlinks followed) outside `root`.
+pub fn confine(root: &Path, path: &Path) -> Result<(), String> {
+    let root = root.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
+    let resolved = path.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    if resolved.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} resolves to {}, outside the model repository {}; kiln serves only files inside it",
+            path.display(),
+            resolved.display(),
+            root.display()
+        ))
+    }
+}
+
+/// Lists the model folders of a repository (hidden folders, plain files, folders whose names
+/// are not valid model names and symlinks leading outside the repository are skipped).
 pub fn scan(repository: &Path) -> Result<Vec<ModelDir>, EngineError> {
     let entries = std::fs::read_dir(repository)
         .map_err(|e| EngineError::Repository(format!("cannot read model repository {}: {e}", repository.display())))?;
@@ -34,6 +69,14 @@ pub fn scan(repository: &Path) -> Result<Vec<ModelDir>, EngineError> {
         let path = entry.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
         if name.starts_with('.') || !path.is_dir() {
+            continue;
+        }
+        if let Err(e) = validate_model_name(&name) {
+            tracing::warn!("model folder skipped: {e}");
+            continue;
+        }
+        if let Err(e) = confine(repository, &path) {
+            tracing::warn!("model folder '{name}' skipped: {e}");
             continue;
         }
         let versions = scan_versions(&path);
@@ -194,6 +237,10 @@ fn prepare_text_model(
     };
     let encoder = resolve(&text.model, MODEL_FILE);
     let tokenizer = resolve(&text.tokenizer, "tokenizer.json");
+    if let Some(repository) = model_dir.parent() {
+        confine(repository, &encoder)?;
+        confine(repository, &tokenizer)?;
+    }
     let model =
         kiln_text::TextModel::load(&encoder, &tokenizer, text.settings(config.threads())).map_err(|e| e.to_string())?;
     let signature = model.signature();
@@ -254,6 +301,15 @@ pub fn load_version(dir: &ModelDir, version: u64, config: &ModelConfig) -> Resul
             version,
             reason: format!("no {MODEL_FILE} in {}", file.parent().unwrap_or(&dir.path).display()),
         });
+    }
+    if config.text.is_none()
+        && let Some(repository) = dir.path.parent()
+    {
+        confine(repository, &file).map_err(|reason| EngineError::LoadFailed {
+            model: dir.name.clone(),
+            version,
+            reason,
+        })?;
     }
     load_model_file(&dir.name, version, &file, config)
 }

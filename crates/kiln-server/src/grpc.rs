@@ -40,11 +40,18 @@ pub struct InferenceService {
     engine: Engine,
     ready: Arc<AtomicBool>,
     records: Option<kiln_records::Recorder>,
+    limits: crate::limits::RequestLimits,
 }
 
 impl InferenceService {
-    pub fn new(engine: Engine, ready: Arc<AtomicBool>, records: Option<kiln_records::Recorder>) -> Self {
-        InferenceService { engine, ready, records }
+    /// The gRPC face of the REST server's state (same engine, readiness, log and limits).
+    pub fn new(state: &crate::rest::AppState) -> Self {
+        InferenceService {
+            engine: state.engine.clone(),
+            ready: state.ready.clone(),
+            records: state.records.clone(),
+            limits: state.limits.clone(),
+        }
     }
 }
 
@@ -75,11 +82,11 @@ fn decode_input(input: InferInputTensor, raw: Option<&Bytes>) -> Result<Tensor, 
 
 /// One request; with a prediction log, also kiln's id of the logged request.
 async fn infer_one(
-    engine: &Engine,
-    records: Option<&kiln_records::Recorder>,
+    service: &InferenceService,
     request: ModelInferRequest,
 ) -> Result<(ModelInferResponse, Option<String>), Status> {
     let ModelInferRequest { model_name, model_version, id, parameters, inputs, outputs, raw_input_contents } = request;
+    let (engine, records) = (&service.engine, service.records.as_ref());
     let served = engine.model(&model_name, Some(&model_version)).map_err(|e| status(&e))?;
     if !raw_input_contents.is_empty() && raw_input_contents.len() != inputs.len() {
         return Err(Status::invalid_argument(format!(
@@ -93,6 +100,7 @@ async fn infer_one(
         .enumerate()
         .map(|(i, input)| decode_input(input, raw_input_contents.get(i)))
         .collect::<Result<Vec<_>, _>>()?;
+    service.limits.check(&tensors).map_err(Status::invalid_argument)?;
     let requested = outputs.into_iter().map(|o| o.name).collect();
     let trace =
         matches!(parameters.get("kiln_trace").and_then(|p| p.parameter_choice.as_ref()), Some(Choice::BoolParam(true)));
@@ -203,7 +211,7 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        let (answer, request_id) = infer_one(&self.engine, self.records.as_ref(), request.into_inner()).await?;
+        let (answer, request_id) = infer_one(self, request.into_inner()).await?;
         let mut response = Response::new(answer);
         if let Some(id) = request_id.and_then(|id| id.parse().ok()) {
             response.metadata_mut().insert(crate::records::REQUEST_ID, id);
@@ -217,13 +225,11 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let engine = self.engine.clone();
-        let records = self.records.clone();
+        let service = self.clone();
         let stream = request
             .into_inner()
             .map(move |item| {
-                let engine = engine.clone();
-                let records = records.clone();
+                let service = service.clone();
                 async move {
                     // A failed request is reported in-band and the stream goes on; only a
                     // broken transport ends it.
@@ -231,7 +237,7 @@ impl GrpcInferenceService for InferenceService {
                         Ok(r) => r,
                         Err(status) => return Err(status),
                     };
-                    Ok(match infer_one(&engine, records.as_ref(), request).await {
+                    Ok(match infer_one(&service, request).await {
                         Ok((response, _)) => {
                             ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
                         }

@@ -6,11 +6,14 @@
 //! that listens on sockets; it runs no model itself and calls the one cloneable
 //! [`kiln_engine::Engine`] handle.
 
+pub mod auth;
 pub mod grpc;
+pub mod limits;
 pub mod openai;
 pub mod openapi;
 pub mod records;
 pub mod rest;
+pub mod transport;
 
 pub use kiln_protocol::{proto, v2};
 
@@ -19,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::serve::ListenerExt;
 use kiln_engine::{Engine, EngineError, ModelControl};
 
 /// The protocol extensions kiln implements, as `GET /v2` and ServerMetadata list them.
@@ -66,14 +68,39 @@ pub struct ServerConfig {
     pub http_port: u16,
     /// gRPC port; 0 picks a free one (tests).
     pub grpc_port: u16,
-    /// Largest request body (REST) or message (gRPC) accepted.
-    pub max_body_bytes: usize,
+    /// What one request may hold (body/message size, tensor elements, rows, string length).
+    pub limits: limits::RequestLimits,
+    /// Open connections and header limits, per port.
+    pub connections: transport::ConnectionLimits,
+    /// Serve every port over TLS with this certificate; `None` = plain TCP.
+    pub tls: Option<transport::TlsFiles>,
+    /// Bearer tokens; `None` = no authentication.
+    pub auth: Option<Arc<auth::Auth>>,
+    /// What happens between the shutdown signal and exit.
+    pub shutdown: ShutdownConfig,
     /// A port serving only `GET /metrics` (Triton's 8002); `None` = no separate port.
     pub metrics_port: Option<u16>,
     /// Renders the Prometheus text exposition; `None` = metrics off (404).
     pub metrics: Option<MetricsRender>,
     /// The prediction log; `None` = records off.
     pub records: Option<kiln_records::RecorderConfig>,
+}
+
+/// Graceful shutdown: readiness turns false first, then the listeners close and the requests
+/// in flight (queued ones included) are answered within `drain`.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownConfig {
+    /// Time between readiness turning false and the listeners closing, during which requests
+    /// are still served (load balancers need a few probe periods to notice).
+    pub delay: std::time::Duration,
+    /// Deadline for the requests in flight once the listeners are closed.
+    pub drain: std::time::Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { delay: std::time::Duration::ZERO, drain: std::time::Duration::from_secs(30) }
+    }
 }
 
 /// Renders the current metrics as Prometheus text (installed by the binary).
@@ -85,7 +112,11 @@ impl Default for ServerConfig {
             host: "127.0.0.1".into(),
             http_port: 8000,
             grpc_port: 8001,
-            max_body_bytes: 64 * 1024 * 1024,
+            limits: limits::RequestLimits::default(),
+            connections: transport::ConnectionLimits::default(),
+            tls: None,
+            auth: None,
+            shutdown: ShutdownConfig::default(),
             metrics_port: None,
             metrics: None,
             records: None,
@@ -104,6 +135,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("prediction log: {0}")]
     Records(#[from] kiln_records::RecordsError),
+    #[error("requests still in flight when the {0:?} drain deadline passed; they were cut")]
+    DrainTimeout(std::time::Duration),
 }
 
 /// A bound, not yet running server: lets callers learn the real ports before serving.
@@ -112,6 +145,7 @@ pub struct BoundServer {
     grpc: tokio::net::TcpListener,
     metrics: Option<tokio::net::TcpListener>,
     state: rest::AppState,
+    config: ServerConfig,
 }
 
 async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener, ServerError> {
@@ -134,12 +168,12 @@ impl BoundServer {
         };
         let state = rest::AppState {
             engine,
-            max_body_bytes: config.max_body_bytes,
+            limits: config.limits.clone(),
             ready: Arc::new(AtomicBool::new(true)),
             metrics: config.metrics.clone(),
             records,
         };
-        Ok(BoundServer { http, grpc, metrics, state })
+        Ok(BoundServer { http, grpc, metrics, state, config: config.clone() })
     }
 
     /// The REST address actually bound.
@@ -157,66 +191,57 @@ impl BoundServer {
         self.grpc.local_addr()
     }
 
-    /// Serves REST and gRPC until `shutdown` resolves, then stops accepting, answers the
-    /// requests in flight and returns.
+    /// Serves REST and gRPC until `shutdown` resolves; then readiness turns false, after
+    /// `shutdown.delay` the listeners close, the requests in flight are answered (within
+    /// `shutdown.drain`) and the prediction log is flushed.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let ready = self.state.ready.clone();
-        let engine = self.state.engine.clone();
-        let max_message = self.state.max_body_bytes;
+        let BoundServer { http, grpc, metrics, state, config } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|&s| s).await;
-        };
+        let ready = state.ready.clone();
+        let delay = config.shutdown.delay;
         tokio::spawn(async move {
             shutdown.await;
             ready.store(false, Ordering::Relaxed);
+            if !delay.is_zero() {
+                tracing::info!(delay_ms = delay.as_millis() as u64, "shutting down: not ready; still serving");
+                tokio::time::sleep(delay).await;
+            }
             tracing::info!("shutting down: no new connections, finishing requests in flight");
             let _ = stop_tx.send(true);
         });
+        let poller = state.engine.spawn_poller();
 
-        let poller = engine.spawn_poller();
-
-        // Small request/response exchanges: do not let Nagle's algorithm hold them back.
-        let listener = self.http.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
+        let with_auth = |router: axum::Router, grpc: bool| match &config.auth {
+            None => router,
+            Some(auth) if grpc => router.layer(axum::middleware::from_fn_with_state(auth.clone(), auth::grpc_layer)),
+            Some(auth) => router.layer(axum::middleware::from_fn_with_state(auth.clone(), auth::rest_layer)),
+        };
+        let port = |listener, app, http| {
+            transport::serve(
+                listener,
+                app,
+                http,
+                config.tls.clone(),
+                config.connections.clone(),
+                stop_rx.clone(),
+                config.shutdown.drain,
+            )
+        };
+        let rest = port(http, with_auth(rest::router(state.clone()), false), transport::Http::Any);
+        let metrics = metrics.map(|listener| {
+            tokio::spawn(port(listener, with_auth(rest::metrics_router(state.clone()), false), transport::Http::Any))
         });
-        let app = rest::router(self.state.clone());
-        let rest = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let metrics = self.metrics.map(|listener| {
-            let app = rest::metrics_router(self.state.clone());
-            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future())
-        });
+        let grpc = port(grpc, with_auth(grpc_router(&state).await?, true), transport::Http::Two);
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<proto::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::InferenceService>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let service = proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(
-            grpc::InferenceService::new(engine, self.state.ready.clone(), self.state.records.clone()),
-        )
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX);
-        let incoming = tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
-        let grpc = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
-
-        let (rest, grpc) = tokio::join!(rest.into_future(), grpc);
+        let (rest, grpc) = tokio::join!(rest, grpc);
         if let Some(poller) = poller {
             poller.abort();
         }
-        if let Some(metrics) = metrics {
-            let _ = metrics.await;
-        }
-        if let Some(records) = &self.state.records {
+        let metrics = match metrics {
+            Some(task) => task.await.unwrap_or(transport::Drained::Clean),
+            None => transport::Drained::Clean,
+        };
+        if let Some(records) = &state.records {
             // Every request is answered: write what the log still holds before exiting.
             if records.flush(std::time::Duration::from_secs(30)).await {
                 tracing::info!("prediction log flushed");
@@ -224,10 +249,27 @@ impl BoundServer {
                 tracing::error!("prediction log: rows still unwritten at shutdown (database unreachable)");
             }
         }
-        rest?;
-        grpc?;
+        if [rest, grpc, metrics].contains(&transport::Drained::Cut) {
+            return Err(ServerError::DrainTimeout(config.shutdown.drain));
+        }
         Ok(())
     }
+}
+
+/// The gRPC services (v2 inference, gRPC health, reflection) as one router.
+async fn grpc_router(state: &rest::AppState) -> Result<axum::Router, ServerError> {
+    type Inference = proto::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::InferenceService>;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<Inference>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let inference = Inference::new(grpc::InferenceService::new(state))
+        .max_decoding_message_size(state.limits.max_body_bytes)
+        .max_encoding_message_size(usize::MAX);
+    let routes = tonic::service::Routes::new(health_service).add_service(reflection).add_service(inference);
+    Ok(routes.prepare().into_axum_router())
 }
 
 /// A pipeline's `kiln_trace` as response parameters: per step, `kiln_trace.<step>.start_us`,

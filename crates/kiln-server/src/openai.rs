@@ -74,11 +74,9 @@ pub async fn embeddings(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Result<Json<Value>, OpenAiError> {
-    let body = crate::rest::read_body(request.into_body(), state.max_body_bytes).await.map_err(|e| OpenAiError {
-        status: e.status,
-        message: e.message,
-        param: None,
-    })?;
+    let body = crate::rest::read_body(request.into_body(), state.limits.max_body_bytes)
+        .await
+        .map_err(|e| OpenAiError { status: e.status, message: e.message, param: None })?;
     let request: EmbeddingsRequest =
         serde_json::from_slice(&body).map_err(|e| OpenAiError::invalid(format!("malformed request: {e}"), "body"))?;
     let texts: Vec<String> = match request.input {
@@ -101,6 +99,22 @@ pub async fn embeddings(
     };
     if let Some(i) = texts.iter().position(String::is_empty) {
         return Err(OpenAiError::invalid(format!("'input'[{i}] is an empty string"), "input"));
+    }
+    if texts.len() > state.limits.max_batch_rows {
+        return Err(OpenAiError::invalid(
+            format!(
+                "'input' holds {} texts; at most {} are accepted (--max-batch-rows)",
+                texts.len(),
+                state.limits.max_batch_rows
+            ),
+            "input",
+        ));
+    }
+    if let Some(i) = texts.iter().position(|t| t.len() > state.limits.max_string_bytes) {
+        return Err(OpenAiError::invalid(
+            format!("'input'[{i}] is longer than {} bytes (--max-string-bytes)", state.limits.max_string_bytes),
+            "input",
+        ));
     }
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,

@@ -18,8 +18,8 @@ use crate::v2;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
-    /// Largest request body accepted (413 beyond).
-    pub max_body_bytes: usize,
+    /// What one request may hold (413 for the body, 400 for the tensors beyond).
+    pub limits: crate::limits::RequestLimits,
     /// Cleared when shutdown starts, so load balancers stop sending traffic.
     pub ready: Arc<AtomicBool>,
     /// Prometheus text renderer; `None` when metrics are off.
@@ -104,7 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{model}/quality", get(crate::records::quality))
         .route("/openapi.json", get(crate::openapi::document))
         .fallback(not_found)
-        // The infer handlers enforce `max_body_bytes` themselves with a JSON error.
+        // The infer handlers enforce `limits.max_body_bytes` themselves with a JSON error.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -278,9 +278,10 @@ async fn run_infer(
     let header_length = header_length(&parts.headers)?;
     // Resolve the model first: an unknown model is a 404 even for a malformed body.
     let served = state.engine.model(&model, version.as_deref())?;
-    let body = read_body(body, state.max_body_bytes).await?;
+    let body = read_body(body, state.limits.max_body_bytes).await?;
     let decoded = v2::decode_request(&body, header_length)?;
     drop(body);
+    state.limits.check(&decoded.inputs).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     let requested: Vec<String> = decoded.outputs.iter().map(|o| o.name.clone()).collect();
     let timeout = v2::timeout_parameter(decoded.parameters.as_ref())?;
     let trace = decoded.parameters.as_ref().and_then(|p| p.get("kiln_trace")).and_then(Value::as_bool) == Some(true);

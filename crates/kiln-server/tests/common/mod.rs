@@ -55,7 +55,7 @@ impl TestServer {
         Self::start_with(ServerConfig {
             http_port: 0,
             grpc_port: 0,
-            max_body_bytes: 1 << 20,
+            limits: kiln_server::limits::RequestLimits { max_body_bytes: 1 << 20, ..Default::default() },
             ..ServerConfig::default()
         })
         .await

@@ -1,0 +1,296 @@
+//! Bearer-token access control for REST and gRPC.
+//!
+//! Tokens come from a file (`--auth-token-file`), one per line: `NAME SCOPES TOKEN`, where
+//! SCOPES is `inference`, `admin` or both comma-separated (admin includes inference). Only
+//! SHA-256 digests of the tokens are kept; a presented token is hashed and compared with every
+//! digest in constant time, so neither timing nor length says which token nearly matched.
+//! Tokens are never logged: only the token's NAME is.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// What a request asks to do, from the least to the most guarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Liveness and readiness (server and model): what load balancers and Kubernetes probe.
+    Health,
+    /// Prometheus metrics.
+    Metrics,
+    /// Inference and model metadata.
+    Inference,
+    /// Repository load/unload/index, the prediction log, feedback and quality.
+    Admin,
+}
+
+/// Why the token file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read the token file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("token file {path}, line {line}: {message}")]
+    Line { path: String, line: usize, message: String },
+    #[error("token file {0} holds no tokens")]
+    Empty(String),
+}
+
+struct Token {
+    name: String,
+    digest: [u8; 32],
+    admin: bool,
+}
+
+/// The tokens and which endpoints stay open without one.
+pub struct Auth {
+    tokens: Vec<Token>,
+    public: HashSet<Access>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.tokens.iter().map(|t| t.name.as_str()).collect();
+        f.debug_struct("Auth").field("tokens", &names).field("public", &self.public).finish()
+    }
+}
+
+/// Tokens shorter than this are refused: they could be guessed.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+impl Auth {
+    /// Reads a token file; `public` lists what needs no token (`Health`, `Metrics`).
+    pub fn from_file(path: &Path, public: &[Access]) -> Result<Self, AuthError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read { path: shown.clone(), source })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o004 != 0
+            {
+                tracing::warn!(path = %shown, "the token file is readable by every user; chmod 600 it");
+            }
+        }
+        Self::parse(&text, &shown, public)
+    }
+
+    /// Parses the token file's text (`source` names it in errors).
+    pub fn parse(text: &str, source: &str, public: &[Access]) -> Result<Self, AuthError> {
+        let mut tokens: Vec<Token> = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fail = |message: String| AuthError::Line { path: source.into(), line: i + 1, message };
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [name, scopes, token] = fields[..] else {
+                return Err(fail(format!(
+                    "expected `NAME SCOPES TOKEN` (three fields separated by spaces), found {} field(s)",
+                    fields.len()
+                )));
+            };
+            let mut admin = false;
+            for scope in scopes.split(',') {
+                match scope {
+                    "inference" => {}
+                    "admin" => admin = true,
+                    other => return Err(fail(format!("unknown scope '{other}' (use inference, admin)"))),
+                }
+            }
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(fail(format!(
+                    "token '{name}' is shorter than {MIN_TOKEN_CHARS} characters (try `openssl rand -hex 32`)"
+                )));
+            }
+            if tokens.iter().any(|t| t.name == name) {
+                return Err(fail(format!("the name '{name}' is used twice")));
+            }
+            let digest = digest(token.as_bytes());
+            if tokens.iter().any(|t| bool::from(t.digest.ct_eq(&digest))) {
+                return Err(fail(format!("token '{name}' repeats an earlier token")));
+            }
+            tokens.push(Token { name: name.into(), digest, admin });
+        }
+        if tokens.is_empty() {
+            return Err(AuthError::Empty(source.into()));
+        }
+        Ok(Auth { tokens, public: public.iter().copied().collect() })
+    }
+
+    /// Checks the `authorization` header for `access`: Ok with the token's name (or `None`
+    /// for a public endpoint), else the refusal.
+    pub fn check(&self, authorization: Option<&HeaderValue>, access: Access) -> Result<Option<&str>, Refusal> {
+        if self.public.contains(&access) {
+            return Ok(None);
+        }
+        let Some(value) = authorization else {
+            return Err(Refusal::Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer <token>)"));
+        };
+        let presented = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
+            .ok_or(Refusal::Unauthenticated("the Authorization header must be `Bearer <token>`"))?;
+        let presented = digest(presented.trim_ascii());
+        // Compare with every token, without stopping at a match.
+        let mut found: Option<&Token> = None;
+        for token in &self.tokens {
+            if bool::from(token.digest.ct_eq(&presented)) {
+                found = Some(token);
+            }
+        }
+        let token = found.ok_or(Refusal::Unauthenticated("the bearer token is not valid"))?;
+        match access {
+            Access::Admin | Access::Metrics if !token.admin => {
+                Err(Refusal::Forbidden(format!("token '{}' has no admin scope, which this endpoint needs", token.name)))
+            }
+            _ => Ok(Some(&token.name)),
+        }
+    }
+}
+
+/// A refused request: 401/UNAUTHENTICATED or 403/PERMISSION_DENIED.
+#[derive(Debug)]
+pub enum Refusal {
+    Unauthenticated(&'static str),
+    Forbidden(String),
+}
+
+impl Refusal {
+    fn rest(self) -> Response {
+        let (status, message) = match self {
+            Refusal::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, m.to_string()),
+            Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+        };
+        let mut response = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+
+    fn grpc(self) -> Response {
+        let status = match self {
+            Refusal::Unauthenticated(m) => tonic::Status::unauthenticated(m),
+            Refusal::Forbidden(m) => tonic::Status::permission_denied(m),
+        };
+        status.into_http::<axum::body::Body>().into_response()
+    }
+}
+
+/// The access a REST path needs.
+pub fn rest_access(path: &str) -> Access {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments[..] {
+        ["v2", "health", ..] => Access::Health,
+        ["v2", "models", _, "ready"] | ["v2", "models", _, "versions", _, "ready"] => Access::Health,
+        ["metrics"] => Access::Metrics,
+        ["v2", "repository", ..] | ["v1", "predictions", ..] | ["v1", "feedback"] => Access::Admin,
+        ["v1", "models", _, "quality"] => Access::Admin,
+        _ => Access::Inference,
+    }
+}
+
+/// The access a gRPC method path (`/package.Service/Method`) needs.
+pub fn grpc_access(path: &str) -> Access {
+    match path.trim_start_matches('/').split_once('/') {
+        Some(("grpc.health.v1.Health", _)) => Access::Health,
+        Some(("inference.GRPCInferenceService", method)) => match method {
+            "ServerLive" | "ServerReady" | "ModelReady" => Access::Health,
+            "RepositoryIndex" | "RepositoryModelLoad" | "RepositoryModelUnload" => Access::Admin,
+            _ => Access::Inference,
+        },
+        _ => Access::Inference,
+    }
+}
+
+/// axum middleware for the REST and metrics ports.
+pub async fn rest_layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+    let access = rest_access(request.uri().path());
+    match auth.check(request.headers().get(header::AUTHORIZATION), access) {
+        Ok(client) => {
+            if let Some(client) = client {
+                tracing::trace!(client, "authorized");
+            }
+            next.run(request).await
+        }
+        Err(refusal) => refusal.rest(),
+    }
+}
+
+/// axum middleware for the gRPC port: refusals are gRPC statuses.
+pub async fn grpc_layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+    let access = grpc_access(request.uri().path());
+    match auth.check(request.headers().get(header::AUTHORIZATION), access) {
+        Ok(_) => next.run(request).await,
+        Err(refusal) => refusal.grpc(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "# clients\nfrontend inference 0123456789abcdef0123\nops admin fedcba9876543210fedc\n";
+
+    fn bearer(token: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("header")
+    }
+
+    #[test]
+    fn scopes_and_public_endpoints() {
+        let auth = Auth::parse(FILE, "tokens", &[Access::Health]).expect("parses");
+        assert!(matches!(auth.check(None, Access::Health), Ok(None)));
+        assert!(matches!(auth.check(None, Access::Inference), Err(Refusal::Unauthenticated(_))));
+        let front = bearer("0123456789abcdef0123");
+        assert_eq!(auth.check(Some(&front), Access::Inference).expect("allowed"), Some("frontend"));
+        let Err(Refusal::Forbidden(m)) = auth.check(Some(&front), Access::Admin) else { panic!("admin refused") };
+        assert!(m.contains("frontend"), "{m}");
+        let ops = bearer("fedcba9876543210fedc");
+        assert_eq!(auth.check(Some(&ops), Access::Admin).expect("allowed"), Some("ops"));
+        assert_eq!(auth.check(Some(&ops), Access::Inference).expect("admin includes inference"), Some("ops"));
+        assert!(auth.check(Some(&bearer("0123456789abcdef012")), Access::Inference).is_err());
+        let basic = HeaderValue::from_static("Basic Zm9vOmJhcg==");
+        assert!(matches!(auth.check(Some(&basic), Access::Inference), Err(Refusal::Unauthenticated(_))));
+    }
+
+    #[test]
+    fn bad_token_files_name_the_line() {
+        let err = Auth::parse("a inference short\n", "t", &[]).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("shorter than 16"), "{err}");
+        let err = Auth::parse("\na root 0123456789abcdef0123\n", "t", &[]).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("unknown scope 'root'"), "{err}");
+        let err = Auth::parse("a inference\n", "t", &[]).unwrap_err().to_string();
+        assert!(err.contains("NAME SCOPES TOKEN"), "{err}");
+        let err = Auth::parse("# nothing\n", "t", &[]).unwrap_err().to_string();
+        assert!(err.contains("no tokens"), "{err}");
+        let twice = "a inference 0123456789abcdef0123\nb admin 0123456789abcdef0123\n";
+        assert!(Auth::parse(twice, "t", &[]).unwrap_err().to_string().contains("repeats"));
+    }
+
+    #[test]
+    fn routes_map_to_access() {
+        assert_eq!(rest_access("/v2/health/ready"), Access::Health);
+        assert_eq!(rest_access("/v2/models/fraud/ready"), Access::Health);
+        assert_eq!(rest_access("/v2/models/fraud/infer"), Access::Inference);
+        assert_eq!(rest_access("/v2/repository/models/fraud/load"), Access::Admin);
+        assert_eq!(rest_access("/v1/predictions/abc"), Access::Admin);
+        assert_eq!(rest_access("/v1/models/fraud/quality"), Access::Admin);
+        assert_eq!(rest_access("/metrics"), Access::Metrics);
+        assert_eq!(rest_access("/nowhere"), Access::Inference);
+        assert_eq!(grpc_access("/inference.GRPCInferenceService/ModelInfer"), Access::Inference);
+        assert_eq!(grpc_access("/inference.GRPCInferenceService/RepositoryModelLoad"), Access::Admin);
+        assert_eq!(grpc_access("/grpc.health.v1.Health/Check"), Access::Health);
+    }
+}
