@@ -49,6 +49,7 @@ pub enum BenchError {
 
 struct Shared {
     histogram: Mutex<Histogram<u64>>,
+    error_histogram: Mutex<Histogram<u64>>,
     ok: AtomicU64,
     errors: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
@@ -66,6 +67,7 @@ impl Shared {
         Shared {
             // 1 µs .. 60 s, 3 significant digits.
             histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")),
+            error_histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")),
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             first_error: std::sync::Mutex::new(None),
@@ -89,6 +91,8 @@ impl Shared {
             }
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
+                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, 60_000_000);
+                self.error_histogram.lock().await.saturating_record(us);
                 let kind = e.split(':').next().unwrap_or_default().trim().to_string();
                 *self.error_kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(kind).or_default() +=
                     1;
@@ -184,6 +188,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         &histogram,
         per_second,
     );
+    report.error_latency_us = report::Latency::of(&*shared.error_histogram.lock().await);
     report.error_kinds = shared.error_kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     Ok(report)
 }

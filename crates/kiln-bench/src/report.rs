@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::BenchConfig;
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
     pub min: u64,
     pub mean: f64,
@@ -19,6 +19,24 @@ pub struct Latency {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+}
+
+impl Latency {
+    /// The summary of a histogram of microseconds (all zero when empty).
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            min: h.min(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
 }
 
 /// What a run measured.
@@ -35,6 +53,8 @@ pub struct Report {
     /// Successful requests per second.
     pub throughput: f64,
     pub latency_us: Latency,
+    /// Latency of the failed requests (e.g. how fast an overloaded server says 429).
+    pub error_latency_us: Latency,
     /// Completed requests in each second of the run.
     pub per_second: Vec<u64>,
     /// (percentile, latency µs) points of the distribution, for plotting.
@@ -58,6 +78,7 @@ impl Report {
             None => format!("closed loop, concurrency {}", config.concurrency),
         };
         let q = |p: f64| if h.is_empty() { 0 } else { h.value_at_quantile(p) };
+        let latency_us = Latency::of(h);
         let distribution = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
             .iter()
             .map(|&p| (p * 100.0, q(p)))
@@ -71,15 +92,8 @@ impl Report {
             first_error,
             error_kinds: Default::default(),
             throughput: ok as f64 / elapsed.as_secs_f64().max(1e-9),
-            latency_us: Latency {
-                min: if h.is_empty() { 0 } else { h.min() },
-                mean: if h.is_empty() { 0.0 } else { h.mean() },
-                p50: q(0.5),
-                p90: q(0.9),
-                p99: q(0.99),
-                p999: q(0.999),
-                max: if h.is_empty() { 0 } else { h.max() },
-            },
+            latency_us,
+            error_latency_us: Latency::default(),
             per_second,
             distribution,
         }
@@ -106,6 +120,11 @@ impl Report {
         );
         for (kind, n) in &self.error_kinds {
             let _ = writeln!(out, "  errors {kind}: {n}");
+        }
+        if self.errors > 0 {
+            let e = &self.error_latency_us;
+            let _ =
+                writeln!(out, "  error latency ms  p50 {:.3}  p99 {:.3}  max {:.3}", ms(e.p50), ms(e.p99), ms(e.max));
         }
         if let Some(e) = &self.first_error {
             let _ = writeln!(out, "  first error: {e}");

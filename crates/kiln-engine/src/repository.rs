@@ -237,10 +237,6 @@ fn prepare_text_model(
     };
     let encoder = resolve(&text.model, MODEL_FILE);
     let tokenizer = resolve(&text.tokenizer, "tokenizer.json");
-    if let Some(repository) = model_dir.parent() {
-        confine(repository, &encoder)?;
-        confine(repository, &tokenizer)?;
-    }
     let model =
         kiln_text::TextModel::load(&encoder, &tokenizer, text.settings(config.threads())).map_err(|e| e.to_string())?;
     let signature = model.signature();
