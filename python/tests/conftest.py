@@ -25,8 +25,10 @@ class KilnServer:
     """`kiln serve` on ports the kernel picks (port 0), read back from its JSON log: no race
     between choosing a free port and binding it."""
 
-    def __init__(self, repository, extra_args=(), env=None):
-        self.log = open(repository.parent / "kiln.log", "w+")
+    def __init__(self, repository, extra_args=(), env=None, ca=None):
+        """`ca`: the certificate that signed --tls-cert, for the readiness probe over https."""
+        self.log_path = repository.parent / "kiln.log"
+        self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(
             [kiln_bin(), "serve", str(repository), "--http-port", "0", "--grpc-port", "0",
              "--metrics-port", "0", "--log-format", "json", *extra_args],
@@ -40,12 +42,19 @@ class KilnServer:
                 raise RuntimeError(f"kiln exited early:\n{self.logs()}")
             listening = self._listening()
             if listening:
-                self.url = listening["message"].split("http://", 1)[1]  # tritonclient wants no scheme
+                self.scheme, self.url = listening["message"].split("kiln listening on ", 1)[1].split("://", 1)
+                # tritonclient wants no scheme: self.url is host:port.
                 self.port = int(self.url.rsplit(":", 1)[1])
                 self.grpc_url = listening["grpc"]
                 self.grpc_port = int(self.grpc_url.rsplit(":", 1)[1])
                 self.metrics_port = int(listening["metrics"].rsplit(":", 1)[1])
-                with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=5) as r:
+                context = None
+                if ca is not None:
+                    import ssl
+
+                    context = ssl.create_default_context(cafile=str(ca))
+                with urllib.request.urlopen(f"{self.scheme}://{self.url}/v2/health/ready", timeout=5,
+                                            context=context) as r:
                     assert r.status == 200
                 return
             time.sleep(0.05)
@@ -57,18 +66,20 @@ class KilnServer:
                 event = json.loads(line)
             except ValueError:
                 continue
-            if str(event.get("message", "")).startswith("kiln listening on http://"):
+            if str(event.get("message", "")).startswith("kiln listening on "):
                 return event
         return None
 
     def logs(self):
+        if self.log.closed:
+            return self.log_path.read_text()
         self.log.flush()
         self.log.seek(0)
         return self.log.read()
 
-    def stop(self):
+    def stop(self, timeout=20):
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=20)
+        code = self.proc.wait(timeout=timeout)
         self.log.close()
         return code
 

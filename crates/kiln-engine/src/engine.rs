@@ -275,10 +275,11 @@ impl Engine {
     pub fn unload_model(&self, name: &str) -> Result<(), EngineError> {
         repository::validate_model_name(name)?;
         let _guard = self.inner.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut models = self.write_models();
-        if !models.contains_key(name) && !self.repository().join(name).is_dir() {
+        let on_disk = || repository::scan(self.repository()).is_ok_and(|dirs| dirs.iter().any(|d| d.name == name));
+        if !self.models().contains_key(name) && !on_disk() {
             return Err(EngineError::ModelNotFound(name.to_string()));
         }
+        let mut models = self.write_models();
         models.insert(name.to_string(), Arc::new(ModelState::failed(name, "unloaded".into(), Fingerprint::default())));
         tracing::info!(model = name, "model unloaded");
         Ok(())
