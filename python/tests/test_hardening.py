@@ -8,6 +8,7 @@ lost, every answered request is in the prediction log, exit 0."""
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -221,9 +222,8 @@ def test_request_limits_answer_with_the_flag_to_raise(tmp_path, fixture):
         assert server.stop() == 0
 
 
-def test_hostile_connections_are_cut_and_the_server_stays_up(tmp_path):
-    server = KilnServer(make_repository(tmp_path), ["--max-connections", "4", "--max-header-bytes", "8192",
-                                                   "--header-timeout-secs", "1"])
+def test_hostile_requests_are_cut_and_the_server_stays_up(tmp_path):
+    server = KilnServer(make_repository(tmp_path), ["--max-header-bytes", "8192", "--header-timeout-secs", "1"])
     host, port = "127.0.0.1", server.port
     try:
         # A request head larger than --max-header-bytes: 431.
@@ -242,8 +242,24 @@ def test_hostile_connections_are_cut_and_the_server_stays_up(tmp_path):
         assert reply == b"" or reply.startswith(b"HTTP/1.1 408"), reply
         slow.close()
 
-        # --max-connections 4: four idle keep-alive connections hold every slot; a fifth is
-        # closed at once (no hanging), and a slot frees when one of the four leaves.
+        # A TLS-less garbage stream and a truncated body do not disturb anyone else.
+        junk = socket.create_connection((host, port))
+        junk.sendall(os.urandom(4096))
+        junk.close()
+        partial = socket.create_connection((host, port))
+        partial.sendall(b"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"inp")
+        partial.close()
+        assert requests.get(f"http://{server.url}/v2/health/ready", timeout=10).status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_connections_beyond_the_limit_are_closed_at_once(tmp_path):
+    server = KilnServer(make_repository(tmp_path), ["--max-connections", "4"])
+    host, port = "127.0.0.1", server.port
+    try:
+        # Four idle keep-alive connections hold every slot; a fifth is closed at once (no
+        # hanging), and a slot frees when one of the four leaves.
         held = []
         for _ in range(4):
             c = http.client.HTTPConnection(host, port, timeout=10)
@@ -270,7 +286,7 @@ def test_hostile_connections_are_cut_and_the_server_stays_up(tmp_path):
         for c in held:
             c.close()
         metrics = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
-        assert "kiln_connections_rejected_total" in metrics
+        assert re.search(r'kiln_connections_rejected_total\{port="\d+"\} [1-9]', metrics), metrics[-2000:]
     finally:
         assert server.stop() == 0
 

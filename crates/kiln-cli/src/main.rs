@@ -218,7 +218,8 @@ struct ServeArgs {
     /// Largest request head: HTTP/1 request line + headers (431 beyond), HTTP/2 header list.
     #[arg(long, env = "KILN_MAX_HEADER_BYTES", default_value_t = 64 * 1024, help_heading = "Limits")]
     max_header_bytes: usize,
-    /// Seconds a client has to finish the TLS handshake and send a request's headers.
+    /// Seconds a client has to finish the TLS handshake and send a request's headers; also how
+    /// long a kept-alive HTTP/1 connection may sit idle before kiln closes it.
     #[arg(long, env = "KILN_HEADER_TIMEOUT_SECS", default_value_t = 10.0, help_heading = "Limits")]
     header_timeout_secs: f64,
     /// PEM certificate chain: serve REST, gRPC and metrics over TLS (needs --tls-key).
