@@ -7,12 +7,14 @@
 #   auth       --auth-token-file (every request carries a bearer token)
 #   tls        --tls-cert/--tls-key (wrk speaks TLS 1.3 on the same keep-alive connections)
 #   auth+tls   both
-# Prints a markdown table: req/s, ratio to plain, latency p50/p99 (wrk's).
-#   bash bench/hardening.sh [SECONDS=10]
+# The variants run interleaved, ROUNDS times (this machine's throughput drifts between runs);
+# prints a markdown table of the medians: req/s, ratio to plain, latency p50/p99 (wrk's).
+#   bash bench/hardening.sh [SECONDS=10] [ROUNDS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
 secs=${1:-10}
+rounds=${2:-3}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 bash scripts/setup-venv.sh --test >/dev/null
 use_release_kiln
@@ -54,16 +56,25 @@ run() { # label binary scheme args...
 }
 
 : > "$work/rows"
-if [ -n "${KILN_BASELINE_BIN:-}" ]; then run baseline "$KILN_BASELINE_BIN" http; fi
-run plain target/release/kiln http
-run auth target/release/kiln http --auth-token-file "$work/tokens"
-run tls target/release/kiln https --tls-cert "$work/cert.pem" --tls-key "$work/key.pem"
-run auth+tls target/release/kiln https --auth-token-file "$work/tokens" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem"
+for _ in $(seq "$rounds"); do
+  if [ -n "${KILN_BASELINE_BIN:-}" ]; then run baseline "$KILN_BASELINE_BIN" http; fi
+  run plain target/release/kiln http
+  run auth target/release/kiln http --auth-token-file "$work/tokens"
+  run tls target/release/kiln https --tls-cert "$work/cert.pem" --tls-key "$work/key.pem"
+  run auth+tls target/release/kiln https --auth-token-file "$work/tokens" --tls-cert "$work/cert.pem" \
+    --tls-key "$work/key.pem"
+done
 
-plain=$(awk '$1=="plain" {print $2}' "$work/rows")
-echo "| fraud, 1 row JSON, wrk -t1 -c32 | req/s | vs plain | p50 | p99 | non-2xx |"
-echo "|---|---|---|---|---|---|"
-while read -r label rps p50 p99 bad; do
-  ratio=$(awk -v a="$rps" -v b="$plain" 'BEGIN {printf "%.2f", a / b}')
-  echo "| $label | ${rps%.*} | ${ratio}x | $p50 | $p99 | $bad |"
-done < "$work/rows"
+.venv/bin/python - "$work/rows" "$rounds" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    label, rps, p50, p99, bad = line.split()
+    rows.setdefault(label, []).append((float(rps), p50, p99, int(bad)))
+median = {k: statistics.median(r[0] for r in v) for k, v in rows.items()}
+print(f"| fraud, 1 row JSON, wrk -t1 -c32, median of {sys.argv[2]} | req/s | vs plain | p50 (median run) | p99 (median run) | non-2xx |")
+print("|---|---|---|---|---|---|")
+for label, runs in rows.items():
+    mid = sorted(runs)[len(runs) // 2]
+    print(f"| {label} | {median[label]:.0f} | {median[label] / median['plain']:.2f}x | {mid[1]} | {mid[2]} | {sum(r[3] for r in runs)} |")
+PY
