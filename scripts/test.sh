@@ -31,6 +31,21 @@ if ! command -v openssl >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get 
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
+# The dashboard's browser test drives Debian's Chromium with playwright-core from npm.
+if ! command -v chromium >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing Chromium (apt-get install chromium chromium-driver)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null ||
+      echo "test.sh: could not install Chromium; the dashboard browser test will be skipped" >&2
+  else
+    echo "test.sh: chromium not found and not root; the dashboard browser test will be skipped" >&2
+  fi
+fi
+if command -v npm >/dev/null; then
+  (cd python/tests/e2e && npm ci --no-audit --no-fund --silent) ||
+    echo "test.sh: npm ci failed in python/tests/e2e; the dashboard browser test will be skipped" >&2
+fi
+
 echo "== cargo test"
 cargo test --workspace --locked
 

@@ -198,6 +198,10 @@ struct ServeArgs {
     /// Collect and expose Prometheus metrics (`on`) or not (`off`).
     #[arg(long, env = "KILN_METRICS", value_enum, default_value_t = Switch::On)]
     metrics: Switch,
+    /// The web dashboard at http(s)://HOST:HTTP_PORT/ (`on`) or not (`off`): models,
+    /// pipelines, live latency, a try-it form, recent predictions and quality.
+    #[arg(long, env = "KILN_DASHBOARD", value_enum, default_value_t = Switch::On)]
+    dashboard: Switch,
     /// Largest request body (REST) or message (gRPC) accepted; larger ones get 413 /
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024, help_heading = "Limits")]
@@ -427,6 +431,7 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         metrics_port: metrics.is_some().then_some(args.metrics_port),
         metrics,
         records,
+        dashboard: args.dashboard == Switch::On,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-io").build()?;
     runtime.block_on(async move {

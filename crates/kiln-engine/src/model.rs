@@ -159,6 +159,11 @@ impl ServedModel {
         self.pipeline.is_some()
     }
 
+    /// The pipeline this model runs, when it is one.
+    pub fn pipeline_graph(&self) -> Option<&crate::pipeline::Pipeline> {
+        self.pipeline.as_deref()
+    }
+
     /// Validates a request and runs it on the next free instance (merged with others when
     /// dynamic batching is on).
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
@@ -169,7 +174,10 @@ impl ServedModel {
         self.metrics.in_flight(-1.0);
         let elapsed = started.elapsed();
         match &result {
-            Ok(_) => self.stats.success.record(elapsed),
+            Ok(_) => {
+                self.stats.success.record(elapsed);
+                self.stats.latency.record(elapsed);
+            }
             Err(_) => self.stats.fail.record(elapsed),
         }
         self.metrics.request(protocol, Outcome::of(&result), elapsed);

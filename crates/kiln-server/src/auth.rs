@@ -20,6 +20,8 @@ use subtle::ConstantTimeEq;
 /// What a request asks to do, from the least to the most guarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
+    /// The dashboard's page and scripts: static, holding no data, always served.
+    Page,
     /// Liveness and readiness (server and model): what load balancers and Kubernetes probe.
     Health,
     /// Prometheus metrics.
@@ -131,7 +133,7 @@ impl Auth {
     /// Checks the `authorization` header for `access`: Ok with the token's name (or `None`
     /// for a public endpoint), else the refusal.
     pub fn check(&self, authorization: Option<&HeaderValue>, access: Access) -> Result<Option<&str>, Refusal> {
-        if self.public.contains(&access) {
+        if access == Access::Page || self.public.contains(&access) {
             return Ok(None);
         }
         let Some(value) = authorization else {
@@ -193,6 +195,7 @@ impl Refusal {
 pub fn rest_access(path: &str) -> Access {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments[..] {
+        [""] | ["ui", _] => Access::Page,
         ["v2", "health", ..] => Access::Health,
         ["v2", "models", _, "ready"] | ["v2", "models", _, "versions", _, "ready"] => Access::Health,
         ["metrics"] => Access::Metrics,
@@ -289,6 +292,9 @@ mod tests {
         assert_eq!(rest_access("/v1/models/fraud/quality"), Access::Admin);
         assert_eq!(rest_access("/metrics"), Access::Metrics);
         assert_eq!(rest_access("/nowhere"), Access::Inference);
+        assert_eq!(rest_access("/"), Access::Page);
+        assert_eq!(rest_access("/ui/app.js"), Access::Page);
+        assert_eq!(rest_access("/v1/dashboard/models"), Access::Inference);
         assert_eq!(grpc_access("/inference.GRPCInferenceService/ModelInfer"), Access::Inference);
         assert_eq!(grpc_access("/inference.GRPCInferenceService/RepositoryModelLoad"), Access::Admin);
         assert_eq!(grpc_access("/grpc.health.v1.Health/Check"), Access::Health);

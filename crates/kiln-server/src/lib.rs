@@ -7,8 +7,10 @@
 //! [`kiln_engine::Engine`] handle.
 
 pub mod auth;
+pub mod dashboard;
 pub mod grpc;
 pub mod limits;
+pub mod live;
 pub mod openai;
 pub mod openapi;
 pub mod records;
@@ -84,6 +86,8 @@ pub struct ServerConfig {
     pub metrics: Option<MetricsRender>,
     /// The prediction log; `None` = records off.
     pub records: Option<kiln_records::RecorderConfig>,
+    /// Serve the web dashboard at `GET /` (and sample live figures for it).
+    pub dashboard: bool,
 }
 
 /// Graceful shutdown: readiness turns false first, then the listeners close and the requests
@@ -120,6 +124,7 @@ impl Default for ServerConfig {
             metrics_port: None,
             metrics: None,
             records: None,
+            dashboard: true,
         }
     }
 }
@@ -172,6 +177,9 @@ impl BoundServer {
             ready: Arc::new(AtomicBool::new(true)),
             metrics: config.metrics.clone(),
             records,
+            live: config.dashboard.then(|| {
+                live::LiveStats::new(std::time::Duration::from_secs(2), std::time::Duration::from_secs(15 * 60))
+            }),
         };
         Ok(BoundServer { http, grpc, metrics, state, config: config.clone() })
     }
@@ -210,6 +218,7 @@ impl BoundServer {
             let _ = stop_tx.send(true);
         });
         let poller = state.engine.spawn_poller();
+        let sampler = state.live.as_ref().map(|live| live.spawn(state.engine.clone()));
 
         let with_auth = |router: axum::Router, grpc: bool| match &config.auth {
             None => router,
@@ -234,8 +243,8 @@ impl BoundServer {
         let grpc = port(grpc, with_auth(grpc_router(&state).await?, true), transport::Http::Two);
 
         let (rest, grpc) = tokio::join!(rest, grpc);
-        if let Some(poller) = poller {
-            poller.abort();
+        for task in [poller, sampler].into_iter().flatten() {
+            task.abort();
         }
         let metrics = match metrics {
             Some(task) => task.await.unwrap_or(transport::Drained::Clean),

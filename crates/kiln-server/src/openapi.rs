@@ -1,5 +1,6 @@
 //! `GET /openapi.json`: an OpenAPI 3.1 description of kiln's REST API — the KServe v2
-//! endpoints and kiln's own (prediction log, feedback, quality, embeddings).
+//! endpoints and kiln's own (prediction log, feedback, quality, embeddings, the dashboard's
+//! JSON).
 
 use axum::Json;
 use serde_json::{Value, json};
@@ -105,6 +106,19 @@ pub fn openapi() -> Value {
                     query("until", "ms since the Unix epoch (default: now)", &json!({"type": "integer"})),
                     query("bucket", "Seconds per bucket (default 3600)", &json!({"type": "integer", "minimum": 1}))],
                 "responses": {"200": ok_json("Quality", &json!({"$ref": "#/components/schemas/Quality"})), "400": error_response("A bad range"), "404": error_response("The prediction log is off")}
+            }},
+            "/v1/dashboard/models": {"get": {
+                "summary": "The dashboard's model list: every model and pipeline with versions, states, load errors, signature, scheduling settings and a pipeline's steps",
+                "responses": {"200": ok_json("Models", &json!({"type": "object", "required": ["models"], "properties": {
+                    "records": {"type": "boolean"}, "models": {"type": "array", "items": {"type": "object"}}}})),
+                    "404": error_response("The dashboard is off (--dashboard off)")}
+            }},
+            "/v1/dashboard/live": {"get": {
+                "summary": "Per model, one point per sampling interval over the last minutes: requests/s, errors/s, p50/p99 latency, rows per execution",
+                "responses": {"200": ok_json("The live window", &json!({"type": "object", "required": ["interval_s", "models"], "properties": {
+                    "interval_s": {"type": "number"}, "window_s": {"type": "number"},
+                    "models": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "object"}}}}})),
+                    "404": error_response("The dashboard is off (--dashboard off)")}
             }}
         },
         "components": {"schemas": {

@@ -26,6 +26,8 @@ pub struct AppState {
     pub metrics: Option<crate::MetricsRender>,
     /// The prediction log; `None` when records are off.
     pub records: Option<kiln_records::Recorder>,
+    /// The dashboard's live window; `None` when the dashboard is off.
+    pub live: Option<crate::live::LiveStats>,
 }
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -103,6 +105,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/feedback", post(crate::records::feedback))
         .route("/v1/models/{model}/quality", get(crate::records::quality))
         .route("/openapi.json", get(crate::openapi::document))
+        .route("/", get(crate::dashboard::index))
+        .route("/ui/app.js", get(crate::dashboard::script))
+        .route("/ui/app.css", get(crate::dashboard::style))
+        .route("/v1/dashboard/models", get(crate::dashboard::models))
+        .route("/v1/dashboard/live", get(crate::dashboard::live))
         .fallback(not_found)
         // The infer handlers enforce `limits.max_body_bytes` themselves with a JSON error.
         .layer(DefaultBodyLimit::disable())

@@ -433,6 +433,75 @@ fn in_step(step: &str, e: EngineError) -> EngineError {
     }
 }
 
+/// One step of a pipeline as a reader (the dashboard) sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepView {
+    pub name: String,
+    /// `model`, `op`, `remote`.
+    pub kind: &'static str,
+    /// What it runs: the model (and version), the op, or the remote endpoint.
+    pub detail: String,
+    /// What it reads: pipeline inputs by name, other steps' outputs as `step.output`.
+    pub reads: Vec<String>,
+    /// `when`/`unless` condition, as written (`unless x` for the negation).
+    pub condition: Option<String>,
+    /// The fallback step's name, or `constants`.
+    pub fallback: Option<String>,
+    /// Only runs as another step's fallback.
+    pub dormant: bool,
+}
+
+impl Pipeline {
+    /// The steps in the order they were declared, with what each reads.
+    pub fn steps_view(&self) -> Vec<StepView> {
+        let show = |source: &Source| match source {
+            Source::Input(name) => name.clone(),
+            Source::Step { step, output } => format!("{}.{output}", self.steps[*step].name),
+        };
+        self.steps
+            .iter()
+            .map(|step| StepView {
+                name: step.name.clone(),
+                kind: match step.action {
+                    Action::Model { .. } => "model",
+                    Action::Op(_) => "op",
+                    Action::Remote(_) => "remote",
+                },
+                detail: match &step.action {
+                    Action::Model { name, version: Some(v) } => format!("{name} v{v}"),
+                    Action::Model { name, version: None } => name.clone(),
+                    Action::Op(op) => op.to_string(),
+                    Action::Remote(remote) => remote.describe(),
+                },
+                reads: step.inputs.iter().map(|(_, source)| show(source)).collect(),
+                condition: step
+                    .condition
+                    .as_ref()
+                    .map(|(source, negated)| format!("{}{}", if *negated { "unless " } else { "when " }, show(source))),
+                fallback: step.fallback.as_ref().map(|f| match f {
+                    Fallback::Step(i) => self.steps[*i].name.clone(),
+                    Fallback::Constants(_) => "constants".to_string(),
+                }),
+                dormant: step.dormant,
+            })
+            .collect()
+    }
+
+    /// The pipeline's outputs and the `step.output` (or input) each is read from.
+    pub fn outputs_view(&self) -> Vec<(String, String)> {
+        self.outputs
+            .iter()
+            .map(|(name, source)| {
+                let from = match source {
+                    Source::Input(input) => input.clone(),
+                    Source::Step { step, output } => format!("{}.{output}", self.steps[*step].name),
+                };
+                (name.clone(), from)
+            })
+            .collect()
+    }
+}
+
 impl Pipeline {
     /// Parses and validates a pipeline.toml. Model steps are checked against the models the
     /// resolver serves now; remote servers are not called at load time.

@@ -32,6 +32,27 @@ pub enum Op {
     Where,
 }
 
+impl std::fmt::Display for Op {
+    /// As pipeline.toml spells it, with its parameters.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[f64]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        match self {
+            Op::Softmax => f.write_str("softmax"),
+            Op::Argmax => f.write_str("argmax"),
+            Op::TopK(k) => write!(f, "top_k k={k}"),
+            Op::Threshold { value, column: Some(c) } => write!(f, "threshold {value} on column {c}"),
+            Op::Threshold { value, column: None } => write!(f, "threshold {value}"),
+            Op::Cast(dt) => write!(f, "cast to {dt}"),
+            Op::Concat => f.write_str("concat"),
+            Op::Select(columns) => write!(f, "select columns {columns:?}"),
+            Op::Mean => f.write_str("mean"),
+            Op::WeightedMean(w) => write!(f, "weighted_mean [{}]", list(w)),
+            Op::MajorityVote => f.write_str("majority_vote"),
+            Op::Where => f.write_str("where"),
+        }
+    }
+}
+
 /// The output names of an op.
 pub fn output_names(op: &Op) -> Vec<&'static str> {
     match op {

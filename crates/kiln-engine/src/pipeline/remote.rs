@@ -234,7 +234,7 @@ impl RemoteStep {
         Ok(RemoteStep { endpoint: Endpoint::Embeddings { client, spec }, guard })
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match &self.endpoint {
             Endpoint::Kserve { spec, .. } => format!("model '{}' at {}", spec.model, spec.url),
             Endpoint::Llm { spec, .. } => format!("LLM '{}' at {}", spec.model, spec.url),
