@@ -317,13 +317,13 @@ def test_model_names_cannot_leave_the_repository(tmp_path):
             r = requests.post(f"{base}/v2/repository/models/{quoted}/unload", timeout=10)
             assert r.status_code in (400, 404), (name, r.status_code, r.text)
         # Raw dot segments that a client does not normalise.
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         for path in ["/v2/models/../../../etc/passwd/ready", "/v2/models/%2e%2e/ready", "/v2/models/..%2f..%2fetc/infer"]:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)  # one each: a 4xx may close it
             conn.request("GET" if path.endswith("ready") else "POST", path, body=b"{}")
             response = conn.getresponse()
             response.read()
             assert response.status in (400, 404), (path, response.status)
-        conn.close()
+            conn.close()
         # The index still holds no stray entries.
         names = {m["name"] for m in requests.post(f"{base}/v2/repository/index", timeout=10).json()}
         assert not any(".." in n or "/" in n for n in names), names
