@@ -35,6 +35,10 @@ def test_dashboard_in_chromium(tmp_path, fixture):
     if reason:
         pytest.skip(reason)
     server = KilnServer(make_repository(tmp_path))
+    tokens = tmp_path / "guarded" / "tokens"
+    tokens.parent.mkdir()
+    tokens.write_text("viewer inference 0123456789abcdef0123456789\n")
+    guarded = KilnServer(make_repository(tmp_path / "guarded"), ["--auth-token-file", str(tokens)])
     shots = os.environ.get("KILN_SCREENSHOTS") or str(tmp_path / "screenshots")
     os.makedirs(shots, exist_ok=True)
     fraud = fixture("fraud")
@@ -44,6 +48,8 @@ def test_dashboard_in_chromium(tmp_path, fixture):
         "broken": "broken",
         "fraud_rows": fraud["inputs"][:20],
         "labels": fraud["labels"][:20],
+        "auth_url": f"http://{guarded.url}",
+        "auth_token": "0123456789abcdef0123456789",
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     try:
@@ -82,8 +88,15 @@ def test_dashboard_in_chromium(tmp_path, fixture):
         assert report["console_errors"] == [], report["console_errors"]
         for name in ["models", "load-error", "try-it", "live", "pipeline", "records"]:
             assert os.path.getsize(os.path.join(shots, f"{name}.png")) > 10_000, name
+
+        # Behind --auth-token-file the page asks for a token, then works with it; the records
+        # views tell an inference-only token that they need the admin scope.
+        assert "bearer token" in report["auth_prompt"]
+        assert report["auth_models"] == len(index)
+        assert "403" in report["auth_records"] and "admin scope" in report["auth_records"]
     finally:
         assert server.stop() == 0
+        assert guarded.stop() == 0
 
 
 def test_dashboard_honours_auth_and_can_be_turned_off(tmp_path):

@@ -1,7 +1,8 @@
 // Drives kiln's dashboard in Debian's Chromium with playwright-core and reports what it saw as
 // JSON on stdout; python/tests/test_dashboard.py starts kiln, runs this and asserts on it.
 //   node dashboard.mjs CONFIG.json
-// CONFIG: { url, screenshots, broken, fraud_rows: [[30 numbers], ...], labels: [0|1, ...] }
+// CONFIG: { url, screenshots, broken, fraud_rows: [[30 numbers], ...], labels: [0|1, ...],
+//          auth_url, auth_token (a server with --auth-token-file and an inference token) }
 import { chromium } from "playwright-core";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -93,6 +94,21 @@ try {
   report.prediction_rows = await page.$$eval("[data-testid=predictions] table tr", (rows) => rows.length - 1);
   report.quality_accuracy = await page.textContent("[data-testid=quality] [data-chart=accuracy] .now");
   await shot(page, "records");
+
+  // 7. With --auth-token-file: the page asks for a token, then shows the models.
+  if (config.auth_url) {
+    const auth = await browser.newPage();
+    await auth.goto(`${config.auth_url}/#/`);
+    await auth.waitForSelector("#token-dialog:not([hidden])");
+    report.auth_prompt = await auth.textContent("#token-reason");
+    await auth.fill("#token-input", config.auth_token);
+    await auth.click("#token-form button[type=submit]");
+    await auth.waitForSelector("nav [data-model]");
+    report.auth_models = await auth.$$eval("nav [data-model]", (links) => links.length);
+    await auth.goto(`${config.auth_url}/#/m/fraud/records`);
+    await auth.waitForSelector("[data-testid=predictions] .error");
+    report.auth_records = await auth.textContent("[data-testid=predictions] .error");
+  }
 } finally {
   await browser.close();
   rmSync(profile, { recursive: true, force: true });
