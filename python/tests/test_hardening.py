@@ -399,3 +399,29 @@ def test_sigterm_during_load_loses_no_accepted_request(tmp_path, fixture):
     with sqlite3.connect(db) as conn:
         logged = conn.execute("SELECT count(*) FROM predictions WHERE model = 'fraud'").fetchone()[0]
     assert logged == outcomes["ok"], (logged, outcomes)
+
+
+def test_a_rotated_token_file_takes_effect_without_a_restart(tmp_path, token_file, fixture):
+    server = KilnServer(make_repository(tmp_path), ["--auth-token-file", str(token_file), "--auth-reload-secs", "0.2"])
+    url = f"http://{server.url}/v2/models/fraud/infer"
+    body = fraud_request(fraud_rows(fixture, 1))
+    bearer = lambda token: {"Authorization": f"Bearer {token}"}
+    try:
+        assert requests.post(url, json=body, headers=bearer(INFERENCE_TOKEN), timeout=10).status_code == 200
+        rotated = "rotated-token-5555555555555555"
+        # Written the way a Secret volume does it: a new file moved over the old one.
+        (tmp_path / "tokens.new").write_text(f"frontend inference {rotated}\n")
+        os.replace(tmp_path / "tokens.new", token_file)
+        deadline = time.monotonic() + 10
+        while requests.post(url, json=body, headers=bearer(rotated), timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the rotated token never took effect"
+            time.sleep(0.1)
+        assert requests.post(url, json=body, headers=bearer(INFERENCE_TOKEN), timeout=10).status_code == 401
+        # A broken file keeps the tokens in use.
+        token_file.write_text("not a token line\n")
+        time.sleep(1)
+        assert requests.post(url, json=body, headers=bearer(rotated), timeout=10).status_code == 200
+        assert "keeping the tokens in use" in server.logs()
+    finally:
+        assert server.stop() == 0
+    assert rotated not in server.logs()

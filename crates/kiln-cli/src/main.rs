@@ -234,9 +234,13 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     /// Require bearer tokens: a file of `NAME SCOPES TOKEN` lines, SCOPES = inference, admin or
     /// inference,admin. `admin` (which includes inference) guards the repository API, the
-    /// prediction log, feedback and metrics.
+    /// prediction log, feedback and metrics. Re-read when it changes (see --auth-reload-secs);
+    /// a changed file that does not parse keeps the tokens in use.
     #[arg(long, env = "KILN_AUTH_TOKEN_FILE", help_heading = "Security")]
     auth_token_file: Option<PathBuf>,
+    /// Seconds between checks of --auth-token-file for changes (token rotation).
+    #[arg(long, env = "KILN_AUTH_RELOAD_SECS", default_value_t = 10.0, help_heading = "Security")]
+    auth_reload_secs: f64,
     /// With --auth-token-file: endpoints open without a token (`health`: liveness/readiness
     /// for probes; `metrics`; `none`).
     #[arg(
@@ -398,7 +402,7 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
                     PublicEndpoint::None => None,
                 })
                 .collect();
-            Some(std::sync::Arc::new(kiln_server::auth::Auth::from_file(path, &public)?))
+            Some(std::sync::Arc::new(kiln_server::auth::TokenFile::open(path, &public)?))
         }
         None => None,
     };
@@ -424,6 +428,13 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         },
         tls,
         auth,
+        auth_reload: {
+            let every = seconds(args.auth_reload_secs, "--auth-reload-secs")?;
+            if every < Duration::from_millis(100) {
+                bail!("--auth-reload-secs must be at least 0.1");
+            }
+            every
+        },
         shutdown: kiln_server::ShutdownConfig {
             delay: seconds(args.shutdown_delay_secs, "--shutdown-delay-secs")?,
             drain: seconds(args.shutdown_timeout_secs, "--shutdown-timeout-secs")?,

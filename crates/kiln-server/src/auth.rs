@@ -162,6 +162,80 @@ impl Auth {
     }
 }
 
+/// The tokens of a file, re-read when the file changes (rotation without a restart: a
+/// Kubernetes Secret volume swaps the file in place). A changed file that does not parse keeps
+/// the tokens in use and logs why.
+pub struct TokenFile {
+    path: std::path::PathBuf,
+    public: Vec<Access>,
+    current: std::sync::RwLock<Arc<Auth>>,
+    seen: std::sync::Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenFile").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl TokenFile {
+    /// Reads the file now; an error here stops kiln from starting.
+    pub fn open(path: &Path, public: &[Access]) -> Result<Self, AuthError> {
+        let auth = Auth::from_file(path, public)?;
+        let text = std::fs::read_to_string(path).ok();
+        Ok(TokenFile {
+            path: path.to_path_buf(),
+            public: public.to_vec(),
+            current: std::sync::RwLock::new(Arc::new(auth)),
+            seen: std::sync::Mutex::new(text),
+        })
+    }
+
+    /// The tokens in use.
+    pub fn current(&self) -> Arc<Auth> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Re-reads the file if its contents changed; returns whether new tokens took effect.
+    pub fn reload_if_changed(&self) -> bool {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            tracing::warn!(path = %self.path.display(), "cannot read the token file; keeping the tokens in use");
+            return false;
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.as_deref() == Some(text.as_str()) {
+            return false;
+        }
+        *seen = Some(text.clone());
+        match Auth::parse(&text, &self.path.display().to_string(), &self.public) {
+            Ok(auth) => {
+                let names: Vec<&str> = auth.tokens.iter().map(|t| t.name.as_str()).collect();
+                tracing::info!(tokens = ?names, "token file reloaded");
+                *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(auth);
+                true
+            }
+            Err(e) => {
+                tracing::error!("token file changed but is not valid ({e}); keeping the tokens in use");
+                false
+            }
+        }
+    }
+
+    /// Checks the file every `interval` until the task is aborted.
+    pub fn spawn_watcher(self: &Arc<Self>, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let file = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let watched = file.clone();
+                let _ = tokio::task::spawn_blocking(move || watched.reload_if_changed()).await;
+            }
+        })
+    }
+}
+
 /// A refused request: 401/UNAUTHENTICATED or 403/PERMISSION_DENIED.
 #[derive(Debug)]
 pub enum Refusal {
@@ -219,7 +293,8 @@ pub fn grpc_access(path: &str) -> Access {
 }
 
 /// axum middleware for the REST and metrics ports.
-pub async fn rest_layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+pub async fn rest_layer(State(tokens): State<Arc<TokenFile>>, request: Request, next: Next) -> Response {
+    let auth = tokens.current();
     let access = rest_access(request.uri().path());
     match auth.check(request.headers().get(header::AUTHORIZATION), access) {
         Ok(client) => {
@@ -233,7 +308,8 @@ pub async fn rest_layer(State(auth): State<Arc<Auth>>, request: Request, next: N
 }
 
 /// axum middleware for the gRPC port: refusals are gRPC statuses.
-pub async fn grpc_layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+pub async fn grpc_layer(State(tokens): State<Arc<TokenFile>>, request: Request, next: Next) -> Response {
+    let auth = tokens.current();
     let access = grpc_access(request.uri().path());
     match auth.check(request.headers().get(header::AUTHORIZATION), access) {
         Ok(_) => next.run(request).await,
@@ -266,6 +342,26 @@ mod tests {
         assert!(auth.check(Some(&bearer("0123456789abcdef012")), Access::Inference).is_err());
         let basic = HeaderValue::from_static("Basic Zm9vOmJhcg==");
         assert!(matches!(auth.check(Some(&basic), Access::Inference), Err(Refusal::Unauthenticated(_))));
+    }
+
+    #[test]
+    fn a_changed_token_file_replaces_the_tokens_and_a_broken_one_does_not() {
+        let dir = std::env::temp_dir().join(format!("kiln-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("tokens");
+        std::fs::write(&path, FILE).expect("write");
+        let file = TokenFile::open(&path, &[]).expect("opens");
+        let front = bearer("0123456789abcdef0123");
+        assert!(file.current().check(Some(&front), Access::Inference).is_ok());
+        assert!(!file.reload_if_changed(), "unchanged");
+        std::fs::write(&path, "next inference abcdefabcdefabcdefabcdef\n").expect("write");
+        assert!(file.reload_if_changed());
+        assert!(file.current().check(Some(&front), Access::Inference).is_err());
+        assert!(file.current().check(Some(&bearer("abcdefabcdefabcdefabcdef")), Access::Inference).is_ok());
+        std::fs::write(&path, "broken\n").expect("write");
+        assert!(!file.reload_if_changed());
+        assert!(file.current().check(Some(&bearer("abcdefabcdefabcdefabcdef")), Access::Inference).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

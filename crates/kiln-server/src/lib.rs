@@ -76,8 +76,10 @@ pub struct ServerConfig {
     pub connections: transport::ConnectionLimits,
     /// Serve every port over TLS with this certificate; `None` = plain TCP.
     pub tls: Option<transport::TlsFiles>,
-    /// Bearer tokens; `None` = no authentication.
-    pub auth: Option<Arc<auth::Auth>>,
+    /// Bearer tokens (re-read when the file changes); `None` = no authentication.
+    pub auth: Option<Arc<auth::TokenFile>>,
+    /// How often the token file is checked for changes.
+    pub auth_reload: std::time::Duration,
     /// What happens between the shutdown signal and exit.
     pub shutdown: ShutdownConfig,
     /// A port serving only `GET /metrics` (Triton's 8002); `None` = no separate port.
@@ -120,6 +122,7 @@ impl Default for ServerConfig {
             connections: transport::ConnectionLimits::default(),
             tls: None,
             auth: None,
+            auth_reload: std::time::Duration::from_secs(10),
             shutdown: ShutdownConfig::default(),
             metrics_port: None,
             metrics: None,
@@ -219,6 +222,7 @@ impl BoundServer {
         });
         let poller = state.engine.spawn_poller();
         let sampler = state.live.as_ref().map(|live| live.spawn(state.engine.clone()));
+        let token_watcher = config.auth.as_ref().map(|tokens| tokens.spawn_watcher(config.auth_reload));
 
         let with_auth = |router: axum::Router, grpc: bool| match &config.auth {
             None => router,
@@ -243,7 +247,7 @@ impl BoundServer {
         let grpc = port(grpc, with_auth(grpc_router(&state).await?, true), transport::Http::Two);
 
         let (rest, grpc) = tokio::join!(rest, grpc);
-        for task in [poller, sampler].into_iter().flatten() {
+        for task in [poller, sampler, token_watcher].into_iter().flatten() {
             task.abort();
         }
         let metrics = match metrics {
