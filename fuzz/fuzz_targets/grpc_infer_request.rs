@@ -7,19 +7,9 @@ use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(request) = kiln_protocol::proto::ModelInferRequest::decode(data) else { return };
-    let raw = &request.raw_input_contents;
-    if !raw.is_empty() && raw.len() != request.inputs.len() {
-        return;
-    }
-    for (i, input) in request.inputs.into_iter().enumerate() {
-        let decoded = kiln_protocol::grpc::decode_tensor(
-            input.name,
-            &input.datatype,
-            &input.shape,
-            raw.get(i).map(|b| &b[..]),
-            input.contents,
-        );
-        if let Ok(t) = decoded {
+    // The very function the gRPC server calls.
+    if let Ok(tensors) = kiln_protocol::grpc::decode_inputs(request.inputs, &request.raw_input_contents) {
+        for t in &tensors {
             assert_eq!(kiln_core::element_count(&t.shape), Some(t.data.len()), "tensor '{}'", t.name);
         }
     }

@@ -74,3 +74,31 @@ pub fn decode_tensor(
     }
     Tensor::new(name, shape, data).map_err(DecodeError)
 }
+
+/// The input tensors of a `ModelInferRequest`: `raw_input_contents`, when sent, holds one
+/// entry per input, in order; otherwise each input carries typed `contents`.
+pub fn decode_inputs(
+    inputs: Vec<crate::proto::model_infer_request::InferInputTensor>,
+    raw_input_contents: &[bytes::Bytes],
+) -> Result<Vec<Tensor>, DecodeError> {
+    if !raw_input_contents.is_empty() && raw_input_contents.len() != inputs.len() {
+        return Err(DecodeError(format!(
+            "raw_input_contents has {} entries for {} inputs; send one per input, in order",
+            raw_input_contents.len(),
+            inputs.len()
+        )));
+    }
+    inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, input)| {
+            decode_tensor(
+                input.name,
+                &input.datatype,
+                &input.shape,
+                raw_input_contents.get(i).map(|b| &b[..]),
+                input.contents,
+            )
+        })
+        .collect()
+}

@@ -57,21 +57,8 @@ fn grpc_infer_request_inputs() {
     assert!(!all.is_empty(), "fuzz/seeds/grpc_infer_request is empty");
     for (_path, data) in all {
         let Ok(request) = kiln_protocol::proto::ModelInferRequest::decode(&data[..]) else { continue };
-        let raw = &request.raw_input_contents;
-        if !raw.is_empty() && raw.len() != request.inputs.len() {
-            continue;
-        }
-        for (i, input) in request.inputs.into_iter().enumerate() {
-            let decoded = kiln_protocol::grpc::decode_tensor(
-                input.name,
-                &input.datatype,
-                &input.shape,
-                raw.get(i).map(|b| &b[..]),
-                input.contents,
-            );
-            if let Ok(t) = decoded {
-                consistent(&t);
-            }
+        if let Ok(tensors) = kiln_protocol::grpc::decode_inputs(request.inputs, &request.raw_input_contents) {
+            tensors.iter().for_each(consistent);
         }
     }
 }

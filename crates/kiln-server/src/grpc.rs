@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use kiln_core::Tensor;
 use kiln_engine::{Engine, EngineError, InferRequest, Protocol, VersionState};
 
 use crate::proto::infer_parameter::ParameterChoice as Choice;
@@ -16,7 +15,6 @@ use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use crate::proto::grpc_inference_service_server::GrpcInferenceService;
-use crate::proto::model_infer_request::InferInputTensor;
 use crate::proto::model_infer_response::InferOutputTensor;
 use crate::proto::model_metadata_response::TensorMetadata;
 use crate::proto::repository_index_response::ModelIndex;
@@ -75,11 +73,6 @@ fn invalid(e: v2::DecodeError) -> Status {
     Status::invalid_argument(e.0)
 }
 
-fn decode_input(input: InferInputTensor, raw: Option<&Bytes>) -> Result<Tensor, Status> {
-    kiln_protocol::grpc::decode_tensor(input.name, &input.datatype, &input.shape, raw.map(|b| &b[..]), input.contents)
-        .map_err(invalid)
-}
-
 /// One request; with a prediction log, also kiln's id of the logged request.
 async fn infer_one(
     service: &InferenceService,
@@ -88,18 +81,7 @@ async fn infer_one(
     let ModelInferRequest { model_name, model_version, id, parameters, inputs, outputs, raw_input_contents } = request;
     let (engine, records) = (&service.engine, service.records.as_ref());
     let served = engine.model(&model_name, Some(&model_version)).map_err(|e| status(&e))?;
-    if !raw_input_contents.is_empty() && raw_input_contents.len() != inputs.len() {
-        return Err(Status::invalid_argument(format!(
-            "raw_input_contents has {} entries for {} inputs; send one per input, in order",
-            raw_input_contents.len(),
-            inputs.len()
-        )));
-    }
-    let tensors = inputs
-        .into_iter()
-        .enumerate()
-        .map(|(i, input)| decode_input(input, raw_input_contents.get(i)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tensors = kiln_protocol::grpc::decode_inputs(inputs, &raw_input_contents).map_err(invalid)?;
     service.limits.check(&tensors).map_err(Status::invalid_argument)?;
     let requested = outputs.into_iter().map(|o| o.name).collect();
     let trace =
