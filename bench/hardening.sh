@@ -3,7 +3,8 @@
 # 1 thread, 32 connections, fraud, one-row JSON request):
 #   baseline   $KILN_BASELINE_BIN, when set: a kiln built before the connection layer
 #              (axum::serve + tonic's server), e.g. from commit 13410cb
-#   plain      this kiln, no TLS, no tokens
+#   plain      this kiln, no TLS, no tokens (dashboard on, as by default)
+#   no-dash    --dashboard off (no live sampler)
 #   auth       --auth-token-file (every request carries a bearer token)
 #   tls        --tls-cert/--tls-key (wrk speaks TLS 1.3 on the same keep-alive connections)
 #   auth+tls   both
@@ -59,6 +60,7 @@ run() { # label binary scheme args...
 for _ in $(seq "$rounds"); do
   if [ -n "${KILN_BASELINE_BIN:-}" ]; then run baseline "$KILN_BASELINE_BIN" http; fi
   run plain target/release/kiln http
+  run no-dash target/release/kiln http --dashboard off
   run auth target/release/kiln http --auth-token-file "$work/tokens"
   run tls target/release/kiln https --tls-cert "$work/cert.pem" --tls-key "$work/key.pem"
   run auth+tls target/release/kiln https --auth-token-file "$work/tokens" --tls-cert "$work/cert.pem" \
