@@ -106,3 +106,21 @@ def fixture():
             return json.load(f)
 
     return load
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A test CA and a server certificate it signed for localhost and 127.0.0.1, made with
+    openssl: (cert, key, ca). Clients trust `ca`. (rustls, unlike Python's ssl, refuses a
+    self-signed CA certificate used as the server's own: CaUsedAsEndEntity.)"""
+    ca, ca_key = tmp_path / "ca.pem", tmp_path / "ca.key"
+    cert, key, csr, ext = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "server.csr", tmp_path / "ext.cnf"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "1", "-subj", "/CN=kiln test CA")
+    run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                   "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", "1", "-extfile", str(ext))
+    return cert, key, ca

@@ -41,18 +41,6 @@ def fraud_rows(fixture, n=4):
 
 
 @pytest.fixture
-def certificate(tmp_path):
-    """A self-signed certificate for localhost and 127.0.0.1, made with openssl."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True)
-    return cert, key
-
-
-@pytest.fixture
 def token_file(tmp_path):
     path = tmp_path / "tokens"
     path.write_text(f"# test clients\nfrontend inference {INFERENCE_TOKEN}\nops admin {ADMIN_TOKEN}\n")
@@ -61,14 +49,14 @@ def token_file(tmp_path):
 
 
 def test_tls_serves_rest_and_grpc_with_the_callers_certificate(tmp_path, certificate, fixture):
-    cert, key = certificate
-    server = KilnServer(make_repository(tmp_path), ["--tls-cert", str(cert), "--tls-key", str(key)], ca=cert)
+    cert, key, ca = certificate
+    server = KilnServer(make_repository(tmp_path), ["--tls-cert", str(cert), "--tls-key", str(key)], ca=ca)
     try:
         assert server.scheme == "https"
         rows = fraud_rows(fixture)
         expected = np.asarray(fixture("fraud")["probabilities"][:4], dtype=np.float32)
         # requests (urllib3 + Python's ssl) verifying against the test's certificate.
-        r = requests.post(f"https://{server.url}/v2/models/fraud/infer", json=fraud_request(rows), verify=str(cert),
+        r = requests.post(f"https://{server.url}/v2/models/fraud/infer", json=fraud_request(rows), verify=str(ca),
                           timeout=10)
         assert r.status_code == 200, r.text
         out = {o["name"]: o for o in r.json()["outputs"]}
@@ -81,7 +69,7 @@ def test_tls_serves_rest_and_grpc_with_the_callers_certificate(tmp_path, certifi
             requests.get(f"http://{server.url}/v2/health/ready", timeout=10)
 
         # tritonclient over HTTPS, binary tensors.
-        client = httpclient.InferenceServerClient(url=server.url, ssl=True, ssl_options={"ca_certs": str(cert)})
+        client = httpclient.InferenceServerClient(url=server.url, ssl=True, ssl_options={"ca_certs": str(ca)})
         x = httpclient.InferInput("input", list(rows.shape), "FP32")
         x.set_data_from_numpy(rows, binary_data=True)
         result = client.infer("fraud", [x])
@@ -89,10 +77,8 @@ def test_tls_serves_rest_and_grpc_with_the_callers_certificate(tmp_path, certifi
         client.close()
 
         # tritonclient over gRPC with TLS (HTTP/2 negotiated by ALPN).
-        with open(cert, "rb") as f:
-            root = f.read()
-        grpc = grpcclient.InferenceServerClient(url=server.grpc_url, ssl=True, root_certificates=str(cert))
-        assert root and grpc.is_server_ready()
+        grpc = grpcclient.InferenceServerClient(url=server.grpc_url, ssl=True, root_certificates=str(ca))
+        assert grpc.is_server_ready()
         gx = grpcclient.InferInput("input", list(rows.shape), "FP32")
         gx.set_data_from_numpy(rows)
         np.testing.assert_allclose(grpc.infer("fraud", [gx]).as_numpy("probabilities"), expected, atol=1e-5)
@@ -102,7 +88,7 @@ def test_tls_serves_rest_and_grpc_with_the_callers_certificate(tmp_path, certifi
 
 
 def test_tls_refuses_a_key_that_does_not_match(tmp_path, certificate):
-    cert, _ = certificate
+    cert, _, _ = certificate
     other = tmp_path / "other.pem"
     subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(other)], check=True)
     result = subprocess.run([os.environ.get("KILN_BIN", str(ROOT / "target/debug/kiln")), "serve",

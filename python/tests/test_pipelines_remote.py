@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from conftest import ROOT, KilnServer
+from conftest import ROOT, KilnServer, make_repository
 from fake_openai import FakeOpenAI
 
 TEXT_IN = '[[inputs]]\nname = "text"\ndatatype = "BYTES"\nshape = [-1, 1]\n'
@@ -300,3 +300,33 @@ def test_python_pipeline_runs_the_same_graph_in_process(fake, fixture, monkeypat
         triage.run({"text": np.zeros((1, 1), np.float32)})
     with pytest.raises(kiln.KilnError, match="unknown model 'nope'"):
         kiln.Pipeline(str(repo), "nope")
+
+
+def test_remote_step_over_https_verifies_the_server(tmp_path, certificate, fixture):
+    """kiln B calls kiln A over https: it works when B trusts A's certificate (SSL_CERT_FILE, as
+    for a private CA) and fails with the TLS reason, not an answer, when it does not."""
+    cert, key, ca = certificate
+    a = KilnServer(make_repository(tmp_path / "a"), ["--tls-cert", str(cert), "--tls-key", str(key)], ca=ca)
+    repo = tmp_path / "b" / "models"
+    (repo / "secure").mkdir(parents=True)
+    (repo / "secure" / "pipeline.toml").write_text(
+        remote_pipeline(f'{{ url = "https://{a.url}", model = "fraud" }}', extra="retries = 0\n"))
+    x = np.asarray(fixture("fraud")["inputs"][:3], dtype=np.float32)
+    trusting = KilnServer(repo, ["--records", "off"], env={"SSL_CERT_FILE": str(ca)})
+    try:
+        status, body = call(trusting, "secure", x, name="input", datatype="FP32")
+        assert status == 200, body
+        np.testing.assert_allclose(np.asarray(output(body, "probabilities")).reshape(3, 2),
+                                   np.asarray(fixture("fraud")["probabilities"][:3]), atol=1e-5)
+    finally:
+        assert trusting.stop() == 0
+    (tmp_path / "c").mkdir()
+    shutil.copytree(repo, tmp_path / "c" / "models")
+    untrusting = KilnServer(tmp_path / "c" / "models", ["--records", "off"])
+    try:
+        status, body = call(untrusting, "secure", x, name="input", datatype="FP32")
+        assert status == 503, body
+        assert "certificate" in body["error"].lower(), body
+    finally:
+        assert untrusting.stop() == 0
+        assert a.stop() == 0

@@ -198,7 +198,7 @@ impl Target {
         let label = format!("{} {}", spec.protocol.label(), spec.model);
         match spec.protocol {
             Protocol::RestJson | Protocol::RestBinary => {
-                let client = reqwest::Client::builder()
+                let client = kiln_protocol::client::http_client_builder()
                     .pool_max_idle_per_host(usize::MAX)
                     .tcp_nodelay(true)
                     .build()

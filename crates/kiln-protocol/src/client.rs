@@ -44,6 +44,21 @@ impl ClientError {
     }
 }
 
+/// An HTTP client builder that speaks https: rustls on the ring provider, verifying servers
+/// against the system's certificate store (`SSL_CERT_FILE` / `SSL_CERT_DIR` override it).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Err only when another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
+fn http_client() -> Result<reqwest::Client, String> {
+    http_client_builder().build().map_err(|e| format!("cannot start an HTTP client: {e}"))
+}
+
 fn from_reqwest(e: &reqwest::Error, timeout: Duration) -> ClientError {
     if e.is_timeout() {
         ClientError::Timeout(timeout)
@@ -87,9 +102,9 @@ pub struct KserveRestClient {
 }
 
 impl KserveRestClient {
-    /// `base` is `http://host:port`.
-    pub fn new(base: &str) -> Self {
-        KserveRestClient { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_string() }
+    /// `base` is `http://host:port` or `https://host:port`.
+    pub fn new(base: &str) -> Result<Self, String> {
+        Ok(KserveRestClient { http: http_client()?, base: base.trim_end_matches('/').to_string() })
     }
 
     pub async fn infer(
@@ -248,8 +263,8 @@ pub struct ChatRequest {
 
 impl OpenAiClient {
     /// `base` ends in `/v1` (e.g. `http://127.0.0.1:8080/v1`), as OpenAI's clients expect.
-    pub fn new(base: &str, api_key: Option<String>) -> Self {
-        OpenAiClient { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_string(), api_key }
+    pub fn new(base: &str, api_key: Option<String>) -> Result<Self, String> {
+        Ok(OpenAiClient { http: http_client()?, base: base.trim_end_matches('/').to_string(), api_key })
     }
 
     async fn post(&self, path: &str, body: &Value, timeout: Duration) -> Result<Value, ClientError> {

@@ -24,7 +24,7 @@ pub enum Transport {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteSpec {
-    /// `http://host:port` (REST) or `host:port` (gRPC).
+    /// `http://host:port` or `https://host:port` (REST), `host:port` (gRPC, plain h2c).
     pub url: String,
     pub model: String,
     pub version: Option<String>,
@@ -205,10 +205,13 @@ impl RemoteStep {
         }
         let client = match spec.protocol {
             Transport::Rest => {
-                if !spec.url.starts_with("http://") {
-                    return Err(format!("step '{step}': a REST url starts with http:// (got '{}')", spec.url));
+                if !(spec.url.starts_with("http://") || spec.url.starts_with("https://")) {
+                    return Err(format!(
+                        "step '{step}': a REST url starts with http:// or https:// (got '{}')",
+                        spec.url
+                    ));
                 }
-                Kserve::Rest(KserveRestClient::new(&spec.url))
+                Kserve::Rest(KserveRestClient::new(&spec.url).map_err(|e| format!("step '{step}': {e}"))?)
             }
             Transport::Grpc => {
                 Kserve::Grpc(Box::new(KserveGrpcClient::new(&spec.url).map_err(|e| format!("step '{step}': {e}"))?))
@@ -222,7 +225,8 @@ impl RemoteStep {
         spec.url = expand_env(&spec.url).map_err(here)?;
         spec.model = expand_env(&spec.model).map_err(here)?;
         let template = parse_template(&spec.prompt).map_err(|e| format!("step '{step}': {e}"))?;
-        let client = OpenAiClient::new(&spec.url, api_key(spec.api_key_env.as_ref(), step)?);
+        let client = OpenAiClient::new(&spec.url, api_key(spec.api_key_env.as_ref(), step)?)
+            .map_err(|e| format!("step '{step}': {e}"))?;
         Ok(RemoteStep { endpoint: Endpoint::Llm { client, spec, template }, guard })
     }
 
@@ -230,7 +234,8 @@ impl RemoteStep {
         let here = |e: String| format!("step '{step}': {e}");
         spec.url = expand_env(&spec.url).map_err(here)?;
         spec.model = expand_env(&spec.model).map_err(here)?;
-        let client = OpenAiClient::new(&spec.url, api_key(spec.api_key_env.as_ref(), step)?);
+        let client = OpenAiClient::new(&spec.url, api_key(spec.api_key_env.as_ref(), step)?)
+            .map_err(|e| format!("step '{step}': {e}"))?;
         Ok(RemoteStep { endpoint: Endpoint::Embeddings { client, spec }, guard })
     }
 
