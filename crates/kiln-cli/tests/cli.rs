@@ -35,6 +35,7 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
         assert!(started.elapsed() < Duration::from_secs(30), "no listening line");
     };
     let body = r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::blocking::Client::new();
     let r = client.post(format!("http://{addr}/v2/models/iris/infer")).body(body).send().expect("infer");
     assert_eq!(r.status(), 200);

@@ -77,7 +77,7 @@ impl TestServer {
         }));
         TestServer {
             base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
+            client: kiln_protocol::client::http_client_builder().build().expect("HTTP client"),
             stop: Some(stop),
             _repository: repository,
         }
