@@ -113,6 +113,7 @@ def test_bad_text_requests_are_clear_4xx(server):
         ({"model": MODEL, "input": "x", "encoding_format": "int8"}, "encoding_format 'int8'"),
         ({"model": MODEL, "input": "x", "dimensions": 64}, "'dimensions' 64 is not supported"),
         ({"model": MODEL, "input": "x" * 70000}, "over the limit of 65536 (max_input_bytes)"),
+        ({"model": MODEL, "input": "x" * (1024 * 1024 + 1)}, "is 1048577 bytes long; at most 1048576 are accepted (--max-string-bytes)"),
         ({"input": "x"}, "missing field `model`"),
     ]
     for body, needle in cases:

@@ -75,7 +75,8 @@ impl LiveStats {
         let Inner { previous, series } = &mut *inner;
         let seconds = self.interval.as_secs_f64();
         let mut seen = Vec::new();
-        for state in engine.model_states() {
+        let states = engine.model_states();
+        for state in &states {
             let mut requests = 0u64;
             let mut errors = 0u64;
             let mut rows = 0u64;
@@ -117,8 +118,7 @@ impl LiveStats {
             }
         }
         previous.retain(|key, _| seen.contains(key));
-        let names: Vec<String> = engine.model_states().iter().map(|s| s.name.clone()).collect();
-        series.retain(|name, _| names.contains(name));
+        series.retain(|name, _| states.iter().any(|s| &s.name == name));
     }
 
     /// The window of every model, oldest point first.

@@ -100,22 +100,6 @@ pub async fn embeddings(
     if let Some(i) = texts.iter().position(String::is_empty) {
         return Err(OpenAiError::invalid(format!("'input'[{i}] is an empty string"), "input"));
     }
-    if texts.len() > state.limits.max_batch_rows {
-        return Err(OpenAiError::invalid(
-            format!(
-                "'input' holds {} texts; at most {} are accepted (--max-batch-rows)",
-                texts.len(),
-                state.limits.max_batch_rows
-            ),
-            "input",
-        ));
-    }
-    if let Some(i) = texts.iter().position(|t| t.len() > state.limits.max_string_bytes) {
-        return Err(OpenAiError::invalid(
-            format!("'input'[{i}] is longer than {} bytes (--max-string-bytes)", state.limits.max_string_bytes),
-            "input",
-        ));
-    }
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -145,6 +129,8 @@ pub async fn embeddings(
         TensorData::Bytes(texts.into_iter().map(String::into_bytes).collect()),
     )
     .map_err(|e| OpenAiError::invalid(e, "input"))?;
+    // The same limits as v2 requests (rows = texts, --max-string-bytes per text).
+    state.limits.check(std::slice::from_ref(&input)).map_err(|m| OpenAiError::invalid(m, "input"))?;
     let response = model
         .infer(InferRequest {
             inputs: vec![input],

@@ -453,11 +453,16 @@ pub struct StepView {
 
 impl Pipeline {
     /// The steps in the order they were declared, with what each reads.
-    pub fn steps_view(&self) -> Vec<StepView> {
-        let show = |source: &Source| match source {
+    /// A source as pipeline.toml writes it: an input's name, or `step.output`.
+    fn source_name(&self, source: &Source) -> String {
+        match source {
             Source::Input(name) => name.clone(),
             Source::Step { step, output } => format!("{}.{output}", self.steps[*step].name),
-        };
+        }
+    }
+
+    pub fn steps_view(&self) -> Vec<StepView> {
+        let show = |source: &Source| self.source_name(source);
         self.steps
             .iter()
             .map(|step| StepView {
@@ -489,16 +494,7 @@ impl Pipeline {
 
     /// The pipeline's outputs and the `step.output` (or input) each is read from.
     pub fn outputs_view(&self) -> Vec<(String, String)> {
-        self.outputs
-            .iter()
-            .map(|(name, source)| {
-                let from = match source {
-                    Source::Input(input) => input.clone(),
-                    Source::Step { step, output } => format!("{}.{output}", self.steps[*step].name),
-                };
-                (name.clone(), from)
-            })
-            .collect()
+        self.outputs.iter().map(|(name, source)| (name.clone(), self.source_name(source))).collect()
     }
 }
 
