@@ -191,9 +191,15 @@ impl TokenFile {
         })
     }
 
-    /// The tokens in use.
-    pub fn current(&self) -> Arc<Auth> {
-        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    /// [`Auth::check`] against the tokens in use (under the read lock: no reference count
+    /// touched per request).
+    pub fn check(&self, authorization: Option<&HeaderValue>, access: Access) -> Result<(), Refusal> {
+        let auth = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let client = auth.check(authorization, access)?;
+        if let Some(client) = client {
+            tracing::trace!(client, "authorized");
+        }
+        Ok(())
     }
 
     /// Re-reads the file if its contents changed; returns whether new tokens took effect.
@@ -267,8 +273,18 @@ impl Refusal {
 
 /// The access a REST path needs.
 pub fn rest_access(path: &str) -> Access {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments[..] {
+    // Segments on the stack (this runs on every request); no guarded or public route has more
+    // than six, so a longer path needs the inference scope at least.
+    let mut buffer = [""; 8];
+    let mut count = 0;
+    for segment in path.trim_matches('/').split('/') {
+        if count == buffer.len() {
+            return Access::Inference;
+        }
+        buffer[count] = segment;
+        count += 1;
+    }
+    match buffer[..count] {
         [""] | ["ui", _] => Access::Page,
         ["v2", "health", ..] => Access::Health,
         ["v2", "models", _, "ready"] | ["v2", "models", _, "versions", _, "ready"] => Access::Health,
@@ -294,25 +310,18 @@ pub fn grpc_access(path: &str) -> Access {
 
 /// axum middleware for the REST and metrics ports.
 pub async fn rest_layer(State(tokens): State<Arc<TokenFile>>, request: Request, next: Next) -> Response {
-    let auth = tokens.current();
     let access = rest_access(request.uri().path());
-    match auth.check(request.headers().get(header::AUTHORIZATION), access) {
-        Ok(client) => {
-            if let Some(client) = client {
-                tracing::trace!(client, "authorized");
-            }
-            next.run(request).await
-        }
+    match tokens.check(request.headers().get(header::AUTHORIZATION), access) {
+        Ok(()) => next.run(request).await,
         Err(refusal) => refusal.rest(),
     }
 }
 
 /// axum middleware for the gRPC port: refusals are gRPC statuses.
 pub async fn grpc_layer(State(tokens): State<Arc<TokenFile>>, request: Request, next: Next) -> Response {
-    let auth = tokens.current();
     let access = grpc_access(request.uri().path());
-    match auth.check(request.headers().get(header::AUTHORIZATION), access) {
-        Ok(_) => next.run(request).await,
+    match tokens.check(request.headers().get(header::AUTHORIZATION), access) {
+        Ok(()) => next.run(request).await,
         Err(refusal) => refusal.grpc(),
     }
 }
@@ -352,15 +361,15 @@ mod tests {
         std::fs::write(&path, FILE).expect("write");
         let file = TokenFile::open(&path, &[]).expect("opens");
         let front = bearer("0123456789abcdef0123");
-        assert!(file.current().check(Some(&front), Access::Inference).is_ok());
+        assert!(file.check(Some(&front), Access::Inference).is_ok());
         assert!(!file.reload_if_changed(), "unchanged");
         std::fs::write(&path, "next inference abcdefabcdefabcdefabcdef\n").expect("write");
         assert!(file.reload_if_changed());
-        assert!(file.current().check(Some(&front), Access::Inference).is_err());
-        assert!(file.current().check(Some(&bearer("abcdefabcdefabcdefabcdef")), Access::Inference).is_ok());
+        assert!(file.check(Some(&front), Access::Inference).is_err());
+        assert!(file.check(Some(&bearer("abcdefabcdefabcdefabcdef")), Access::Inference).is_ok());
         std::fs::write(&path, "broken\n").expect("write");
         assert!(!file.reload_if_changed());
-        assert!(file.current().check(Some(&bearer("abcdefabcdefabcdefabcdef")), Access::Inference).is_ok());
+        assert!(file.check(Some(&bearer("abcdefabcdefabcdefabcdef")), Access::Inference).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -391,6 +400,8 @@ mod tests {
         assert_eq!(rest_access("/"), Access::Page);
         assert_eq!(rest_access("/ui/app.js"), Access::Page);
         assert_eq!(rest_access("/v1/dashboard/models"), Access::Inference);
+        assert_eq!(rest_access("/v2/repository/models/m/load"), Access::Admin);
+        assert_eq!(rest_access("/a/b/c/d/e/f/g/h/i/j"), Access::Inference);
         assert_eq!(grpc_access("/inference.GRPCInferenceService/ModelInfer"), Access::Inference);
         assert_eq!(grpc_access("/inference.GRPCInferenceService/RepositoryModelLoad"), Access::Admin);
         assert_eq!(grpc_access("/grpc.health.v1.Health/Check"), Access::Health);

@@ -139,8 +139,6 @@ pub enum ServerError {
     Bind { addr: String, source: std::io::Error },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
     #[error("prediction log: {0}")]
     Records(#[from] kiln_records::RecordsError),
     #[error("requests still in flight when the {0:?} drain deadline passed; they were cut")]
