@@ -16,6 +16,11 @@ import glob
 import importlib.util
 import os
 
+# The onnxruntime 1.31 wheel's library writes a device id and queues a telemetry event under
+# $HOME/.cache/Microsoft/ when it loads, unless this is set first (too late if onnxruntime was
+# already imported and its environment created). Respect a value the user chose.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from . import _kiln
 from ._kiln import KilnError, Model, Pipeline, __version__, tokenize
 

@@ -314,7 +314,20 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
     Ok(())
 }
 
+/// The onnxruntime 1.31 wheel's library sends telemetry (a device id and a `ProcessInfo` event
+/// under `$HOME/.cache/Microsoft/`) as soon as it creates its environment, before any API call
+/// could turn it off; it reads `ORT_DISABLE_TELEMETRY` at load. Set it unless the user did.
+#[allow(unsafe_code)]
+fn disable_onnxruntime_telemetry() {
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread exists, so nothing can
+        // read the environment concurrently.
+        unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    }
+}
+
 fn main() -> ExitCode {
+    disable_onnxruntime_telemetry();
     let cli = Cli::parse();
     if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
         eprintln!("kiln: {e:#}");
@@ -340,6 +353,17 @@ fn main() -> ExitCode {
 
 mod verify;
 
+/// Longest time any flag may say (about 31 years): larger values overflow deadlines.
+const MAX_FLAG_SECONDS: f64 = 1e9;
+
+/// A flag's seconds as a `Duration`: a finite number from 0 to [`MAX_FLAG_SECONDS`].
+fn seconds(value: f64, flag: &str) -> Result<Duration> {
+    if !(0.0..=MAX_FLAG_SECONDS).contains(&value) {
+        bail!("{flag} must be a number of seconds from 0 to {MAX_FLAG_SECONDS:e}, not {value}");
+    }
+    Ok(Duration::try_from_secs_f64(value)?)
+}
+
 pub(crate) fn start_runtime(explicit: Option<&Path>) -> Result<()> {
     runtime::ensure(explicit)?;
     Ok(())
@@ -359,10 +383,11 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
     let control = match args.model_control {
         ModelControlArg::None => ModelControl::None,
         ModelControlArg::Poll => {
-            if !(args.poll_interval_secs.is_finite() && args.poll_interval_secs >= 0.05) {
+            let interval = seconds(args.poll_interval_secs, "--poll-interval-secs")?;
+            if interval < Duration::from_millis(50) {
                 bail!("--poll-interval-secs must be at least 0.05");
             }
-            ModelControl::Poll { interval: Duration::from_secs_f64(args.poll_interval_secs) }
+            ModelControl::Poll { interval }
         }
         ModelControlArg::Explicit => ModelControl::Explicit,
     };
@@ -380,13 +405,6 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         "model repository loaded"
     );
     let records = records_config(&args);
-    let seconds = |value: f64, flag: &str| {
-        if value.is_finite() && value >= 0.0 {
-            Ok(Duration::from_secs_f64(value))
-        } else {
-            Err(anyhow::anyhow!("{flag} must be a number of seconds, 0 or more"))
-        }
-    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(kiln_server::transport::TlsFiles::load(cert, key)?),
         _ => None,
@@ -487,6 +505,7 @@ fn install_metrics() -> Result<kiln_server::MetricsRender> {
         .set_buckets_for_metric(Matcher::Full("kiln_batch_size".into()), &rows)?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    spawn_metrics_upkeep(handle.clone(), METRICS_UPKEEP)?;
     let process = metrics_process::Collector::default();
     process.describe();
     Ok(std::sync::Arc::new(move || {
@@ -494,6 +513,27 @@ fn install_metrics() -> Result<kiln_server::MetricsRender> {
         handle.run_upkeep();
         handle.render()
     }))
+}
+
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
+
+/// The Prometheus recorder keeps every histogram sample until upkeep folds it into the
+/// buckets; a scrape runs upkeep, but with no scraper attached the samples would pile up (~70
+/// bytes a request). A thread of its own runs it on a timer.
+fn spawn_metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    every: Duration,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("kiln-metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                handle.run_upkeep();
+            }
+        })
+        .context("cannot start the metrics upkeep thread")
 }
 
 async fn shutdown_signal() {
@@ -603,11 +643,13 @@ fn bench(onnxruntime: Option<&Path>, args: BenchArgs) -> Result<()> {
             Protocol::InProcess
         }
     };
-    if !(args.duration.is_finite() && args.duration > 0.0 && args.warmup.is_finite() && args.warmup >= 0.0) {
-        bail!("--duration must be positive and --warmup non-negative");
+    let duration = seconds(args.duration, "--duration")?;
+    let warmup = seconds(args.warmup, "--warmup")?;
+    if duration.is_zero() {
+        bail!("--duration must be positive");
     }
-    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-        bail!("--rate must be a positive number of requests per second");
+    if args.rate.is_some_and(|r| !(r.is_finite() && r >= 1e-3)) {
+        bail!("--rate must be a number of requests per second, at least 0.001");
     }
     let config = BenchConfig {
         target: TargetSpec {
@@ -622,9 +664,9 @@ fn bench(onnxruntime: Option<&Path>, args: BenchArgs) -> Result<()> {
         },
         concurrency: args.concurrency,
         rate: args.rate,
-        duration: Duration::from_secs_f64(args.duration),
+        duration,
         requests: args.requests,
-        warmup: Duration::from_secs_f64(args.warmup),
+        warmup,
         progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -642,4 +684,46 @@ fn bench(onnxruntime: Option<&Path>, args: BenchArgs) -> Result<()> {
         print!("{}", report.to_text());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resident memory of this process, in bytes (Linux).
+    fn rss_bytes() -> Option<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * 4096)
+    }
+
+    #[test]
+    fn histogram_samples_do_not_pile_up_without_a_scrape() {
+        let Some(before) = rss_bytes() else { return };
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let histogram = metrics::with_local_recorder(&recorder, || metrics::histogram!("kiln_test_seconds"));
+        let _upkeep = spawn_metrics_upkeep(handle.clone(), Duration::from_millis(20)).expect("upkeep thread");
+        // 20M samples are ≥ 160 MB if kept; with upkeep they are folded away as they come.
+        let mut peak = before;
+        for i in 0..20_000_000u64 {
+            histogram.record(0.001);
+            if i % 1_000_000 == 0 {
+                std::thread::sleep(Duration::from_millis(25));
+                peak = peak.max(rss_bytes().unwrap_or(0));
+            }
+        }
+        let grown = peak.saturating_sub(before);
+        assert!(grown < 64 << 20, "RSS grew by {} MB with nobody scraping", grown >> 20);
+        assert!(handle.render().contains("kiln_test_seconds_count 20000000"), "every sample counted");
+    }
+
+    #[test]
+    fn float_flags_out_of_range_are_refused_with_a_message() {
+        for bad in [1e20, -1.0, f64::NAN, f64::INFINITY] {
+            let e = seconds(bad, "--shutdown-timeout-secs").expect_err("refused");
+            assert!(e.to_string().contains("--shutdown-timeout-secs must be a number of seconds"), "{e}");
+        }
+        assert_eq!(seconds(1.5, "--x").expect("ok"), Duration::from_millis(1500));
+    }
 }

@@ -248,9 +248,9 @@ impl ModelConfig {
             return Err("dynamic_batching needs max_batch_size > 0 (the largest merged batch)".into());
         }
         if let Some(t) = config.latency_target_ms
-            && !(t.is_finite() && t > 0.0)
+            && !(t > 0.0 && std::time::Duration::try_from_secs_f64(t / 1000.0).is_ok())
         {
-            return Err(format!("latency_target_ms must be a positive number, got {t}"));
+            return Err(format!("latency_target_ms must be a positive number of milliseconds, got {t}"));
         }
         if let Some(VersionPolicy::Latest(0)) = config.version_policy {
             return Err("version_policy latest must be at least 1".into());
@@ -279,7 +279,7 @@ impl ModelConfig {
     }
 
     pub fn latency_target(&self) -> Option<std::time::Duration> {
-        self.latency_target_ms.map(|ms| std::time::Duration::from_secs_f64(ms / 1000.0))
+        self.latency_target_ms.and_then(|ms| std::time::Duration::try_from_secs_f64(ms / 1000.0).ok())
     }
 
     /// The batching window's upper bound.

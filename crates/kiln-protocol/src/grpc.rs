@@ -102,3 +102,24 @@ pub fn decode_inputs(
         })
         .collect()
 }
+
+/// A request's `timeout` parameter: a positive integer of microseconds (as v2 REST's).
+pub fn timeout_parameter(
+    parameters: &std::collections::HashMap<String, crate::proto::InferParameter>,
+) -> Result<Option<std::time::Duration>, DecodeError> {
+    use crate::proto::infer_parameter::ParameterChoice as Choice;
+    match parameters.get("timeout").and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(Choice::Int64Param(us)) if *us > 0 => Ok(Some(std::time::Duration::from_micros(*us as u64))),
+        Some(Choice::Uint64Param(us)) if *us > 0 => Ok(Some(std::time::Duration::from_micros(*us))),
+        Some(other) => {
+            Err(DecodeError(format!("parameter 'timeout' must be a positive integer of microseconds, got {other:?}")))
+        }
+    }
+}
+
+/// Whether a request asks for a pipeline's step trace (`kiln_trace: true`).
+pub fn trace_parameter(parameters: &std::collections::HashMap<String, crate::proto::InferParameter>) -> bool {
+    use crate::proto::infer_parameter::ParameterChoice as Choice;
+    matches!(parameters.get("kiln_trace").and_then(|p| p.parameter_choice.as_ref()), Some(Choice::BoolParam(true)))
+}

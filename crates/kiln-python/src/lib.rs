@@ -497,10 +497,11 @@ impl Pipeline {
             })
             .collect::<PyResult<Vec<_>>>()?;
         let timeout = match timeout {
-            Some(t) if !(t > 0.0 && t.is_finite()) => {
-                return Err(kiln_err("timeout must be a positive number of seconds"));
-            }
-            t => t.map(std::time::Duration::from_secs_f64),
+            None => None,
+            Some(t) => match std::time::Duration::try_from_secs_f64(t) {
+                Ok(d) if t > 0.0 => Some(d),
+                _ => return Err(kiln_err(format!("timeout must be a positive number of seconds, got {t}"))),
+            },
         };
         let request = kiln_engine::InferRequest {
             inputs: tensors,

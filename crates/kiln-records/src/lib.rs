@@ -11,6 +11,7 @@
 //!
 //! It knows nothing of HTTP or of the engine: it stores and queries rows.
 
+pub mod capture;
 pub mod quality;
 pub mod store;
 
@@ -23,6 +24,7 @@ use metrics::{counter, gauge, histogram};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+pub use capture::{Captured, Labels};
 pub use store::{Dialect, PredictionFilter, PredictionRow, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +58,44 @@ pub struct Record {
     /// JSON array of the predicted label per row.
     pub labels: Option<String>,
     pub truncated: bool,
+}
+
+/// A record as a request leaves it: its tensors and labels still raw (copied, capped), turned
+/// into JSON text by the writer ([`PendingRecord::finish`]), off the request path.
+#[derive(Debug, Clone)]
+pub struct PendingRecord {
+    /// Every field but `inputs`, `outputs` and `labels` (and `truncated` when those cut).
+    pub record: Record,
+    pub inputs: Option<Captured>,
+    pub outputs: Option<Captured>,
+    pub labels: Option<Labels>,
+}
+
+impl PendingRecord {
+    /// The row as stored.
+    pub fn finish(self) -> Record {
+        let mut record = self.record;
+        if let Some(inputs) = self.inputs {
+            let (text, cut) = inputs.render();
+            record.inputs = Some(text);
+            record.truncated |= cut;
+        }
+        if let Some(outputs) = self.outputs {
+            let (text, cut) = outputs.render();
+            record.outputs = Some(text);
+            record.truncated |= cut;
+        }
+        if let Some(labels) = self.labels {
+            record.labels = labels.render();
+        }
+        record
+    }
+}
+
+impl From<Record> for PendingRecord {
+    fn from(record: Record) -> Self {
+        PendingRecord { record, inputs: None, outputs: None, labels: None }
+    }
 }
 
 /// The true labels of a prediction, sent later.
@@ -113,7 +153,7 @@ impl RecorderConfig {
 type Ack = oneshot::Sender<Result<(), String>>;
 
 enum Item {
-    Row(Box<Record>, Option<Ack>),
+    Row(Box<PendingRecord>, Option<Ack>),
     /// Answer once everything received before it is committed.
     Flush(oneshot::Sender<()>),
 }
@@ -202,7 +242,8 @@ impl Recorder {
 
     /// Logs one prediction. Async: returns once the row is queued (or dropped and counted).
     /// Durable: returns once it is committed, or an error.
-    pub async fn record(&self, record: Record) -> Result<(), RecordsError> {
+    pub async fn record(&self, record: impl Into<PendingRecord>) -> Result<(), RecordsError> {
+        let record = record.into();
         match self.config.mode {
             WriteMode::Async => {
                 if let Err(item) = self.handoff.push(Item::Row(Box::new(record), None)) {
@@ -284,7 +325,7 @@ async fn writer(
                             let _ = ack.send(Err("the prediction log's backlog is full".into()));
                         }
                     } else {
-                        backlog.push_back((*record, ack));
+                        backlog.push_back((record.finish(), ack));
                     }
                 }
                 Item::Flush(done) => flushes.push(done),

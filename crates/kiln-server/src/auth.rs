@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -169,7 +169,9 @@ pub struct TokenFile {
     path: std::path::PathBuf,
     public: Vec<Access>,
     current: std::sync::RwLock<Arc<Auth>>,
-    seen: std::sync::Mutex<Option<String>>,
+    /// SHA-256 of the file's bytes when last read: enough to notice a change without keeping
+    /// the tokens' plain text in memory.
+    seen: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for TokenFile {
@@ -182,12 +184,12 @@ impl TokenFile {
     /// Reads the file now; an error here stops kiln from starting.
     pub fn open(path: &Path, public: &[Access]) -> Result<Self, AuthError> {
         let auth = Auth::from_file(path, public)?;
-        let text = std::fs::read_to_string(path).ok();
+        let seen = std::fs::read(path).ok().map(|bytes| digest(&bytes));
         Ok(TokenFile {
             path: path.to_path_buf(),
             public: public.to_vec(),
             current: std::sync::RwLock::new(Arc::new(auth)),
-            seen: std::sync::Mutex::new(text),
+            seen: std::sync::Mutex::new(seen),
         })
     }
 
@@ -209,10 +211,11 @@ impl TokenFile {
             return false;
         };
         let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seen.as_deref() == Some(text.as_str()) {
+        let now = digest(text.as_bytes());
+        if *seen == Some(now) {
             return false;
         }
-        *seen = Some(text.clone());
+        *seen = Some(now);
         match Auth::parse(&text, &self.path.display().to_string(), &self.public) {
             Ok(auth) => {
                 let names: Vec<&str> = auth.tokens.iter().map(|t| t.name.as_str()).collect();
@@ -247,28 +250,6 @@ impl TokenFile {
 pub enum Refusal {
     Unauthenticated(&'static str),
     Forbidden(String),
-}
-
-impl Refusal {
-    fn rest(self) -> Response {
-        let (status, message) = match self {
-            Refusal::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, m.to_string()),
-            Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, m),
-        };
-        let mut response = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-
-    fn grpc(self) -> Response {
-        let status = match self {
-            Refusal::Unauthenticated(m) => tonic::Status::unauthenticated(m),
-            Refusal::Forbidden(m) => tonic::Status::permission_denied(m),
-        };
-        status.into_http::<axum::body::Body>().into_response()
-    }
 }
 
 /// The access a REST path needs.
@@ -313,7 +294,7 @@ pub async fn rest_layer(State(tokens): State<Arc<TokenFile>>, request: Request, 
     let access = rest_access(request.uri().path());
     match tokens.check(request.headers().get(header::AUTHORIZATION), access) {
         Ok(()) => next.run(request).await,
-        Err(refusal) => refusal.rest(),
+        Err(refusal) => crate::error::ApiError::from(refusal).into_response(),
     }
 }
 
@@ -322,7 +303,9 @@ pub async fn grpc_layer(State(tokens): State<Arc<TokenFile>>, request: Request, 
     let access = grpc_access(request.uri().path());
     match tokens.check(request.headers().get(header::AUTHORIZATION), access) {
         Ok(()) => next.run(request).await,
-        Err(refusal) => refusal.grpc(),
+        Err(refusal) => {
+            tonic::Status::from(crate::error::ApiError::from(refusal)).into_http::<axum::body::Body>().into_response()
+        }
     }
 }
 
@@ -371,6 +354,18 @@ mod tests {
         assert!(!file.reload_if_changed());
         assert!(file.check(Some(&bearer("abcdefabcdefabcdefabcdef")), Access::Inference).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_token_file_keeps_no_token_in_plain_form() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, FILE).expect("write");
+        let file = TokenFile::open(&path, &[]).expect("opens");
+        // What it keeps to notice changes: a digest of the file, not the file.
+        let kept = format!("{:?}", file.seen.lock().expect("lock"));
+        assert!(!kept.contains("0123456789abcdef0123"), "{kept}");
+        assert!(!format!("{:?}", file.current.read().expect("lock")).contains("0123456789abcdef0123"));
     }
 
     #[test]

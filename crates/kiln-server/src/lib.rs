@@ -1,20 +1,22 @@
 //! kiln-server: the network front of kiln.
 //!
 //! It serves the KServe v2 / Open Inference Protocol over REST ([`rest`]) and gRPC
-//! ([`grpc`]) and the OpenAI-compatible endpoints ([`openai`]), with the wire encodings of
-//! `kiln-protocol`, and maps the engine's typed errors to status codes. It is the only crate
+//! ([`grpc`]) and the OpenAI-compatible endpoints (`rest::openai`), with the wire encodings of
+//! `kiln-protocol`. Every inference route decodes its wire format and calls the one lifecycle
+//! in [`infer`]; every error becomes a status code in [`error`] only. It is the only crate
 //! that listens on sockets; it runs no model itself and calls the one cloneable
-//! [`kiln_engine::Engine`] handle.
+//! [`kiln_engine::Engine`] handle held in [`state::AppState`].
 
 pub mod auth;
-pub mod dashboard;
+pub mod error;
 pub mod grpc;
+pub mod infer;
 pub mod limits;
 pub mod live;
-pub mod openai;
 pub mod openapi;
 pub mod records;
 pub mod rest;
+pub mod state;
 pub mod transport;
 
 pub use kiln_protocol::{proto, v2};
@@ -24,42 +26,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kiln_engine::{Engine, EngineError, ModelControl};
+use kiln_engine::Engine;
 
 /// The protocol extensions kiln implements, as `GET /v2` and ServerMetadata list them.
 pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "statistics"];
-
-/// Explicit-mode load, off the executor (loading builds sessions and warms them up).
-pub async fn load_model(engine: &Engine, name: String) -> Result<(), EngineError> {
-    require_explicit(engine)?;
-    let engine = engine.clone();
-    tokio::task::spawn_blocking(move || engine.load_model(&name))
-        .await
-        .map_err(|e| EngineError::Backend(format!("model load task failed: {e}")))?
-}
-
-/// Explicit-mode unload.
-pub async fn unload_model(engine: &Engine, name: String) -> Result<(), EngineError> {
-    require_explicit(engine)?;
-    let engine = engine.clone();
-    tokio::task::spawn_blocking(move || engine.unload_model(&name))
-        .await
-        .map_err(|e| EngineError::Backend(format!("model unload task failed: {e}")))?
-}
-
-fn require_explicit(engine: &Engine) -> Result<(), EngineError> {
-    match engine.control() {
-        ModelControl::Explicit => Ok(()),
-        other => Err(EngineError::ModelControl(format!(
-            "loading and unloading models needs `--model-control explicit` (this server runs with {})",
-            match other {
-                ModelControl::None => "none",
-                ModelControl::Poll { .. } => "poll",
-                ModelControl::Explicit => "explicit",
-            }
-        ))),
-    }
-}
 
 /// Network settings of `kiln serve`.
 #[derive(Clone)]
@@ -150,7 +120,7 @@ pub struct BoundServer {
     http: tokio::net::TcpListener,
     grpc: tokio::net::TcpListener,
     metrics: Option<tokio::net::TcpListener>,
-    state: rest::AppState,
+    state: state::AppState,
     config: ServerConfig,
 }
 
@@ -172,7 +142,7 @@ impl BoundServer {
             Some(port) => Some(bind(&config.host, port).await?),
             None => None,
         };
-        let state = rest::AppState {
+        let state = state::AppState {
             engine,
             limits: config.limits.clone(),
             ready: Arc::new(AtomicBool::new(true)),
@@ -268,7 +238,7 @@ impl BoundServer {
 }
 
 /// The gRPC services (v2 inference, gRPC health, reflection) as one router.
-async fn grpc_router(state: &rest::AppState) -> Result<axum::Router, ServerError> {
+async fn grpc_router(state: &state::AppState) -> Result<axum::Router, ServerError> {
     type Inference = proto::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::InferenceService>;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<Inference>().await;
@@ -281,19 +251,4 @@ async fn grpc_router(state: &rest::AppState) -> Result<axum::Router, ServerError
         .max_encoding_message_size(usize::MAX);
     let routes = tonic::service::Routes::new(health_service).add_service(reflection).add_service(inference);
     Ok(routes.prepare().into_axum_router())
-}
-
-/// A pipeline's `kiln_trace` as response parameters: per step, `kiln_trace.<step>.start_us`,
-/// `.duration_us` and `.outcome` (parameters hold scalars only).
-pub(crate) fn trace_parameters(trace: &[kiln_engine::pipeline::StepTrace]) -> Vec<(String, serde_json::Value)> {
-    let mut out = Vec::new();
-    for t in trace {
-        out.push((format!("kiln_trace.{}.start_us", t.step), serde_json::Value::from(t.start.as_micros() as u64)));
-        out.push((
-            format!("kiln_trace.{}.duration_us", t.step),
-            serde_json::Value::from(t.duration.as_micros() as u64),
-        ));
-        out.push((format!("kiln_trace.{}.outcome", t.step), serde_json::Value::from(t.outcome)));
-    }
-    out
 }

@@ -1,50 +1,22 @@
 //! OpenAI-compatible endpoints for text embedding models: `POST /v1/embeddings` and
 //! `GET /v1/models`, so OpenAI clients (and pipeline `embeddings` steps) can point at kiln.
-//! Errors use OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+//! Errors use OpenAI's shape ([`OpenAiError`]).
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use base64::Engine as _;
 use kiln_core::{DataType, Tensor, TensorData};
-use kiln_engine::{EngineError, InferRequest, Protocol, ServedModel};
+use kiln_engine::{Protocol, ServedModel};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::rest::AppState;
+use crate::error::{ApiError, Kind, OpenAiError};
+use crate::infer::Inference;
+use crate::state::AppState;
 
-/// An OpenAI-shaped error.
-pub struct OpenAiError {
-    status: StatusCode,
-    message: String,
-    param: Option<&'static str>,
-}
-
-impl OpenAiError {
-    fn invalid(message: impl Into<String>, param: &'static str) -> Self {
-        OpenAiError { status: StatusCode::BAD_REQUEST, message: message.into(), param: Some(param) }
-    }
-}
-
-impl From<EngineError> for OpenAiError {
-    fn from(e: EngineError) -> Self {
-        let status = crate::rest::ApiError::from(e.clone()).status;
-        OpenAiError { status, message: e.to_string(), param: None }
-    }
-}
-
-impl IntoResponse for OpenAiError {
-    fn into_response(self) -> Response {
-        let kind = match self.status {
-            StatusCode::NOT_FOUND => "not_found_error",
-            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-            s if s.is_server_error() => "server_error",
-            _ => "invalid_request_error",
-        };
-        let body = json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": null}});
-        (self.status, Json(body)).into_response()
-    }
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/embeddings", post(embeddings)).route("/v1/models", get(models))
 }
 
 #[derive(Deserialize)]
@@ -70,13 +42,12 @@ fn embedding_dim(model: &ServedModel) -> Option<usize> {
         .flatten()
 }
 
-pub async fn embeddings(
+async fn embeddings(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Result<Json<Value>, OpenAiError> {
-    let body = crate::rest::read_body(request.into_body(), state.limits.max_body_bytes)
-        .await
-        .map_err(|e| OpenAiError { status: e.status, message: e.message, param: None })?;
+    let (parts, body) = request.into_parts();
+    let body = super::read_body(&parts.headers, body, state.limits.max_body_bytes, "--max-body-bytes").await?;
     let request: EmbeddingsRequest =
         serde_json::from_slice(&body).map_err(|e| OpenAiError::invalid(format!("malformed request: {e}"), "body"))?;
     let texts: Vec<String> = match request.input {
@@ -129,17 +100,17 @@ pub async fn embeddings(
         TensorData::Bytes(texts.into_iter().map(String::into_bytes).collect()),
     )
     .map_err(|e| OpenAiError::invalid(e, "input"))?;
-    // The same limits as v2 requests (rows = texts, --max-string-bytes per text).
+    // The same limits as v2 requests (rows = texts, --max-string-bytes per text), named by field.
     state.limits.check(std::slice::from_ref(&input)).map_err(|m| OpenAiError::invalid(m, "input"))?;
-    let response = model
-        .infer(InferRequest {
-            inputs: vec![input],
-            outputs: Vec::new(),
-            timeout: None,
-            protocol: Protocol::Rest,
-            trace: false,
-        })
-        .await?;
+    let inference = Inference {
+        inputs: vec![input],
+        outputs: Vec::new(),
+        timeout: None,
+        trace: false,
+        client_key: None,
+        protocol: Protocol::Rest,
+    };
+    let response = crate::infer::run(&state, &model, inference).await?.response;
     let mut embeddings: &[f32] = &[];
     let mut tokens: i64 = 0;
     for out in &response.outputs {
@@ -150,11 +121,7 @@ pub async fn embeddings(
         }
     }
     if embeddings.len() != n * dim {
-        return Err(OpenAiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: "the model returned no embeddings".into(),
-            param: None,
-        });
+        return Err(ApiError::new(Kind::Internal, "the model returned no embeddings").into());
     }
     let data: Vec<Value> = embeddings
         .chunks_exact(dim)
@@ -177,7 +144,7 @@ pub async fn embeddings(
     })))
 }
 
-pub async fn models(State(state): State<AppState>) -> Json<Value> {
+async fn models(State(state): State<AppState>) -> Json<Value> {
     let data: Vec<Value> = state
         .engine
         .model_states()

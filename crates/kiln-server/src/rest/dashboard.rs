@@ -6,17 +6,29 @@
 //! so it is served without a token; everything it shows comes through endpoints that honour
 //! `--auth-token-file`.
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use kiln_engine::VersionState;
 use serde_json::{Value, json};
 
-use crate::rest::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
-const INDEX_HTML: &str = include_str!("../dashboard/index.html");
-const APP_JS: &str = include_str!("../dashboard/app.js");
-const APP_CSS: &str = include_str!("../dashboard/app.css");
+const INDEX_HTML: &str = include_str!("../../dashboard/index.html");
+const APP_JS: &str = include_str!("../../dashboard/app.js");
+const APP_CSS: &str = include_str!("../../dashboard/app.css");
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/ui/app.js", get(script))
+        .route("/ui/app.css", get(style))
+        .route("/v1/dashboard/models", get(models))
+        .route("/v1/dashboard/live", get(live))
+}
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -38,29 +50,27 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 fn enabled(state: &AppState) -> Result<&crate::live::LiveStats, ApiError> {
-    state.live.as_ref().ok_or_else(|| {
-        ApiError::new(axum::http::StatusCode::NOT_FOUND, "the dashboard is off (kiln serve --dashboard off)")
-    })
+    state.live.as_ref().ok_or_else(|| ApiError::not_found("the dashboard is off (kiln serve --dashboard off)"))
 }
 
-pub async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
     enabled(&state)?;
     Ok(asset("text/html; charset=utf-8", INDEX_HTML))
 }
 
-pub async fn script(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn script(State(state): State<AppState>) -> Result<Response, ApiError> {
     enabled(&state)?;
     Ok(asset("text/javascript; charset=utf-8", APP_JS))
 }
 
-pub async fn style(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn style(State(state): State<AppState>) -> Result<Response, ApiError> {
     enabled(&state)?;
     Ok(asset("text/css; charset=utf-8", APP_CSS))
 }
 
 /// Every model and pipeline: versions and their states, load errors, the served version's
 /// signature (with class labels), scheduling settings, and a pipeline's step graph.
-pub async fn models(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+async fn models(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
     enabled(&state)?;
     let mut models = Vec::new();
     for model_state in state.engine.model_states() {
@@ -85,7 +95,7 @@ pub async fn models(State(state): State<AppState>) -> Result<axum::Json<Value>, 
             entry["reason"] = json!(reason);
         }
         if let Ok(model) = state.engine.model(&model_state.name, None) {
-            entry["metadata"] = crate::rest::model_metadata_json(&model, &served);
+            entry["metadata"] = super::v2::model_metadata_json(&model, &served);
             entry["settings"] = json!({
                 "max_batch_size": model.settings.max_batch_size,
                 "max_queue_size": model.settings.max_queue_size,
@@ -114,7 +124,7 @@ pub async fn models(State(state): State<AppState>) -> Result<axum::Json<Value>, 
 }
 
 /// The live window: per model, one point per sampling interval.
-pub async fn live(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+async fn live(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
     let live = enabled(&state)?;
     Ok(axum::Json(json!({
         "interval_s": live.interval.as_secs_f64(),

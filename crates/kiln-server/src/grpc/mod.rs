@@ -1,0 +1,104 @@
+//! The KServe v2 gRPC face (`inference.GRPCInferenceService` on tonic): `service` implements
+//! the methods over the same [`AppState`](crate::state::AppState) and lifecycle as REST; this
+//! module turns protocol messages into kiln's types and back. Errors become `tonic::Status`
+//! only through `crate::error`.
+
+mod service;
+
+use std::collections::HashMap;
+
+use kiln_engine::Protocol;
+use prost::bytes::Bytes;
+
+use crate::error::ApiError;
+use crate::infer::{Answer, Inference, TraceValue};
+use crate::proto::infer_parameter::ParameterChoice as Choice;
+use crate::proto::model_infer_response::InferOutputTensor;
+use crate::proto::{
+    InferBatchStatistics, InferParameter, InferStatistics, ModelInferRequest, ModelInferResponse, ModelStatistics,
+    StatisticDuration,
+};
+use crate::state::VersionStats;
+
+pub use service::InferenceService;
+
+/// What `infer` needs from a `ModelInferRequest`, and what the answer echoes back.
+struct Decoded {
+    inference: Inference,
+    id: String,
+    parameters: HashMap<String, InferParameter>,
+}
+
+fn decode(request: ModelInferRequest) -> Result<(String, String, Decoded), ApiError> {
+    let ModelInferRequest { model_name, model_version, id, parameters, inputs, outputs, raw_input_contents } = request;
+    let inference = Inference {
+        inputs: kiln_protocol::grpc::decode_inputs(inputs, &raw_input_contents)?,
+        outputs: outputs.into_iter().map(|o| o.name).collect(),
+        timeout: kiln_protocol::grpc::timeout_parameter(&parameters)?,
+        trace: kiln_protocol::grpc::trace_parameter(&parameters),
+        client_key: Some(id.clone()).filter(|k| !k.is_empty()),
+        protocol: Protocol::Grpc,
+    };
+    Ok((model_name, model_version, Decoded { inference, id, parameters }))
+}
+
+/// The answer as a `ModelInferResponse`: every output in `raw_output_contents` (what
+/// tritonclient's `as_numpy` reads), the request's parameters echoed plus any trace.
+fn encode(answer: Answer, id: String, mut parameters: HashMap<String, InferParameter>) -> ModelInferResponse {
+    let response = answer.response;
+    let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
+    let outputs = response
+        .outputs
+        .into_iter()
+        .map(|t| {
+            raw_output_contents.push(Bytes::from(crate::v2::encode_binary(&t.data)));
+            InferOutputTensor {
+                datatype: t.datatype().as_str().to_string(),
+                shape: t.shape.iter().map(|&d| d as i64).collect(),
+                name: t.name,
+                parameters: HashMap::new(),
+                contents: None,
+            }
+        })
+        .collect();
+    for (key, value) in crate::infer::trace_parameters(&response.trace) {
+        let choice = match value {
+            TraceValue::Text(s) => Choice::StringParam(s.to_string()),
+            TraceValue::Micros(us) => Choice::Uint64Param(us),
+        };
+        parameters.insert(key, InferParameter { parameter_choice: Some(choice) });
+    }
+    ModelInferResponse {
+        model_name: response.model_name,
+        model_version: response.model_version.to_string(),
+        id,
+        parameters,
+        outputs,
+        raw_output_contents,
+    }
+}
+
+fn duration(d: kiln_engine::stats::DurationSnapshot) -> Option<StatisticDuration> {
+    Some(StatisticDuration { count: d.count, ns: d.ns })
+}
+
+fn statistics(s: VersionStats) -> ModelStatistics {
+    ModelStatistics {
+        name: s.name,
+        version: s.version,
+        last_inference: s.last_inference_ms,
+        inference_count: s.inference_count,
+        execution_count: s.execution_count,
+        inference_stats: Some(InferStatistics {
+            success: duration(s.success),
+            fail: duration(s.fail),
+            queue: duration(s.queue),
+            compute_input: duration(Default::default()),
+            compute_infer: duration(s.compute_infer),
+            compute_output: duration(Default::default()),
+            cache_hit: duration(Default::default()),
+            cache_miss: duration(Default::default()),
+        }),
+        batch_stats: Vec::<InferBatchStatistics>::new(),
+    }
+}
