@@ -41,11 +41,14 @@ pub enum Outcome {
     Timeout,
     /// Anything else (backend failure, model going away).
     Error,
+    /// The caller went away (client disconnect, a pipeline's timeout or failing sibling step)
+    /// before the answer: the request's future was dropped.
+    Cancelled,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] =
-        [Outcome::Success, Outcome::Invalid, Outcome::Overloaded, Outcome::Timeout, Outcome::Error];
+    const ALL: [Outcome; 6] =
+        [Outcome::Success, Outcome::Invalid, Outcome::Overloaded, Outcome::Timeout, Outcome::Error, Outcome::Cancelled];
 
     fn label(self) -> &'static str {
         match self {
@@ -54,6 +57,7 @@ impl Outcome {
             Outcome::Overloaded => "overloaded",
             Outcome::Timeout => "timeout",
             Outcome::Error => "error",
+            Outcome::Cancelled => "cancelled",
         }
     }
 

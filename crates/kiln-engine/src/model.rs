@@ -166,21 +166,14 @@ impl ServedModel {
 
     /// Validates a request and runs it on the next free instance (merged with others when
     /// dynamic batching is on).
+    ///
+    /// The future may be dropped at any `.await` (a client disconnects, a pipeline times out):
+    /// an [`InFlight`] guard then counts the request as cancelled and the in-flight gauge comes
+    /// back down, and a worker that reaches the queued job skips it.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
-        let started = Instant::now();
-        let protocol = request.protocol;
-        self.metrics.in_flight(1.0);
+        let guard = InFlight::enter(self, request.protocol);
         let result = self.infer_inner(request).await;
-        self.metrics.in_flight(-1.0);
-        let elapsed = started.elapsed();
-        match &result {
-            Ok(_) => {
-                self.stats.success.record(elapsed);
-                self.stats.latency.record(elapsed);
-            }
-            Err(_) => self.stats.fail.record(elapsed),
-        }
-        self.metrics.request(protocol, Outcome::of(&result), elapsed);
+        guard.finish(&result);
         result
     }
 
@@ -253,6 +246,42 @@ impl ServedModel {
     /// The batching window workers use now (adaptive mode moves it).
     pub fn batch_window(&self) -> Duration {
         self.window.current()
+    }
+}
+
+/// One request inside [`ServedModel::infer`]: raises the in-flight gauge on entry; on drop
+/// lowers it and records the outcome — `cancelled` when the future was dropped before
+/// [`InFlight::finish`] said how it ended.
+struct InFlight<'a> {
+    model: &'a ServedModel,
+    protocol: Protocol,
+    started: Instant,
+    outcome: Outcome,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(model: &'a ServedModel, protocol: Protocol) -> Self {
+        model.metrics.in_flight(1.0);
+        InFlight { model, protocol, started: Instant::now(), outcome: Outcome::Cancelled }
+    }
+
+    fn finish(mut self, result: &Result<InferResponse, EngineError>) {
+        self.outcome = Outcome::of(result);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let (metrics, stats) = (&self.model.metrics, &self.model.stats);
+        metrics.in_flight(-1.0);
+        if self.outcome == Outcome::Success {
+            stats.success.record(elapsed);
+            stats.latency.record(elapsed);
+        } else {
+            stats.fail.record(elapsed);
+        }
+        metrics.request(self.protocol, self.outcome, elapsed);
     }
 }
 

@@ -81,6 +81,24 @@ enum BreakerState {
     HalfOpen,
 }
 
+/// The one call let through a half-open breaker. Dropped unsettled — its call's future was
+/// dropped mid-attempt (the request timed out, the client left) — it counts as a failed
+/// probe: the breaker opens again for a cooldown and then lets the next probe through,
+/// instead of staying half-open, refusing every call, for ever.
+struct Probe<'a> {
+    guard: &'a Guard,
+    settled: bool,
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            tracing::debug!(step = %self.guard.step, "circuit breaker probe abandoned; counted as a failure");
+            self.guard.record(false);
+        }
+    }
+}
+
 /// Policy plus the shared state it needs: the breaker and the concurrency slots.
 #[derive(Debug)]
 pub struct Guard {
@@ -102,19 +120,21 @@ impl Guard {
         }
     }
 
-    /// Whether a call may go out now; `Err` carries how long until the next probe.
-    fn admit(&self) -> Result<(), Duration> {
+    /// Whether a call may go out now; `Err` carries how long until the next probe. The call
+    /// that takes a half-open breaker's one probe slot gets a [`Probe`]: however the call ends —
+    /// even by its future being dropped — the breaker leaves the half-open state.
+    fn admit(&self) -> Result<Option<Probe<'_>>, Duration> {
         if self.policy.breaker_failures == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let mut state = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match *state {
-            BreakerState::Closed { .. } => Ok(()),
+            BreakerState::Closed { .. } => Ok(None),
             BreakerState::Open { until } => {
                 let now = Instant::now();
                 if now >= until {
                     *state = BreakerState::HalfOpen;
-                    Ok(())
+                    Ok(Some(Probe { guard: self, settled: false }))
                 } else {
                     Err(until - now)
                 }
@@ -149,6 +169,14 @@ impl Guard {
         }
     }
 
+    /// Records an attempt's result; a probe's own result settles it.
+    fn settle(&self, probe: Option<Probe<'_>>, ok: bool) {
+        if let Some(mut probe) = probe {
+            probe.settled = true;
+        }
+        self.record(ok);
+    }
+
     /// Whether the breaker is open now (for tests and status).
     pub fn is_open(&self) -> bool {
         matches!(
@@ -171,7 +199,7 @@ impl Guard {
         };
         let mut attempts = 0;
         loop {
-            self.admit().map_err(|retry_in| CallError::CircuitOpen { retry_in })?;
+            let probe = self.admit().map_err(|retry_in| CallError::CircuitOpen { retry_in })?;
             let budget = match remaining(deadline) {
                 Some(left) if left.is_zero() => return Err(CallError::DeadlineExceeded),
                 Some(left) => left.min(self.policy.timeout),
@@ -184,11 +212,11 @@ impl Guard {
             };
             match result {
                 Ok(value) => {
-                    self.record(true);
+                    self.settle(probe, true);
                     return Ok(value);
                 }
                 Err(error) => {
-                    self.record(false);
+                    self.settle(probe, false);
                     if !error.retryable() || attempts > self.policy.retries {
                         return Err(CallError::Failed { error, attempts });
                     }
@@ -268,6 +296,33 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(guard.call(None, |_| async { Ok(7) }).await, Ok(7));
         assert!(!guard.is_open());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_probe_lets_the_next_probe_through_after_the_cooldown() {
+        let guard = Guard::new("p", "s", Policy { retries: 0, ..policy() });
+        for _ in 0..3 {
+            let _ = guard.call(None, |_| async { Err::<(), _>(ClientError::Connection("refused".into())) }).await;
+        }
+        assert!(guard.is_open());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // The probe's caller gives up mid-attempt: its future is dropped.
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(10),
+            guard.call(None, |_| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            }),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the probe was cut off");
+        // Open again (not stuck half-open): fail fast until the cooldown passes...
+        assert!(matches!(guard.call(None, |_| async { Ok(1) }).await, Err(CallError::CircuitOpen { .. })));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // ...then the next probe goes out, and the recovered remote closes the breaker.
+        assert_eq!(guard.call(None, |_| async { Ok(2) }).await, Ok(2));
+        assert!(!guard.is_open());
+        assert_eq!(guard.call(None, |_| async { Ok(3) }).await, Ok(3));
     }
 
     #[tokio::test]
