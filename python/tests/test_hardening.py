@@ -286,6 +286,12 @@ def test_model_names_cannot_leave_the_repository(tmp_path):
     (repo / "leak" / "1").mkdir(parents=True)
     os.symlink(outside / "fraud" / "1" / "model.onnx", repo / "leak" / "1" / "model.onnx")
     os.symlink(repo / "fraud", repo / "fraud_alias")  # a link inside the repository is fine
+    # A text model whose [text] paths point out of the repository is refused like model.onnx.
+    (repo / "text_escape").mkdir()
+    (repo / "text_escape" / "config.toml").write_text(
+        'kind = "text_embedding"\n[text]\nmodel = "../../outside/fraud/1/model.onnx"\n'
+        'tokenizer = "../../outside/fraud/1/model.onnx"\n'
+    )
     server = KilnServer(repo, ["--model-control", "explicit", "--load-model", "*"])
     base = f"http://{server.url}"
     try:
@@ -293,6 +299,8 @@ def test_model_names_cannot_leave_the_repository(tmp_path):
         assert "escape" not in index
         assert index["leak"]["state"] == "UNAVAILABLE" and "outside the model repository" in index["leak"]["reason"]
         assert index["fraud_alias"]["state"] == "READY"
+        escaped = index["text_escape"]
+        assert escaped["state"] == "UNAVAILABLE" and "outside the model repository" in escaped["reason"], escaped
 
         for name in ["..", "../fraud", "../../etc", "..%2F..%2Fetc", ".hidden", "a/b", "escape"]:
             quoted = urllib.parse.quote(name, safe="")

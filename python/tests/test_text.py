@@ -4,6 +4,7 @@ embeddings for all-MiniLM-L6-v2 (read from ../shared; skipped with a message whe
 
 import base64
 import json
+import shutil
 import urllib.error
 import urllib.request
 
@@ -28,8 +29,15 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def server():
-    s = KilnServer(ROOT / "examples" / "text")
+def server(tmp_path_factory):
+    # The example repository with the shared files placed inside it (kiln reads nothing outside).
+    repo = tmp_path_factory.mktemp("text") / "text"
+    shutil.copytree(ROOT / "examples" / "text", repo)
+    (repo / MODEL / "1").mkdir(exist_ok=True)
+    for name in ("model.onnx", "tokenizer.json"):
+        if not (repo / MODEL / "1" / name).exists():
+            shutil.copy(SHARED / name, repo / MODEL / "1" / name)
+    s = KilnServer(repo)
     yield s
     assert s.stop() == 0
 

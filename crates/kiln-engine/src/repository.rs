@@ -237,6 +237,14 @@ fn prepare_text_model(
     };
     let encoder = resolve(&text.model, MODEL_FILE);
     let tokenizer = resolve(&text.tokenizer, "tokenizer.json");
+    // Like model.onnx, files named in [text] must be inside the repository (the model folder's
+    // parent), symlinks followed: config.toml may not make kiln read files elsewhere.
+    let repository = model_dir.parent().unwrap_or(Path::new("."));
+    for (field, path) in [("model", &encoder), ("tokenizer", &tokenizer)] {
+        if path.exists() {
+            confine(repository, path).map_err(|e| format!("[text] {field}: {e}"))?;
+        }
+    }
     let model =
         kiln_text::TextModel::load(&encoder, &tokenizer, text.settings(config.threads())).map_err(|e| e.to_string())?;
     let signature = model.signature();
