@@ -424,3 +424,63 @@ def test_pipelines_are_logged_by_their_own_policy(tmp_path, database):
         assert "[records] label names 'nope'" in index["bad_policy"]["reason"]
     finally:
         assert server.stop() == 0
+
+
+def metric_total(server, name, **labels):
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def load(server, requests, concurrency=16):
+    """Real load from kiln's own load generator (REST JSON, random rows)."""
+    out = subprocess.run(
+        [os.environ.get("KILN_BIN", str(ROOT / "target" / "debug" / "kiln")), "bench", "fraud", "--url", server.url,
+         "--protocol", "rest-json", "-n", str(requests), "-c", str(concurrency), "--warmup", "0", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_retention_keeps_the_log_under_its_size_cap(tmp_path, database):
+    cap = 2 * 1024 * 1024
+    server = KilnServer(repository(tmp_path), extra_args=["--records", database, "--records-max-bytes", str(cap)])
+    try:
+        report = load(server, 12_000)
+        assert report["errors"] == 0, report
+        newest = [f"newest-{i}" for i in range(50)]
+        for key in newest:
+            assert infer(server, "fraud", rows(1), key=key)[0] == 200
+        for key in newest:
+            assert wait_for_rows(server, f"&key={key}", 1), f"{key} was deleted or never written"
+        assert metric_total(server, "kiln_records_retention_deleted_total", reason="size") > 0
+        kept = len(all_rows(server))
+        assert kept < 12_000, f"{kept} rows kept under a {cap}-byte cap"
+        if database.startswith("sqlite:"):
+            path = database.split(":", 1)[1]
+            assert os.path.getsize(path) <= cap, f"the SQLite file is {os.path.getsize(path)} bytes, over {cap}"
+    finally:
+        assert server.stop() == 0
+
+
+def test_retention_deletes_rows_past_their_age(tmp_path, database):
+    server = KilnServer(repository(tmp_path), extra_args=["--records", database, "--records-retention", "2s"])
+    try:
+        for i in range(20):
+            assert infer(server, "fraud", rows(1), key=f"old-{i}")[0] == 200
+        assert len(wait_for_rows(server, "&model=fraud", 20)) >= 20
+        time.sleep(3)
+        assert infer(server, "fraud", rows(1), key="fresh")[0] == 200
+        deadline = time.time() + 20
+        while time.time() < deadline and any(all_rows(server, f"&key=old-{i}") for i in (0, 19)):
+            time.sleep(0.2)
+        assert not all_rows(server, "&key=old-0") and not all_rows(server, "&key=old-19"), "old rows kept"
+        assert wait_for_rows(server, "&key=fresh", 1)
+        assert metric_total(server, "kiln_records_retention_deleted_total", reason="age") >= 20
+    finally:
+        assert server.stop() == 0

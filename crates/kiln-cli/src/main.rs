@@ -269,6 +269,67 @@ struct ServeArgs {
     /// sustained overload). `durable`: an answer is sent once its row is committed.
     #[arg(long, env = "KILN_RECORDS_MODE", value_enum, default_value_t = RecordsMode::Async)]
     records_mode: RecordsMode,
+    /// How long the prediction log keeps a row: a number with s, m, h or d (e.g. 7d, 12h), or
+    /// `off`. Older rows (and feedback) are deleted by the log's writer in small batches.
+    #[arg(long, env = "KILN_RECORDS_RETENTION", default_value = "7d", value_parser = parse_age)]
+    records_retention: OrOff<Duration>,
+    /// Most bytes of data the prediction log keeps (e.g. 2GiB, 500MB, or `off`); past 95 % of
+    /// it the oldest rows are deleted down to 85 %. See docs/records.md for sizing.
+    #[arg(long, env = "KILN_RECORDS_MAX_BYTES", default_value = "2GiB", value_parser = parse_bytes)]
+    records_max_bytes: OrOff<u64>,
+}
+
+/// A flag value that may be `off` (clap needs a type of its own for that: a plain `Option`
+/// field means "flag absent").
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrOff<T>(Option<T>);
+
+/// `7d`, `12h`, `30m`, `90s` or `off`.
+fn parse_age(text: &str) -> Result<OrOff<Duration>, String> {
+    if text == "off" {
+        return Ok(OrOff(None));
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_secs = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return Err(format!("'{text}' is not an age: use a number with s, m, h or d (e.g. 7d), or off")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("'{text}' does not start with a number"))?;
+    let secs = value * unit_secs;
+    if !(secs > 0.0 && secs <= MAX_FLAG_SECONDS) {
+        return Err(format!("'{text}' must be more than 0 and at most {MAX_FLAG_SECONDS:e} seconds"));
+    }
+    Ok(OrOff(Some(Duration::from_secs_f64(secs))))
+}
+
+/// `2GiB`, `500MB`, `64KiB`, a plain number of bytes, or `off`.
+fn parse_bytes(text: &str) -> Result<OrOff<u64>, String> {
+    if text == "off" {
+        return Ok(OrOff(None));
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
+        _ => return Err(format!("'{text}' is not a size: use e.g. 2GiB, 500MB, 1048576, or off")),
+    };
+    let value: u64 = number.parse().map_err(|_| format!("'{text}' does not start with a whole number"))?;
+    match value.checked_mul(scale) {
+        Some(0) | None => Err(format!("'{text}' must be more than 0 and fit in 64 bits")),
+        Some(bytes) => Ok(OrOff(Some(bytes))),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -300,7 +361,10 @@ fn records_config(args: &ServeArgs) -> Option<kiln_records::RecorderConfig> {
         RecordsMode::Async => kiln_records::WriteMode::Async,
         RecordsMode::Durable => kiln_records::WriteMode::Durable,
     };
-    Some(kiln_records::RecorderConfig::new(&url, mode))
+    let mut config = kiln_records::RecorderConfig::new(&url, mode);
+    config.retention =
+        kiln_records::Retention { max_age: args.records_retention.0, max_bytes: args.records_max_bytes.0 };
+    Some(config)
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
@@ -716,6 +780,18 @@ mod tests {
         let grown = peak.saturating_sub(before);
         assert!(grown < 64 << 20, "RSS grew by {} MB with nobody scraping", grown >> 20);
         assert!(handle.render().contains("kiln_test_seconds_count 20000000"), "every sample counted");
+    }
+
+    #[test]
+    fn retention_flags_parse_ages_and_sizes() {
+        assert_eq!(parse_age("7d"), Ok(OrOff(Some(Duration::from_secs(7 * 86_400)))));
+        assert_eq!(parse_age("1.5h"), Ok(OrOff(Some(Duration::from_secs(5400)))));
+        assert_eq!(parse_age("off"), Ok(OrOff(None)));
+        assert!(parse_age("7 days").is_err() && parse_age("0s").is_err() && parse_age("1e20d").is_err());
+        assert_eq!(parse_bytes("2GiB"), Ok(OrOff(Some(2 << 30))));
+        assert_eq!(parse_bytes("500MB"), Ok(OrOff(Some(500_000_000))));
+        assert_eq!(parse_bytes("4096"), Ok(OrOff(Some(4096))));
+        assert!(parse_bytes("-1").is_err() && parse_bytes("0").is_err() && parse_bytes("99999999999TiB").is_err());
     }
 
     #[test]

@@ -98,6 +98,20 @@ impl From<Record> for PendingRecord {
     }
 }
 
+impl Record {
+    /// Roughly what the row takes in the database, indexes included.
+    pub fn approx_bytes(&self) -> u64 {
+        let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
+        (200 + self.id.len() * 3
+            + self.model.len() * 2
+            + text(&self.client_key) * 2
+            + text(&self.error)
+            + text(&self.inputs)
+            + text(&self.outputs)
+            + text(&self.labels)) as u64
+    }
+}
+
 /// The true labels of a prediction, sent later.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Feedback {
@@ -114,6 +128,21 @@ pub enum WriteMode {
     #[default]
     Async,
     Durable,
+}
+
+/// How much the log keeps: rows older than `max_age` and, past `max_bytes`, the oldest rows
+/// are deleted by the writer, a few thousand at a time between inserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for Retention {
+    /// 7 days, 2 GiB.
+    fn default() -> Self {
+        Retention { max_age: Some(Duration::from_secs(7 * 24 * 3600)), max_bytes: Some(2 << 30) }
+    }
 }
 
 /// How the log writes.
@@ -134,6 +163,7 @@ pub struct RecorderConfig {
     pub enqueue_wait: Duration,
     /// Durable mode: how long a request waits for its commit before it fails.
     pub commit_wait: Duration,
+    pub retention: Retention,
 }
 
 impl RecorderConfig {
@@ -146,6 +176,7 @@ impl RecorderConfig {
             linger: Duration::from_millis(20),
             enqueue_wait: Duration::from_millis(5),
             commit_wait: Duration::from_secs(10),
+            retention: Retention::default(),
         }
     }
 }
@@ -299,6 +330,7 @@ async fn writer(
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     let mut retry_at: Option<Instant> = None;
+    let mut retention = Retainer::new(config.retention);
     loop {
         if handoff.is_empty() {
             if backlog.is_empty() && flushes.is_empty() && alive.strong_count() == 0 {
@@ -339,6 +371,8 @@ async fn writer(
         while !backlog.is_empty() {
             let n = backlog.len().min(config.batch_rows);
             let batch: Vec<&Record> = backlog.iter().take(n).map(|(r, _)| r).collect();
+            // Room first: a batch never takes the log past its size cap.
+            retention.enforce(&store, batch.iter().map(|r| r.approx_bytes()).sum()).await;
             let started = Instant::now();
             match store.insert(&batch).await {
                 Ok(()) => {
@@ -370,6 +404,79 @@ async fn writer(
                 let _ = done.send(());
             }
         }
+        if retry_at.is_none() {
+            retention.enforce(&store, 0).await;
+        }
+    }
+}
+
+/// Rows one retention statement deletes: small, so inserts never wait long behind it.
+const RETENTION_BATCH: i64 = 2000;
+/// Retention statements per writer pass at most; the next pass goes on where this one left.
+const RETENTION_BATCHES: usize = 4;
+
+/// The writer's retention state: when the age limit is next checked.
+struct Retainer {
+    policy: Retention,
+    next_age_check: Instant,
+}
+
+impl Retainer {
+    fn new(policy: Retention) -> Self {
+        Retainer { policy, next_age_check: Instant::now() }
+    }
+
+    fn deleted(reason: &'static str, rows: u64) {
+        if rows > 0 {
+            counter!("kiln_records_retention_deleted_total", "reason" => reason).increment(rows);
+        }
+    }
+
+    /// Deletes what the policy no longer keeps — with room for `incoming` more bytes — a
+    /// bounded amount per call. Failures are logged and retried on the next pass; they never
+    /// touch the rows waiting to be written.
+    async fn enforce(&mut self, store: &Store, incoming: u64) {
+        if let Err(e) = self.enforce_inner(store, i64::try_from(incoming).unwrap_or(i64::MAX)).await {
+            tracing::warn!(database = %store.display, error = %e, "prediction log retention failed; retrying later");
+        }
+    }
+
+    async fn enforce_inner(&mut self, store: &Store, incoming: i64) -> Result<(), sqlx::Error> {
+        if let Some(age) = self.policy.max_age
+            && Instant::now() >= self.next_age_check
+        {
+            let cutoff = now_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+            let mut drained = false;
+            for _ in 0..RETENTION_BATCHES {
+                let n = store.delete_older_than(cutoff, RETENTION_BATCH).await?;
+                Self::deleted("age", n);
+                if n < RETENTION_BATCH as u64 {
+                    drained = true;
+                    break;
+                }
+            }
+            // Once caught up, once a second is enough; while behind, every pass.
+            if drained {
+                self.next_age_check = Instant::now() + Duration::from_secs(1);
+            }
+        }
+        if let Some(cap) = self.policy.max_bytes {
+            let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+            let mut used = store.used_bytes().await?;
+            // Trim at 95 % of the cap down to 85 %: headroom for the batches written meanwhile.
+            if used.saturating_add(incoming) > cap / 20 * 19 {
+                for _ in 0..RETENTION_BATCHES {
+                    let n = store.delete_oldest(RETENTION_BATCH).await?;
+                    Self::deleted("size", n);
+                    used = store.used_bytes().await?;
+                    if n == 0 || used.saturating_add(incoming) <= cap / 20 * 17 {
+                        break;
+                    }
+                }
+            }
+            gauge!("kiln_records_used_bytes").set(used as f64);
+        }
+        Ok(())
     }
 }
 

@@ -227,6 +227,51 @@ impl Store {
         tx.commit().await
     }
 
+    /// Deletes up to `limit` of the oldest predictions older than `cutoff_ms`; returns how many.
+    pub async fn delete_older_than(&self, cutoff_ms: i64, limit: i64) -> Result<u64, sqlx::Error> {
+        let sql = format!(
+            "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE ts_ms < {} ORDER BY ts_ms LIMIT {})",
+            self.ph(1),
+            self.ph(2)
+        );
+        let done = sqlx::query(&sql).bind(cutoff_ms).bind(limit).execute(&self.pool).await?.rows_affected();
+        let sql = format!(
+            "DELETE FROM feedback WHERE id IN (SELECT id FROM feedback WHERE ts_ms < {} ORDER BY ts_ms LIMIT {})",
+            self.ph(1),
+            self.ph(2)
+        );
+        sqlx::query(&sql).bind(cutoff_ms).bind(limit).execute(&self.pool).await?;
+        Ok(done)
+    }
+
+    /// Deletes the `limit` oldest predictions; returns how many.
+    pub async fn delete_oldest(&self, limit: i64) -> Result<u64, sqlx::Error> {
+        let sql = format!(
+            "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions ORDER BY ts_ms LIMIT {})",
+            self.ph(1)
+        );
+        Ok(sqlx::query(&sql).bind(limit).execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Bytes the log's data takes now. SQLite: the pages in use (freed pages are reused, so
+    /// the file stops growing at its high-water mark). PostgreSQL: the tables' size (indexes
+    /// and TOAST included) times the share of live rows, as the statistics collector last saw
+    /// it (space of deleted rows returns only after autovacuum).
+    pub async fn used_bytes(&self) -> Result<i64, sqlx::Error> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT ((SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count())) \
+                 * (SELECT page_size FROM pragma_page_size()) AS used"
+            }
+            Dialect::Postgres => {
+                "SELECT CAST(COALESCE(SUM(pg_total_relation_size(s.relid) * (s.n_live_tup + 1.0) \
+                 / (s.n_live_tup + s.n_dead_tup + 1.0)), 0) AS BIGINT) AS used \
+                 FROM pg_stat_user_tables s WHERE s.relname IN ('predictions', 'feedback')"
+            }
+        };
+        sqlx::query(sql).fetch_one(&self.pool).await?.try_get::<i64, _>("used")
+    }
+
     pub async fn add_feedback(&self, f: &Feedback) -> Result<(), sqlx::Error> {
         let sql = format!(
             "INSERT INTO feedback (id, prediction_id, client_key, ts_ms, labels) VALUES ({}, {}, {}, {}, {})",
