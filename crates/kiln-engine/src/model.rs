@@ -73,11 +73,22 @@ pub struct ServedModel {
     /// Request, queue and compute counters (Triton's statistics extension).
     pub stats: Arc<ModelStats>,
     metrics: Arc<ModelMetrics>,
-    window: Arc<BatchWindow>,
+    executor: Executor,
+}
+
+/// What runs a served version's requests.
+enum Executor {
+    /// A model: its instances on worker threads, fed by a bounded queue.
+    Workers(WorkerPool),
+    /// A pipeline: its steps, which call other models' executors (it has no queue of its own).
+    Pipeline(Arc<crate::pipeline::Pipeline>),
+}
+
+/// One worker thread per instance, each running the dynamic batcher over the shared queue.
+struct WorkerPool {
     queue: Sender<Job>,
     workers: Vec<JoinHandle<()>>,
-    /// Set for pipelines, which run their steps instead of a queue of their own.
-    pipeline: Option<Arc<crate::pipeline::Pipeline>>,
+    window: Arc<BatchWindow>,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -129,39 +140,35 @@ impl ServedModel {
             settings,
             stats,
             metrics,
-            window,
-            queue,
-            workers,
-            pipeline: None,
+            executor: Executor::Workers(WorkerPool { queue, workers, window }),
         })
     }
 
     /// Serves a pipeline under a model's name (version 1).
     pub fn pipeline(name: String, pipeline: crate::pipeline::Pipeline, settings: ServingSettings) -> Self {
-        let (queue, _) = crossbeam_channel::bounded::<Job>(1);
         ServedModel {
             signature: pipeline.signature.clone(),
             metrics: Arc::new(ModelMetrics::new(&name, 1)),
-            window: Arc::new(BatchWindow::new(Duration::ZERO, None)),
             stats: Arc::new(ModelStats::default()),
             labels: BTreeMap::new(),
             name,
             version: 1,
             settings,
-            queue,
-            workers: Vec::new(),
-            pipeline: Some(Arc::new(pipeline)),
+            executor: Executor::Pipeline(Arc::new(pipeline)),
         }
     }
 
     /// Whether this is a pipeline.
     pub fn is_pipeline(&self) -> bool {
-        self.pipeline.is_some()
+        matches!(self.executor, Executor::Pipeline(_))
     }
 
     /// The pipeline this model runs, when it is one.
     pub fn pipeline_graph(&self) -> Option<&crate::pipeline::Pipeline> {
-        self.pipeline.as_deref()
+        match &self.executor {
+            Executor::Pipeline(pipeline) => Some(pipeline),
+            Executor::Workers(_) => None,
+        }
     }
 
     /// Validates a request and runs it on the next free instance (merged with others when
@@ -188,24 +195,16 @@ impl ServedModel {
             )));
         }
         let timeout = request.timeout.or(self.settings.request_timeout);
-        if let Some(pipeline) = &self.pipeline {
-            let run = pipeline.run(request.inputs, &outputs, request.protocol, timeout);
-            let (outputs, trace) = match timeout {
-                Some(limit) => tokio::time::timeout(limit, run)
-                    .await
-                    .map_err(|_| timeout_error(&self.name, self.version, limit))??,
-                None => run.await?,
-            };
-            self.stats.record_execution(rows as u64);
-            let trace = if request.trace { trace } else { Vec::new() };
-            return Ok(InferResponse { model_name: self.name.clone(), model_version: self.version, outputs, trace });
-        }
+        let pool = match &self.executor {
+            Executor::Workers(pool) => pool,
+            Executor::Pipeline(pipeline) => return self.run_pipeline(pipeline, request, &outputs, rows, timeout).await,
+        };
         let now = Instant::now();
         let (reply, answer) = oneshot::channel();
         let job =
             Job { enqueued: now, deadline: timeout.map(|t| now + t), rows, inputs: request.inputs, outputs, reply };
-        match self.queue.try_send(job) {
-            Ok(()) => self.metrics.queue_depth(self.queue.len()),
+        match pool.queue.try_send(job) {
+            Ok(()) => self.metrics.queue_depth(pool.queue.len()),
             Err(TrySendError::Full(_)) => {
                 return Err(EngineError::Overloaded(format!(
                     "model '{}' version {} has {} requests waiting (max_queue_size); retry later",
@@ -233,19 +232,49 @@ impl ServedModel {
         Ok(InferResponse { model_name: self.name.clone(), model_version: self.version, outputs, trace: Vec::new() })
     }
 
-    /// Number of worker threads (instances) running.
+    /// Runs a pipeline's steps under the request's timeout.
+    async fn run_pipeline(
+        &self,
+        pipeline: &crate::pipeline::Pipeline,
+        request: InferRequest,
+        outputs: &[String],
+        rows: usize,
+        timeout: Option<Duration>,
+    ) -> Result<InferResponse, EngineError> {
+        let run = pipeline.run(request.inputs, outputs, request.protocol, timeout);
+        let (outputs, trace) = match timeout {
+            Some(limit) => {
+                tokio::time::timeout(limit, run).await.map_err(|_| timeout_error(&self.name, self.version, limit))??
+            }
+            None => run.await?,
+        };
+        self.stats.record_execution(rows as u64);
+        let trace = if request.trace { trace } else { Vec::new() };
+        Ok(InferResponse { model_name: self.name.clone(), model_version: self.version, outputs, trace })
+    }
+
+    /// Number of worker threads (instances) running; 0 for a pipeline.
     pub fn instance_count(&self) -> usize {
-        self.workers.len()
+        match &self.executor {
+            Executor::Workers(pool) => pool.workers.len(),
+            Executor::Pipeline(_) => 0,
+        }
     }
 
-    /// Requests waiting for an instance now.
+    /// Requests waiting for an instance now; 0 for a pipeline.
     pub fn queue_depth(&self) -> usize {
-        self.queue.len()
+        match &self.executor {
+            Executor::Workers(pool) => pool.queue.len(),
+            Executor::Pipeline(_) => 0,
+        }
     }
 
-    /// The batching window workers use now (adaptive mode moves it).
+    /// The batching window workers use now (adaptive mode moves it); zero for a pipeline.
     pub fn batch_window(&self) -> Duration {
-        self.window.current()
+        match &self.executor {
+            Executor::Workers(pool) => pool.window.current(),
+            Executor::Pipeline(_) => Duration::ZERO,
+        }
     }
 }
 

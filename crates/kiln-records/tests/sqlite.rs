@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kiln_records::{Feedback, PredictionFilter, Record, Recorder, RecorderConfig, WriteMode};
+use kiln_records::{Feedback, PredictionFilter, Record, Recorder, RecorderConfig, Retention, WriteMode};
 use sqlx::Connection;
 
 fn record(i: i64, model: &str) -> Record {
@@ -26,11 +26,16 @@ fn record(i: i64, model: &str) -> Record {
     }
 }
 
+/// These rows are stamped in 1970: no age limit, or retention would delete them at once.
+fn config(url: &str, mode: WriteMode) -> RecorderConfig {
+    RecorderConfig { retention: Retention { max_age: None, max_bytes: None }, ..RecorderConfig::new(url, mode) }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_writes_queries_and_feedback() {
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!("sqlite:{}", dir.path().join("log.sqlite").display());
-    let recorder = Recorder::open(RecorderConfig::new(&url, WriteMode::Async)).await.expect("opens");
+    let recorder = Recorder::open(config(&url, WriteMode::Async)).await.expect("opens");
     for i in 0..250 {
         recorder.record(record(i, if i % 5 == 0 { "b" } else { "a" })).await.expect("queued");
     }
@@ -96,7 +101,7 @@ async fn durable_writes_survive_a_locked_database() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("log.sqlite");
     let url = format!("sqlite:{}", path.display());
-    let recorder = Recorder::open(RecorderConfig::new(&url, WriteMode::Durable)).await.expect("opens");
+    let recorder = Recorder::open(config(&url, WriteMode::Durable)).await.expect("opens");
     recorder.record(record(1, "a")).await.expect("committed");
     assert_eq!(
         recorder.store().predictions(&PredictionFilter { limit: 10, ..Default::default() }).await.expect("q").len(),
@@ -118,4 +123,35 @@ async fn durable_writes_survive_a_locked_database() {
         recorder.store().predictions(&PredictionFilter { limit: 10, ..Default::default() }).await.expect("q").len(),
         2
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_file_under_its_cap_and_the_newest_rows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("log.sqlite");
+    let url = format!("sqlite:{}", path.display());
+    let cap = 1024 * 1024;
+    let retention = Retention { max_age: None, max_bytes: Some(cap) };
+    let recorder = Recorder::open(RecorderConfig { retention, ..RecorderConfig::new(&url, WriteMode::Async) })
+        .await
+        .expect("opens");
+    let now = kiln_records::now_ms();
+    let n = 20_000;
+    for i in 0..n {
+        let mut r = record(i, "a");
+        r.ts_ms = now + i;
+        r.inputs = Some(format!(r#"{{"x":{{"datatype":"FP32","shape":[1,8],"data":[{i},1,2,3,4,5,6,7]}}}}"#));
+        recorder.record(r).await.expect("queued");
+    }
+    assert!(recorder.flush(Duration::from_secs(30)).await);
+    assert_eq!(recorder.dropped(), 0);
+    let store = recorder.store();
+    assert!(store.used_bytes().await.expect("size") <= cap as i64);
+    assert!(std::fs::metadata(&path).expect("file").len() <= cap, "the file is over its cap");
+    let kept = store.predictions(&PredictionFilter { limit: 1000, ..Default::default() }).await.expect("q");
+    assert_eq!(kept.len(), 1000, "most rows were deleted, not all");
+    // The newest thousand, in order: retention deletes from the old end only.
+    for (j, row) in kept.iter().enumerate() {
+        assert_eq!(row.id, format!("req-{:04}", n - 1 - j as i64));
+    }
 }

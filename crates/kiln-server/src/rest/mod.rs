@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(records_api::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(crate::openapi::document))
         .fallback(not_found)
         // Routes that read a body do it through `read_body`, with a JSON error at the limit.
         .layer(DefaultBodyLimit::disable())
