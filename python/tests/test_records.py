@@ -436,7 +436,7 @@ def metric_total(server, name, **labels):
     return total
 
 
-def load(server, requests, concurrency=16):
+def bench_load(server, requests, concurrency=16):
     """Real load from kiln's own load generator (REST JSON, random rows)."""
     out = subprocess.run(
         [os.environ.get("KILN_BIN", str(ROOT / "target" / "debug" / "kiln")), "bench", "fraud", "--url", server.url,
@@ -451,7 +451,7 @@ def test_retention_keeps_the_log_under_its_size_cap(tmp_path, database):
     cap = 2 * 1024 * 1024
     server = KilnServer(repository(tmp_path), extra_args=["--records", database, "--records-max-bytes", str(cap)])
     try:
-        report = load(server, 12_000)
+        report = bench_load(server, 12_000)
         assert report["errors"] == 0, report
         newest = [f"newest-{i}" for i in range(50)]
         for key in newest:

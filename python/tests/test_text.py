@@ -29,15 +29,21 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    # The example repository with the shared files placed inside it (kiln reads nothing outside).
+def text_repo(tmp_path_factory):
+    """The example repository with the shared files placed inside it (kiln reads nothing
+    outside a repository)."""
     repo = tmp_path_factory.mktemp("text") / "text"
     shutil.copytree(ROOT / "examples" / "text", repo)
     (repo / MODEL / "1").mkdir(exist_ok=True)
     for name in ("model.onnx", "tokenizer.json"):
         if not (repo / MODEL / "1" / name).exists():
             shutil.copy(SHARED / name, repo / MODEL / "1" / name)
-    s = KilnServer(repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(text_repo):
+    s = KilnServer(text_repo)
     yield s
     assert s.stop() == 0
 
@@ -154,9 +160,9 @@ def test_not_a_text_model(tmp_path):
         assert s.stop() == 0
 
 
-def test_in_process_embeddings(reference):
+def test_in_process_embeddings(reference, text_repo):
     sentences, want = reference
-    model = kiln.Model(str(ROOT / "examples" / "text" / MODEL))
+    model = kiln.Model(str(text_repo / MODEL))
     got = model.predict(np.array(sentences, dtype=object))["embedding"]
     assert cosines(got, want).min() >= 0.9999
 

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use kiln_core::{ModelInstance, Tensor, TensorData};
 use tokio::sync::oneshot;
 
-use crate::EngineError;
+use crate::error::EngineError;
 use crate::metrics::ModelMetrics;
 use crate::stats::ModelStats;
 

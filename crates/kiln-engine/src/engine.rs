@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::config::ModelConfig;
+use crate::error::EngineError;
+use crate::model::{InferRequest, InferResponse, ModelHandle, ServedModel};
 use crate::pipeline::{ModelResolver, PIPELINE_FILE, Pipeline};
 use crate::repository::{self, Fingerprint, ModelDir};
-use crate::{EngineError, InferRequest, InferResponse, ModelHandle};
 
 /// How the set of served models may change after start (Triton's `--model-control-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,7 +342,7 @@ impl Engine {
                 tracing::info!(pipeline = %dir.name, models = ?pipeline.models(), "pipeline ready");
                 let mut settings = repository::default_settings();
                 settings.records = pipeline.records.clone();
-                let model = crate::ServedModel::pipeline(dir.name.clone(), pipeline, settings);
+                let model = ServedModel::pipeline(dir.name.clone(), pipeline, settings);
                 let mut versions = BTreeMap::new();
                 versions.insert(1, VersionState::Ready(Arc::new(model)));
                 ModelState { name: dir.name.clone(), versions, error: None, fingerprint }
@@ -456,7 +457,7 @@ fn build_state(dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
     state
 }
 
-fn load_and_log(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<crate::ServedModel, String> {
+fn load_and_log(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<ServedModel, String> {
     match repository::load_version(dir, version, config) {
         Ok(model) => {
             tracing::info!(

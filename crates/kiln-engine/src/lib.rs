@@ -11,54 +11,14 @@
 mod batcher;
 pub mod config;
 mod engine;
+pub mod error;
 pub mod metrics;
 mod model;
 pub mod pipeline;
 pub mod repository;
 pub mod stats;
 
-use kiln_core::{BackendError, ValidationError};
-
 pub use engine::{Engine, EngineConfig, IndexEntry, ModelControl, ModelState, VersionState};
+pub use error::EngineError;
 pub use metrics::Protocol;
 pub use model::{InferRequest, InferResponse, ModelHandle, ServedModel, ServingSettings};
-
-/// Everything that can go wrong between a request and a model.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum EngineError {
-    #[error("unknown model '{0}'")]
-    ModelNotFound(String),
-    #[error("model '{model}' has no version {version}; served versions: {served:?}")]
-    VersionNotFound { model: String, version: String, served: Vec<u64> },
-    #[error("{0}")]
-    NotReady(String),
-    #[error("model '{model}' version {version} failed to load: {reason}")]
-    LoadFailed { model: String, version: u64, reason: String },
-    #[error(transparent)]
-    Validation(#[from] ValidationError),
-    #[error("{0}")]
-    InvalidRequest(String),
-    #[error("{0}")]
-    Overloaded(String),
-    /// The request's timeout passed before it was answered.
-    #[error("{0}")]
-    Timeout(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Repository(String),
-    /// A repository load/unload request in a model-control mode that does not allow it.
-    #[error("{0}")]
-    ModelControl(String),
-    #[error("{0}")]
-    Backend(String),
-}
-
-impl From<BackendError> for EngineError {
-    fn from(e: BackendError) -> Self {
-        match e {
-            BackendError::InvalidInput(msg) => EngineError::InvalidRequest(msg),
-            other => EngineError::Backend(other.to_string()),
-        }
-    }
-}

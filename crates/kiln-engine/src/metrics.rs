@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
-use crate::EngineError;
+use crate::error::EngineError;
 
 /// The transport a request came by.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use crossbeam_channel::{Sender, TrySendError};
 use kiln_core::{ModelInstance, ModelSignature, Tensor};
 use tokio::sync::oneshot;
 
-use crate::EngineError;
 use crate::batcher::{self, BatchWindow, Job};
+use crate::error::EngineError;
 use crate::metrics::{ModelMetrics, Outcome, Protocol};
 use crate::stats::ModelStats;
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use kiln_backend_ort::{PreparedModel, SessionOptions};
 use kiln_core::{ModelInstance, ModelSignature, Tensor, TensorData};
 
-use crate::EngineError;
 use crate::config::ModelConfig;
+use crate::error::EngineError;
 use crate::model::{ServedModel, ServingSettings};
 
 /// The file each version folder holds.

@@ -415,15 +415,17 @@ const RETENTION_BATCH: i64 = 2000;
 /// Retention statements per writer pass at most; the next pass goes on where this one left.
 const RETENTION_BATCHES: usize = 4;
 
-/// The writer's retention state: when the age limit is next checked.
+/// The writer's retention state: when the limits are next checked.
 struct Retainer {
     policy: Retention,
     next_age_check: Instant,
+    /// PostgreSQL: when the size is next measured.
+    next_size_check: Instant,
 }
 
 impl Retainer {
     fn new(policy: Retention) -> Self {
-        Retainer { policy, next_age_check: Instant::now() }
+        Retainer { policy, next_age_check: Instant::now(), next_size_check: Instant::now() }
     }
 
     fn deleted(reason: &'static str, rows: u64) {
@@ -462,19 +464,40 @@ impl Retainer {
         }
         if let Some(cap) = self.policy.max_bytes {
             let cap = i64::try_from(cap).unwrap_or(i64::MAX);
-            let mut used = store.used_bytes().await?;
             // Trim at 95 % of the cap down to 85 %: headroom for the batches written meanwhile.
-            if used.saturating_add(incoming) > cap / 20 * 19 {
-                for _ in 0..RETENTION_BATCHES {
-                    let n = store.delete_oldest(RETENTION_BATCH).await?;
-                    Self::deleted("size", n);
-                    used = store.used_bytes().await?;
-                    if n == 0 || used.saturating_add(incoming) <= cap / 20 * 17 {
-                        break;
+            let (high, low) = (cap / 20 * 19, cap / 20 * 17);
+            match store.dialect() {
+                // Exact and cheap: measure after every delete until under the low mark.
+                Dialect::Sqlite => {
+                    let mut used = store.used_bytes().await?;
+                    if used.saturating_add(incoming) > high {
+                        for _ in 0..RETENTION_BATCHES {
+                            let n = store.delete_oldest(RETENTION_BATCH).await?;
+                            Self::deleted("size", n);
+                            used = store.used_bytes().await?;
+                            if n == 0 || used.saturating_add(incoming) <= low {
+                                break;
+                            }
+                        }
                     }
+                    gauge!("kiln_records_used_bytes").set(used as f64);
                 }
+                // The statistics lag: once a second, delete the estimated excess in rows (at the
+                // average row size), never re-measuring stale figures in between.
+                Dialect::Postgres if Instant::now() >= self.next_size_check => {
+                    self.next_size_check = Instant::now() + Duration::from_secs(1);
+                    let (used, live) = store.usage().await?;
+                    let live = live.unwrap_or(0);
+                    if used > high && live > 0 {
+                        let per_row = (used / live).max(1);
+                        let excess = ((used - low) / per_row + 1).clamp(1, 50_000).min(live);
+                        let n = store.delete_oldest(excess).await?;
+                        Self::deleted("size", n);
+                    }
+                    gauge!("kiln_records_used_bytes").set(used as f64);
+                }
+                Dialect::Postgres => {}
             }
-            gauge!("kiln_records_used_bytes").set(used as f64);
         }
         Ok(())
     }

@@ -253,23 +253,33 @@ impl Store {
         Ok(sqlx::query(&sql).bind(limit).execute(&self.pool).await?.rows_affected())
     }
 
-    /// Bytes the log's data takes now. SQLite: the pages in use (freed pages are reused, so
-    /// the file stops growing at its high-water mark). PostgreSQL: the tables' size (indexes
-    /// and TOAST included) times the share of live rows, as the statistics collector last saw
-    /// it (space of deleted rows returns only after autovacuum).
-    pub async fn used_bytes(&self) -> Result<i64, sqlx::Error> {
-        let sql = match self.dialect {
+    /// Bytes the log's data takes now, and (PostgreSQL) about how many predictions it holds.
+    /// SQLite: the pages in use, exact (freed pages are reused, so the file stops growing at
+    /// its high-water mark); no row count. PostgreSQL: the tables' size (indexes and TOAST
+    /// included) times the share of live rows, and the live rows, as the statistics collector
+    /// last saw them (it lags by about a second; deleted rows' space returns after autovacuum).
+    pub async fn usage(&self) -> Result<(i64, Option<i64>), sqlx::Error> {
+        match self.dialect {
             Dialect::Sqlite => {
-                "SELECT ((SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count())) \
-                 * (SELECT page_size FROM pragma_page_size()) AS used"
+                let sql = "SELECT ((SELECT page_count FROM pragma_page_count()) \
+                           - (SELECT freelist_count FROM pragma_freelist_count())) \
+                           * (SELECT page_size FROM pragma_page_size()) AS used";
+                Ok((sqlx::query(sql).fetch_one(&self.pool).await?.try_get::<i64, _>("used")?, None))
             }
             Dialect::Postgres => {
-                "SELECT CAST(COALESCE(SUM(pg_total_relation_size(s.relid) * (s.n_live_tup + 1.0) \
-                 / (s.n_live_tup + s.n_dead_tup + 1.0)), 0) AS BIGINT) AS used \
-                 FROM pg_stat_user_tables s WHERE s.relname IN ('predictions', 'feedback')"
+                let sql = "SELECT CAST(COALESCE(SUM(pg_total_relation_size(relid) * (n_live_tup + 1.0) \
+                           / (n_live_tup + n_dead_tup + 1.0)), 0) AS BIGINT) AS used, \
+                           CAST(COALESCE(SUM(CASE WHEN relname = 'predictions' THEN n_live_tup END), 0) AS BIGINT) AS live \
+                           FROM pg_stat_user_tables WHERE relname IN ('predictions', 'feedback')";
+                let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+                Ok((row.try_get::<i64, _>("used")?, Some(row.try_get::<i64, _>("live")?)))
             }
-        };
-        sqlx::query(sql).fetch_one(&self.pool).await?.try_get::<i64, _>("used")
+        }
+    }
+
+    /// [`Store::usage`]'s bytes.
+    pub async fn used_bytes(&self) -> Result<i64, sqlx::Error> {
+        Ok(self.usage().await?.0)
     }
 
     pub async fn add_feedback(&self, f: &Feedback) -> Result<(), sqlx::Error> {

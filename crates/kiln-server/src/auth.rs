@@ -10,10 +10,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderValue;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -286,26 +283,6 @@ pub fn grpc_access(path: &str) -> Access {
             _ => Access::Inference,
         },
         _ => Access::Inference,
-    }
-}
-
-/// axum middleware for the REST and metrics ports.
-pub async fn rest_layer(State(tokens): State<Arc<TokenFile>>, request: Request, next: Next) -> Response {
-    let access = rest_access(request.uri().path());
-    match tokens.check(request.headers().get(header::AUTHORIZATION), access) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => crate::error::ApiError::from(refusal).into_response(),
-    }
-}
-
-/// axum middleware for the gRPC port: refusals are gRPC statuses.
-pub async fn grpc_layer(State(tokens): State<Arc<TokenFile>>, request: Request, next: Next) -> Response {
-    let access = grpc_access(request.uri().path());
-    match tokens.check(request.headers().get(header::AUTHORIZATION), access) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => {
-            tonic::Status::from(crate::error::ApiError::from(refusal)).into_http::<axum::body::Body>().into_response()
-        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod state;
 pub mod transport;
 
 pub use kiln_protocol::{proto, v2};
+pub use state::{EXTENSIONS, MetricsRender};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,9 +28,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kiln_engine::Engine;
-
-/// The protocol extensions kiln implements, as `GET /v2` and ServerMetadata list them.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "statistics"];
 
 /// Network settings of `kiln serve`.
 #[derive(Clone)]
@@ -78,9 +76,6 @@ impl Default for ShutdownConfig {
         ShutdownConfig { delay: std::time::Duration::ZERO, drain: std::time::Duration::from_secs(30) }
     }
 }
-
-/// Renders the current metrics as Prometheus text (installed by the binary).
-pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -194,8 +189,8 @@ impl BoundServer {
 
         let with_auth = |router: axum::Router, grpc: bool| match &config.auth {
             None => router,
-            Some(auth) if grpc => router.layer(axum::middleware::from_fn_with_state(auth.clone(), auth::grpc_layer)),
-            Some(auth) => router.layer(axum::middleware::from_fn_with_state(auth.clone(), auth::rest_layer)),
+            Some(auth) if grpc => router.layer(axum::middleware::from_fn_with_state(auth.clone(), grpc::auth_layer)),
+            Some(auth) => router.layer(axum::middleware::from_fn_with_state(auth.clone(), rest::auth_layer)),
         };
         let port = |listener, app, http| {
             transport::serve(

@@ -9,6 +9,12 @@ use kiln_engine::{Engine, EngineError, ModelControl, VersionState};
 
 use crate::error::ApiError;
 
+/// The protocol extensions kiln implements, as `GET /v2` and ServerMetadata list them.
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "statistics"];
+
+/// Renders the current metrics as Prometheus text (installed by the binary).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Shared state of the REST and gRPC handlers.
 #[derive(Clone)]
 pub struct AppState {
@@ -18,7 +24,7 @@ pub struct AppState {
     /// Cleared when shutdown starts, so load balancers stop sending traffic.
     pub ready: Arc<AtomicBool>,
     /// Prometheus text renderer; `None` when metrics are off.
-    pub metrics: Option<crate::MetricsRender>,
+    pub metrics: Option<MetricsRender>,
     /// The prediction log; `None` when records are off.
     pub records: Option<kiln_records::Recorder>,
     /// The dashboard's live window; `None` when the dashboard is off.

@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use kiln_core::{ModelSignature, TensorSpec};
 
-use crate::{EngineError, ModelHandle};
+use crate::error::EngineError;
+use crate::model::ModelHandle;
 pub use builder::PipelineBuilder;
 pub use file::FallbackSpec;
 use ops::Op;

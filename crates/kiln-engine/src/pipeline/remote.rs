@@ -9,7 +9,7 @@ use kiln_protocol::client::{ChatRequest, KserveGrpcClient, KserveRestClient, Ope
 use serde::Deserialize;
 
 use super::resilience::{CallError, Guard};
-use crate::EngineError;
+use crate::error::EngineError;
 
 /// How a `remote` step reaches its server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -3,7 +3,7 @@
 use kiln_core::{DataType, Tensor};
 
 use super::*;
-use crate::Protocol;
+use crate::metrics::Protocol;
 
 /// Pipelines made of transforms only: no model is ever resolved.
 struct NoModels;

@@ -12,13 +12,13 @@ use prost::bytes::Bytes;
 
 use crate::error::ApiError;
 use crate::infer::{Answer, Inference, TraceValue};
-use crate::proto::infer_parameter::ParameterChoice as Choice;
-use crate::proto::model_infer_response::InferOutputTensor;
-use crate::proto::{
+use crate::state::VersionStats;
+use kiln_protocol::proto::infer_parameter::ParameterChoice as Choice;
+use kiln_protocol::proto::model_infer_response::InferOutputTensor;
+use kiln_protocol::proto::{
     InferBatchStatistics, InferParameter, InferStatistics, ModelInferRequest, ModelInferResponse, ModelStatistics,
     StatisticDuration,
 };
-use crate::state::VersionStats;
 
 pub use service::InferenceService;
 
@@ -51,7 +51,7 @@ fn encode(answer: Answer, id: String, mut parameters: HashMap<String, InferParam
         .outputs
         .into_iter()
         .map(|t| {
-            raw_output_contents.push(Bytes::from(crate::v2::encode_binary(&t.data)));
+            raw_output_contents.push(Bytes::from(kiln_protocol::v2::encode_binary(&t.data)));
             InferOutputTensor {
                 datatype: t.datatype().as_str().to_string(),
                 shape: t.shape.iter().map(|&d| d as i64).collect(),
@@ -75,6 +75,21 @@ fn encode(answer: Answer, id: String, mut parameters: HashMap<String, InferParam
         parameters,
         outputs,
         raw_output_contents,
+    }
+}
+
+/// Bearer-token middleware for the gRPC port: refusals are UNAUTHENTICATED /
+/// PERMISSION_DENIED statuses, before any method runs.
+pub async fn auth_layer(
+    axum::extract::State(tokens): axum::extract::State<std::sync::Arc<crate::auth::TokenFile>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let access = crate::auth::grpc_access(request.uri().path());
+    match tokens.check(request.headers().get(axum::http::header::AUTHORIZATION), access) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => tonic::Status::from(ApiError::from(refusal)).into_http::<axum::body::Body>().into_response(),
     }
 }
 

@@ -6,17 +6,17 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
-use crate::proto::grpc_inference_service_server::GrpcInferenceService;
-use crate::proto::model_metadata_response::TensorMetadata;
-use crate::proto::repository_index_response::ModelIndex;
-use crate::proto::{
+use crate::state::AppState;
+use kiln_protocol::proto::grpc_inference_service_server::GrpcInferenceService;
+use kiln_protocol::proto::model_metadata_response::TensorMetadata;
+use kiln_protocol::proto::repository_index_response::ModelIndex;
+use kiln_protocol::proto::{
     ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest,
     ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse, ModelStreamInferResponse,
     RepositoryIndexRequest, RepositoryIndexResponse, RepositoryModelLoadRequest, RepositoryModelLoadResponse,
     RepositoryModelUnloadRequest, RepositoryModelUnloadResponse, ServerLiveRequest, ServerLiveResponse,
     ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
 };
-use crate::state::AppState;
 
 /// Requests of one ModelStreamInfer stream run concurrently up to this many; answers keep
 /// the order of the requests.
@@ -77,7 +77,7 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(ServerMetadataResponse {
             name: "kiln".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: crate::EXTENSIONS.iter().map(ToString::to_string).collect(),
+            extensions: crate::state::EXTENSIONS.iter().map(ToString::to_string).collect(),
         }))
     }
 

@@ -60,6 +60,20 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize, flag: &str
     })
 }
 
+/// Bearer-token middleware for the REST and metrics ports: refusals answer 401/403 here,
+/// before any route runs.
+pub async fn auth_layer(
+    State(tokens): State<std::sync::Arc<crate::auth::TokenFile>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let access = crate::auth::rest_access(request.uri().path());
+    match tokens.check(request.headers().get(header::AUTHORIZATION), access) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => ApiError::from(refusal).into_response(),
+    }
+}
+
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let render = state.metrics.ok_or_else(|| ApiError::not_found("metrics are off (--metrics off)"))?;
     let text = tokio::task::spawn_blocking(move || render())

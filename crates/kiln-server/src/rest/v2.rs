@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::infer::{Inference, TraceValue};
 use crate::state::{AppState, VersionStats};
-use crate::v2;
+use kiln_protocol::v2;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -39,7 +39,7 @@ async fn server_metadata() -> axum::Json<Value> {
     axum::Json(json!({
         "name": "kiln",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": crate::EXTENSIONS,
+        "extensions": crate::state::EXTENSIONS,
     }))
 }
 
