@@ -29,8 +29,8 @@ struct Decoded {
     parameters: HashMap<String, InferParameter>,
 }
 
-fn decode(request: ModelInferRequest) -> Result<(String, String, Decoded), ApiError> {
-    let ModelInferRequest { model_name, model_version, id, parameters, inputs, outputs, raw_input_contents } = request;
+fn decode(request: ModelInferRequest) -> Result<Decoded, ApiError> {
+    let ModelInferRequest { id, parameters, inputs, outputs, raw_input_contents, .. } = request;
     let inference = Inference {
         inputs: kiln_protocol::grpc::decode_inputs(inputs, &raw_input_contents)?,
         outputs: outputs.into_iter().map(|o| o.name).collect(),
@@ -39,7 +39,7 @@ fn decode(request: ModelInferRequest) -> Result<(String, String, Decoded), ApiEr
         client_key: Some(id.clone()).filter(|k| !k.is_empty()),
         protocol: Protocol::Grpc,
     };
-    Ok((model_name, model_version, Decoded { inference, id, parameters }))
+    Ok(Decoded { inference, id, parameters })
 }
 
 /// The answer as a `ModelInferResponse`: every output in `raw_output_contents` (what

@@ -46,7 +46,7 @@ async fn infer_one(
     let state = &service.state;
     // Resolve the model first: an unknown model is NOT_FOUND even for a malformed request.
     let served = state.engine.model(&request.model_name, Some(&request.model_version)).map_err(status)?;
-    let (_, _, decoded) = super::decode(request).map_err(status)?;
+    let decoded = super::decode(request).map_err(status)?;
     let answer = crate::infer::run(state, &served, decoded.inference).await.map_err(status)?;
     let request_id = answer.request_id.clone();
     Ok((super::encode(answer, decoded.id, decoded.parameters), request_id))
