@@ -17,6 +17,9 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 .venv/bin/python -c 'import json; print(json.dumps({"inputs":[{"name":"input","shape":[1,30],"datatype":"FP32","data":[0.5]*30}]}))' >"$work/body.json"
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# Anonymous memory: the heap, what a leak grows. RSS also counts the file pages SQLite reads
+# through mmap (up to its 256 MB mmap_size): page cache, reclaimable, not kiln's own memory.
+anon_kb() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; }
 soak() { # label, records args...
   local label=$1; shift
   local kp; kp=$(port)
@@ -29,18 +32,19 @@ soak() { # label, records args...
   local wrk_pid=$!
   echo "### $label"
   echo
-  echo "| t (s) | RSS MB | records file MB |"
-  echo "|---|---|---|"
-  local t=0 first="" last="" start=""
+  echo "| t (s) | RSS MB | of which anonymous MB | records file MB |"
+  echo "|---|---|---|---|"
+  local t=0 first="" last="" start="" first_anon="" last_anon=""
   while kill -0 "$wrk_pid" 2>/dev/null && ((t <= minutes * 60)); do
-    local rss; rss=$(rss_kb "$pid")
+    local rss anon; rss=$(rss_kb "$pid"); anon=$(anon_kb "$pid")
     local db="-"
     if [[ -n ${RECORDS_FILE:-} && -f $RECORDS_FILE ]]; then
       db=$(du -cm "$RECORDS_FILE"* 2>/dev/null | tail -n 1 | cut -f1)
     fi
-    ((t % 60 == 0)) && echo "| $t | $((rss / 1024)) | $db |"
-    [[ $t == 60 ]] && first=$rss
+    ((t % 60 == 0)) && echo "| $t | $((rss / 1024)) | $((anon / 1024)) | $db |"
+    [[ $t == 60 ]] && first=$rss && first_anon=$anon
     last=$rss
+    last_anon=$anon
     [[ -z $start ]] && start=$rss
     sleep 10
     t=$((t + 10))
@@ -48,7 +52,7 @@ soak() { # label, records args...
   wait "$wrk_pid" || true
   local rate; rate=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")
   echo
-  echo "$label: ${rate} req/s over ${minutes} min; RSS $((start / 1024)) MB at start, $((first / 1024)) MB at 1 min, $((last / 1024)) MB at the end: growth after the first minute $(awk -v a="$first" -v b="$last" 'BEGIN {printf "%+.1f %%", (b - a) * 100 / a}')"
+  echo "$label: ${rate} req/s over ${minutes} min; RSS $((start / 1024)) MB at start, $((first / 1024)) MB at 1 min, $((last / 1024)) MB at the end: growth after the first minute $(awk -v a="$first" -v b="$last" 'BEGIN {printf "%+.1f %%", (b - a) * 100 / a}') (anonymous: $((first_anon / 1024)) → $((last_anon / 1024)) MB, $(awk -v a="$first_anon" -v b="$last_anon" 'BEGIN {printf "%+.1f %%", (b - a) * 100 / a}'))"
   echo
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
