@@ -338,7 +338,11 @@ def load(server, n, ids, stop_after=None):
 def test_durable_mode_survives_kill_9(tmp_path, database):
     server = start(tmp_path, database, mode="durable")
     ids = []
-    load(server, 400, ids, stop_after=150)
+    try:
+        load(server, 400, ids, stop_after=150)
+    finally:
+        if server.proc.poll() is None:  # the load failed before its kill -9: leave no server
+            server.proc.kill()
     server.proc.wait(timeout=10)
     assert server.proc.returncode == -signal.SIGKILL
     assert len(ids) >= 150
