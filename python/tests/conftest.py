@@ -77,11 +77,27 @@ class KilnServer:
         self.log.seek(0)
         return self.log.read()
 
+    def metrics(self):
+        """The Prometheus text of the separate metrics port."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
     def stop(self, timeout=20):
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=timeout)
         self.log.close()
         return code
+
+
+def metric(text, name, **labels):
+    """The sum of `name`'s samples in Prometheus text whose labels include `labels` (0 if none)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def make_repository(tmp_path):

@@ -7,6 +7,7 @@ in-flight gauge is back to 0 and the request counters and statistics add up.
 
 import json
 import re
+import shutil
 import socket
 import threading
 import time
@@ -14,7 +15,8 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, KilnServer
+from conftest import ROOT, KilnServer, metric
+from test_pipelines_remote import remote_pipeline
 
 REQUESTS = 500
 
@@ -46,26 +48,9 @@ class BlackHole:
             c.close()
 
 
-PIPELINE = """
-[[inputs]]
-name = "input"
-datatype = "FP32"
-shape = [-1, 30]
-
-[[steps]]
-name = "far"
-remote = {{ url = "http://127.0.0.1:{port}", model = "fraud" }}
-inputs = {{ input = "input" }}
-outputs = [{{ name = "label", datatype = "INT64", shape = [-1] }}]
-timeout_ms = 120000
-retries = 0
-breaker_failures = 0
-concurrency = 1000
-
-[[outputs]]
-name = "label"
-from = "far.label"
-"""
+# Nothing answers, nothing retries, nothing trips a breaker: each request waits for its client.
+STUCK = dict(remote='{{ url = "http://127.0.0.1:{port}", model = "fraud" }}',
+             extra="timeout_ms = 120000\nretries = 0\nbreaker_failures = 0\nconcurrency = 1000\n")
 
 
 @pytest.fixture(scope="module")
@@ -74,31 +59,13 @@ def stuck_server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("cancel") / "models"
     repo.mkdir()
     (repo / "stuck").mkdir()
-    (repo / "stuck" / "pipeline.toml").write_text(PIPELINE.format(port=hole.port))
-    import shutil
-
+    remote = STUCK["remote"].format(port=hole.port)
+    (repo / "stuck" / "pipeline.toml").write_text(remote_pipeline(remote, extra=STUCK["extra"]))
     shutil.copytree(ROOT / "examples" / "models" / "fraud", repo / "fraud")
     server = KilnServer(repo, ["--records", "off", "--dashboard", "off"])
     yield server
     server.stop()
     hole.close()
-
-
-def metric(text, name, **labels):
-    total = 0.0
-    found = False
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-            found = True
-    return total if found else None
-
-
-def scrape(server):
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
-        return r.read().decode()
 
 
 def hang_up(server, body):
@@ -123,12 +90,13 @@ def test_disconnected_clients_leave_the_gauges_and_counters_right(stuck_server):
         t.join()
     deadline = time.time() + 30
     while True:
-        text = scrape(stuck_server)
+        text = stuck_server.metrics()
         in_flight = metric(text, "kiln_requests_in_flight", model="stuck")
-        cancelled = metric(text, "kiln_requests_total", model="stuck", outcome="cancelled") or 0
+        cancelled = metric(text, "kiln_requests_total", model="stuck", outcome="cancelled")
         if (in_flight == 0 and cancelled == REQUESTS) or time.time() > deadline:
             break
         time.sleep(0.2)
+    assert 'kiln_requests_in_flight{model="stuck"' in text, "no in-flight gauge for the pipeline"
     assert in_flight == 0, f"in-flight gauge stuck at {in_flight}"
     assert cancelled == REQUESTS, f"{cancelled} of {REQUESTS} counted as cancelled"
     every = metric(text, "kiln_requests_total", model="stuck")
@@ -142,4 +110,4 @@ def test_disconnected_clients_leave_the_gauges_and_counters_right(stuck_server):
     )
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200
-    assert re.search(r'kiln_requests_in_flight\{[^}]*model="fraud"[^}]*\} 0', scrape(stuck_server))
+    assert re.search(r'kiln_requests_in_flight\{[^}]*model="fraud"[^}]*\} 0', stuck_server.metrics())

@@ -25,6 +25,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from conftest import ROOT, KilnServer
+from conftest import metric as metric_total
 
 
 def free_port():
@@ -430,16 +431,6 @@ def test_pipelines_are_logged_by_their_own_policy(tmp_path, database):
         assert server.stop() == 0
 
 
-def metric_total(server, name, **labels):
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def bench_load(server, requests, concurrency=16):
     """Real load from kiln's own load generator (REST JSON, random rows)."""
     out = subprocess.run(
@@ -462,7 +453,7 @@ def test_retention_keeps_the_log_under_its_size_cap(tmp_path, database):
             assert infer(server, "fraud", rows(1), key=key)[0] == 200
         for key in newest:
             assert wait_for_rows(server, f"&key={key}", 1), f"{key} was deleted or never written"
-        assert metric_total(server, "kiln_records_retention_deleted_total", reason="size") > 0
+        assert metric_total(server.metrics(), "kiln_records_retention_deleted_total", reason="size") > 0
         kept = len(all_rows(server))
         assert kept < 12_000, f"{kept} rows kept under a {cap}-byte cap"
         if database.startswith("sqlite:"):
@@ -485,6 +476,6 @@ def test_retention_deletes_rows_past_their_age(tmp_path, database):
             time.sleep(0.2)
         assert not all_rows(server, "&key=old-0") and not all_rows(server, "&key=old-19"), "old rows kept"
         assert wait_for_rows(server, "&key=fresh", 1)
-        assert metric_total(server, "kiln_records_retention_deleted_total", reason="age") >= 20
+        assert metric_total(server.metrics(), "kiln_records_retention_deleted_total", reason="age") >= 20
     finally:
         assert server.stop() == 0

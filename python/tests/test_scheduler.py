@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, KilnServer
+from conftest import ROOT, KilnServer, metric
 
 sys.path.insert(0, str(ROOT / "bench"))
 from make_slow_model import slow_model  # noqa: E402  (one definition, shared with the benchmarks)
@@ -120,16 +120,6 @@ def scrape(url):
     with urllib.request.urlopen(url) as r:
         assert r.headers["Content-Type"].startswith("text/plain")
         return r.read().decode()
-
-
-def metric(text, name, **labels):
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_metrics_are_consistent_with_requests_sent(server, fixture):

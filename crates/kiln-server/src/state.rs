@@ -39,21 +39,25 @@ impl AppState {
 
     /// Explicit-mode load, off the executor (loading builds sessions and warms them up).
     pub async fn load_model(&self, name: String) -> Result<(), ApiError> {
-        self.require_explicit()?;
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.load_model(&name))
-            .await
-            .map_err(|e| EngineError::Backend(format!("model load task failed: {e}")))??;
-        Ok(())
+        self.change_models("load", move |engine| engine.load_model(&name)).await
     }
 
     /// Explicit-mode unload.
     pub async fn unload_model(&self, name: String) -> Result<(), ApiError> {
+        self.change_models("unload", move |engine| engine.unload_model(&name)).await
+    }
+
+    /// Runs a repository change on the blocking pool, in explicit mode only.
+    async fn change_models(
+        &self,
+        what: &str,
+        change: impl FnOnce(&Engine) -> Result<(), EngineError> + Send + 'static,
+    ) -> Result<(), ApiError> {
         self.require_explicit()?;
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.unload_model(&name))
+        tokio::task::spawn_blocking(move || change(&engine))
             .await
-            .map_err(|e| EngineError::Backend(format!("model unload task failed: {e}")))??;
+            .map_err(|e| EngineError::Backend(format!("model {what} task failed: {e}")))??;
         Ok(())
     }
 

@@ -100,8 +100,6 @@ async fn embeddings(
         TensorData::Bytes(texts.into_iter().map(String::into_bytes).collect()),
     )
     .map_err(|e| OpenAiError::invalid(e, "input"))?;
-    // The same limits as v2 requests (rows = texts, --max-string-bytes per text), named by field.
-    state.limits.check(std::slice::from_ref(&input)).map_err(|m| OpenAiError::invalid(m, "input"))?;
     let inference = Inference {
         inputs: vec![input],
         outputs: Vec::new(),
@@ -110,7 +108,15 @@ async fn embeddings(
         client_key: None,
         protocol: Protocol::Rest,
     };
-    let response = crate::infer::run(&state, &model, inference).await?.response;
+    // The lifecycle applies the v2 limits (rows = texts, --max-string-bytes per text); a
+    // request it refuses is about its one input, so the error names that field.
+    let response = crate::infer::run(&state, &model, inference)
+        .await
+        .map_err(|error| {
+            let param = (error.kind == Kind::BadRequest).then_some("input");
+            OpenAiError { error, param }
+        })?
+        .response;
     let mut embeddings: &[f32] = &[];
     let mut tokens: i64 = 0;
     for out in &response.outputs {
