@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: a build script compiled in another checkout must not look there.
+    let proto_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", proto_dir.join("inference.proto").display());
     let fds = protox::compile(["inference.proto"], [&proto_dir])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
