@@ -142,7 +142,10 @@ def test_metrics_are_consistent_with_requests_sent(server, fixture):
     assert delta("kiln_request_duration_seconds_count", **labels) == 7
     assert delta("kiln_request_duration_seconds_bucket", le="+Inf", **labels) == 7
     assert delta("kiln_batch_size_sum", model="fraud_batched") == 14
-    assert delta("kiln_queue_duration_seconds_count", model="fraud_batched") == 7
-    assert delta("kiln_compute_duration_seconds_count", model="fraud_batched") == 7
+    # One request at a time: each queued, run and answered alone (nothing to merge or split).
+    for phase in ("queue", "compute", "reply"):
+        assert delta("kiln_request_phase_seconds_count", model="fraud_batched", phase=phase) == 7, phase
+    for phase in ("merge", "split"):
+        assert delta("kiln_request_phase_seconds_count", model="fraud_batched", phase=phase) == 0, phase
     assert "kiln_queue_depth{" in after and "kiln_requests_in_flight{" in after
     assert re.search(r"^process_resident_memory_bytes \d+", after, re.M)

@@ -125,6 +125,15 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
 
     let workers = match config.rate {
         Some(rate) => vec![tokio::spawn(open_loop(target.clone(), shared.clone(), rate))],
+        // In-process callers are threads of their own, as a program embedding the engine has:
+        // they run on an idle instance directly instead of hopping to its worker thread.
+        None if target.is_in_process() => (0..config.concurrency.max(1))
+            .map(|_| {
+                let (target, shared) = (target.clone(), shared.clone());
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || blocking_closed_loop(&target, &shared, &handle))
+            })
+            .collect(),
         None => {
             (0..config.concurrency.max(1)).map(|_| tokio::spawn(closed_loop(target.clone(), shared.clone()))).collect()
         }
@@ -198,6 +207,14 @@ async fn closed_loop(target: Arc<Target>, shared: Arc<Shared>) {
         let sent = Instant::now();
         let result = target.call().await;
         shared.record(sent.elapsed(), result).await;
+    }
+}
+
+fn blocking_closed_loop(target: &Target, shared: &Shared, handle: &tokio::runtime::Handle) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let sent = Instant::now();
+        let result = target.call_blocking();
+        handle.block_on(shared.record(sent.elapsed(), result));
     }
 }
 

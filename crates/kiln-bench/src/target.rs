@@ -321,6 +321,23 @@ impl Target {
         }
     }
 
+    /// Whether requests go to an engine in this process (no network).
+    pub fn is_in_process(&self) -> bool {
+        matches!(self, Target::InProcess { .. })
+    }
+
+    /// One request from a thread that may block: in-process targets run it on an idle
+    /// instance right here ([`kiln_engine::ServedModel::infer_blocking`]); network targets
+    /// are not for this.
+    pub fn call_blocking(&self) -> Result<(), String> {
+        match self {
+            Target::InProcess { model, request, .. } => {
+                model.infer_blocking(request.clone()).map(|_| ()).map_err(|e| e.to_string())
+            }
+            Target::Rest { .. } | Target::Grpc { .. } => Err("a network target is called with call()".into()),
+        }
+    }
+
     /// A one-line description for reports.
     pub fn describe(&self) -> String {
         match self {

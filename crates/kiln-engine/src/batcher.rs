@@ -1,65 +1,19 @@
-//! The worker loop of a model instance, with dynamic batching: a worker takes the first
-//! waiting request, gathers compatible ones (same inputs, datatypes, non-batch dimensions and
-//! requested outputs) until `max_batch_size` rows or the batching window closes, runs them as
-//! one batch along the first dimension, and splits the outputs back per request.
-//!
-//! Requests that cannot join the current batch are carried to the next one, in order.
-//! Requests whose caller left (timeout, disconnect) are dropped unrun.
+//! The worker loop of a model instance, with dynamic batching: a worker takes the next batch
+//! from the shared [`JobQueue`] (the first waiting request and the compatible ones behind it,
+//! see [`JobQueue::next_batch`]), runs it as one batch along the first dimension, and splits
+//! the outputs back per request. Every phase is timed into `kiln_request_phase_seconds`.
 
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use kiln_core::{ModelInstance, Tensor, TensorData};
-use tokio::sync::oneshot;
 
 use crate::error::EngineError;
-use crate::metrics::ModelMetrics;
+use crate::metrics::{ModelMetrics, Phase};
+use crate::queue::{self, Gather, Job, JobQueue};
 use crate::stats::ModelStats;
-
-/// One queued request.
-pub(crate) struct Job {
-    pub enqueued: Instant,
-    pub deadline: Option<Instant>,
-    /// First dimension of the inputs (1 when they have none).
-    pub rows: usize,
-    pub inputs: Vec<Tensor>,
-    pub outputs: Vec<String>,
-    pub reply: oneshot::Sender<Result<Vec<Tensor>, EngineError>>,
-}
-
-impl Job {
-    /// Whether the caller is gone or out of time; answers the latter.
-    fn abandoned(self) -> Option<Job> {
-        if self.reply.is_closed() {
-            return None;
-        }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            let _ = self
-                .reply
-                .send(Err(EngineError::Timeout("the request timed out while waiting for a model instance".into())));
-            return None;
-        }
-        Some(self)
-    }
-
-    /// Whether two requests can be merged into one batch.
-    fn compatible(&self, other: &Job) -> bool {
-        self.outputs == other.outputs
-            && self.inputs.len() == other.inputs.len()
-            && self.inputs.iter().all(|a| {
-                other.inputs.iter().any(|b| {
-                    a.name == b.name
-                        && a.datatype() == b.datatype()
-                        && a.shape.len() == b.shape.len()
-                        && a.shape.get(1..) == b.shape.get(1..)
-                })
-            })
-    }
-}
 
 /// The batching window, in microseconds, shared by a model's workers. In adaptive mode it
 /// moves: additive increase while latency stays well under the target and batches are not
@@ -100,10 +54,17 @@ impl BatchWindow {
     }
 }
 
-/// One instance's loop.
-pub(crate) struct Worker {
-    pub instance: Box<dyn ModelInstance>,
-    pub jobs: Receiver<Job>,
+/// A model instance, shared by its worker thread and callers that run it on their own thread
+/// while it is idle ([`crate::ServedModel::infer_blocking`]).
+pub(crate) type Slot = Arc<Mutex<Box<dyn ModelInstance>>>;
+
+/// Takes the instance; a panic inside an earlier run was caught, so the instance is whole.
+pub(crate) fn lock_slot(slot: &Slot) -> std::sync::MutexGuard<'_, Box<dyn ModelInstance>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What one worker (or one inline call) needs to run batches and account for them.
+pub(crate) struct Runner {
     pub stats: Arc<ModelStats>,
     pub metrics: Arc<ModelMetrics>,
     pub window: Arc<BatchWindow>,
@@ -113,84 +74,64 @@ pub(crate) struct Worker {
     pub dynamic_batching: bool,
 }
 
+/// One instance's loop.
+pub(crate) struct Worker {
+    pub slot: Slot,
+    pub queue: Arc<JobQueue>,
+    pub runner: Arc<Runner>,
+}
+
 impl Worker {
-    pub fn run(mut self) {
-        let mut carried: VecDeque<Job> = VecDeque::new();
+    pub fn run(self) {
+        let runner = &self.runner;
         loop {
-            let first = match carried.pop_front() {
-                Some(job) => job,
-                None => match self.jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => return, // the model was replaced or unloaded and its queue drained
-                },
+            let gather = Gather {
+                max_rows: runner.max_batch_size.max(1),
+                batching: runner.dynamic_batching,
+                window: runner.window.current(),
             };
-            let Some(first) = first.abandoned() else { continue };
-            let batch = if self.dynamic_batching { self.gather(first, &mut carried) } else { vec![first] };
-            self.metrics.queue_depth(self.jobs.len());
-            self.execute(batch);
-        }
-    }
-
-    /// Gathers requests compatible with `first` until the batch is full or the window closes.
-    fn gather(&self, first: Job, carried: &mut VecDeque<Job>) -> Vec<Job> {
-        let mut rows = first.rows;
-        let mut batch = vec![first];
-        // Requests set aside earlier come first, in order.
-        let mut i = 0;
-        while i < carried.len() && rows < self.max_batch_size {
-            if batch[0].compatible(&carried[i]) && rows + carried[i].rows <= self.max_batch_size {
-                let job = carried.remove(i).expect("index checked");
-                if let Some(job) = job.abandoned() {
-                    rows += job.rows;
-                    batch.push(job);
+            // `None`: the model was replaced or unloaded and its queue drained.
+            let Some(batch) = self.queue.next_batch(gather) else { return };
+            runner.metrics.queue_depth(self.queue.len());
+            let (mut instance, batch) = match self.slot.try_lock() {
+                Ok(instance) => (instance, batch),
+                Err(_) => {
+                    // A caller is running the instance on its own thread: wait for it, then
+                    // drop what timed out or was abandoned meanwhile.
+                    let instance = lock_slot(&self.slot);
+                    (instance, queue::still_wanted(batch))
                 }
-            } else {
-                i += 1;
+            };
+            if !batch.is_empty() {
+                runner.execute(instance.as_mut(), batch);
             }
         }
-        let closes = Instant::now() + self.window.current();
-        while rows < self.max_batch_size {
-            let next = match self.jobs.try_recv() {
-                Ok(job) => job,
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => match self.jobs.recv_deadline(closes) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                },
-            };
-            let Some(next) = next.abandoned() else { continue };
-            if batch[0].compatible(&next) && rows + next.rows <= self.max_batch_size {
-                rows += next.rows;
-                batch.push(next);
-            } else {
-                carried.push_back(next);
-                // Do not hoard: a full set-aside queue means the current batch is done.
-                if carried.len() >= self.max_batch_size.max(1) {
-                    break;
-                }
-            }
-        }
-        batch
     }
+}
 
-    fn execute(&mut self, batch: Vec<Job>) {
+impl Runner {
+    /// Runs one batch on `instance` and answers every request in it.
+    pub fn execute(&self, instance: &mut dyn ModelInstance, batch: Vec<Job>) {
         let started = Instant::now();
         for job in &batch {
-            self.stats.queue.record(started.duration_since(job.enqueued));
-            self.metrics.queue_time(started.duration_since(job.enqueued));
+            let waited = started.duration_since(job.enqueued);
+            self.stats.queue.record(waited);
+            self.metrics.phase(Phase::Queue, waited);
         }
         let rows: usize = batch.iter().map(|j| j.rows).sum();
         let result = if batch.len() == 1 {
-            self.run_guarded(&batch[0].inputs, &batch[0].outputs)
+            run_guarded(instance, &batch[0].inputs, &batch[0].outputs)
         } else {
-            match merge_inputs(&batch) {
-                Some(inputs) => self.run_guarded(&inputs, &batch[0].outputs),
+            let merged = merge_inputs(&batch);
+            self.metrics.phase(Phase::Merge, started.elapsed());
+            match merged {
+                Some(inputs) => run_guarded(instance, &inputs, &batch[0].outputs),
                 None => Err(EngineError::Backend("cannot merge the batch's inputs".into())),
             }
         };
         let compute = started.elapsed();
         self.stats.compute_infer.record(compute);
-        self.metrics.compute_time(compute);
+        self.metrics.phase(Phase::Compute, compute);
         self.metrics.batch_size(rows);
         if result.is_ok() {
             self.stats.record_execution(if self.counts_rows { rows as u64 } else { batch.len() as u64 });
@@ -202,24 +143,32 @@ impl Worker {
         match result {
             Ok(outputs) if batch.len() == 1 => {
                 let job = batch.into_iter().next().expect("one job");
-                let _ = job.reply.send(Ok(outputs));
+                job.reply.send(Ok(outputs));
             }
-            Ok(outputs) => split_outputs(batch, &outputs, rows),
+            Ok(outputs) => {
+                let split = Instant::now();
+                split_outputs(batch, &outputs, rows);
+                self.metrics.phase(Phase::Split, split.elapsed());
+            }
             Err(e) => {
                 for job in batch {
-                    let _ = job.reply.send(Err(e.clone()));
+                    job.reply.send(Err(e.clone()));
                 }
             }
         }
     }
+}
 
-    fn run_guarded(&mut self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, EngineError> {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.instance.run(inputs, outputs))) {
-            Ok(result) => result.map_err(EngineError::from),
-            Err(_) => {
-                tracing::error!(thread = ?std::thread::current().name(), "the backend panicked; the request failed, the instance keeps serving");
-                Err(EngineError::Backend("the backend panicked while running the model".into()))
-            }
+fn run_guarded(
+    instance: &mut dyn ModelInstance,
+    inputs: &[Tensor],
+    outputs: &[String],
+) -> Result<Vec<Tensor>, EngineError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| instance.run(inputs, outputs))) {
+        Ok(result) => result.map_err(EngineError::from),
+        Err(_) => {
+            tracing::error!(thread = ?std::thread::current().name(), "the backend panicked; the request failed, the instance keeps serving");
+            Err(EngineError::Backend("the backend panicked while running the model".into()))
         }
     }
 }
@@ -265,14 +214,16 @@ fn split_outputs(batch: Vec<Job>, outputs: &[Tensor], rows: usize) {
             })
             .collect();
         offset += job.rows;
-        let _ = job.reply.send(answer);
+        job.reply.send(answer);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::{Answer, Reply};
     use kiln_core::BackendError;
+    use tokio::sync::oneshot;
 
     /// A model that doubles FP32 input `x` into `y` and records the batch sizes it saw.
     struct Doubler {
@@ -296,24 +247,43 @@ mod tests {
         }
     }
 
-    fn job(values: Vec<f32>, cols: usize) -> (Job, oneshot::Receiver<Result<Vec<Tensor>, EngineError>>) {
+    /// What a test's caller gets back.
+    struct Waiting(oneshot::Receiver<Answer>);
+
+    impl Waiting {
+        fn result(self) -> Result<Vec<Tensor>, EngineError> {
+            self.0.blocking_recv().expect("answered").result
+        }
+    }
+
+    fn job(values: Vec<f32>, cols: usize) -> (Job, Waiting) {
         let rows = values.len() / cols;
         let (reply, answer) = oneshot::channel();
         let x = Tensor::new("x", vec![rows, cols], TensorData::Fp32(values)).expect("tensor");
-        let job =
-            Job { enqueued: Instant::now(), deadline: None, rows, inputs: vec![x], outputs: vec!["y".into()], reply };
-        (job, answer)
+        let job = Job {
+            enqueued: Instant::now(),
+            deadline: None,
+            rows,
+            inputs: vec![x],
+            outputs: vec!["y".into()],
+            reply: Reply::Task(reply),
+        };
+        (job, Waiting(answer))
     }
 
-    fn worker(
-        max_batch: usize,
-        delay: Duration,
-    ) -> (Worker, crossbeam_channel::Sender<Job>, Arc<std::sync::Mutex<Vec<usize>>>) {
-        let (tx, rx) = crossbeam_channel::bounded(64);
+    /// A queue, pushing without blocking.
+    struct Queue(Arc<JobQueue>);
+
+    impl Queue {
+        fn send(&self, job: Job) {
+            assert!(self.0.push(job).is_ok(), "queued");
+        }
+    }
+
+    fn worker(max_batch: usize, delay: Duration) -> (Worker, Queue, Arc<std::sync::Mutex<Vec<usize>>>) {
+        let queue = Arc::new(JobQueue::new(64));
         let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let worker = Worker {
-            instance: Box::new(Doubler { batches: batches.clone(), delay: Duration::ZERO }),
-            jobs: rx,
+        let runner = Runner {
             stats: Arc::new(ModelStats::default()),
             metrics: Arc::new(ModelMetrics::new("t", 1)),
             window: Arc::new(BatchWindow::new(delay, None)),
@@ -321,7 +291,12 @@ mod tests {
             max_batch_size: max_batch,
             dynamic_batching: true,
         };
-        (worker, tx, batches)
+        let worker = Worker {
+            slot: Arc::new(Mutex::new(Box::new(Doubler { batches: batches.clone(), delay: Duration::ZERO }))),
+            queue: queue.clone(),
+            runner: Arc::new(runner),
+        };
+        (worker, Queue(queue), batches)
     }
 
     #[test]
@@ -331,14 +306,14 @@ mod tests {
         for (i, rows) in [1usize, 3, 2, 2].into_iter().enumerate() {
             let values: Vec<f32> = (0..rows * 2).map(|k| (i * 100 + k) as f32).collect();
             let (j, a) = job(values.clone(), 2);
-            tx.send(j).expect("send");
+            tx.send(j);
             answers.push((values, a));
         }
-        drop(tx);
+        tx.0.close();
         worker.run();
         assert_eq!(*batches.lock().expect("lock"), vec![8]);
         for (values, answer) in answers {
-            let out = answer.blocking_recv().expect("answered").expect("ok");
+            let out = answer.result().expect("ok");
             let TensorData::Fp32(y) = &out[0].data else { panic!() };
             assert_eq!(y, &values.iter().map(|v| v * 2.0).collect::<Vec<_>>());
             assert_eq!(out[0].shape, vec![values.len() / 2, 2]);
@@ -353,16 +328,36 @@ mod tests {
         let (c, rc) = job(vec![3.0; 3], 3); // other width: incompatible
         let (d, rd) = job(vec![4.0; 2], 2); // 1 row: fits with a
         for j in [a, b, c, d] {
-            tx.send(j).expect("send");
+            tx.send(j);
         }
-        drop(tx);
+        tx.0.close();
         worker.run();
         assert_eq!(*batches.lock().expect("lock"), vec![4, 2, 1]);
         for (answer, want) in [(ra, 2.0), (rb, 4.0), (rc, 6.0), (rd, 8.0)] {
-            let out = answer.blocking_recv().expect("answered").expect("ok");
+            let out = answer.result().expect("ok");
             let TensorData::Fp32(y) = &out[0].data else { panic!() };
             assert!(y.iter().all(|&v| v == want), "{y:?} vs {want}");
         }
+    }
+
+    #[test]
+    fn requests_that_cannot_join_stay_queued_in_order_for_any_worker() {
+        let queue = JobQueue::new(8);
+        let (a, _ra) = job(vec![1.0; 2], 2);
+        let (c, _rc) = job(vec![3.0; 3], 3); // other width
+        let (d, _rd) = job(vec![4.0; 2], 2);
+        let (e, _re) = job(vec![5.0; 3], 3);
+        for j in [a, c, d, e] {
+            assert!(queue.push(j).is_ok());
+        }
+        let gather = Gather { max_rows: 8, batching: true, window: Duration::ZERO };
+        let first = queue.next_batch(gather).expect("batch");
+        assert_eq!(first.iter().map(|j| j.inputs[0].shape.clone()).collect::<Vec<_>>(), vec![vec![1, 2], vec![1, 2]]);
+        assert_eq!(queue.len(), 2, "the other width waits in the shared queue, not with one worker");
+        let second = queue.next_batch(gather).expect("batch");
+        assert_eq!(second.len(), 2);
+        assert!(second.iter().all(|j| j.inputs[0].shape == vec![1, 3]));
+        assert_eq!(queue.len(), 0);
     }
 
     #[test]
@@ -374,13 +369,13 @@ mod tests {
         late.deadline = Some(Instant::now());
         let (ok, answer_ok) = job(vec![5.0; 2], 2);
         for j in [gone, late, ok] {
-            tx.send(j).expect("send");
+            tx.send(j);
         }
-        drop(tx);
+        tx.0.close();
         worker.run();
         assert_eq!(*batches.lock().expect("lock"), vec![1]);
-        assert!(matches!(answer_late.blocking_recv().expect("answered"), Err(EngineError::Timeout(_))));
-        assert!(answer_ok.blocking_recv().expect("answered").is_ok());
+        assert!(matches!(answer_late.result(), Err(EngineError::Timeout(_))));
+        assert!(answer_ok.result().is_ok());
     }
 
     #[test]
@@ -388,12 +383,12 @@ mod tests {
         let (worker, tx, _) = worker(1, Duration::ZERO);
         let (bad, answer_bad) = job(vec![f32::NAN, 1.0], 2);
         let (good, answer_good) = job(vec![1.0, 1.0], 2);
-        tx.send(bad).expect("send");
-        tx.send(good).expect("send");
-        drop(tx);
+        tx.send(bad);
+        tx.send(good);
+        tx.0.close();
         worker.run();
-        assert!(matches!(answer_bad.blocking_recv().expect("answered"), Err(EngineError::Backend(_))));
-        assert!(answer_good.blocking_recv().expect("answered").is_ok());
+        assert!(matches!(answer_bad.result(), Err(EngineError::Backend(_))));
+        assert!(answer_good.result().is_ok());
     }
 
     #[test]

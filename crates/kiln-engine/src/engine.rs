@@ -136,10 +136,14 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(EngineInner { config, models: RwLock::new(BTreeMap::new()), changes: Mutex::new(()) }),
         };
-        // Models first: pipelines are validated against the models they call.
-        let mut dirs: Vec<&ModelDir> = dirs.iter().filter(|d| wanted(&d.name)).collect();
-        dirs.sort_by_key(|d| d.path.join(PIPELINE_FILE).is_file());
-        for dir in dirs {
+        // Models first, in parallel; then pipelines, which are validated against the models
+        // they call.
+        let (pipelines, models): (Vec<&ModelDir>, Vec<&ModelDir>) =
+            dirs.iter().filter(|d| wanted(&d.name)).partition(|d| d.path.join(PIPELINE_FILE).is_file());
+        for (name, state) in load_in_parallel(&models, load_parallelism()) {
+            engine.write_models().insert(name, Arc::new(state));
+        }
+        for dir in pipelines {
             let state = engine.build_state(dir, None);
             engine.write_models().insert(dir.name.clone(), Arc::new(state));
         }
@@ -370,6 +374,38 @@ impl Engine {
             }
         }))
     }
+}
+
+/// How many models load at once at start: one per core (loading is CPU-bound: parsing,
+/// graph optimisation, warm-up), `KILN_LOAD_THREADS` to override.
+fn load_parallelism() -> usize {
+    std::env::var("KILN_LOAD_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+}
+
+/// Builds the states of model folders (not pipelines) on up to `threads` threads, each taking
+/// the next folder when it is done with one; returns them in the folders' order.
+fn load_in_parallel(dirs: &[&ModelDir], threads: usize) -> Vec<(String, ModelState)> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let built: Mutex<Vec<(usize, ModelState)>> = Mutex::new(Vec::with_capacity(dirs.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, dirs.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(dir) = dirs.get(i) else { return };
+                    let state = build_state(dir, None);
+                    built.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((i, state));
+                }
+            });
+        }
+    });
+    let mut built = built.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    built.sort_by_key(|(i, _)| *i);
+    built.into_iter().map(|(i, state)| (dirs[i].name.clone(), state)).collect()
 }
 
 /// Builds a model's state from its folder, reusing the versions of `previous` whose files

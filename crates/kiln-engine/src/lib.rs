@@ -15,6 +15,7 @@ pub mod error;
 pub mod metrics;
 mod model;
 pub mod pipeline;
+mod queue;
 pub mod repository;
 pub mod stats;
 

@@ -72,12 +72,41 @@ impl Outcome {
     }
 }
 
+/// A phase of a request's trip through a model's queue and instances
+/// (`kiln_request_phase_seconds{phase}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Queued until an instance took it (per request).
+    Queue,
+    /// Concatenating a batch's inputs (per merged batch).
+    Merge,
+    /// The backend's run, merge included (per batch).
+    Compute,
+    /// Cutting a merged batch's outputs per request (per merged batch).
+    Split,
+    /// From the worker sending the answer to the caller resuming (per queued request).
+    Reply,
+}
+
+impl Phase {
+    const ALL: [Phase; 5] = [Phase::Queue, Phase::Merge, Phase::Compute, Phase::Split, Phase::Reply];
+
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Queue => "queue",
+            Phase::Merge => "merge",
+            Phase::Compute => "compute",
+            Phase::Split => "split",
+            Phase::Reply => "reply",
+        }
+    }
+}
+
 /// The pre-registered metric handles of one model version.
 pub struct ModelMetrics {
     requests: Vec<Counter>,
     latency: Vec<Histogram>,
-    queue_time: Histogram,
-    compute_time: Histogram,
+    phases: Vec<Histogram>,
     batch_size: Histogram,
     queue_depth: Gauge,
     in_flight: Gauge,
@@ -107,8 +136,12 @@ impl ModelMetrics {
         ModelMetrics {
             requests,
             latency,
-            queue_time: histogram!("kiln_queue_duration_seconds", "model" => model.clone(), "version" => version.clone()),
-            compute_time: histogram!("kiln_compute_duration_seconds", "model" => model.clone(), "version" => version.clone()),
+            phases: Phase::ALL
+                .iter()
+                .map(|p| {
+                    histogram!("kiln_request_phase_seconds", "model" => model.clone(), "version" => version.clone(), "phase" => p.label())
+                })
+                .collect(),
             batch_size: histogram!("kiln_batch_size", "model" => model.clone(), "version" => version.clone()),
             queue_depth: gauge!("kiln_queue_depth", "model" => model.clone(), "version" => version.clone()),
             in_flight: gauge!("kiln_requests_in_flight", "model" => model.clone(), "version" => version.clone()),
@@ -125,12 +158,9 @@ impl ModelMetrics {
         }
     }
 
-    pub fn queue_time(&self, d: Duration) {
-        self.queue_time.record(d.as_secs_f64());
-    }
-
-    pub fn compute_time(&self, d: Duration) {
-        self.compute_time.record(d.as_secs_f64());
+    pub fn phase(&self, phase: Phase, d: Duration) {
+        let i = Phase::ALL.iter().position(|&x| x == phase).unwrap_or(0);
+        self.phases[i].record(d.as_secs_f64());
     }
 
     pub fn batch_size(&self, rows: usize) {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
 use kiln_core::{ModelInstance, ModelSignature, Tensor};
 use tokio::sync::oneshot;
 
-use crate::batcher::{self, BatchWindow, Job};
+use crate::batcher::{self, BatchWindow, Runner, Slot};
 use crate::error::EngineError;
-use crate::metrics::{ModelMetrics, Outcome, Protocol};
+use crate::metrics::{ModelMetrics, Outcome, Phase, Protocol};
+use crate::queue::{Answer, Job, JobQueue, Refused, Reply};
 use crate::stats::ModelStats;
 
 /// What a caller asks of a model.
@@ -85,10 +85,20 @@ enum Executor {
 }
 
 /// One worker thread per instance, each running the dynamic batcher over the shared queue.
+/// Dropping it closes the queue: the workers answer what is queued, then exit.
 struct WorkerPool {
-    queue: Sender<Job>,
+    queue: Arc<JobQueue>,
+    /// The instances, each locked by its worker while it runs a batch, or by a blocking
+    /// caller that found it idle.
+    slots: Vec<Slot>,
+    runner: Arc<Runner>,
     workers: Vec<JoinHandle<()>>,
-    window: Arc<BatchWindow>,
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -107,30 +117,30 @@ impl ServedModel {
         settings: ServingSettings,
         instances: Vec<Box<dyn ModelInstance>>,
     ) -> Result<Self, EngineError> {
-        let (queue, jobs) = crossbeam_channel::bounded::<Job>(settings.max_queue_size);
+        let queue = Arc::new(JobQueue::new(settings.max_queue_size));
         let stats = Arc::new(ModelStats::default());
         let metrics = Arc::new(ModelMetrics::new(&name, version));
         let window = Arc::new(BatchWindow::new(settings.max_queue_delay, settings.latency_target));
         metrics.batch_window(window.current());
         // Rows are counted along the first dimension when the model has a dynamic one.
         let batched = signature.inputs.first().is_some_and(|s| s.shape.first() == Some(&-1));
-        let mut workers = Vec::with_capacity(instances.len());
-        for (i, instance) in instances.into_iter().enumerate() {
-            let worker = batcher::Worker {
-                instance,
-                jobs: jobs.clone(),
-                stats: stats.clone(),
-                metrics: metrics.clone(),
-                window: window.clone(),
-                counts_rows: batched,
-                max_batch_size: settings.max_batch_size,
-                dynamic_batching: settings.dynamic_batching,
-            };
+        let runner = Arc::new(Runner {
+            stats: stats.clone(),
+            metrics: metrics.clone(),
+            window,
+            counts_rows: batched,
+            max_batch_size: settings.max_batch_size,
+            dynamic_batching: settings.dynamic_batching,
+        });
+        let slots: Vec<Slot> = instances.into_iter().map(|i| Arc::new(std::sync::Mutex::new(i))).collect();
+        let mut pool = WorkerPool { queue, slots, runner, workers: Vec::new() };
+        for (i, slot) in pool.slots.iter().enumerate() {
+            let worker = batcher::Worker { slot: slot.clone(), queue: pool.queue.clone(), runner: pool.runner.clone() };
             let handle = std::thread::Builder::new()
                 .name(format!("kiln-{name}-v{version}-{i}"))
                 .spawn(move || worker.run())
                 .map_err(|e| EngineError::Backend(format!("cannot start a worker thread: {e}")))?;
-            workers.push(handle);
+            pool.workers.push(handle);
         }
         Ok(ServedModel {
             name,
@@ -140,7 +150,7 @@ impl ServedModel {
             settings,
             stats,
             metrics,
-            executor: Executor::Workers(WorkerPool { queue, workers, window }),
+            executor: Executor::Workers(pool),
         })
     }
 
@@ -184,7 +194,58 @@ impl ServedModel {
         result
     }
 
-    async fn infer_inner(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
+    /// Runs a request on the calling thread when an instance is idle and nothing is queued
+    /// (no hop to a worker thread and back: the cost of calling ONNX Runtime directly),
+    /// otherwise queues it like [`ServedModel::infer`] and blocks this thread on the answer.
+    ///
+    /// For threads of the caller's own (the Python bridge, an embedding program,
+    /// `kiln bench --protocol in-process`). Never call it on an async executor's thread: it
+    /// blocks for as long as the model runs. Pipelines run on the async engine: call
+    /// [`ServedModel::infer`] for them.
+    pub fn infer_blocking(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
+        let guard = InFlight::enter(self, request.protocol);
+        let result = self.infer_blocking_inner(request);
+        guard.finish(&result);
+        result
+    }
+
+    fn infer_blocking_inner(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
+        let Executor::Workers(pool) = &self.executor else {
+            return Err(EngineError::InvalidRequest(format!(
+                "'{}' is a pipeline; it runs on the async engine (ServedModel::infer)",
+                self.name
+            )));
+        };
+        let admitted = self.admit(&request)?;
+        let timeout = admitted.timeout;
+        let (reply, answer) = std::sync::mpsc::sync_channel::<Answer>(1);
+        let job = admitted.job(request.inputs, Reply::Thread(reply));
+        // Run here only when that overtakes nobody.
+        let idle = if pool.queue.len() == 0 { pool.slots.iter().find_map(|slot| try_lock_slot(slot)) } else { None };
+        let answer = match idle {
+            Some(mut instance) => {
+                pool.runner.execute(instance.as_mut(), vec![job]);
+                drop(instance);
+                answer.recv().map_err(|_| self.dropped())?
+            }
+            None => {
+                self.enqueue(pool, job)?;
+                let answer = match timeout {
+                    Some(limit) => answer.recv_timeout(limit).map_err(|e| match e {
+                        std::sync::mpsc::RecvTimeoutError::Timeout => timeout_error(&self.name, self.version, limit),
+                        std::sync::mpsc::RecvTimeoutError::Disconnected => self.dropped(),
+                    })?,
+                    None => answer.recv().map_err(|_| self.dropped())?,
+                };
+                self.metrics.phase(Phase::Reply, answer.sent.elapsed());
+                answer
+            }
+        };
+        Ok(self.response(answer.result?))
+    }
+
+    /// Checks a request against the model before it may queue.
+    fn admit(&self, request: &InferRequest) -> Result<Admitted, EngineError> {
         self.signature.validate_inputs(&request.inputs)?;
         let outputs = self.signature.resolve_outputs(&request.outputs)?;
         let rows = request.inputs.iter().find_map(|t| t.shape.first().copied()).unwrap_or(1);
@@ -194,42 +255,56 @@ impl ServedModel {
                 self.settings.max_batch_size, self.name
             )));
         }
-        let timeout = request.timeout.or(self.settings.request_timeout);
+        Ok(Admitted { outputs, rows, timeout: request.timeout.or(self.settings.request_timeout) })
+    }
+
+    fn enqueue(&self, pool: &WorkerPool, job: Job) -> Result<(), EngineError> {
+        match pool.queue.push(job) {
+            Ok(depth) => {
+                self.metrics.queue_depth(depth);
+                Ok(())
+            }
+            Err((Refused::Full, _)) => Err(EngineError::Overloaded(format!(
+                "model '{}' version {} has {} requests waiting (max_queue_size); retry later",
+                self.name, self.version, self.settings.max_queue_size
+            ))),
+            Err((Refused::Closed, _)) => Err(EngineError::Unavailable(format!(
+                "model '{}' version {} is shutting down",
+                self.name, self.version
+            ))),
+        }
+    }
+
+    fn dropped(&self) -> EngineError {
+        EngineError::Backend(format!("model '{}' version {} dropped the request", self.name, self.version))
+    }
+
+    fn response(&self, outputs: Vec<Tensor>) -> InferResponse {
+        InferResponse { model_name: self.name.clone(), model_version: self.version, outputs, trace: Vec::new() }
+    }
+
+    async fn infer_inner(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
+        let admitted = self.admit(&request)?;
         let pool = match &self.executor {
             Executor::Workers(pool) => pool,
-            Executor::Pipeline(pipeline) => return self.run_pipeline(pipeline, request, &outputs, rows, timeout).await,
+            Executor::Pipeline(pipeline) => {
+                return self.run_pipeline(pipeline, request, &admitted.outputs, admitted.rows, admitted.timeout).await;
+            }
         };
-        let now = Instant::now();
         let (reply, answer) = oneshot::channel();
-        let job =
-            Job { enqueued: now, deadline: timeout.map(|t| now + t), rows, inputs: request.inputs, outputs, reply };
-        match pool.queue.try_send(job) {
-            Ok(()) => self.metrics.queue_depth(pool.queue.len()),
-            Err(TrySendError::Full(_)) => {
-                return Err(EngineError::Overloaded(format!(
-                    "model '{}' version {} has {} requests waiting (max_queue_size); retry later",
-                    self.name, self.version, self.settings.max_queue_size
-                )));
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(EngineError::Unavailable(format!(
-                    "model '{}' version {} is shutting down",
-                    self.name, self.version
-                )));
-            }
-        }
-        let dropped =
-            || EngineError::Backend(format!("model '{}' version {} dropped the request", self.name, self.version));
-        let outputs = match timeout {
+        let timeout = admitted.timeout;
+        self.enqueue(pool, admitted.job(request.inputs, Reply::Task(reply)))?;
+        let answer = match timeout {
             // Dropping `answer` on timeout closes the reply channel: a worker that reaches the
             // job later skips it instead of running it for nobody.
             Some(limit) => match tokio::time::timeout(limit, answer).await {
-                Ok(reply) => reply.map_err(|_| dropped())??,
+                Ok(reply) => reply.map_err(|_| self.dropped())?,
                 Err(_) => return Err(timeout_error(&self.name, self.version, limit)),
             },
-            None => answer.await.map_err(|_| dropped())??,
+            None => answer.await.map_err(|_| self.dropped())?,
         };
-        Ok(InferResponse { model_name: self.name.clone(), model_version: self.version, outputs, trace: Vec::new() })
+        self.metrics.phase(Phase::Reply, answer.sent.elapsed());
+        Ok(self.response(answer.result?))
     }
 
     /// Runs a pipeline's steps under the request's timeout.
@@ -272,9 +347,40 @@ impl ServedModel {
     /// The batching window workers use now (adaptive mode moves it); zero for a pipeline.
     pub fn batch_window(&self) -> Duration {
         match &self.executor {
-            Executor::Workers(pool) => pool.window.current(),
+            Executor::Workers(pool) => pool.runner.window.current(),
             Executor::Pipeline(_) => Duration::ZERO,
         }
+    }
+}
+
+/// A request that fits the model: what it asks for and how long it may wait.
+struct Admitted {
+    outputs: Vec<String>,
+    rows: usize,
+    timeout: Option<Duration>,
+}
+
+impl Admitted {
+    fn job(self, inputs: Vec<Tensor>, reply: Reply) -> Job {
+        let now = Instant::now();
+        Job {
+            enqueued: now,
+            deadline: self.timeout.map(|t| now + t),
+            rows: self.rows,
+            inputs,
+            outputs: self.outputs,
+            reply,
+        }
+    }
+}
+
+/// The instance in `slot` when nobody is running it.
+fn try_lock_slot(slot: &Slot) -> Option<std::sync::MutexGuard<'_, Box<dyn ModelInstance>>> {
+    match slot.try_lock() {
+        Ok(instance) => Some(instance),
+        // A panic inside a run was caught there; the instance is whole.
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
 
@@ -323,3 +429,135 @@ pub(crate) fn timeout_error(model: &str, version: u64, limit: Duration) -> Engin
 
 /// Keeps the served model alive while in use.
 pub type ModelHandle = Arc<ServedModel>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use kiln_core::{BackendError, DataType, TensorData, TensorSpec};
+
+    use super::*;
+
+    /// Doubles FP32 input `x` into `y`, noting the thread it ran on; an input starting with
+    /// 99 holds the instance until the test lets go.
+    struct Doubler {
+        threads: mpsc::Sender<String>,
+        entered: mpsc::Sender<()>,
+        gate: Arc<std::sync::Mutex<mpsc::Receiver<()>>>,
+    }
+
+    impl ModelInstance for Doubler {
+        fn run(&mut self, inputs: &[Tensor], _outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            let _ = self.threads.send(name);
+            let x = &inputs[0];
+            let TensorData::Fp32(v) = &x.data else { return Err(BackendError::Run("not fp32".into())) };
+            if v.first() == Some(&99.0) {
+                let _ = self.entered.send(());
+                let _ = self.gate.lock().expect("gate").recv();
+            }
+            let y = v.iter().map(|f| f * 2.0).collect();
+            Ok(vec![Tensor::new("y", x.shape.clone(), TensorData::Fp32(y)).map_err(BackendError::Run)?])
+        }
+    }
+
+    struct Fixture {
+        model: Arc<ServedModel>,
+        threads: mpsc::Receiver<String>,
+        entered: mpsc::Receiver<()>,
+        release: mpsc::Sender<()>,
+    }
+
+    fn serve(instances: usize) -> Fixture {
+        let (threads_tx, threads) = mpsc::channel();
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, gate) = mpsc::channel();
+        let gate = Arc::new(std::sync::Mutex::new(gate));
+        let spec = |name: &str| TensorSpec { name: name.into(), datatype: DataType::Fp32, shape: vec![-1, -1] };
+        let signature = ModelSignature { inputs: vec![spec("x")], outputs: vec![spec("y")] };
+        let mut settings = crate::repository::default_settings();
+        settings.instances = instances;
+        settings.max_batch_size = 16;
+        settings.dynamic_batching = true;
+        settings.max_queue_size = 64;
+        let boxed: Vec<Box<dyn ModelInstance>> = (0..instances)
+            .map(|_| {
+                Box::new(Doubler { threads: threads_tx.clone(), entered: entered_tx.clone(), gate: gate.clone() })
+                    as Box<dyn ModelInstance>
+            })
+            .collect();
+        let model = ServedModel::start("t".into(), 1, signature, BTreeMap::new(), settings, boxed).expect("starts");
+        Fixture { model: Arc::new(model), threads, entered, release }
+    }
+
+    fn request(values: Vec<f32>, cols: usize, timeout: Option<Duration>) -> InferRequest {
+        let x = Tensor::new("x", vec![values.len() / cols, cols], TensorData::Fp32(values)).expect("tensor");
+        InferRequest { inputs: vec![x], timeout, ..InferRequest::default() }
+    }
+
+    fn doubled(response: &InferResponse) -> Vec<f32> {
+        let TensorData::Fp32(y) = &response.outputs[0].data else { panic!("fp32 output") };
+        y.clone()
+    }
+
+    #[test]
+    fn a_blocking_call_runs_on_the_callers_thread_when_an_instance_is_idle() {
+        let f = serve(1);
+        let caller = std::thread::current().name().unwrap_or("").to_string();
+        let answer = f.model.infer_blocking(request(vec![1.0, 2.0], 2, None)).expect("answer");
+        assert_eq!(doubled(&answer), vec![2.0, 4.0]);
+        assert_eq!(f.threads.recv().expect("ran"), caller, "no hop to the worker thread");
+        assert_eq!(f.model.stats.snapshot().execution_count, 1);
+    }
+
+    #[test]
+    fn a_blocking_call_queues_behind_a_busy_instance_and_keeps_its_deadline() {
+        let f = serve(1);
+        let model = f.model.clone();
+        let holder = std::thread::spawn(move || model.infer_blocking(request(vec![99.0], 1, None)));
+        f.entered.recv().expect("the instance is busy");
+        let refused = f.model.infer_blocking(request(vec![5.0], 1, Some(Duration::from_millis(20))));
+        assert!(matches!(refused, Err(EngineError::Timeout(_))), "{refused:?}");
+        f.release.send(()).expect("release");
+        assert_eq!(doubled(&holder.join().expect("joined").expect("answer")), vec![198.0]);
+        // The worker saw the timed-out job only after its deadline: it answers it unrun.
+        let again = f.model.infer_blocking(request(vec![3.0], 1, None)).expect("answer");
+        assert_eq!(doubled(&again), vec![6.0]);
+        let ran: Vec<String> = f.threads.try_iter().collect();
+        assert_eq!(ran.len(), 2, "the timed-out request never ran: {ran:?}");
+    }
+
+    #[test]
+    fn concurrent_callers_of_both_kinds_get_exactly_their_rows() {
+        let f = serve(2);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+        std::thread::scope(|scope| {
+            for caller in 0..6usize {
+                let model = f.model.clone();
+                let handle = runtime.handle().clone();
+                scope.spawn(move || {
+                    for i in 0..60usize {
+                        // Widths 1..3 cannot merge with each other: they wait their turn in place.
+                        let (rows, cols) = (1 + (caller + i) % 4, 1 + i % 3);
+                        let values: Vec<f32> =
+                            (0..rows * cols).map(|k| (caller * 10_000 + i * 10 + k) as f32).collect();
+                        let want: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+                        let req = request(values, cols, None);
+                        let answer = if caller % 2 == 0 {
+                            model.infer_blocking(req)
+                        } else {
+                            let model = model.clone();
+                            handle.block_on(async move { model.infer(req).await })
+                        }
+                        .expect("answer");
+                        assert_eq!(doubled(&answer), want, "caller {caller} request {i}");
+                        assert_eq!(answer.outputs[0].shape, vec![rows, cols]);
+                    }
+                });
+            }
+        });
+        let stats = f.model.stats.snapshot();
+        assert_eq!(stats.success.count, 360);
+        assert_eq!(f.model.queue_depth(), 0);
+    }
+}

@@ -211,9 +211,12 @@ pub fn prepare_model_file(
     for _ in 0..settings.instances {
         let mut instance = prepared.instantiate().map_err(|e| load_error(e.to_string()))?;
         // Warm up before serving: the first run allocates and plans; pay it here, not in a
-        // user's request. A model that cannot run on zeros still serves (with a warning).
-        if let Err(e) = instance.run(&warmup, &outputs) {
-            tracing::warn!(model = name, version, "warm-up run on zero inputs failed: {e}");
+        // user's request. A model may reject all-zero inputs (a shape or value check inside
+        // its graph): that is no load error, it serves, and its first request pays the warm-up.
+        if let Err(e) = instance.run(&warmup, &outputs)
+            && instances.is_empty()
+        {
+            tracing::info!(model = name, version, "warm-up skipped: the model rejects all-zero inputs ({e})");
         }
         instances.push(Box::new(instance));
     }
