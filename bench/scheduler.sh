@@ -4,6 +4,7 @@
 # (gRPC, a pre-framed ModelInfer body, 1 thread) — on two models, 1 intra-op thread everywhere:
 #   digits_mlp  StandardScaler + MLP(32) on the digits data (64 features; ../shared/peers/triton/make_model.py)
 #   fraud       the demo's GradientBoosting classifier (30 features)
+#   digits_wide StandardScaler + MLP(1024, 1024), for the 128-caller rows: a model where batching pays
 # Servers: {1, 2} instances x dynamic batching {off, on} (max batch 64, queue delay 0), for kiln
 # and for Triton. Then: 128 callers with batching on and off; kiln's empty exchange
 # (GET /v2/health/live) against its served rate; in-process batch 1 through the engine against
@@ -49,7 +50,7 @@ row() { echo "$*" | tee -a "$rows"; }
 
 wrk_rest() { # label url model conc -> "rps p50_ms p99_ms errors"
   local r
-  r=$(KILN_BODY="$work/$3.json" wrk -t1 -c"$4" -d"${secs}s" --latency -s bench/wrk_post.lua "$2/v2/models/$3/infer")
+  r=$(KILN_BODY="$work/$3.json" wrk -t1 -c"$4" -d"${secs}s" --latency -s bench/wrk_post.lua "http://$2/v2/models/$3/infer")
   echo "$r" | awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /Requests\/sec/ {rps=$2} /^ +50%/ {p50=ms($2)} /^ +99%/ {p99=ms($2)} /Non-2xx/ {err=$5}
@@ -80,7 +81,7 @@ PY
 measure() { # server setting model conc hostport(http) hostport(grpc)
   local rest grpc
   curl -sf "$5/v2/models/$3/ready" >/dev/null
-  KILN_BODY="$work/$3.json" wrk -t1 -c"$4" -d1s -s bench/wrk_post.lua "$5/v2/models/$3/infer" >/dev/null
+  KILN_BODY="$work/$3.json" wrk -t1 -c"$4" -d1s -s bench/wrk_post.lua "http://$5/v2/models/$3/infer" >/dev/null
   rest=$(wrk_rest "$1" "$5" "$3" "$4")
   grpc=$(h2_grpc "$6" "$3" "$4")
   row "$1 $2 $3 $4 rest $rest"
@@ -112,11 +113,13 @@ for inst in 1 2; do
     setting="${inst}inst-batch-$batch"
     start_kiln "$work/kiln-$inst-$batch"
     for m in digits_mlp fraud; do measure kiln "$setting" "$m" 32 "127.0.0.1:$hp" "127.0.0.1:$gp"; done
-    if [ "$inst$batch" = "2on" ]; then
-      for m in digits_mlp fraud; do row "kiln $setting $m 128 rest $(wrk_rest x "127.0.0.1:$hp" "$m" 128)"; done
+    if [ "$inst$batch" = "2on" ] || [ "$inst$batch" = "1off" ]; then
+      for m in digits_mlp fraud digits_wide; do
+        KILN_BODY="$work/$m.json" wrk -t1 -c128 -d1s -s bench/wrk_post.lua "http://127.0.0.1:$hp/v2/models/$m/infer" >/dev/null
+        row "kiln $setting $m 128 rest $(wrk_rest x "127.0.0.1:$hp" "$m" 128)"
+      done
     fi
     if [ "$inst$batch" = "1off" ]; then
-      for m in digits_mlp fraud; do row "kiln $setting $m 128 rest $(wrk_rest x "127.0.0.1:$hp" "$m" 128)"; done
       r=$(wrk -t1 -c32 -d"${secs}s" --latency "http://127.0.0.1:$hp/v2/health/live" |
         awk '/Requests\/sec/ {print $2}')
       row "kiln empty-exchange - 32 rest $r 0 0 0"

@@ -44,11 +44,12 @@ for model in ("digits_mlp", "fraud"):
             if k and t and t["value"] > 0:
                 ratio = k["value"] / t["value"]
                 out.append(f"| {model} {setting} {protocol}: kiln / Triton | {ratio:.2f}x req/s, p99 {k['p99']:.2f} vs {t['p99']:.2f} ms | >= {target}x at p99 <= Triton's | {verdict(ratio >= target and k['p99'] <= t['p99'])} |")
-for model in ("digits_mlp", "fraud"):
+for model in ("digits_wide", "digits_mlp", "fraud"):
     on, off = get("kiln", "2inst-batch-on", model, 128, "rest"), get("kiln", "1inst-batch-off", model, 128, "rest")
     if on and off:
         r = on["value"] / off["value"]
-        out.append(f"| {model}: 128 callers, batching on (2 instances) / off (1 instance) | {r:.2f}x | >= 1.5x where batching pays | {verdict(r >= 1.5)} |")
+        target, ok = (">= 1.5x (batching pays)", r >= 1.5) if model == "digits_wide" else (">= 0.95x (never hurts)", r >= 0.95)
+        out.append(f"| {model}: 128 callers, batching on (2 instances) / off (1 instance), REST | {r:.2f}x req/s, p99 {on['p99']:.1f} vs {off['p99']:.1f} ms | {target} | {verdict(ok)} |")
 empty = get("kiln", "empty-exchange", "-", 32, "rest")
 served = get("kiln", "1inst-batch-off", "digits_mlp", 32, "rest")
 if empty and served:

@@ -103,7 +103,9 @@ impl Worker {
                 }
             };
             if !batch.is_empty() {
+                let started = Instant::now();
                 runner.execute(instance.as_mut(), batch);
+                self.queue.observe_batch(started.elapsed());
             }
         }
     }
@@ -281,7 +283,7 @@ mod tests {
     }
 
     fn worker(max_batch: usize, delay: Duration) -> (Worker, Queue, Arc<std::sync::Mutex<Vec<usize>>>) {
-        let queue = Arc::new(JobQueue::new(64));
+        let queue = Arc::new(JobQueue::new(64, max_batch));
         let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
         let runner = Runner {
             stats: Arc::new(ModelStats::default()),
@@ -342,7 +344,7 @@ mod tests {
 
     #[test]
     fn requests_that_cannot_join_stay_queued_in_order_for_any_worker() {
-        let queue = JobQueue::new(8);
+        let queue = JobQueue::new(8, 8);
         let (a, _ra) = job(vec![1.0; 2], 2);
         let (c, _rc) = job(vec![3.0; 3], 3); // other width
         let (d, _rd) = job(vec![4.0; 2], 2);

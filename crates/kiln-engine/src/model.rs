@@ -117,7 +117,8 @@ impl ServedModel {
         settings: ServingSettings,
         instances: Vec<Box<dyn ModelInstance>>,
     ) -> Result<Self, EngineError> {
-        let queue = Arc::new(JobQueue::new(settings.max_queue_size));
+        let per_turn = if settings.dynamic_batching { settings.max_batch_size } else { 1 };
+        let queue = Arc::new(JobQueue::new(settings.max_queue_size, per_turn));
         let stats = Arc::new(ModelStats::default());
         let metrics = Arc::new(ModelMetrics::new(&name, version));
         let window = Arc::new(BatchWindow::new(settings.max_queue_delay, settings.latency_target));

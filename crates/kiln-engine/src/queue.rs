@@ -8,7 +8,7 @@
 //! more requests only while no other instance is idle.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -110,11 +110,18 @@ const SCAN_PER_ROW: usize = 4;
 struct State {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// Workers running a batch (between two `next_batch` calls).
+    running: usize,
     /// Workers waiting for a request (not gathering, not running).
     parked: usize,
     /// Workers holding a partial batch, waiting for more requests to fill it.
     gathering: usize,
 }
+
+/// Below this typical batch time a busy worker answers a new request sooner than a parked
+/// one wakes up (a futex wake and a context switch, tens of µs on a loaded machine), and
+/// waking it costs the CPU the busy worker and the transport need.
+const WAKE_COST: Duration = Duration::from_micros(50);
 
 /// The queue of one model version.
 pub(crate) struct JobQueue {
@@ -122,18 +129,45 @@ pub(crate) struct JobQueue {
     /// Parked workers and gathering workers wait here.
     arrived: Condvar,
     capacity: usize,
+    /// Requests one running worker takes at its next turn (1 without batching).
+    per_turn: usize,
     /// Requests waiting, readable without the lock (metrics, the inline path's check).
     len: AtomicUsize,
+    /// Moving average of a batch's run time, in ns (see [`WAKE_COST`]).
+    batch_ns: AtomicU64,
 }
 
 impl JobQueue {
-    pub fn new(capacity: usize) -> Self {
+    /// `per_turn`: how many requests a worker takes at once when they are waiting
+    /// (`max_batch_size` with batching, else 1).
+    pub fn new(capacity: usize, per_turn: usize) -> Self {
         JobQueue {
-            state: Mutex::new(State { jobs: VecDeque::new(), closed: false, parked: 0, gathering: 0 }),
+            state: Mutex::new(State { jobs: VecDeque::new(), closed: false, running: 0, parked: 0, gathering: 0 }),
             arrived: Condvar::new(),
             capacity: capacity.max(1),
+            per_turn: per_turn.max(1),
             len: AtomicUsize::new(0),
+            // Until measured, assume a batch is slow: wake a parked worker.
+            batch_ns: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// A worker ran a batch in `took`.
+    pub fn observe_batch(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.batch_ns.load(Ordering::Relaxed);
+        let next = if old == u64::MAX { took } else { old - old / 8 + took / 8 };
+        self.batch_ns.store(next, Ordering::Relaxed);
+    }
+
+    /// Whether a request just queued should wake a parked worker: yes unless running workers
+    /// will take every waiting request at their next turn, and soon.
+    fn needs_wake(&self, state: &State) -> bool {
+        if state.parked == 0 {
+            return false;
+        }
+        let fast = self.batch_ns.load(Ordering::Relaxed) < WAKE_COST.as_nanos() as u64;
+        !(fast && state.running > 0 && state.jobs.len() <= state.running * self.per_turn)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -160,7 +194,7 @@ impl JobQueue {
         let depth = state.jobs.len();
         self.len.store(depth, Ordering::Relaxed);
         // A gathering worker must see every arrival; otherwise one parked worker is enough.
-        let (all, one) = (state.gathering > 0, state.parked > 0);
+        let (all, one) = (state.gathering > 0, self.needs_wake(&state));
         drop(state);
         if all {
             self.arrived.notify_all();
@@ -184,6 +218,9 @@ impl JobQueue {
     pub fn next_batch(&self, gather: Gather) -> Option<Vec<Job>> {
         let mut expired = Vec::new();
         let mut state = self.lock();
+        // The caller's previous batch (if any) is done; it counts as running again once it
+        // leaves with a new one.
+        state.running = state.running.saturating_sub(1);
         let first = loop {
             if let Some(job) = take_first(&mut state.jobs, &mut expired) {
                 break job;
@@ -223,6 +260,7 @@ impl JobQueue {
                 state.gathering -= 1;
             }
         }
+        state.running += 1;
         self.len.store(state.jobs.len(), Ordering::Relaxed);
         // A request left behind (incompatible, or no room) is for another worker.
         let wake = !state.jobs.is_empty() && state.parked > 0;

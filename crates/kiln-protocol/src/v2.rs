@@ -4,6 +4,7 @@
 use half::f16;
 use kiln_core::{DataType, Tensor, TensorData, element_count};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// The header that says how many leading body bytes are the JSON part (binary extension).
@@ -19,25 +20,28 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
 }
 
 #[derive(Debug, Deserialize)]
-struct RequestJson {
+struct RequestJson<'a> {
     #[serde(default)]
     id: Option<Value>,
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
-    inputs: Vec<InputJson>,
+    #[serde(borrow)]
+    inputs: Vec<InputJson<'a>>,
     #[serde(default)]
     outputs: Option<Vec<OutputJson>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct InputJson {
+struct InputJson<'a> {
     name: String,
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
-    #[serde(default)]
-    data: Option<Value>,
+    /// Kept as text until the datatype is known: a flat array of numbers then parses straight
+    /// into the tensor's element type, with no JSON value per element.
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,7 +118,7 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Decod
 
 /// Decodes one tensor of a request or response, taking its binary bytes (if any) from the
 /// front of `binary`.
-fn decode_tensor(input: InputJson, binary: &mut &[u8]) -> Result<Tensor, DecodeError> {
+fn decode_tensor(input: InputJson<'_>, binary: &mut &[u8]) -> Result<Tensor, DecodeError> {
     let datatype: DataType = input.datatype.parse().map_err(|e| DecodeError(format!("input '{}': {e}", input.name)))?;
     let mut shape = Vec::with_capacity(input.shape.len());
     for &d in &input.shape {
@@ -144,7 +148,7 @@ fn decode_tensor(input: InputJson, binary: &mut &[u8]) -> Result<Tensor, DecodeE
             *binary = rest;
             decode_binary(&input.name, datatype, count, chunk)?
         }
-        (None, Some(data)) => decode_json(&input.name, datatype, count, &data)?,
+        (None, Some(data)) => decode_json_text(&input.name, datatype, count, data.get())?,
         (Some(_), Some(_)) => return fail(format!("input '{}' has both 'data' and binary_data_size", input.name)),
         (None, None) => return fail(format!("input '{}' has neither 'data' nor binary_data_size", input.name)),
     };
@@ -152,8 +156,9 @@ fn decode_tensor(input: InputJson, binary: &mut &[u8]) -> Result<Tensor, DecodeE
 }
 
 #[derive(Debug, Deserialize)]
-struct ResponseJsonIn {
-    outputs: Vec<InputJson>,
+struct ResponseJsonIn<'a> {
+    #[serde(borrow)]
+    outputs: Vec<InputJson<'a>>,
 }
 
 /// Decodes an inference response (what a client receives): its outputs, JSON or binary.
@@ -289,6 +294,29 @@ fn flatten<'a>(name: &str, value: &'a Value, count: usize, out: &mut Vec<&'a Val
         }
     }
     Ok(())
+}
+
+/// `data` as JSON text. The common case — a flat array of numbers that fit the datatype, as
+/// many as the shape needs — parses directly into the element type; anything else (nested
+/// arrays, nulls for NaN, out-of-range or mistyped elements, a wrong count) goes through
+/// [`decode_json`], which accepts what the protocol allows and names what is wrong.
+fn decode_json_text(name: &str, datatype: DataType, count: usize, text: &str) -> Result<TensorData, DecodeError> {
+    fn flat<T: serde::de::DeserializeOwned>(text: &str, count: usize) -> Option<Vec<T>> {
+        serde_json::from_str::<Vec<T>>(text).ok().filter(|v| v.len() == count)
+    }
+    let fast = match datatype {
+        DataType::Fp32 => flat::<f32>(text, count).map(TensorData::Fp32),
+        DataType::Fp64 => flat::<f64>(text, count).map(TensorData::Fp64),
+        DataType::Int64 => flat::<i64>(text, count).map(TensorData::Int64),
+        DataType::Int32 => flat::<i32>(text, count).map(TensorData::Int32),
+        _ => None,
+    };
+    if let Some(data) = fast {
+        return Ok(data);
+    }
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| DecodeError(format!("input '{name}': malformed 'data': {e}")))?;
+    decode_json(name, datatype, count, &value)
 }
 
 fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Result<TensorData, DecodeError> {
