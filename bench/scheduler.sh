@@ -8,7 +8,8 @@
 # Servers: {1, 2} instances x dynamic batching {off, on} (max batch 64, queue delay 0), for kiln
 # and for Triton. Then: 128 callers with batching on and off; kiln's empty exchange
 # (GET /v2/health/live) against its served rate; in-process batch 1 through the engine against
-# raw ONNX Runtime calls from Python; start-up of a 16-model repository, one model at a time
+# raw ONNX Runtime calls from Python; start-up of a 16-model repository (fraud, digits_mlp,
+# breast_cancer, digits_wide, 4 of each), one model at a time
 # (KILN_LOAD_THREADS=1, the old behaviour) and in parallel.
 # Writes bench/results/scheduler.md.
 #   bash bench/scheduler.sh [SECONDS=5]
@@ -145,9 +146,10 @@ echo "== start-up of 16 models"
 mkdir -p "$work/sixteen"
 i=0
 for round in 1 2 3 4; do
-  for m in fraud digits_mlp breast_cancer iris; do
+  for m in fraud digits_mlp breast_cancer; do
     i=$((i + 1)); cp -r "examples/models/$m" "$work/sixteen/${m}_$i"
   done
+  i=$((i + 1)); cp -r "$work/kiln-1-off/digits_wide" "$work/sixteen/digits_wide_$i"
 done
 for loaders in 1 default 1 default; do
   hp=$(port)

@@ -26,6 +26,10 @@ def server(tmp_path_factory):
     (repo / "fraud_batched" / "config.toml").write_text(
         "instances = 1\nmax_batch_size = 64\nmax_queue_delay_us = 3000\n"
     )
+    shutil.copytree(ROOT / "examples" / "models" / "fraud", repo / "fraud_two")
+    (repo / "fraud_two" / "config.toml").write_text(
+        "instances = 2\nmax_batch_size = 64\nmax_queue_delay_us = 2000\n"
+    )
     (repo / "slow" / "1").mkdir(parents=True)
     (repo / "slow" / "1" / "model.onnx").write_bytes(slow_model(768))
     (repo / "slow" / "config.toml").write_text("instances = 1\nmax_queue_size = 2\n")
@@ -76,6 +80,43 @@ def test_concurrent_requests_are_batched_and_get_exactly_their_rows(server, fixt
     assert requests == 96
     assert inferred == sent_rows
     assert executions < requests, f"{executions} executions for {requests} requests: nothing was batched"
+
+
+def test_two_instances_sharing_a_queue_give_every_caller_its_rows_and_outputs(server, fixture):
+    """Callers asking for different outputs cannot share a batch: each waits in the shared
+    queue, in order, for whichever instance is free, and still gets exactly its rows."""
+    fx = fixture("fraud")
+    x_all = np.asarray(fx["inputs"], dtype=np.float32)
+    wanted = [None, ["label"], ["probabilities"]]
+
+    def one(i):
+        rows = 1 + i % 5
+        start = (i * 7) % (len(x_all) - rows)
+        x = x_all[start : start + rows]
+        c = httpclient.InferenceServerClient(url=server.url)
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        names = wanted[i % 3]
+        outputs = [httpclient.InferRequestedOutput(n) for n in names] if names else None
+        r = c.infer("fraud_two", [inp], outputs=outputs)
+        c.close()
+        got = {o["name"] for o in r.get_response()["outputs"]}
+        return start, rows, names, got, r
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(one, range(120)))
+    for start, rows, names, got, r in results:
+        assert got == set(names or ["label", "probabilities"])
+        if "label" in got:
+            assert r.as_numpy("label").tolist() == fx["labels"][start : start + rows]
+        if "probabilities" in got:
+            np.testing.assert_allclose(
+                r.as_numpy("probabilities"), np.asarray(fx["probabilities"][start : start + rows]), atol=1e-5
+            )
+    client = httpclient.InferenceServerClient(url=server.url)
+    after = stats(client, "fraud_two")
+    assert int(after["inference_stats"]["success"]["count"]) == 120
+    assert int(after["inference_count"]) == sum(rows for _, rows, _, _, _ in results)
 
 
 def test_a_full_queue_answers_429_at_once_and_the_server_keeps_serving(server):
