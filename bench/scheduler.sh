@@ -9,7 +9,7 @@
 # and for Triton. Then: 128 callers with batching on and off; kiln's empty exchange
 # (GET /v2/health/live) against its served rate; in-process batch 1 through the engine against
 # raw ONNX Runtime calls from Python; start-up of a 16-model repository (fraud, digits_mlp,
-# breast_cancer, digits_wide, 4 of each), one model at a time
+# breast_cancer, digits_wide, 4 of each; and 16 x digits_wide), one model at a time
 # (KILN_LOAD_THREADS=1, the old behaviour) and in parallel.
 # Writes bench/results/scheduler.md.
 #   bash bench/scheduler.sh [SECONDS=5]
@@ -151,16 +151,20 @@ for round in 1 2 3 4; do
   done
   i=$((i + 1)); cp -r "$work/kiln-1-off/digits_wide" "$work/sixteen/digits_wide_$i"
 done
-for loaders in 1 default 1 default; do
-  hp=$(port)
-  t0=$(date +%s.%N)
-  if [ "$loaders" = 1 ]; then export KILN_LOAD_THREADS=1; else unset KILN_LOAD_THREADS; fi
-  $kiln serve "$work/sixteen" --http-port "$hp" --grpc-port 0 --metrics-port 0 --records off --log-level warn > "$work/kiln16.log" 2>&1 &
-  pids+=($!)
-  wait_http "127.0.0.1:$hp/v2/health/ready"
-  t1=$(date +%s.%N)
-  row "kiln startup-16 loaders-$loaders - ready_s $(echo "$t1 - $t0" | bc) 0 0 0"
-  stop_last
+mkdir -p "$work/sixteen-wide"
+for i in $(seq 1 16); do cp -r "$work/kiln-1-off/digits_wide" "$work/sixteen-wide/digits_wide_$i"; done
+for repo in sixteen sixteen-wide; do
+  for loaders in 1 default 1 default; do
+    hp=$(port)
+    t0=$(date +%s.%N)
+    if [ "$loaders" = 1 ]; then export KILN_LOAD_THREADS=1; else unset KILN_LOAD_THREADS; fi
+    $kiln serve "$work/$repo" --http-port "$hp" --grpc-port 0 --metrics-port 0 --records off --log-level warn > "$work/kiln16.log" 2>&1 &
+    pids+=($!)
+    wait_http "127.0.0.1:$hp/v2/health/ready"
+    t1=$(date +%s.%N)
+    row "kiln $repo loaders-$loaders - ready_s $(echo "$t1 - $t0" | bc) 0 0 0"
+    stop_last
+  done
 done
 unset KILN_LOAD_THREADS
 
