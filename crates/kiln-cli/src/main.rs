@@ -110,6 +110,7 @@ enum BenchProtocol {
     /// gRPC ModelInfer with raw_input_contents.
     Grpc,
     /// kiln's engine in this process (needs --model-path): the ceiling without a network.
+    /// Each caller is a thread that runs on an idle instance directly.
     InProcess,
 }
 
