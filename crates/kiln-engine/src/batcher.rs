@@ -84,6 +84,7 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn run(self) {
         let runner = &self.runner;
+        let mut last_done = Instant::now();
         loop {
             let gather = Gather {
                 max_rows: runner.max_batch_size.max(1),
@@ -105,7 +106,9 @@ impl Worker {
             if !batch.is_empty() {
                 let started = Instant::now();
                 runner.execute(instance.as_mut(), batch);
-                self.queue.observe_batch(started.elapsed());
+                let done = Instant::now();
+                self.queue.observe_batch(done - started, done - last_done);
+                last_done = done;
             }
         }
     }

@@ -123,6 +123,14 @@ struct State {
 /// waking it costs the CPU the busy worker and the transport need.
 const WAKE_COST: Duration = Duration::from_micros(50);
 
+/// From this typical batch time on, a queued request always wakes an idle instance: the wait
+/// for a busy one would be long whatever the CPU.
+const SLOW_BATCH: Duration = Duration::from_millis(1);
+
+/// Running workers must be this busy (‰ of their time in batches) before a growing queue
+/// wakes another: below it they are not what holds requests back.
+const BUSY_TO_WAKE: u64 = 700;
+
 /// The queue of one model version.
 pub(crate) struct JobQueue {
     state: Mutex<State>,
@@ -135,6 +143,9 @@ pub(crate) struct JobQueue {
     len: AtomicUsize,
     /// Moving average of a batch's run time, in ns (see [`WAKE_COST`]).
     batch_ns: AtomicU64,
+    /// Moving average of the share of a worker's time spent running batches, in ‰ (see
+    /// [`JobQueue::needs_wake`]).
+    busy_permille: AtomicU64,
 }
 
 impl JobQueue {
@@ -149,25 +160,40 @@ impl JobQueue {
             len: AtomicUsize::new(0),
             // Until measured, assume a batch is slow: wake a parked worker.
             batch_ns: AtomicU64::new(u64::MAX),
+            busy_permille: AtomicU64::new(1000),
         }
     }
 
-    /// A worker ran a batch in `took`.
-    pub fn observe_batch(&self, took: Duration) {
-        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+    /// A worker ran a batch in `took`, `cycle` after it finished its previous one.
+    pub fn observe_batch(&self, took: Duration, cycle: Duration) {
+        let took_ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let old = self.batch_ns.load(Ordering::Relaxed);
-        let next = if old == u64::MAX { took } else { old - old / 8 + took / 8 };
+        let next = if old == u64::MAX { took_ns } else { old - old / 8 + took_ns / 8 };
         self.batch_ns.store(next, Ordering::Relaxed);
+        let busy = (took.as_secs_f64() / cycle.as_secs_f64().max(1e-9) * 1000.0).min(1000.0) as u64;
+        let old = self.busy_permille.load(Ordering::Relaxed);
+        self.busy_permille.store(old - old / 16 + busy / 16, Ordering::Relaxed);
     }
 
-    /// Whether a request just queued should wake a parked worker: yes unless running workers
-    /// will take every waiting request at their next turn, and soon.
+    /// Whether a request just queued should wake a parked worker. Always for a slow model;
+    /// for a fast one, not when running workers
+    /// will take every waiting request at their next turn, and soon; nor when they spend
+    /// less than [`BUSY_TO_WAKE`] of their time running batches — then requests queue because
+    /// the workers wait for a core (the transport's threads keep it), not for work, and
+    /// another worker would only take more of the CPU the transport needs.
     fn needs_wake(&self, state: &State) -> bool {
         if state.parked == 0 {
             return false;
         }
-        let fast = self.batch_ns.load(Ordering::Relaxed) < WAKE_COST.as_nanos() as u64;
-        !(fast && state.running > 0 && state.jobs.len() <= state.running * self.per_turn)
+        let batch_ns = self.batch_ns.load(Ordering::Relaxed);
+        // A slow model (or one not yet measured): an idle instance always starts sooner.
+        if state.running == 0 || batch_ns >= SLOW_BATCH.as_nanos() as u64 {
+            return true;
+        }
+        if batch_ns < WAKE_COST.as_nanos() as u64 && state.jobs.len() <= state.running * self.per_turn {
+            return false;
+        }
+        self.busy_permille.load(Ordering::Relaxed) >= BUSY_TO_WAKE
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
