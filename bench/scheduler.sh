@@ -24,13 +24,7 @@ peer=${TRITON_PEER:-$HOME/.cache/kiln-peers/triton}
 [ -x "$peer/serve.sh" ] || TRITON_PEER=$peer bash ../shared/peers/triton/setup.sh
 command -v h2load >/dev/null || { echo "h2load missing: apt-get install nghttp2-client" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
-out=bench/results
-mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-wait_http() { until curl -sf "$1" >/dev/null 2>&1; do sleep 0.05; done; }
+bench_workspace
 
 # The models, and one request body per model and protocol.
 .venv/bin/python ../shared/peers/triton/make_model.py "$work/src" >/dev/null

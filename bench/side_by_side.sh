@@ -17,13 +17,7 @@ bash scripts/setup-venv.sh --test
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements-bench.txt
 use_release_kiln
 kiln=target/release/kiln
-out=bench/results
-mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-wait_http() { until curl -sf "$1" >/dev/null 2>&1; do sleep 0.05; done; }
+bench_workspace
 
 # Two repositories: as shipped (batching off), and with dynamic batching on.
 cp -r examples/models "$work/plain"
