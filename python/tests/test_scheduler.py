@@ -49,6 +49,17 @@ def stats(client, model):
     return client.get_inference_statistics(model)["model_stats"][0]
 
 
+def infer_fraud(url, model, x, outputs=None):
+    """One request of `x`'s rows on its own connection (as concurrent callers are)."""
+    c = httpclient.InferenceServerClient(url=url)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    try:
+        return c.infer(model, [inp], outputs=[httpclient.InferRequestedOutput(n) for n in outputs] if outputs else None)
+    finally:
+        c.close()
+
+
 def test_concurrent_requests_are_batched_and_get_exactly_their_rows(server, fixture):
     fx = fixture("fraud")
     x_all = np.asarray(fx["inputs"], dtype=np.float32)
@@ -58,12 +69,7 @@ def test_concurrent_requests_are_batched_and_get_exactly_their_rows(server, fixt
     def one(i):
         rows = 1 + i % 4
         start = (i * 3) % (len(x_all) - rows)
-        x = x_all[start : start + rows]
-        c = httpclient.InferenceServerClient(url=server.url)
-        inp = httpclient.InferInput("input", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        r = c.infer("fraud_batched", [inp])
-        c.close()
+        r = infer_fraud(server.url, "fraud_batched", x_all[start : start + rows])
         return start, rows, r.as_numpy("label"), r.as_numpy("probabilities")
 
     with ThreadPoolExecutor(max_workers=32) as pool:
@@ -92,14 +98,8 @@ def test_two_instances_sharing_a_queue_give_every_caller_its_rows_and_outputs(se
     def one(i):
         rows = 1 + i % 5
         start = (i * 7) % (len(x_all) - rows)
-        x = x_all[start : start + rows]
-        c = httpclient.InferenceServerClient(url=server.url)
-        inp = httpclient.InferInput("input", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
         names = wanted[i % 3]
-        outputs = [httpclient.InferRequestedOutput(n) for n in names] if names else None
-        r = c.infer("fraud_two", [inp], outputs=outputs)
-        c.close()
+        r = infer_fraud(server.url, "fraud_two", x_all[start : start + rows], names)
         got = {o["name"] for o in r.get_response()["outputs"]}
         return start, rows, names, got, r
 
