@@ -97,6 +97,54 @@ def test_every_datatype(client):
                 np.testing.assert_array_equal(got, arr, err_msg=f"{dt} binary={binary}")
 
 
+def test_nan_and_infinity_round_trip_over_json(client, kiln):
+    """tritonclient with binary_data=False sends NaN/Infinity as Python's json writes them
+    (bare tokens); kiln reads them, and answers them the same way (as Triton does), not null."""
+    import json
+    import urllib.request
+
+    floats = {
+        "FP16": np.array([[np.nan, np.inf, -np.inf], [1, 2, 3]], dtype=np.float16),
+        "FP32": np.array([[np.nan, np.inf, -np.inf], [0.5, -1, 3]], dtype=np.float32),
+        "FP64": np.array([[np.nan, np.inf, -np.inf], [0.5, -1, 1e300]], dtype=np.float64),
+    }
+    others = {
+        "BOOL": np.array([[True, False, True], [False, False, True]]),
+        "UINT8": np.zeros((2, 3), dtype=np.uint8), "UINT16": np.zeros((2, 3), dtype=np.uint16),
+        "UINT32": np.zeros((2, 3), dtype=np.uint32), "UINT64": np.zeros((2, 3), dtype=np.uint64),
+        "INT8": np.zeros((2, 3), dtype=np.int8), "INT16": np.zeros((2, 3), dtype=np.int16),
+        "INT32": np.zeros((2, 3), dtype=np.int32), "INT64": np.zeros((2, 3), dtype=np.int64),
+        "BYTES": np.array([[b"NaN", b"Infinity", b"-Infinity"], [b"a", b"b", b"c"]], dtype=np.object_),
+    }
+    tensors = {**floats, **others}
+    inputs, outputs = [], []
+    for dt, arr in tensors.items():
+        inp = httpclient.InferInput(f"in_{dt.lower()}", list(arr.shape), dt)
+        inp.set_data_from_numpy(arr, binary_data=False)
+        inputs.append(inp)
+        outputs.append(httpclient.InferRequestedOutput(f"out_{dt.lower()}", binary_data=False))
+    result = client.infer("all_types", inputs, outputs=outputs)
+    for dt, arr in tensors.items():
+        got = result.as_numpy(f"out_{dt.lower()}")
+        if dt == "BYTES":  # tritonclient hands JSON strings back as str
+            assert got.tolist() == [[x.decode() for x in row] for row in arr.tolist()]
+        else:
+            np.testing.assert_array_equal(got, arr, err_msg=dt)
+    # On the wire: bare tokens in the answer, strings left alone.
+    body = {"inputs": [{"name": "in_fp32", "shape": [1, 3], "datatype": "FP32", "data": [float("nan"), float("inf"), float("-inf")]}],
+            "outputs": [{"name": "out_fp32"}]}
+    for dt, arr in others.items():
+        body["inputs"].append({"name": f"in_{dt.lower()}", "shape": [1, 3], "datatype": dt,
+                               "data": [x.decode() if isinstance(x, bytes) else x.item() for x in arr[0]]})
+    for dt in ("FP16", "FP64"):
+        body["inputs"].append({"name": f"in_{dt.lower()}", "shape": [1, 3], "datatype": dt, "data": [1, 2, 3]})
+    request = urllib.request.Request(f"http://{kiln.url}/v2/models/all_types/infer", data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request) as r:
+        text = r.read().decode()
+    assert '"data":[NaN,Infinity,-Infinity]' in text, text
+    assert json.loads(text)["outputs"][0]["datatype"] == "FP32"
+
+
 def test_bad_shape_is_a_clear_error(client):
     x = np.zeros((2, 29), dtype=np.float32)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")

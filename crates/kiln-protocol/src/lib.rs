@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod grpc;
+mod nonfinite;
 pub mod v2;
 
 /// The code generated from proto/inference.proto (messages, service trait, client).

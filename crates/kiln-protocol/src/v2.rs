@@ -82,6 +82,8 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Decod
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
+    let marked = crate::nonfinite::to_markers(json_part);
+    let json_part = marked.as_deref().unwrap_or(json_part);
     let request: RequestJson =
         serde_json::from_slice(json_part).map_err(|e| DecodeError(format!("malformed inference request JSON: {e}")))?;
     let id = match request.id {
@@ -172,6 +174,8 @@ pub fn decode_response(body: &[u8], header_length: Option<usize>) -> Result<Vec<
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
+    let marked = crate::nonfinite::to_markers(json_part);
+    let json_part = marked.as_deref().unwrap_or(json_part);
     let response: ResponseJsonIn = serde_json::from_slice(json_part)
         .map_err(|e| DecodeError(format!("malformed inference response JSON: {e}")))?;
     let mut outputs = Vec::with_capacity(response.outputs.len());
@@ -325,7 +329,10 @@ fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Re
     if flat.len() != count {
         return fail(format!("input '{name}': the shape needs {count} elements, but 'data' holds {}", flat.len()));
     }
-    let bad = |i: usize, v: &Value| DecodeError(format!("input '{name}': element {i} ({v}) is not a valid {datatype}"));
+    let bad = |i: usize, v: &Value| {
+        let shown = v.as_str().and_then(crate::nonfinite::token_of).map_or_else(|| v.to_string(), str::to_string);
+        DecodeError(format!("input '{name}': element {i} ({shown}) is not a valid {datatype}"))
+    };
     macro_rules! ints {
         ($t:ty, $variant:ident) => {
             TensorData::$variant(
@@ -347,8 +354,13 @@ fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Re
                 flat.iter()
                     .enumerate()
                     .map(|(i, v)| {
-                        // kiln writes non-finite floats as null; read null back as NaN.
-                        let x = if v.is_null() { Some(f64::NAN) } else { v.as_f64() };
+                        // NaN, Infinity and -Infinity come as bare tokens (now markers); older
+                        // kiln wrote non-finite floats as null: read null back as NaN.
+                        let x = match v {
+                            Value::Null => Some(f64::NAN),
+                            Value::String(s) => crate::nonfinite::from_marker(s),
+                            _ => v.as_f64(),
+                        };
                         x.map($conv).ok_or_else(|| bad(i, v))
                     })
                     .collect::<Result<_, _>>()?,
@@ -373,7 +385,12 @@ fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Re
         DataType::Bytes => TensorData::Bytes(
             flat.iter()
                 .enumerate()
-                .map(|(i, v)| v.as_str().map(|s| s.as_bytes().to_vec()).ok_or_else(|| bad(i, v)))
+                .map(|(i, v)| {
+                    v.as_str()
+                        .filter(|s| crate::nonfinite::from_marker(s).is_none())
+                        .map(|s| s.as_bytes().to_vec())
+                        .ok_or_else(|| bad(i, v))
+                })
                 .collect::<Result<_, _>>()?,
         ),
     })
@@ -423,9 +440,9 @@ pub fn encode_binary(data: &TensorData) -> Vec<u8> {
 }
 
 /// The JSON `data` array of a tensor, serialized straight from the typed elements (FP32
-/// keeps its shortest f32 spelling). Non-finite floats become `null` (JSON has no NaN; the
-/// decoder reads `null` in a float tensor as NaN);
-/// clients that need them exactly should ask for binary outputs.
+/// keeps its shortest f32 spelling). Non-finite floats become `null` (JSON has no NaN, and
+/// SQL JSON types refuse the bare tokens; the decoder reads `null` in a float tensor as NaN).
+/// v2 responses write them as Triton does, as bare `NaN`/`Infinity`/`-Infinity` tokens.
 pub struct JsonData<'a>(pub &'a TensorData);
 
 impl Serialize for JsonData<'_> {
@@ -448,6 +465,52 @@ impl Serialize for JsonData<'_> {
     }
 }
 
+/// Elements of a v2 JSON response: as [`JsonData`], except that with `markers` a non-finite
+/// float is written as a marker that `nonfinite::restore_tokens` turns into a bare `NaN`,
+/// `Infinity` or `-Infinity` (Triton's way; `JsonData` writes null, which SQL JSON accepts).
+struct WireData<'a> {
+    data: &'a TensorData,
+    markers: bool,
+}
+
+/// One float of a [`WireData`].
+enum WireFloat {
+    F32(f32),
+    F64(f64),
+}
+
+impl Serialize for WireFloat {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            WireFloat::F32(x) if x.is_finite() => serializer.serialize_f32(x),
+            WireFloat::F64(x) if x.is_finite() => serializer.serialize_f64(x),
+            WireFloat::F32(x) => serializer.serialize_str(crate::nonfinite::marker_for(f64::from(x))),
+            WireFloat::F64(x) => serializer.serialize_str(crate::nonfinite::marker_for(x)),
+        }
+    }
+}
+
+impl Serialize for WireData<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.data {
+            TensorData::Fp16(v) if self.markers => serializer.collect_seq(v.iter().map(|x| WireFloat::F32(x.to_f32()))),
+            TensorData::Fp32(v) if self.markers => serializer.collect_seq(v.iter().map(|&x| WireFloat::F32(x))),
+            TensorData::Fp64(v) if self.markers => serializer.collect_seq(v.iter().map(|&x| WireFloat::F64(x))),
+            other => JsonData(other).serialize(serializer),
+        }
+    }
+}
+
+/// Whether a tensor holds a float JSON cannot write as a number.
+fn has_nonfinite(data: &TensorData) -> bool {
+    match data {
+        TensorData::Fp16(v) => v.iter().any(|x| !x.is_finite()),
+        TensorData::Fp32(v) => v.iter().any(|x| !x.is_finite()),
+        TensorData::Fp64(v) => v.iter().any(|x| !x.is_finite()),
+        _ => false,
+    }
+}
+
 #[derive(Serialize)]
 struct OutputJsonOut<'a> {
     name: &'a str,
@@ -456,7 +519,7 @@ struct OutputJsonOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<BinarySize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<JsonData<'a>>,
+    data: Option<WireData<'a>>,
 }
 
 #[derive(Serialize)]
@@ -492,6 +555,12 @@ pub fn encode_response(
     outputs: &[(Tensor, bool)],
 ) -> EncodedResponse {
     let mut binary = Vec::new();
+    // Non-finite floats go out as bare tokens, unless some text could pass for a marker.
+    let markers = outputs.iter().any(|(t, as_binary)| !as_binary && has_nonfinite(&t.data))
+        && !outputs.iter().any(|(t, _)| match &t.data {
+            TensorData::Bytes(items) => items.iter().any(|b| crate::nonfinite::could_collide(b)),
+            _ => false,
+        });
     let encoded = outputs
         .iter()
         .map(|(tensor, as_binary)| {
@@ -501,7 +570,7 @@ pub fn encode_response(
                 binary.extend_from_slice(&bytes);
                 (Some(BinarySize { binary_data_size: size }), None)
             } else {
-                (None, Some(JsonData(&tensor.data)))
+                (None, Some(WireData { data: &tensor.data, markers }))
             };
             OutputJsonOut {
                 name: &tensor.name,
@@ -516,6 +585,7 @@ pub fn encode_response(
         ResponseJson { model_name, model_version: model_version.to_string(), id, parameters, outputs: encoded };
     // Serializing these types cannot fail: every map key is a string.
     let json = serde_json::to_vec(&response).unwrap_or_default();
+    let json = if markers { crate::nonfinite::restore_tokens(json) } else { json };
     EncodedResponse { json, binary }
 }
 
@@ -638,6 +708,30 @@ mod tests {
         assert_eq!(v["outputs"][0]["data"], json!([0.25, 1.0]));
         assert_eq!(v["outputs"][1]["parameters"]["binary_data_size"], 16);
         assert_eq!(r.binary, encode_binary(&l.data));
+    }
+
+    #[test]
+    fn nan_and_infinity_as_bare_tokens_both_ways() {
+        let body = r#"{"inputs":[{"name":"x","shape":[4],"datatype":"FP32","data":[NaN,Infinity,-Infinity,0.5]},
+            {"name":"s","shape":[1],"datatype":"BYTES","data":["NaN"]}]}"#;
+        let req = decode(body).expect("Python's json.dumps writes these tokens");
+        let TensorData::Fp32(x) = &req.inputs[0].data else { panic!("fp32") };
+        assert!(x[0].is_nan());
+        assert_eq!(x[1..], [f32::INFINITY, f32::NEG_INFINITY, 0.5]);
+        assert_eq!(req.inputs[1].data, TensorData::Bytes(vec![b"NaN".to_vec()]), "a string stays a string");
+        let err = decode(r#"{"inputs":[{"name":"i","shape":[1],"datatype":"INT64","data":[NaN]}]}"#).unwrap_err();
+        assert_eq!(err.0, "input 'i': element 0 (NaN) is not a valid INT64");
+        let err = decode(r#"{"inputs":[{"name":"s","shape":[1],"datatype":"BYTES","data":[Infinity]}]}"#).unwrap_err();
+        assert_eq!(err.0, "input 's': element 0 (Infinity) is not a valid BYTES");
+
+        let y = Tensor::new("y", vec![3], TensorData::Fp64(vec![f64::NAN, -1.5, f64::NEG_INFINITY])).expect("tensor");
+        let h = Tensor::new("h", vec![1], TensorData::Fp16(vec![half::f16::INFINITY])).expect("tensor");
+        let r = encode_response("m", 1, None, None, &[(y, false), (h, false)]);
+        let text = String::from_utf8(r.json.clone()).expect("utf-8");
+        assert!(text.contains(r#""data":[NaN,-1.5,-Infinity]"#), "{text}");
+        assert!(text.contains(r#""data":[Infinity]"#), "{text}");
+        let back = decode_response(&r.json, None).expect("kiln reads its own answer");
+        assert!(matches!(&back[0].data, TensorData::Fp64(v) if v[0].is_nan() && v[1..] == [-1.5, f64::NEG_INFINITY]));
     }
 
     #[test]

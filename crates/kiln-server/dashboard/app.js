@@ -18,7 +18,12 @@ async function api(path, options = {}) {
   const response = await fetch(path, Object.assign({}, options, { headers }));
   const text = await response.text();
   let body = null;
-  try { body = text ? JSON.parse(text) : null; } catch (_) { body = null; }
+  try { body = text ? JSON.parse(text) : null; } catch (_) {
+    // v2 answers write NaN and ±Infinity as bare tokens (as Triton does); JSON.parse refuses
+    // them, so show them as strings.
+    const quoted = text.replace(/(?<=[\[,:]\s*)(NaN|-?Infinity)(?=\s*[\],}])/g, '"$1"');
+    try { body = JSON.parse(quoted); } catch (_) { body = null; }
+  }
   if (!response.ok) {
     const message = (body && body.error) || text || response.statusText;
     if (response.status === 401) askToken("This server asks for a bearer token: " + message);
