@@ -176,3 +176,31 @@ def test_statistics(client, fixture):
     assert int(after["inference_stats"]["compute_infer"]["ns"]) > 0
     index = client.get_model_repository_index(as_json=True)["models"]
     assert {"name": "fraud", "version": "1", "state": "READY"} in index
+
+
+def test_model_config_over_grpc_matches_http(client, kiln):
+    """tritonclient's get_model_config over gRPC (Triton's ModelConfig RPC) answers what the
+    HTTP config endpoint answers, for every ready model."""
+    import tritonclient.http as httpclient
+
+    http = httpclient.InferenceServerClient(url=kiln.url)
+    ready = [m["name"] for m in http.get_model_repository_index() if m.get("state") == "READY"]
+    assert "fraud" in ready and "iris" in ready
+    for name in sorted(set(ready)):
+        want = http.get_model_config(name)
+        got = client.get_model_config(name).config
+        assert got.name == want["name"] == name
+        assert (got.platform, got.backend) == (want["platform"], want["backend"])
+        assert got.max_batch_size == want["max_batch_size"]
+        for ours, theirs in ((got.input, want["input"]), (got.output, want["output"])):
+            assert [(t.name, grpcclient.model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in ours] == [
+                (t["name"], t["data_type"], t["dims"]) for t in theirs
+            ], name
+        assert [(g.count, grpcclient.model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in got.instance_group] == [
+            (g["count"], g["kind"]) for g in want["instance_group"]
+        ]
+        assert got.HasField("dynamic_batching") == ("dynamic_batching" in want), name
+    http.close()
+    with pytest.raises(InferenceServerException) as err:
+        client.get_model_config("no_such_model")
+    assert err.value.status() == "StatusCode.NOT_FOUND"

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod infer;
 pub mod limits;
 pub mod live;
+mod model_config;
 pub mod openapi;
 pub mod records;
 pub mod rest;

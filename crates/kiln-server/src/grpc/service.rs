@@ -11,11 +11,11 @@ use kiln_protocol::proto::grpc_inference_service_server::GrpcInferenceService;
 use kiln_protocol::proto::model_metadata_response::TensorMetadata;
 use kiln_protocol::proto::repository_index_response::ModelIndex;
 use kiln_protocol::proto::{
-    ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest,
-    ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse, ModelStreamInferResponse,
-    RepositoryIndexRequest, RepositoryIndexResponse, RepositoryModelLoadRequest, RepositoryModelLoadResponse,
-    RepositoryModelUnloadRequest, RepositoryModelUnloadResponse, ServerLiveRequest, ServerLiveResponse,
-    ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
+    ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
+    ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse,
+    ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse, RepositoryModelLoadRequest,
+    RepositoryModelLoadResponse, RepositoryModelUnloadRequest, RepositoryModelUnloadResponse, ServerLiveRequest,
+    ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
 };
 
 /// Requests of one ModelStreamInfer stream run concurrently up to this many; answers keep
@@ -100,6 +100,53 @@ impl GrpcInferenceService for InferenceService {
             inputs: model.signature.inputs.iter().map(meta).collect(),
             outputs: model.signature.outputs.iter().map(meta).collect(),
         }))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        use kiln_protocol::proto::{
+            DataType, ModelConfig, ModelDynamicBatching, ModelInput, ModelInstanceGroup, ModelOutput,
+            model_instance_group::Kind,
+        };
+        let r = request.into_inner();
+        let model = self.state.engine.model(&r.name, Some(&r.version)).map_err(status)?;
+        let view = crate::model_config::view(&model);
+        let data_type = |t: &crate::model_config::ConfigTensor<'_>| {
+            DataType::from_str_name(&t.data_type).unwrap_or(DataType::TypeInvalid) as i32
+        };
+        let config = ModelConfig {
+            name: view.name.to_string(),
+            platform: crate::model_config::PLATFORM.into(),
+            backend: crate::model_config::BACKEND.into(),
+            max_batch_size: i32::try_from(view.max_batch_size).unwrap_or(i32::MAX),
+            input: view
+                .inputs
+                .iter()
+                .map(|t| ModelInput { name: t.name.to_string(), data_type: data_type(t), dims: t.dims.clone() })
+                .collect(),
+            output: view
+                .outputs
+                .iter()
+                .map(|t| ModelOutput {
+                    name: t.name.to_string(),
+                    data_type: data_type(t),
+                    dims: t.dims.clone(),
+                    label_filename: String::new(),
+                })
+                .collect(),
+            instance_group: vec![ModelInstanceGroup {
+                name: String::new(),
+                count: i32::try_from(view.instances).unwrap_or(i32::MAX),
+                kind: Kind::Cpu as i32,
+            }],
+            dynamic_batching: view.dynamic_batching_delay_us.map(|delay| ModelDynamicBatching {
+                preferred_batch_size: Vec::new(),
+                max_queue_delay_microseconds: delay,
+            }),
+        };
+        Ok(Response::new(ModelConfigResponse { config: Some(config) }))
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {

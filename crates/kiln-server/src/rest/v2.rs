@@ -280,33 +280,26 @@ async fn all_stats(State(state): State<AppState>) -> Result<axum::Json<Value>, A
 /// Triton's model configuration document (`GET .../config`, what tritonclient's
 /// `get_model_config` reads), derived from what kiln serves.
 fn model_config_json(model: &ServedModel) -> Value {
-    let batched = model.settings.max_batch_size > 0;
-    let tensor = |s: &kiln_core::TensorSpec| {
-        // Triton leaves the batch dimension out of `dims` when the model batches.
-        let dims: Vec<i64> = if batched { s.shape.iter().skip(1).copied().collect() } else { s.shape.clone() };
-        let mut v = json!({ "name": s.name, "data_type": format!("TYPE_{}", match s.datatype.as_str() {
-            "BYTES" => "STRING",
-            other => other,
-        }), "dims": dims });
-        if let Some(labels) = model.labels.get(&s.name) {
+    let view = crate::model_config::view(model);
+    let tensor = |t: &crate::model_config::ConfigTensor<'_>| {
+        let mut v = json!({ "name": t.name, "data_type": t.data_type, "dims": t.dims });
+        if let Some(labels) = t.labels {
             v["label_filename"] = json!("");
             v["labels"] = json!(labels);
         }
         v
     };
     let mut config = json!({
-        "name": model.name,
-        "platform": "onnxruntime_onnx",
-        "backend": "onnxruntime",
-        "max_batch_size": model.settings.max_batch_size,
-        "input": model.signature.inputs.iter().map(tensor).collect::<Vec<_>>(),
-        "output": model.signature.outputs.iter().map(tensor).collect::<Vec<_>>(),
-        "instance_group": [{ "count": model.settings.instances, "kind": "KIND_CPU" }],
+        "name": view.name,
+        "platform": crate::model_config::PLATFORM,
+        "backend": crate::model_config::BACKEND,
+        "max_batch_size": view.max_batch_size,
+        "input": view.inputs.iter().map(tensor).collect::<Vec<_>>(),
+        "output": view.outputs.iter().map(tensor).collect::<Vec<_>>(),
+        "instance_group": [{ "count": view.instances, "kind": "KIND_CPU" }],
     });
-    if model.settings.dynamic_batching {
-        config["dynamic_batching"] = json!({
-            "max_queue_delay_microseconds": model.settings.max_queue_delay.as_micros() as u64,
-        });
+    if let Some(delay) = view.dynamic_batching_delay_us {
+        config["dynamic_batching"] = json!({ "max_queue_delay_microseconds": delay });
     }
     config
 }
