@@ -40,6 +40,16 @@ pub struct PreparedModel {
     pub options: SessionOptions,
 }
 
+/// How the tool that made a model leaves its ZipMap out, when kiln knows (`producer` is the
+/// ONNX `producer_name`, maybe followed by its version). Other converters (onnxmltools,
+/// CatBoost) get no advice: kiln's rewrite is the way for them.
+fn zipmap_advice(producer: &str) -> Option<&'static str> {
+    match producer.split_whitespace().next() {
+        Some("skl2onnx") => Some("Export with skl2onnx options={id(model): {\"zipmap\": False}} to skip this rewrite."),
+        _ => None,
+    }
+}
+
 impl PreparedModel {
     /// Checks a model and reads its signature. The runtime must have been initialised
     /// ([`runtime::init`]).
@@ -48,14 +58,15 @@ impl PreparedModel {
         let mut warnings = Vec::new();
         let bytes = match onnx_proto::rewrite_zipmaps(&bytes).map_err(|e| BackendError::Load(e.to_string()))? {
             Some(rewritten) => {
+                let producer = onnx_proto::summarize(&bytes).map(|s| s.producer).unwrap_or_default();
                 for rewrite in rewritten.rewrites {
                     warnings.push(format!(
-                        "output '{}' is a scikit-learn ZipMap (sequence<map>), which the v2 protocol cannot carry; \
-                         kiln serves it as an FP32 tensor [batch, {}] with columns in class order {:?}. \
-                         Export with skl2onnx options={{id(model): {{\"zipmap\": False}}}} to skip this rewrite.",
+                        "output '{}' is a ZipMap (sequence<map>), which the v2 protocol cannot carry; \
+                         kiln serves it as an FP32 tensor [batch, {}] with columns in class order {:?}.{}",
                         rewrite.output,
                         rewrite.labels.len(),
-                        rewrite.labels
+                        rewrite.labels,
+                        zipmap_advice(&producer).map(|a| format!(" {a}")).unwrap_or_default()
                     ));
                     labels.insert(rewrite.output, rewrite.labels);
                 }
@@ -228,5 +239,18 @@ impl ModelInstance for OrtInstance {
                 output_tensor(name, value)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zipmap_advice;
+
+    #[test]
+    fn zipmap_advice_fits_the_producer() {
+        assert!(zipmap_advice("skl2onnx 1.19.1").is_some_and(|a| a.contains("skl2onnx options")));
+        assert_eq!(zipmap_advice("OnnxMLTools 1.14.0"), None, "skl2onnx's option is not how onnxmltools drops it");
+        assert_eq!(zipmap_advice("CatBoost"), None);
+        assert_eq!(zipmap_advice(""), None);
     }
 }
