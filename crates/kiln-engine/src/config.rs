@@ -210,6 +210,10 @@ pub struct TensorOverride {
     pub name: String,
     pub datatype: Option<DataType>,
     pub shape: Option<Vec<i64>>,
+    /// The model fixes the first dimension at 1, but it is the batch dimension (onnxmltools'
+    /// LightGBM export declares `label` as `[1]`): serve it as `-1`. A two-row warm-up checks
+    /// that the model really answers one row per input row.
+    pub batch_dimension: Option<bool>,
 }
 
 /// Numbers kiln uses when config.toml says nothing.
@@ -218,6 +222,16 @@ pub const DEFAULT_THREADS: usize = 1;
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
 
 impl ModelConfig {
+    /// The inputs and outputs config.toml declares batch dimensions (`batch_dimension = true`).
+    pub fn declared_batch_dimensions(&self) -> Vec<&str> {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .filter(|o| o.batch_dimension == Some(true))
+            .map(|o| o.name.as_str())
+            .collect()
+    }
+
     /// Parses config.toml text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: ModelConfig = toml::from_str(text).map_err(|e| e.to_string())?;
@@ -353,6 +367,18 @@ impl ModelConfig {
 }
 
 fn narrow(kind: &str, spec: &mut TensorSpec, o: &TensorOverride) -> Result<(), String> {
+    if o.batch_dimension == Some(true) {
+        match spec.shape.first_mut() {
+            Some(d) if *d == 1 || *d == -1 => *d = -1,
+            _ => {
+                return Err(format!(
+                    "config.toml says the first dimension of {kind} '{}' is the batch dimension, but the model \
+                     declares {:?} (only a fixed 1 can be declared a batch dimension)",
+                    o.name, spec.shape
+                ));
+            }
+        }
+    }
     if let Some(datatype) = o.datatype
         && datatype != spec.datatype
     {
@@ -388,6 +414,21 @@ mod tests {
                 TensorSpec { name: "probabilities".into(), datatype: DataType::Fp32, shape: vec![-1, 2] },
             ],
         }
+    }
+
+    #[test]
+    fn a_fixed_one_may_be_declared_the_batch_dimension() {
+        let mut sig = signature();
+        sig.outputs[0].shape = vec![1];
+        sig.outputs[1].shape = vec![5, 2];
+        let config = ModelConfig::parse("[[outputs]]\nname = \"label\"\nbatch_dimension = true\n").expect("parses");
+        assert_eq!(config.declared_batch_dimensions(), vec!["label"]);
+        config.apply(&mut sig, &mut BTreeMap::new()).expect("applies");
+        assert_eq!(sig.outputs[0].shape, vec![-1]);
+        let config =
+            ModelConfig::parse("[[outputs]]\nname = \"probabilities\"\nbatch_dimension = true\n").expect("parses");
+        let err = config.apply(&mut sig, &mut BTreeMap::new()).unwrap_err();
+        assert!(err.contains("only a fixed 1 can be declared a batch dimension"), "{err}");
     }
 
     #[test]

@@ -218,9 +218,58 @@ pub fn prepare_model_file(
         {
             tracing::info!(model = name, version, "warm-up skipped: the model rejects all-zero inputs ({e})");
         }
+        if instances.is_empty() {
+            check_batch_dimensions(&mut instance, &signature, config).map_err(load_error)?;
+        }
         instances.push(Box::new(instance));
     }
     Ok(LoadedVersion { name: name.to_string(), version, signature, labels, settings, instances })
+}
+
+/// Runs two rows of zeros through a model whose config.toml declares batch dimensions
+/// (`batch_dimension = true`) and checks that each declared output answers two rows. A model
+/// that rejects zeros cannot be checked; that is a note, not an error.
+fn check_batch_dimensions(
+    instance: &mut kiln_backend_ort::OrtInstance,
+    signature: &ModelSignature,
+    config: &ModelConfig,
+) -> Result<(), String> {
+    let declared = config.declared_batch_dimensions();
+    if declared.is_empty() {
+        return Ok(());
+    }
+    let inputs: Vec<Tensor> = signature
+        .inputs
+        .iter()
+        .filter_map(|spec| {
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| usize::try_from(d).unwrap_or(if i == 0 { 2 } else { 1 }))
+                .collect();
+            let n = kiln_core::element_count(&shape)?;
+            Tensor::new(spec.name.clone(), shape, TensorData::zeros(spec.datatype, n)).ok()
+        })
+        .collect();
+    let outputs = signature.output_names();
+    let answered = match instance.run(&inputs, &outputs) {
+        Ok(answered) => answered,
+        Err(e) => {
+            tracing::info!("batch dimensions declared in config.toml not checked: the model rejects zeros ({e})");
+            return Ok(());
+        }
+    };
+    for out in answered.iter().filter(|t| declared.contains(&t.name.as_str())) {
+        if out.shape.first() != Some(&2) {
+            return Err(format!(
+                "config.toml says the first dimension of output '{}' is the batch dimension, but for 2 input rows \
+                 the model answered shape {:?}",
+                out.name, out.shape
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A `text_embedding` model: paths from `[text]` are relative to the model folder (the
