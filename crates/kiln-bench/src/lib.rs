@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::sync::Mutex;
 
 pub use report::Report;
 pub use target::{Protocol, Target, TargetSpec};
@@ -48,8 +47,8 @@ pub enum BenchError {
 }
 
 struct Shared {
-    histogram: Mutex<Histogram<u64>>,
-    error_histogram: Mutex<Histogram<u64>>,
+    histogram: std::sync::Mutex<Histogram<u64>>,
+    error_histogram: std::sync::Mutex<Histogram<u64>>,
     ok: AtomicU64,
     errors: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
@@ -66,8 +65,12 @@ impl Shared {
     fn new() -> Self {
         Shared {
             // 1 µs .. 60 s, 3 significant digits.
-            histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")),
-            error_histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")),
+            histogram: std::sync::Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+            ),
+            error_histogram: std::sync::Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+            ),
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             first_error: std::sync::Mutex::new(None),
@@ -79,7 +82,8 @@ impl Shared {
         }
     }
 
-    async fn record(&self, latency: Duration, result: Result<(), String>) {
+    /// Counts one answer (no await inside: callers on the executor and on plain threads).
+    fn record(&self, latency: Duration, result: Result<(), String>) {
         if !self.measuring.load(Ordering::Relaxed) {
             return;
         }
@@ -87,12 +91,12 @@ impl Shared {
             Ok(()) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, 60_000_000);
-                self.histogram.lock().await.saturating_record(us);
+                self.histogram.lock().unwrap_or_else(std::sync::PoisonError::into_inner).saturating_record(us);
             }
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, 60_000_000);
-                self.error_histogram.lock().await.saturating_record(us);
+                self.error_histogram.lock().unwrap_or_else(std::sync::PoisonError::into_inner).saturating_record(us);
                 let kind = e.split(':').next().unwrap_or_default().trim().to_string();
                 *self.error_kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(kind).or_default() +=
                     1;
@@ -130,8 +134,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         None if target.is_in_process() => (0..config.concurrency.max(1))
             .map(|_| {
                 let (target, shared) = (target.clone(), shared.clone());
-                let handle = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || blocking_closed_loop(&target, &shared, &handle))
+                tokio::task::spawn_blocking(move || blocking_closed_loop(&target, &shared))
             })
             .collect(),
         None => {
@@ -184,7 +187,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     for w in workers {
         w.abort();
     }
-    let histogram = shared.histogram.lock().await.clone();
+    let histogram = shared.histogram.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let per_second = shared.per_second.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let first_error = shared.first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let mut report = Report::new(
@@ -197,7 +200,8 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         &histogram,
         per_second,
     );
-    report.error_latency_us = report::Latency::of(&*shared.error_histogram.lock().await);
+    report.error_latency_us =
+        report::Latency::of(&shared.error_histogram.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     report.error_kinds = shared.error_kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     Ok(report)
 }
@@ -206,15 +210,15 @@ async fn closed_loop(target: Arc<Target>, shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::Relaxed) {
         let sent = Instant::now();
         let result = target.call().await;
-        shared.record(sent.elapsed(), result).await;
+        shared.record(sent.elapsed(), result);
     }
 }
 
-fn blocking_closed_loop(target: &Target, shared: &Shared, handle: &tokio::runtime::Handle) {
+fn blocking_closed_loop(target: &Target, shared: &Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
         let sent = Instant::now();
         let result = target.call_blocking();
-        handle.block_on(shared.record(sent.elapsed(), result));
+        shared.record(sent.elapsed(), result);
     }
 }
 
@@ -238,16 +242,12 @@ async fn open_loop(target: Arc<Target>, shared: Arc<Shared>, rate: f64) {
             let target = target.clone();
             let shared = shared.clone();
             let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                handle.spawn(async move {
-                    shared
-                        .record(Duration::ZERO, Err("the load generator has 100,000 requests in flight".into()))
-                        .await;
-                });
+                shared.record(Duration::ZERO, Err("the load generator has 100,000 requests in flight".into()));
                 continue;
             };
             handle.spawn(async move {
                 let result = target.call().await;
-                shared.record(intended.elapsed(), result).await;
+                shared.record(intended.elapsed(), result);
                 drop(permit);
             });
         }
