@@ -206,7 +206,7 @@ pub fn prepare_model_file(
         )));
     }
     let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(settings.instances);
-    let warmup = warmup_inputs(&prepared.signature);
+    let warmup = warmup_inputs(&prepared.signature, 1);
     let outputs = prepared.signature.output_names();
     for _ in 0..settings.instances {
         let mut instance = prepared.instantiate().map_err(|e| load_error(e.to_string()))?;
@@ -238,20 +238,7 @@ fn check_batch_dimensions(
     if declared.is_empty() {
         return Ok(());
     }
-    let inputs: Vec<Tensor> = signature
-        .inputs
-        .iter()
-        .filter_map(|spec| {
-            let shape: Vec<usize> = spec
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| usize::try_from(d).unwrap_or(if i == 0 { 2 } else { 1 }))
-                .collect();
-            let n = kiln_core::element_count(&shape)?;
-            Tensor::new(spec.name.clone(), shape, TensorData::zeros(spec.datatype, n)).ok()
-        })
-        .collect();
+    let inputs = warmup_inputs(signature, 2);
     let outputs = signature.output_names();
     let answered = match instance.run(&inputs, &outputs) {
         Ok(answered) => answered,
@@ -334,13 +321,19 @@ pub fn serving_settings(config: &ModelConfig) -> ServingSettings {
     }
 }
 
-/// Zero-valued inputs of the declared shapes, dynamic dimensions set to 1.
-fn warmup_inputs(signature: &ModelSignature) -> Vec<Tensor> {
+/// Zero-valued inputs of the declared shapes: a dynamic first dimension set to `rows`, other
+/// dynamic dimensions to 1.
+fn warmup_inputs(signature: &ModelSignature, rows: usize) -> Vec<Tensor> {
     signature
         .inputs
         .iter()
         .filter_map(|spec| {
-            let shape: Vec<usize> = spec.shape.iter().map(|&d| usize::try_from(d).unwrap_or(1)).collect();
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| usize::try_from(d).unwrap_or(if i == 0 { rows } else { 1 }))
+                .collect();
             let n = kiln_core::element_count(&shape)?;
             let data = TensorData::zeros(spec.datatype, n);
             Tensor::new(spec.name.clone(), shape, data).ok()
