@@ -63,9 +63,37 @@ pub(crate) struct Job {
     pub reply: Reply,
 }
 
+/// Whether a queued request is still worth running.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Waiting,
+    /// The caller left: drop it unrun.
+    Gone,
+    /// Past its deadline: answer it with a timeout, unrun.
+    Expired,
+}
+
 impl Job {
-    fn expired(&self, now: Instant) -> bool {
-        self.deadline.is_some_and(|d| now >= d)
+    fn standing(&self, now: Instant) -> Standing {
+        if self.reply.is_closed() {
+            Standing::Gone
+        } else if self.deadline.is_some_and(|d| now >= d) {
+            Standing::Expired
+        } else {
+            Standing::Waiting
+        }
+    }
+
+    /// The job if its caller still waits; an expired one goes to `expired`.
+    fn keep(self, now: Instant, expired: &mut Vec<Job>) -> Option<Job> {
+        match self.standing(now) {
+            Standing::Waiting => Some(self),
+            Standing::Gone => None,
+            Standing::Expired => {
+                expired.push(self);
+                None
+            }
+        }
     }
 
     /// Whether two requests can be merged into one batch: same inputs, datatypes, non-batch
@@ -303,14 +331,9 @@ impl JobQueue {
 fn take_first(jobs: &mut VecDeque<Job>, expired: &mut Vec<Job>) -> Option<Job> {
     let now = Instant::now();
     while let Some(job) = jobs.pop_front() {
-        if job.reply.is_closed() {
-            continue;
+        if let Some(job) = job.keep(now, expired) {
+            return Some(job);
         }
-        if job.expired(now) {
-            expired.push(job);
-            continue;
-        }
-        return Some(job);
     }
     None
 }
@@ -331,12 +354,10 @@ fn take_compatible(
     while i < jobs.len() && rows < max_rows && looked < scan {
         looked += 1;
         let job = &jobs[i];
-        if job.reply.is_closed() {
-            jobs.remove(i);
-            continue;
-        }
-        if job.expired(now) {
-            expired.extend(jobs.remove(i));
+        if job.standing(now) != Standing::Waiting {
+            if let Some(job) = jobs.remove(i) {
+                job.keep(now, expired);
+            }
             continue;
         }
         if rows + job.rows <= max_rows && batch[0].compatible(job) {
@@ -353,13 +374,8 @@ fn take_compatible(
 /// that waited for its instance after leaving the queue.
 pub(crate) fn still_wanted(batch: Vec<Job>) -> Vec<Job> {
     let now = Instant::now();
-    let (mut live, mut expired) = (Vec::with_capacity(batch.len()), Vec::new());
-    for job in batch {
-        if job.reply.is_closed() {
-            continue;
-        }
-        if job.expired(now) { expired.push(job) } else { live.push(job) }
-    }
+    let mut expired = Vec::new();
+    let live = batch.into_iter().filter_map(|job| job.keep(now, &mut expired)).collect();
     answer_expired(expired);
     live
 }
