@@ -14,8 +14,8 @@ const MARKERS: [(&str, &[u8], &[u8], f64); 3] = [
     ("\u{0}kiln:Infinity", br#""\u0000kiln:Infinity""#, b"Infinity", f64::INFINITY),
 ];
 
-/// Whether text could hold a marker (then markers are not written, see
-/// [`marker_for`]).
+/// Whether text (a BYTES element) could pass for a marker: then a response writes non-finite
+/// floats as null instead of markers.
 pub(crate) fn could_collide(bytes: &[u8]) -> bool {
     memmem::find(bytes, b"\0kiln:").is_some()
 }
