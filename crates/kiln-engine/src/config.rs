@@ -47,10 +47,13 @@ pub struct ModelConfig {
     /// Class labels per output name, in column order.
     #[serde(default)]
     pub labels: BTreeMap<String, Vec<String>>,
-    /// `"onnx"` (default) or `"text_embedding"` (tokenizer + encoder + pooling, see `[text]`).
+    /// `"onnx"` (default), `"text_embedding"` (tokenizer + encoder + pooling, see `[text]`) or
+    /// `"llm"` (a GGUF file on llama.cpp, `<version>/model.gguf`, see `[llm]`).
     pub kind: Option<String>,
     /// Settings of a `text_embedding` model.
     pub text: Option<TextConfig>,
+    /// Settings of an `llm` model.
+    pub llm: Option<LlmConfig>,
     /// What the prediction log keeps of this model's requests.
     pub records: Option<RecordsConfig>,
 }
@@ -174,6 +177,50 @@ impl TextConfig {
     }
 }
 
+/// `[llm]`: a generative model. `threads` (llama.cpp's CPU threads, default 2 here) and
+/// `max_queue_size` (requests waiting for a sequence slot, default 64 here) are the top-level
+/// keys.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Tokens per sequence, prompt and completion together (default: the model's training
+    /// context, at most 4096).
+    pub context_length: Option<u32>,
+    /// Sequences generated together by continuous batching (default 4).
+    pub max_sequences: Option<usize>,
+    /// `max_tokens` when a request does not say (default 256).
+    pub max_tokens: Option<u32>,
+    /// `temperature` when a request does not say (default 1.0; 0 = greedy).
+    pub temperature: Option<f32>,
+    /// `top_p` when a request does not say (default 1.0).
+    pub top_p: Option<f32>,
+    /// Layers offloaded to a GPU; needs kiln built with `--features cuda` (default 0).
+    pub gpu_layers: Option<u32>,
+}
+
+impl ModelConfig {
+    /// The settings of an `llm` model.
+    pub fn llm_settings(&self) -> kiln_llm::LlmSettings {
+        let d = kiln_llm::LlmSettings::default();
+        let llm = self.llm.clone().unwrap_or_default();
+        kiln_llm::LlmSettings {
+            threads: self.threads.unwrap_or(d.threads),
+            context_length: llm.context_length,
+            max_sequences: llm.max_sequences.unwrap_or(d.max_sequences),
+            max_queue_size: self.max_queue_size.unwrap_or(d.max_queue_size),
+            max_tokens: llm.max_tokens.unwrap_or(d.max_tokens),
+            temperature: llm.temperature.unwrap_or(d.temperature),
+            top_p: llm.top_p.unwrap_or(d.top_p),
+            gpu_layers: llm.gpu_layers.unwrap_or(d.gpu_layers),
+        }
+    }
+
+    /// Whether this is a generative (`kind = "llm"`) model.
+    pub fn is_llm(&self) -> bool {
+        self.kind.as_deref() == Some("llm")
+    }
+}
+
 /// Triton's version policies.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -248,12 +295,20 @@ impl ModelConfig {
             }
         }
         match (config.kind.as_deref(), &config.text) {
-            (None | Some("onnx"), None) | (Some("text_embedding"), Some(_)) => {}
+            (None | Some("onnx" | "llm"), None) | (Some("text_embedding"), Some(_)) => {}
             (Some("text_embedding"), None) => return Err("kind = \"text_embedding\" needs a [text] table".into()),
-            (None | Some("onnx"), Some(_)) => return Err("a [text] table needs kind = \"text_embedding\"".into()),
-            (Some(other), _) => {
-                return Err(format!("kind '{other}' is not supported (\"onnx\" or \"text_embedding\")"));
+            (None | Some("onnx" | "llm"), Some(_)) => {
+                return Err("a [text] table needs kind = \"text_embedding\"".into());
             }
+            (Some(other), _) => {
+                return Err(format!("kind '{other}' is not supported (\"onnx\", \"text_embedding\" or \"llm\")"));
+            }
+        }
+        if config.llm.is_some() && !config.is_llm() {
+            return Err("an [llm] table needs kind = \"llm\"".into());
+        }
+        if config.is_llm() {
+            config.check_llm()?;
         }
         if config.text.as_ref().is_some_and(|t| t.max_length == Some(0) || t.max_batch_tokens == Some(0)) {
             return Err("[text] max_length and max_batch_tokens must be at least 1".into());
@@ -270,6 +325,39 @@ impl ModelConfig {
             return Err("version_policy latest must be at least 1".into());
         }
         Ok(config)
+    }
+
+    /// What an `llm` model may not say, and the ranges of its numbers.
+    fn check_llm(&self) -> Result<(), String> {
+        let onnx_only = [
+            ("instances", self.instances.is_some()),
+            ("max_batch_size", self.max_batch_size.is_some()),
+            ("dynamic_batching", self.dynamic_batching.is_some()),
+            ("max_queue_delay_us", self.max_queue_delay_us.is_some()),
+            ("latency_target_ms", self.latency_target_ms.is_some()),
+            ("[[inputs]]", !self.inputs.is_empty()),
+            ("[[outputs]]", !self.outputs.is_empty()),
+            ("[labels]", !self.labels.is_empty()),
+        ];
+        if let Some((key, _)) = onnx_only.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "{key} does not apply to kind = \"llm\" (sequences are batched continuously; see [llm] max_sequences)"
+            ));
+        }
+        let Some(llm) = &self.llm else { return Ok(()) };
+        if llm.max_sequences == Some(0) {
+            return Err("[llm] max_sequences must be at least 1".into());
+        }
+        if llm.context_length.is_some_and(|n| n < 16) {
+            return Err("[llm] context_length must be at least 16 tokens".into());
+        }
+        if llm.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err("[llm] temperature must be between 0 and 2".into());
+        }
+        if llm.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return Err("[llm] top_p must be in (0, 1]".into());
+        }
+        Ok(())
     }
 
     pub fn instances(&self) -> usize {

@@ -11,6 +11,7 @@
 mod batcher;
 pub mod config;
 mod engine;
+mod llm;
 pub mod error;
 pub mod metrics;
 mod model;
@@ -21,5 +22,6 @@ pub mod stats;
 
 pub use engine::{Engine, EngineConfig, IndexEntry, ModelControl, ModelState, VersionState};
 pub use error::EngineError;
-pub use metrics::Protocol;
-pub use model::{InferRequest, InferResponse, ModelHandle, ServedModel, ServingSettings};
+pub use metrics::{Outcome, Protocol};
+pub use model::{InFlight, InferRequest, InferResponse, ModelHandle, ServedModel, ServingSettings};
+pub use kiln_llm;

@@ -82,6 +82,8 @@ enum Executor {
     Workers(WorkerPool),
     /// A pipeline: its steps, which call other models' executors (it has no queue of its own).
     Pipeline(Arc<crate::pipeline::Pipeline>),
+    /// A generative LLM: its own scheduler thread and sequence slots (continuous batching).
+    Llm(Arc<kiln_llm::LlmModel>),
 }
 
 /// One worker thread per instance, each running the dynamic batcher over the shared queue.
@@ -169,6 +171,34 @@ impl ServedModel {
         }
     }
 
+    /// Serves a generative LLM: `text_input` BYTES `[n]` → `text_output` BYTES `[n]` over v2.
+    pub fn llm(name: String, version: u64, llm: kiln_llm::LlmModel, settings: ServingSettings) -> Self {
+        ServedModel {
+            signature: crate::llm::signature(),
+            metrics: Arc::new(ModelMetrics::new(&name, version)),
+            stats: Arc::new(ModelStats::default()),
+            labels: BTreeMap::new(),
+            name,
+            version,
+            settings,
+            executor: Executor::Llm(Arc::new(llm)),
+        }
+    }
+
+    /// The LLM this model runs, when it is one (chat and completions go to it directly).
+    pub fn llm_model(&self) -> Option<&Arc<kiln_llm::LlmModel>> {
+        match &self.executor {
+            Executor::Llm(llm) => Some(llm),
+            _ => None,
+        }
+    }
+
+    /// Counts a request that bypasses [`ServedModel::infer`] (an OpenAI chat or completion,
+    /// which may stream) in the model's metrics and statistics, however it ends.
+    pub fn track(model: &ModelHandle, protocol: Protocol) -> InFlight<ModelHandle> {
+        InFlight::enter(model.clone(), protocol)
+    }
+
     /// Whether this is a pipeline.
     pub fn is_pipeline(&self) -> bool {
         matches!(self.executor, Executor::Pipeline(_))
@@ -178,7 +208,7 @@ impl ServedModel {
     pub fn pipeline_graph(&self) -> Option<&crate::pipeline::Pipeline> {
         match &self.executor {
             Executor::Pipeline(pipeline) => Some(pipeline),
-            Executor::Workers(_) => None,
+            _ => None,
         }
     }
 
@@ -213,7 +243,7 @@ impl ServedModel {
     fn infer_blocking_inner(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
         let Executor::Workers(pool) = &self.executor else {
             return Err(EngineError::InvalidRequest(format!(
-                "'{}' is a pipeline; it runs on the async engine (ServedModel::infer)",
+                "'{}' is a pipeline or an LLM; it runs on the async engine (ServedModel::infer)",
                 self.name
             )));
         };
@@ -291,6 +321,10 @@ impl ServedModel {
             Executor::Pipeline(pipeline) => {
                 return self.run_pipeline(pipeline, request, &admitted.outputs, admitted.rows, admitted.timeout).await;
             }
+            Executor::Llm(llm) => {
+                let outputs = crate::llm::run(self, llm, request.inputs, admitted.timeout).await?;
+                return Ok(self.response(outputs));
+            }
         };
         let (reply, answer) = oneshot::channel();
         let timeout = admitted.timeout;
@@ -333,7 +367,7 @@ impl ServedModel {
     pub fn instance_count(&self) -> usize {
         match &self.executor {
             Executor::Workers(pool) => pool.workers.len(),
-            Executor::Pipeline(_) => 0,
+            Executor::Pipeline(_) | Executor::Llm(_) => 0,
         }
     }
 
@@ -342,6 +376,7 @@ impl ServedModel {
         match &self.executor {
             Executor::Workers(pool) => pool.queue.len(),
             Executor::Pipeline(_) => 0,
+            Executor::Llm(llm) => llm.queue_depth(),
         }
     }
 
@@ -349,7 +384,7 @@ impl ServedModel {
     pub fn batch_window(&self) -> Duration {
         match &self.executor {
             Executor::Workers(pool) => pool.runner.window.current(),
-            Executor::Pipeline(_) => Duration::ZERO,
+            Executor::Pipeline(_) | Executor::Llm(_) => Duration::ZERO,
         }
     }
 }
@@ -385,18 +420,19 @@ fn try_lock_slot(slot: &Slot) -> Option<std::sync::MutexGuard<'_, Box<dyn ModelI
     }
 }
 
-/// One request inside [`ServedModel::infer`]: raises the in-flight gauge on entry; on drop
-/// lowers it and records the outcome — `cancelled` when the future was dropped before
-/// [`InFlight::finish`] said how it ended.
-struct InFlight<'a> {
-    model: &'a ServedModel,
+/// One request inside [`ServedModel::infer`] (or a streamed LLM request, holding its
+/// [`ModelHandle`]): raises the in-flight gauge on entry; on drop lowers it and records the
+/// outcome — `cancelled` when the future was dropped before [`InFlight::finish`] or
+/// [`InFlight::end`] said how it ended.
+pub struct InFlight<M: std::ops::Deref<Target = ServedModel>> {
+    model: M,
     protocol: Protocol,
     started: Instant,
     outcome: Outcome,
 }
 
-impl<'a> InFlight<'a> {
-    fn enter(model: &'a ServedModel, protocol: Protocol) -> Self {
+impl<M: std::ops::Deref<Target = ServedModel>> InFlight<M> {
+    fn enter(model: M, protocol: Protocol) -> Self {
         model.metrics.in_flight(1.0);
         InFlight { model, protocol, started: Instant::now(), outcome: Outcome::Cancelled }
     }
@@ -404,9 +440,14 @@ impl<'a> InFlight<'a> {
     fn finish(mut self, result: &Result<InferResponse, EngineError>) {
         self.outcome = Outcome::of(result);
     }
+
+    /// Says how the request ended; a guard dropped without it counts as cancelled.
+    pub fn end(mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
 }
 
-impl Drop for InFlight<'_> {
+impl<M: std::ops::Deref<Target = ServedModel>> Drop for InFlight<M> {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
         let (metrics, stats) = (&self.model.metrics, &self.model.stats);

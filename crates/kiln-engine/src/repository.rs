@@ -105,7 +105,7 @@ pub type FileStamp = Option<(u64, std::time::SystemTime)>;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fingerprint {
     pub config: FileStamp,
-    /// Per numeric version folder, its model file.
+    /// Per numeric version folder, its model file (`model.onnx`, else `model.gguf`).
     pub versions: BTreeMap<u64, FileStamp>,
 }
 
@@ -121,7 +121,10 @@ pub fn fingerprint(model_dir: &Path) -> Fingerprint {
         config: if pipeline.is_file() { stamp(&pipeline) } else { stamp(&model_dir.join(CONFIG_FILE)) },
         versions: scan_versions(model_dir)
             .into_iter()
-            .map(|v| (v, stamp(&model_dir.join(v.to_string()).join(MODEL_FILE))))
+            .map(|v| {
+                let folder = model_dir.join(v.to_string());
+                (v, stamp(&folder.join(MODEL_FILE)).or_else(|| stamp(&folder.join(GGUF_FILE))))
+            })
             .collect(),
     }
 }
@@ -341,8 +344,11 @@ fn warmup_inputs(signature: &ModelSignature, rows: usize) -> Vec<Tensor> {
         .collect()
 }
 
-/// Loads `REPO/<model>/<version>/model.onnx`.
+/// Loads `REPO/<model>/<version>/model.onnx` (`model.gguf` for an LLM).
 pub fn load_version(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<ServedModel, EngineError> {
+    if config.is_llm() {
+        return load_llm(dir, version, config);
+    }
     let file = dir.path.join(version.to_string()).join(MODEL_FILE);
     if config.text.is_none() && !file.is_file() {
         return Err(EngineError::LoadFailed {
@@ -361,6 +367,28 @@ pub fn load_version(dir: &ModelDir, version: u64, config: &ModelConfig) -> Resul
         })?;
     }
     load_model_file(&dir.name, version, &file, config)
+}
+
+/// The file name of an LLM's weights in its version folder.
+pub const GGUF_FILE: &str = "model.gguf";
+
+/// Loads `REPO/<model>/<version>/model.gguf` on llama.cpp and starts its scheduler.
+fn load_llm(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<ServedModel, EngineError> {
+    let load_error = |reason: String| EngineError::LoadFailed { model: dir.name.clone(), version, reason };
+    let file = dir.path.join(version.to_string()).join(GGUF_FILE);
+    if !file.is_file() {
+        return Err(load_error(format!("no {GGUF_FILE} in {}", file.parent().unwrap_or(&dir.path).display())));
+    }
+    if let Some(repository) = dir.path.parent() {
+        confine(repository, &file).map_err(load_error)?;
+    }
+    let llm = kiln_llm::LlmModel::load(&dir.name, version, &file, config.llm_settings())
+        .map_err(|e| load_error(e.to_string()))?;
+    let mut settings = serving_settings(config);
+    settings.records = config.records_policy(&crate::llm::signature()).map_err(load_error)?;
+    settings.max_queue_size = llm.settings().max_queue_size;
+    settings.threads = llm.settings().threads;
+    Ok(ServedModel::llm(dir.name.clone(), version, llm, settings))
 }
 
 /// Loads a model from a path for one-process use (`kiln predict`, `kiln bench`, the Python
@@ -389,6 +417,12 @@ pub fn prepare_path(
     }
     let mut config = read_config(path).map_err(EngineError::Repository)?;
     adjust(&mut config);
+    if config.is_llm() {
+        return Err(EngineError::Repository(format!(
+            "{} is an LLM (kind = \"llm\"); it is served by `kiln serve` (POST /v1/chat/completions)",
+            path.display()
+        )));
+    }
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let dir = scan(parent)?
         .into_iter()

@@ -2,6 +2,7 @@
 //! `/metrics` and the 404 fallback, and owns the one bounded body reader every route that
 //! reads a body goes through.
 
+pub mod chat;
 pub mod dashboard;
 pub mod openai;
 pub mod records_api;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v2::routes())
         .merge(openai::routes())
+        .merge(chat::routes())
         .merge(records_api::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))

@@ -1,5 +1,6 @@
 //! OpenAI-compatible endpoints for text embedding models: `POST /v1/embeddings` and
-//! `GET /v1/models`, so OpenAI clients (and pipeline `embeddings` steps) can point at kiln.
+//! `GET /v1/models` (embedding models and LLMs; generation is `rest::chat`), so OpenAI clients
+//! (and pipeline `embeddings` steps) can point at kiln.
 //! Errors use OpenAI's shape ([`OpenAiError`]).
 
 use axum::extract::State;
@@ -156,8 +157,18 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
         .model_states()
         .iter()
         .filter_map(|s| state.engine.model(&s.name, None).ok())
-        .filter(|m| embedding_dim(m).is_some())
-        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "kiln"}))
+        .filter_map(|m| {
+            let mut entry = json!({"id": m.name, "object": "model", "created": 0, "owned_by": "kiln"});
+            if let Some(llm) = m.llm_model() {
+                entry["kind"] = json!("llm");
+                entry["context_length"] = json!(llm.info().context_length);
+            } else if embedding_dim(&m).is_some() {
+                entry["kind"] = json!("text_embedding");
+            } else {
+                return None;
+            }
+            Some(entry)
+        })
         .collect();
     Json(json!({"object": "list", "data": data}))
 }

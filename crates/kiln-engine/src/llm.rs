@@ -1,0 +1,57 @@
+//! An LLM served through the engine's own interface (`ServedModel::infer`), so v2 REST, gRPC,
+//! tritonclient and pipelines reach it like any model: `text_input` BYTES `[n]` holds `n` raw
+//! prompts (Triton's LLM convention: no chat template), `text_output` BYTES `[n]` their
+//! completions, generated concurrently as `n` sequences with the model's default settings.
+
+use std::time::Duration;
+
+use kiln_core::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
+use kiln_llm::{GenerateParams, LlmModel};
+
+use crate::error::EngineError;
+use crate::model::ServedModel;
+
+pub const TEXT_INPUT: &str = "text_input";
+pub const TEXT_OUTPUT: &str = "text_output";
+
+pub(crate) fn signature() -> ModelSignature {
+    let spec = |name: &str| TensorSpec { name: name.into(), datatype: DataType::Bytes, shape: vec![-1] };
+    ModelSignature { inputs: vec![spec(TEXT_INPUT)], outputs: vec![spec(TEXT_OUTPUT)] }
+}
+
+/// Runs every prompt row as its own sequence and waits for all (dropping this future cancels
+/// them all: their `Generation`s go with it).
+pub(crate) async fn run(
+    model: &ServedModel,
+    llm: &LlmModel,
+    inputs: Vec<Tensor>,
+    timeout: Option<Duration>,
+) -> Result<Vec<Tensor>, EngineError> {
+    let prompts = match inputs.into_iter().next().map(|t| t.data) {
+        Some(TensorData::Bytes(rows)) => rows,
+        _ => return Err(EngineError::InvalidRequest(format!("'{TEXT_INPUT}' must be a BYTES tensor"))),
+    };
+    let mut generations = Vec::with_capacity(prompts.len());
+    for (i, prompt) in prompts.iter().enumerate() {
+        let text = std::str::from_utf8(prompt)
+            .map_err(|e| EngineError::InvalidRequest(format!("'{TEXT_INPUT}'[{i}] is not UTF-8: {e}")))?;
+        let tokens = llm.text_prompt(text);
+        let generation = llm
+            .generate(tokens, &GenerateParams::default())
+            .map_err(|e| match EngineError::from(e) {
+                EngineError::InvalidRequest(m) => EngineError::InvalidRequest(format!("'{TEXT_INPUT}'[{i}]: {m}")),
+                other => other,
+            })?;
+        generations.push(generation.complete());
+    }
+    let all = futures_util::future::try_join_all(generations);
+    let completions = match timeout {
+        Some(limit) => tokio::time::timeout(limit, all)
+            .await
+            .map_err(|_| crate::model::timeout_error(&model.name, model.version, limit))??,
+        None => all.await?,
+    };
+    let rows = completions.len();
+    let texts = completions.into_iter().map(|c| c.text.into_bytes()).collect();
+    Ok(vec![Tensor::new(TEXT_OUTPUT, vec![rows], TensorData::Bytes(texts)).map_err(EngineError::Backend)?])
+}

@@ -1,0 +1,361 @@
+//! kiln-llm: generative LLMs (GGUF files) run in-process on llama.cpp, through the
+//! `llama-cpp-2` bindings, with continuous batching.
+//!
+//! An [`LlmModel`] is one loaded GGUF and one llama.cpp context with a sequence slot per
+//! concurrent request (`max_sequences`). Its [`scheduler`] thread owns that context: every step
+//! it admits waiting requests into free slots, puts one token of each generating sequence and
+//! a chunk of each new prompt into one batch, decodes it, samples each sequence's next token
+//! and sends the text to the request's [`Generation`]. A request joins at the next step, a
+//! finished one frees its slot at once, and a request whose [`Generation`] is dropped (the
+//! client left) is removed before the next step: no token is computed for nobody.
+//!
+//! It owns prompt construction too: the model's own chat template ([`template`]) and the
+//! tokenizer. It knows nothing of HTTP, JSON APIs or repositories.
+
+pub mod metrics;
+mod scheduler;
+pub mod template;
+pub mod text;
+
+use std::path::Path;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc;
+
+pub use llama_cpp_2::token::LlamaToken as Token;
+pub use template::{ChatTemplate, Message, ROLES};
+
+/// Why an LLM call or load failed; the server maps each to a status code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    #[error("{0}")]
+    Load(String),
+    #[error("the prompt has {prompt} tokens, but the model's context is {context} tokens")]
+    PromptTooLong { prompt: usize, context: usize },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("{waiting} requests are already waiting for a sequence slot (max_queue_size); try again later")]
+    Overloaded { waiting: usize },
+    #[error("the chat template refused the messages: {0}")]
+    Template(String),
+    #[error("the model is shutting down")]
+    ShuttingDown,
+    #[error("llama.cpp failed: {0}")]
+    Engine(String),
+}
+
+/// A model's settings, from config.toml and kiln's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmSettings {
+    /// CPU threads llama.cpp uses for a step.
+    pub threads: usize,
+    /// Tokens of context per sequence (prompt + completion); `None` = the model's training
+    /// context, capped at 4096.
+    pub context_length: Option<u32>,
+    /// Sequences decoded together (continuous batching); more wait in the queue.
+    pub max_sequences: usize,
+    /// Requests that may wait for a sequence slot before new ones are refused.
+    pub max_queue_size: usize,
+    /// Defaults for requests that do not say.
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Layers offloaded to a GPU (needs a GPU build: the `cuda` feature); 0 = CPU only.
+    pub gpu_layers: u32,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        LlmSettings {
+            threads: 2,
+            context_length: None,
+            max_sequences: 4,
+            max_queue_size: 64,
+            max_tokens: 256,
+            temperature: 1.0,
+            top_p: 1.0,
+            gpu_layers: 0,
+        }
+    }
+}
+
+/// What a caller may set per request; `None` takes the model's default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerateParams {
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Same seed + same request = same text. `None` = a random seed.
+    pub seed: Option<u32>,
+    /// Generation ends before any of these; they are not part of the text.
+    pub stop: Vec<String>,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended its answer, or a stop string came.
+    Stop,
+    /// `max_tokens` or the context ran out.
+    Length,
+}
+
+impl FinishReason {
+    /// OpenAI's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// What a [`Generation`] yields, in order: text pieces, then exactly one `Done` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Text(String),
+    Done { reason: FinishReason, usage: Usage },
+    Failed(LlmError),
+}
+
+/// One request's output as it is generated. Dropping it cancels the request: the scheduler
+/// frees its sequence slot before the next step.
+#[derive(Debug)]
+pub struct Generation {
+    pub prompt_tokens: usize,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Generation {
+    /// The next event; `None` only after `Done`/`Failed` was taken.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Waits for the whole text.
+    pub async fn complete(mut self) -> Result<Completion, LlmError> {
+        let mut text = String::new();
+        while let Some(event) = self.next().await {
+            match event {
+                Event::Text(piece) => text.push_str(&piece),
+                Event::Done { reason, usage } => return Ok(Completion { text, reason, usage }),
+                Event::Failed(error) => return Err(error),
+            }
+        }
+        Err(LlmError::ShuttingDown)
+    }
+}
+
+/// A finished request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// What the model file says about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmInfo {
+    pub architecture: String,
+    pub parameters: u64,
+    pub file_bytes: u64,
+    /// Tokens per sequence this model serves with.
+    pub context_length: usize,
+    /// The context the model was trained with.
+    pub trained_context: usize,
+    pub max_sequences: usize,
+    pub has_chat_template: bool,
+}
+
+/// A request on its way to the scheduler.
+struct Pending {
+    prompt: Vec<LlamaToken>,
+    max_tokens: usize,
+    sampling: scheduler::Sampling,
+    stop: Vec<String>,
+    sink: mpsc::UnboundedSender<Event>,
+    queued_at: Instant,
+    _waiting: metrics::Waiting,
+}
+
+/// One loaded GGUF model serving requests. Dropping it stops admitting; sequences already
+/// running finish (their clients hold the [`Generation`]s), then the scheduler thread exits.
+pub struct LlmModel {
+    model: Arc<LlamaModel>,
+    template: Option<ChatTemplate>,
+    settings: LlmSettings,
+    info: LlmInfo,
+    queue: SyncSender<Pending>,
+    metrics: Arc<metrics::LlmMetrics>,
+}
+
+impl std::fmt::Debug for LlmModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmModel").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+/// llama.cpp's process-wide state: initialized once, never freed.
+fn backend() -> Result<&'static LlamaBackend, LlmError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp's own logging goes to tracing (target llama-cpp-2), not stderr.
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| LlmError::Load(format!("cannot initialize llama.cpp: {e}")))
+}
+
+impl LlmModel {
+    /// Loads `file` and starts its scheduler thread. `name` and `version` label its metrics.
+    /// Blocking (reads the whole file): call it off the async executor.
+    pub fn load(name: &str, version: u64, file: &Path, settings: LlmSettings) -> Result<Self, LlmError> {
+        let backend = backend()?;
+        if settings.max_sequences == 0 || settings.threads == 0 {
+            return Err(LlmError::Load("max_sequences and threads must be at least 1".into()));
+        }
+        let params = LlamaModelParams::default().with_n_gpu_layers(settings.gpu_layers);
+        let model = LlamaModel::load_from_file(backend, file, &params)
+            .map_err(|e| LlmError::Load(format!("{} is not a model llama.cpp can load: {e}", file.display())))?;
+        let trained = model.n_ctx_train() as usize;
+        let context_length = match settings.context_length {
+            Some(n) => n as usize,
+            None => trained.clamp(1, 4096),
+        };
+        if context_length < 16 {
+            return Err(LlmError::Load(format!("context_length {context_length} is too small (at least 16)")));
+        }
+        let template = match model.chat_template(None) {
+            Ok(source) => {
+                let source = source.to_string().map_err(|e| LlmError::Load(format!("chat template: {e}")))?;
+                let piece = |t: LlamaToken| String::from_utf8_lossy(&model.vocab().token_to_piece(t, true, None)).into_owned();
+                let vocab = model.vocab();
+                Some(ChatTemplate::new(&source, piece(vocab.bos()), piece(vocab.eos()))?)
+            }
+            Err(_) => None,
+        };
+        let info = LlmInfo {
+            architecture: model.meta_val_str("general.architecture").unwrap_or_default(),
+            parameters: model.n_params(),
+            file_bytes: std::fs::metadata(file).map(|m| m.len()).unwrap_or(0),
+            context_length,
+            trained_context: trained,
+            max_sequences: settings.max_sequences,
+            has_chat_template: template.is_some(),
+        };
+        let model = Arc::new(model);
+        let metrics = Arc::new(metrics::LlmMetrics::new(name, version));
+        let queue = scheduler::start(
+            backend,
+            model.clone(),
+            scheduler::Limits {
+                threads: settings.threads,
+                context_length,
+                max_sequences: settings.max_sequences,
+                channel: settings.max_sequences + settings.max_queue_size,
+            },
+            metrics.clone(),
+            format!("kiln-llm-{name}-v{version}"),
+        )?;
+        tracing::info!(
+            model = name,
+            version,
+            parameters = info.parameters,
+            context_length,
+            max_sequences = settings.max_sequences,
+            "LLM loaded"
+        );
+        Ok(LlmModel { model, template, settings, info, queue, metrics })
+    }
+
+    pub fn info(&self) -> &LlmInfo {
+        &self.info
+    }
+
+    pub fn settings(&self) -> &LlmSettings {
+        &self.settings
+    }
+
+    /// Requests waiting for a sequence slot now.
+    pub fn queue_depth(&self) -> usize {
+        self.metrics.waiting()
+    }
+
+    /// Sequences being generated now.
+    pub fn active_sequences(&self) -> usize {
+        self.metrics.active()
+    }
+
+    /// Renders chat messages with the model's template and tokenizes the prompt (special
+    /// tokens in the template's text are parsed as such; no BOS is added beyond what the
+    /// template writes).
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<LlamaToken>, LlmError> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            LlmError::Template("the model's GGUF has no chat template; use /v1/completions with a prompt".into())
+        })?;
+        let text = template.render(messages)?;
+        Ok(self.model.vocab().tokenize(text.as_bytes(), false, true))
+    }
+
+    /// Tokenizes a raw prompt, with the BOS token when the model asks for one.
+    pub fn text_prompt(&self, text: &str) -> Vec<LlamaToken> {
+        self.model.vocab().tokenize(text.as_bytes(), true, true)
+    }
+
+    /// Queues a request. Errors at once when the prompt does not fit the context or the
+    /// queue is full; otherwise the [`Generation`] yields the text as it comes.
+    pub fn generate(&self, prompt: Vec<LlamaToken>, params: &GenerateParams) -> Result<Generation, LlmError> {
+        let context = self.info.context_length;
+        if prompt.is_empty() {
+            return Err(LlmError::EmptyPrompt);
+        }
+        if prompt.len() >= context {
+            return Err(LlmError::PromptTooLong { prompt: prompt.len(), context });
+        }
+        let wanted = params.max_tokens.unwrap_or(self.settings.max_tokens) as usize;
+        let max_tokens = wanted.min(context - prompt.len());
+        let sampling = scheduler::Sampling {
+            temperature: params.temperature.unwrap_or(self.settings.temperature),
+            top_p: params.top_p.unwrap_or(self.settings.top_p),
+            seed: params.seed.unwrap_or_else(|| fastrand::u32(..)),
+        };
+        // The channel holds both the requests waiting for a slot and those about to take a
+        // free one (the scheduler admits between steps): refuse only past slots + queue.
+        let capacity = self.settings.max_sequences + self.settings.max_queue_size;
+        if self.metrics.waiting() + self.metrics.active() >= capacity {
+            return Err(LlmError::Overloaded { waiting: self.settings.max_queue_size });
+        }
+        let (sink, events) = mpsc::unbounded_channel();
+        let prompt_tokens = prompt.len();
+        let pending = Pending {
+            prompt,
+            max_tokens,
+            sampling,
+            stop: params.stop.clone(),
+            sink,
+            queued_at: Instant::now(),
+            _waiting: self.metrics.wait(),
+        };
+        match self.queue.try_send(pending) {
+            Ok(()) => Ok(Generation { prompt_tokens, events }),
+            Err(TrySendError::Full(_)) => Err(LlmError::Overloaded { waiting: self.settings.max_queue_size }),
+            Err(TrySendError::Disconnected(_)) => Err(LlmError::ShuttingDown),
+        }
+    }
+}

