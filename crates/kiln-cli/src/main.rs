@@ -30,7 +30,8 @@ struct Cli {
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     log_format: LogFormat,
 
-    /// Log filter (tracing's EnvFilter syntax, e.g. "info" or "kiln_engine=debug").
+    /// Log filter (tracing's EnvFilter syntax, e.g. "info" or "kiln_engine=debug"); llama.cpp's
+    /// own messages (target llama-cpp-2) show from warn up unless the filter names them.
     #[arg(long, env = "KILN_LOG", default_value = "info", global = true)]
     log_level: String,
 }
@@ -369,8 +370,11 @@ fn records_config(args: &ServeArgs) -> Option<kiln_records::RecorderConfig> {
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
+    // llama.cpp reports every tensor it loads at its info level: keep its warnings only,
+    // unless the filter names it (e.g. "info,llama-cpp-2=info").
+    let filter = if filter.contains("llama") { filter.to_string() } else { format!("{filter},llama-cpp-2=warn") };
     let filter =
-        tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid --log-level '{filter}'"))?;
+        tracing_subscriber::EnvFilter::try_new(&filter).with_context(|| format!("invalid --log-level '{filter}'"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),

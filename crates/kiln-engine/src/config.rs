@@ -196,10 +196,14 @@ pub struct LlmConfig {
     pub top_p: Option<f32>,
     /// Layers offloaded to a GPU; needs kiln built with `--features cuda` (default 0).
     pub gpu_layers: Option<u32>,
+    /// llama.cpp's flash attention (default false, as llama-cpp-python: greedy texts then
+    /// equal the prototype's).
+    pub flash_attention: Option<bool>,
 }
 
 impl ModelConfig {
     /// The settings of an `llm` model.
+    #[cfg(feature = "llm")]
     pub fn llm_settings(&self) -> kiln_llm::LlmSettings {
         let d = kiln_llm::LlmSettings::default();
         let llm = self.llm.clone().unwrap_or_default();
@@ -212,6 +216,7 @@ impl ModelConfig {
             temperature: llm.temperature.unwrap_or(d.temperature),
             top_p: llm.top_p.unwrap_or(d.top_p),
             gpu_layers: llm.gpu_layers.unwrap_or(d.gpu_layers),
+            flash_attention: llm.flash_attention.unwrap_or(d.flash_attention),
         }
     }
 
@@ -563,6 +568,34 @@ mod tests {
         assert!(config.apply(&mut signature(), &mut labels).unwrap_err().contains("names output 'nope'"));
         let config = ModelConfig::parse("[labels]\nprobabilities = [\"a\", \"b\", \"c\"]").expect("parses");
         assert!(config.apply(&mut signature(), &mut labels).unwrap_err().contains("which has 2 columns"));
+    }
+
+    #[test]
+    fn llm_settings_and_what_an_llm_may_not_say() {
+        let config = ModelConfig::parse(
+            "kind = \"llm\"\nthreads = 4\nmax_queue_size = 9\n[llm]\ncontext_length = 2048\nmax_sequences = 6\ntemperature = 0.0",
+        )
+        .expect("parses");
+        assert!(config.is_llm());
+        #[cfg(feature = "llm")]
+        {
+            let s = config.llm_settings();
+            assert_eq!((s.threads, s.max_queue_size, s.context_length, s.max_sequences), (4, 9, Some(2048), 6));
+            assert_eq!((s.temperature, s.max_tokens, s.flash_attention), (0.0, 256, false));
+        }
+        for (text, expected) in [
+            ("kind = \"llm\"\nmax_batch_size = 8", "max_batch_size does not apply to kind = \"llm\""),
+            ("kind = \"llm\"\ninstances = 2", "instances does not apply"),
+            ("[llm]\nmax_sequences = 2", "an [llm] table needs kind = \"llm\""),
+            ("kind = \"llm\"\n[llm]\nmax_sequences = 0", "max_sequences must be at least 1"),
+            ("kind = \"llm\"\n[llm]\ntemperature = 3.0", "temperature must be between 0 and 2"),
+            ("kind = \"llm\"\n[llm]\ncontext_length = 8", "context_length must be at least 16"),
+            ("kind = \"llm\"\n[llm]\ncontex_length = 8", "unknown field `contex_length`"),
+            ("kind = \"gpt\"", "kind 'gpt' is not supported"),
+        ] {
+            let err = ModelConfig::parse(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -43,6 +43,7 @@ impl From<BackendError> for EngineError {
     }
 }
 
+#[cfg(feature = "llm")]
 impl From<kiln_llm::LlmError> for EngineError {
     fn from(e: kiln_llm::LlmError) -> Self {
         use kiln_llm::LlmError;

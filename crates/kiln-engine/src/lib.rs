@@ -11,8 +11,9 @@
 mod batcher;
 pub mod config;
 mod engine;
-mod llm;
 pub mod error;
+#[cfg(feature = "llm")]
+mod llm;
 pub mod metrics;
 mod model;
 pub mod pipeline;
@@ -22,6 +23,7 @@ pub mod stats;
 
 pub use engine::{Engine, EngineConfig, IndexEntry, ModelControl, ModelState, VersionState};
 pub use error::EngineError;
+#[cfg(feature = "llm")]
+pub use kiln_llm;
 pub use metrics::{Outcome, Protocol};
 pub use model::{InFlight, InferRequest, InferResponse, ModelHandle, ServedModel, ServingSettings};
-pub use kiln_llm;

@@ -36,12 +36,10 @@ pub(crate) async fn run(
         let text = std::str::from_utf8(prompt)
             .map_err(|e| EngineError::InvalidRequest(format!("'{TEXT_INPUT}'[{i}] is not UTF-8: {e}")))?;
         let tokens = llm.text_prompt(text);
-        let generation = llm
-            .generate(tokens, &GenerateParams::default())
-            .map_err(|e| match EngineError::from(e) {
-                EngineError::InvalidRequest(m) => EngineError::InvalidRequest(format!("'{TEXT_INPUT}'[{i}]: {m}")),
-                other => other,
-            })?;
+        let generation = llm.generate(tokens, &GenerateParams::default()).map_err(|e| match EngineError::from(e) {
+            EngineError::InvalidRequest(m) => EngineError::InvalidRequest(format!("'{TEXT_INPUT}'[{i}]: {m}")),
+            other => other,
+        })?;
         generations.push(generation.complete());
     }
     let all = futures_util::future::try_join_all(generations);

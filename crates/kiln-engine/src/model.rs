@@ -83,6 +83,7 @@ enum Executor {
     /// A pipeline: its steps, which call other models' executors (it has no queue of its own).
     Pipeline(Arc<crate::pipeline::Pipeline>),
     /// A generative LLM: its own scheduler thread and sequence slots (continuous batching).
+    #[cfg(feature = "llm")]
     Llm(Arc<kiln_llm::LlmModel>),
 }
 
@@ -172,6 +173,7 @@ impl ServedModel {
     }
 
     /// Serves a generative LLM: `text_input` BYTES `[n]` → `text_output` BYTES `[n]` over v2.
+    #[cfg(feature = "llm")]
     pub fn llm(name: String, version: u64, llm: kiln_llm::LlmModel, settings: ServingSettings) -> Self {
         ServedModel {
             signature: crate::llm::signature(),
@@ -186,6 +188,7 @@ impl ServedModel {
     }
 
     /// The LLM this model runs, when it is one (chat and completions go to it directly).
+    #[cfg(feature = "llm")]
     pub fn llm_model(&self) -> Option<&Arc<kiln_llm::LlmModel>> {
         match &self.executor {
             Executor::Llm(llm) => Some(llm),
@@ -321,6 +324,7 @@ impl ServedModel {
             Executor::Pipeline(pipeline) => {
                 return self.run_pipeline(pipeline, request, &admitted.outputs, admitted.rows, admitted.timeout).await;
             }
+            #[cfg(feature = "llm")]
             Executor::Llm(llm) => {
                 let outputs = crate::llm::run(self, llm, request.inputs, admitted.timeout).await?;
                 return Ok(self.response(outputs));
@@ -367,7 +371,9 @@ impl ServedModel {
     pub fn instance_count(&self) -> usize {
         match &self.executor {
             Executor::Workers(pool) => pool.workers.len(),
-            Executor::Pipeline(_) | Executor::Llm(_) => 0,
+            Executor::Pipeline(_) => 0,
+            #[cfg(feature = "llm")]
+            Executor::Llm(_) => 0,
         }
     }
 
@@ -376,6 +382,7 @@ impl ServedModel {
         match &self.executor {
             Executor::Workers(pool) => pool.queue.len(),
             Executor::Pipeline(_) => 0,
+            #[cfg(feature = "llm")]
             Executor::Llm(llm) => llm.queue_depth(),
         }
     }
@@ -384,7 +391,9 @@ impl ServedModel {
     pub fn batch_window(&self) -> Duration {
         match &self.executor {
             Executor::Workers(pool) => pool.runner.window.current(),
-            Executor::Pipeline(_) | Executor::Llm(_) => Duration::ZERO,
+            Executor::Pipeline(_) => Duration::ZERO,
+            #[cfg(feature = "llm")]
+            Executor::Llm(_) => Duration::ZERO,
         }
     }
 }

@@ -373,6 +373,7 @@ pub fn load_version(dir: &ModelDir, version: u64, config: &ModelConfig) -> Resul
 pub const GGUF_FILE: &str = "model.gguf";
 
 /// Loads `REPO/<model>/<version>/model.gguf` on llama.cpp and starts its scheduler.
+#[cfg(feature = "llm")]
 fn load_llm(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<ServedModel, EngineError> {
     let load_error = |reason: String| EngineError::LoadFailed { model: dir.name.clone(), version, reason };
     let file = dir.path.join(version.to_string()).join(GGUF_FILE);
@@ -389,6 +390,16 @@ fn load_llm(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<Served
     settings.max_queue_size = llm.settings().max_queue_size;
     settings.threads = llm.settings().threads;
     Ok(ServedModel::llm(dir.name.clone(), version, llm, settings))
+}
+
+/// Without the `llm` feature an LLM folder is a load error that says so.
+#[cfg(not(feature = "llm"))]
+fn load_llm(dir: &ModelDir, version: u64, _config: &ModelConfig) -> Result<ServedModel, EngineError> {
+    Err(EngineError::LoadFailed {
+        model: dir.name.clone(),
+        version,
+        reason: "kind = \"llm\" needs kiln built with LLM support (kiln-engine's `llm` feature)".into(),
+    })
 }
 
 /// Loads a model from a path for one-process use (`kiln predict`, `kiln bench`, the Python

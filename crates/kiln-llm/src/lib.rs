@@ -68,6 +68,9 @@ pub struct LlmSettings {
     pub top_p: f32,
     /// Layers offloaded to a GPU (needs a GPU build: the `cuda` feature); 0 = CPU only.
     pub gpu_layers: u32,
+    /// llama.cpp's flash attention. Off by default, as in llama-cpp-python: its different
+    /// summation order changes greedy texts, and the prototype's texts are what kiln matches.
+    pub flash_attention: bool,
 }
 
 impl Default for LlmSettings {
@@ -81,6 +84,7 @@ impl Default for LlmSettings {
             temperature: 1.0,
             top_p: 1.0,
             gpu_layers: 0,
+            flash_attention: false,
         }
     }
 }
@@ -244,7 +248,8 @@ impl LlmModel {
         let template = match model.chat_template(None) {
             Ok(source) => {
                 let source = source.to_string().map_err(|e| LlmError::Load(format!("chat template: {e}")))?;
-                let piece = |t: LlamaToken| String::from_utf8_lossy(&model.vocab().token_to_piece(t, true, None)).into_owned();
+                let piece =
+                    |t: LlamaToken| String::from_utf8_lossy(&model.vocab().token_to_piece(t, true, None)).into_owned();
                 let vocab = model.vocab();
                 Some(ChatTemplate::new(&source, piece(vocab.bos()), piece(vocab.eos()))?)
             }
@@ -268,6 +273,7 @@ impl LlmModel {
                 threads: settings.threads,
                 context_length,
                 max_sequences: settings.max_sequences,
+                flash_attention: settings.flash_attention,
                 channel: settings.max_sequences + settings.max_queue_size,
             },
             metrics.clone(),

@@ -56,6 +56,7 @@ pub(crate) struct Limits {
     pub threads: usize,
     pub context_length: usize,
     pub max_sequences: usize,
+    pub flash_attention: bool,
     /// Requests the channel holds: waiting ones and those about to take a free slot.
     pub channel: usize,
 }
@@ -83,6 +84,11 @@ pub(crate) fn start(
                 .with_n_ubatch(STEP_TOKENS as u32)
                 .with_n_seq_max(sequences)
                 .with_kv_unified(false)
+                .with_flash_attention_policy(if limits.flash_attention {
+                    llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED
+                } else {
+                    llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
+                })
                 .with_n_threads(threads)
                 .with_n_threads_batch(threads);
             let context = match model.new_context(backend, params) {
@@ -220,6 +226,9 @@ impl<'m> Scheduler<'m> {
 
     /// One decode over every running sequence.
     fn step(&mut self) {
+        // llama.cpp puts sequences with per-sequence KV streams into one micro-batch only when
+        // their ids come in increasing, consecutive order: keep the batch in id order.
+        self.running.sort_unstable_by_key(|s| s.id);
         self.batch.clear();
         let mut budget = STEP_TOKENS;
         // Generating sequences first: one token each, so a long prompt never stalls them.
@@ -326,7 +335,9 @@ impl<'m> Scheduler<'m> {
             tracing::warn!("cannot clear sequence {id}'s KV cache: {e}");
         }
         self.metrics.ended(outcome);
-        self.free.push(sequence.id);
+        // Lowest free id next (popped from the end), so running ids stay consecutive.
+        let at = self.free.partition_point(|&id| id > sequence.id);
+        self.free.insert(at, sequence.id);
     }
 }
 

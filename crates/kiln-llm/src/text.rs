@@ -24,7 +24,11 @@ pub enum Piece {
 impl TextStream {
     /// `stop` strings that are empty are ignored.
     pub fn new(stop: Vec<String>) -> Self {
-        TextStream { partial: Vec::new(), held: String::new(), stop: stop.into_iter().filter(|s| !s.is_empty()).collect() }
+        TextStream {
+            partial: Vec::new(),
+            held: String::new(),
+            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        }
     }
 
     /// Takes the bytes of one more token.

@@ -25,8 +25,13 @@ fn gguf() -> PathBuf {
 /// A model of each test's own (tests run in parallel and count sequences): 4 sequence slots,
 /// a queue of 2.
 fn load() -> LlmModel {
-    let settings =
-        LlmSettings { threads: 2, context_length: Some(512), max_sequences: 4, max_queue_size: 2, ..LlmSettings::default() };
+    let settings = LlmSettings {
+        threads: 2,
+        context_length: Some(512),
+        max_sequences: 4,
+        max_queue_size: 2,
+        ..LlmSettings::default()
+    };
     LlmModel::load("smollm2", 1, &gguf(), settings).expect("SmolLM2 loads")
 }
 
@@ -67,7 +72,8 @@ fn greedy_answers_repeat_and_concurrent_ones_equal_solo_runs() {
     let again = rt.block_on(model.generate(ask(&model, questions[0]), &greedy(24)).unwrap().complete()).unwrap();
     assert_eq!(again, solo[0]);
     // All four at once: one batch per step, each its own sequence.
-    let together = rt.block_on(futures_join(questions.iter().map(|q| model.generate(ask(&model, q), &greedy(24)).unwrap())));
+    let together =
+        rt.block_on(futures_join(questions.iter().map(|q| model.generate(ask(&model, q), &greedy(24)).unwrap())));
     for (solo, together) in solo.iter().zip(&together) {
         assert_eq!(solo, together.as_ref().unwrap());
     }
@@ -102,7 +108,8 @@ fn max_tokens_ends_with_length_and_stop_strings_are_cut() {
     let model = load();
     let c = rt.block_on(model.generate(ask(&model, "Count from 1 to 50."), &greedy(5)).unwrap().complete()).unwrap();
     assert_eq!((c.reason, c.usage.completion_tokens), (FinishReason::Length, 5), "{c:?}");
-    let full = rt.block_on(model.generate(ask(&model, "Count from 1 to 10."), &greedy(30)).unwrap().complete()).unwrap();
+    let full =
+        rt.block_on(model.generate(ask(&model, "Count from 1 to 10."), &greedy(30)).unwrap().complete()).unwrap();
     // Stop at the first character of the answer that is a digit other than its first one.
     let stop = full.text.chars().filter(char::is_ascii_digit).nth(2).expect("digits in the count").to_string();
     let params = GenerateParams { stop: vec![stop.clone()], ..greedy(30) };
@@ -126,7 +133,8 @@ fn a_dropped_generation_frees_its_slot_and_a_full_queue_refuses() {
     });
     wait_idle(&model);
     // 4 running + 2 queued fill the model; the next is refused at once.
-    let held: Vec<_> = (0..6).map(|_| model.generate(ask(&model, "Write a long poem."), &greedy(400)).unwrap()).collect();
+    let held: Vec<_> =
+        (0..6).map(|_| model.generate(ask(&model, "Write a long poem."), &greedy(400)).unwrap()).collect();
     match model.generate(ask(&model, "One more."), &greedy(4)) {
         Err(LlmError::Overloaded { waiting: 2 }) => {}
         other => panic!("expected Overloaded, got {other:?}"),

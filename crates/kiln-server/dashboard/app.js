@@ -107,7 +107,7 @@ function renderNav() {
       },
       el("span", { class: m.state === "READY" ? "dot" : "dot bad", title: m.state }),
       el("span", { class: "name", text: m.name }),
-      m.kind === "pipeline" ? el("span", { class: "tag", text: "pipeline" }) : null,
+      m.kind === "pipeline" || m.kind === "llm" ? el("span", { class: "tag", text: m.kind }) : null,
       el("span", { class: "rate", text: now ? `${fmt(now.requests_per_s, 1)}/s` : "" }));
     }));
 }
@@ -143,7 +143,14 @@ function renderOverview(m) {
     parts.push(el("h3", { text: "Inputs" }), signatureTable(m.metadata.inputs));
     parts.push(el("h3", { text: "Outputs" }), signatureTable(m.metadata.outputs));
   }
-  if (m.settings) {
+  if (m.llm) {
+    const l = m.llm;
+    parts.push(el("h3", { text: "LLM" }), table(
+      ["architecture", "parameters", "GGUF", "context", "sequences", "active", "waiting", "chat template"],
+      [[l.architecture, fmt(l.parameters / 1e6, 0) + " M", fmt(l.file_bytes / 1048576, 0) + " MiB", String(l.context_length),
+        String(l.max_sequences), String(l.active_sequences), String(l.queue_depth), l.chat ? "yes" : "no"]]));
+    parts.push(el("p", { class: "muted", text: "Chat with it in “Try it”; OpenAI clients use POST /v1/chat/completions." }));
+  } else if (m.settings) {
     const s = m.settings;
     parts.push(el("h3", { text: "Scheduling" }), table(["instances", "max batch size", "dynamic batching", "max queue"],
       [[String(s.instances), String(s.max_batch_size), s.dynamic_batching ? "on" : "off", String(s.max_queue_size)]]));
@@ -264,7 +271,98 @@ function parseRows(text, width) {
   return lines.map((line) => line.split(/[,;\t ]+/).filter(Boolean).map(Number));
 }
 
+// ---------- chat with an LLM: streamed from /v1/chat/completions ----------
+
+// Reads server-sent events from a fetch response, calling onData with each parsed `data:`.
+async function readEvents(response, onData) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") return;
+        onData(JSON.parse(data));
+      }
+    }
+  }
+}
+
+function renderChat(m) {
+  if (!m.metadata) return [el("div", { class: "error", text: "This model is not available, so it cannot be tried." })];
+  const history = [];
+  const log = el("div", { class: "chat-log", "data-testid": "chat-log" });
+  const input = el("textarea", { name: "message", placeholder: "Ask something…", "data-testid": "chat-input" });
+  const stats = el("p", { class: "muted", "data-testid": "chat-stats" });
+  const send = el("button", { type: "submit", class: "primary", text: "Send" });
+  const stop = el("button", { type: "button", text: "Stop", disabled: "" });
+  const form = el("form", { class: "try chat", "data-testid": "chat-form" }, log, input, el("p", {}, send, " ", stop), stats);
+  let controller = null;
+  stop.addEventListener("click", () => controller && controller.abort());
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text || controller) return;
+    input.value = "";
+    history.push({ role: "user", content: text });
+    log.append(el("div", { class: "msg user", text }));
+    const answer = el("div", { class: "msg assistant", "data-testid": "chat-answer" });
+    log.append(answer);
+    controller = new AbortController();
+    send.disabled = true;
+    stop.disabled = false;
+    const started = performance.now();
+    let first = null, usage = null, finish = null;
+    try {
+      const headers = { "Content-Type": "application/json" };
+      if (token()) headers.Authorization = "Bearer " + token();
+      const response = await fetch("/v1/chat/completions", {
+        method: "POST", headers, signal: controller.signal,
+        body: JSON.stringify({ model: m.name, messages: history, stream: true, stream_options: { include_usage: true } }),
+      });
+      if (!response.ok) {
+        const body = await response.json().catch(() => null);
+        throw new HttpError(response.status, (body && body.error && body.error.message) || response.statusText);
+      }
+      await readEvents(response, (chunk) => {
+        if (chunk.error) throw new Error(chunk.error.message);
+        if (chunk.usage) usage = chunk.usage;
+        const choice = chunk.choices && chunk.choices[0];
+        if (!choice) return;
+        if (choice.delta && choice.delta.content) {
+          if (first === null) first = performance.now() - started;
+          answer.textContent += choice.delta.content;
+        }
+        if (choice.finish_reason) finish = choice.finish_reason;
+      });
+      history.push({ role: "assistant", content: answer.textContent });
+      const seconds = (performance.now() - started) / 1000;
+      stats.textContent = usage
+        ? `${usage.completion_tokens} tokens in ${fmt(seconds, 2)} s · first token after ${fmt(first || 0, 0)} ms · ` +
+          `${fmt(usage.completion_tokens / seconds, 1)} tokens/s · finish: ${finish}`
+        : "";
+    } catch (e) {
+      if (e.name === "AbortError") { stats.textContent = "stopped"; history.push({ role: "assistant", content: answer.textContent }); }
+      else answer.replaceWith(errorBox(e));
+    } finally {
+      controller = null;
+      send.disabled = false;
+      stop.disabled = true;
+    }
+  });
+  return [form];
+}
+
 function renderTry(m) {
+  if (m.kind === "llm") return renderChat(m);
   if (!m.metadata) return [el("div", { class: "error", text: "This model is not available, so it cannot be tried." })];
   const form = el("form", { class: "try", "data-testid": "try-form" });
   const getters = [];

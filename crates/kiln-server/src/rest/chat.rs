@@ -199,7 +199,10 @@ fn options(fields: &mut Fields, api: Api) -> Result<Options, OpenAiError> {
             include
         }
         Some(other) => {
-            return Err(OpenAiError::invalid(format!("'stream_options' must be an object, got {other}"), "stream_options"));
+            return Err(OpenAiError::invalid(
+                format!("'stream_options' must be an object, got {other}"),
+                "stream_options",
+            ));
         }
     };
     fields.only("n", &[json!(1)], "kiln generates one choice per request; send several requests")?;
@@ -212,7 +215,12 @@ fn options(fields: &mut Fields, api: Api) -> Result<Options, OpenAiError> {
             fields.only("response_format", &[json!({"type": "text"})], "only text output")?;
             for name in ["tools", "tool_choice", "functions", "function_call", "parallel_tool_calls"] {
                 if fields.take(name).is_some() {
-                    return Err(OpenAiError { error: ApiError::bad_request(format!("'{name}' is not supported: kiln's LLMs do not call tools yet")), param: None });
+                    return Err(OpenAiError {
+                        error: ApiError::bad_request(format!(
+                            "'{name}' is not supported: kiln's LLMs do not call tools yet"
+                        )),
+                        param: None,
+                    });
                 }
             }
         }
@@ -425,8 +433,9 @@ async fn respond(
     api: Api,
 ) -> Result<Response, OpenAiError> {
     let tracked = ServedModel::track(&model, Protocol::Rest);
-    let prompt_tensor = Tensor::new("text_input", vec![1], TensorData::Bytes(vec![recorded_prompt.as_bytes().to_vec()]))
-        .map_err(|e| ApiError::new(Kind::Internal, e))?;
+    let prompt_tensor =
+        Tensor::new("text_input", vec![1], TensorData::Bytes(vec![recorded_prompt.as_bytes().to_vec()]))
+            .map_err(|e| ApiError::new(Kind::Internal, e))?;
     let capture = crate::records::begin(state.records.as_ref(), &model, &[prompt_tensor], None);
     let generation = match llm.generate(prompt, &options.params) {
         Ok(g) => g,

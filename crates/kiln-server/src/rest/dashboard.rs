@@ -102,6 +102,20 @@ async fn models(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiE
                 "instances": model.settings.instances,
                 "dynamic_batching": model.settings.dynamic_batching,
             });
+            if let Some(llm) = model.llm_model() {
+                let info = llm.info();
+                entry["kind"] = json!("llm");
+                entry["llm"] = json!({
+                    "architecture": info.architecture,
+                    "parameters": info.parameters,
+                    "file_bytes": info.file_bytes,
+                    "context_length": info.context_length,
+                    "max_sequences": info.max_sequences,
+                    "active_sequences": llm.active_sequences(),
+                    "queue_depth": llm.queue_depth(),
+                    "chat": info.has_chat_template,
+                });
+            }
             if let Some(pipeline) = model.pipeline_graph() {
                 entry["kind"] = json!("pipeline");
                 entry["steps"] = json!(pipeline.steps_view());
