@@ -25,12 +25,13 @@ class KilnServer:
     """`kiln serve` on ports the kernel picks (port 0), read back from its JSON log: no race
     between choosing a free port and binding it."""
 
-    def __init__(self, repository, extra_args=(), env=None, ca=None):
-        """`ca`: the certificate that signed --tls-cert, for the readiness probe over https."""
+    def __init__(self, repository, extra_args=(), env=None, ca=None, http_port=0):
+        """`ca`: the certificate that signed --tls-cert, for the readiness probe over https.
+        `http_port`: a fixed REST port, for a repository whose pipelines call this very server."""
         self.log_path = repository.parent / "kiln.log"
         self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(
-            [kiln_bin(), "serve", str(repository), "--http-port", "0", "--grpc-port", "0",
+            [kiln_bin(), "serve", str(repository), "--http-port", str(http_port), "--grpc-port", "0",
              "--metrics-port", "0", "--log-format", "json", *extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,

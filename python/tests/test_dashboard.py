@@ -3,7 +3,7 @@ playwright-core (python/tests/e2e/dashboard.mjs) against a real `kiln serve` of 
 repository plus the test models (one of which fails to load). The model list shows every
 model; the try-it form answers with the same probabilities as a direct v2 call; the live
 request count rises after requests are sent; the failed model shows its load error; the
-pipeline graph, recent predictions and quality render. Screenshots of each view go to
+pipeline graph, recent predictions and quality render; the demo LLM's chat box streams an answer. Screenshots of each view go to
 $KILN_SCREENSHOTS (default: the test's temporary folder); docs/screenshots/ holds a set."""
 
 import json
@@ -86,7 +86,11 @@ def test_dashboard_in_chromium(tmp_path, fixture):
         assert report["prediction_rows"] >= 1
         assert report["quality_accuracy"].startswith("accuracy"), report["quality_accuracy"]
         assert report["console_errors"] == [], report["console_errors"]
-        for name in ["models", "load-error", "try-it", "live", "pipeline", "records"]:
+        # The LLM is tagged as one, and its chat box streamed an answer with its speed.
+        assert report["llm_tag"] == "llm"
+        assert report["chat_answer"].strip(), report
+        assert "tokens/s" in report["chat_stats"] and "finish:" in report["chat_stats"], report["chat_stats"]
+        for name in ["models", "load-error", "try-it", "live", "pipeline", "records", "chat"]:
             assert os.path.getsize(os.path.join(shots, f"{name}.png")) > 10_000, name
 
         # Behind --auth-token-file the page asks for a token, then works with it; the records

@@ -551,6 +551,7 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
             tokio::spawn(async {
                 shutdown_signal().await;
                 tracing::warn!("second shutdown signal: exiting without draining");
+                let _ = tokio::task::spawn_blocking(kiln_server::stop_llms).await;
                 std::process::exit(130);
             });
         };
@@ -572,6 +573,7 @@ fn install_metrics() -> Result<kiln_server::MetricsRender> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)?
         .set_buckets_for_metric(Matcher::Full("kiln_batch_size".into()), &rows)?
+        .set_buckets_for_metric(Matcher::Full("kiln_llm_step_sequences".into()), &rows)?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     spawn_metrics_upkeep(handle.clone(), METRICS_UPKEEP)?;

@@ -29,6 +29,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 pub use llama_cpp_2::token::LlamaToken as Token;
+pub use scheduler::stop_all;
 pub use template::{ChatTemplate, Message, ROLES};
 
 /// Why an LLM call or load failed; the server maps each to a status code.

@@ -8,9 +8,11 @@
 //! another's cells, so what it generates does not depend on who it shares steps with.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -61,6 +63,26 @@ pub(crate) struct Limits {
     pub channel: usize,
 }
 
+/// Every scheduler thread of the process, so that [`stop_all`] can end them before exit: a
+/// process that exits while llama.cpp computes a step tears its static state down under the
+/// running thread (a crash, not a clean exit).
+static SCHEDULERS: Mutex<Vec<(Arc<AtomicBool>, JoinHandle<()>)>> = Mutex::new(Vec::new());
+
+/// How long an idle scheduler sleeps before it looks at its stop flag again.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Ends every scheduler: running sequences fail with "shutting down" at the end of the current
+/// step, and the threads are joined (their contexts freed). Call it before the process exits.
+pub fn stop_all() {
+    let schedulers = std::mem::take(&mut *SCHEDULERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    for (stop, _) in &schedulers {
+        stop.store(true, Ordering::Relaxed);
+    }
+    for (_, thread) in schedulers {
+        let _ = thread.join();
+    }
+}
+
 /// Starts the model's scheduler thread once its context exists; a context that cannot be
 /// made is the model's load error.
 pub(crate) fn start(
@@ -72,7 +94,9 @@ pub(crate) fn start(
 ) -> Result<std::sync::mpsc::SyncSender<Pending>, LlmError> {
     let (queue, requests) = std::sync::mpsc::sync_channel::<Pending>(limits.channel.max(1));
     let (ready, started) = std::sync::mpsc::sync_channel::<Result<(), LlmError>>(1);
-    std::thread::Builder::new()
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::Builder::new()
         .name(thread_name)
         .spawn(move || {
             let threads = i32::try_from(limits.threads).unwrap_or(i32::MAX);
@@ -99,10 +123,14 @@ pub(crate) fn start(
                 }
             };
             let _ = ready.send(Ok(()));
-            Scheduler::new(&model, context, &limits, metrics).run(&requests);
+            Scheduler::new(&model, context, &limits, metrics).run(&requests, &stopped);
         })
         .map_err(|e| LlmError::Load(format!("cannot start the scheduler thread: {e}")))?;
     started.recv().map_err(|_| LlmError::Load("the scheduler thread ended while starting".into()))??;
+    let mut schedulers = SCHEDULERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Threads of models unloaded since have ended: forget them.
+    schedulers.retain(|(_, t)| !t.is_finished());
+    schedulers.push((stop, thread));
     Ok(queue)
 }
 
@@ -116,8 +144,10 @@ struct Sequence {
     next: Option<LlamaToken>,
     /// Where that token goes in the sequence.
     position: i32,
-    /// The index of this sequence's logits in the step just decoded.
+    /// The index of this sequence's logits in the batch just decoded.
     logits_at: Option<i32>,
+    /// Set when it ended during this step; retired at the step's end.
+    finished: Option<SequenceOutcome>,
     sampler: LlamaSampler,
     text: TextStream,
     max_tokens: usize,
@@ -155,17 +185,25 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    fn run(mut self, requests: &Receiver<Pending>) {
+    fn run(mut self, requests: &Receiver<Pending>, stop: &AtomicBool) {
         let mut open = true;
         loop {
+            if stop.load(Ordering::Relaxed) {
+                for sequence in std::mem::take(&mut self.running) {
+                    let _ = sequence.sink.send(Event::Failed(LlmError::ShuttingDown));
+                    self.retire(sequence, SequenceOutcome::Failed);
+                }
+                return;
+            }
             self.drop_cancelled();
             if self.running.is_empty() {
                 if !open {
                     return;
                 }
-                match requests.recv() {
+                match requests.recv_timeout(IDLE_POLL) {
                     Ok(pending) => self.admit(pending),
-                    Err(_) => return,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
             while open && !self.free.is_empty() {
@@ -213,6 +251,7 @@ impl<'m> Scheduler<'m> {
             next: None,
             position: 0,
             logits_at: None,
+            finished: None,
             sampler: pending.sampling.sampler(),
             text: TextStream::new(pending.stop),
             max_tokens: pending.max_tokens,
@@ -224,30 +263,43 @@ impl<'m> Scheduler<'m> {
         });
     }
 
-    /// One decode over every running sequence.
+    /// One step: the next token of every generating sequence in one batch, then chunks of new
+    /// prompts, each in a batch of its own.
+    ///
+    /// A prompt is decoded alone, in chunks of at most `STEP_TOKENS` tokens — exactly as when it
+    /// is the only request — because llama.cpp's kernels differ with the shape of a batch (a
+    /// one-token chunk and a longer one sum in different orders): what a sequence generates must
+    /// not depend on who else is being served. Generating sequences contribute one token each,
+    /// solo or together.
     fn step(&mut self) {
         // llama.cpp puts sequences with per-sequence KV streams into one micro-batch only when
         // their ids come in increasing, consecutive order: keep the batch in id order.
         self.running.sort_unstable_by_key(|s| s.id);
         self.batch.clear();
-        let mut budget = STEP_TOKENS;
-        // Generating sequences first: one token each, so a long prompt never stalls them.
+        let mut generating = 0;
         for s in &mut self.running {
-            s.logits_at = None;
             if let Some(token) = s.next {
                 let at = self.batch.n_tokens();
                 if self.batch.add(token, s.position, &[s.id], true).is_ok() {
                     s.logits_at = Some(at);
                     s.position += 1;
-                    budget -= 1;
+                    generating += 1;
                 }
             }
         }
-        for s in &mut self.running {
-            if s.next.is_some() || budget == 0 {
+        if generating > 0 {
+            self.metrics.step_sequences.record(generating as f64);
+            self.decode_and_sample();
+        }
+        // New prompts, one chunk each, until this step has taken STEP_TOKENS prompt tokens.
+        let mut budget = STEP_TOKENS;
+        for i in 0..self.running.len() {
+            let s = &mut self.running[i];
+            if budget == 0 || s.next.is_some() || s.finished.is_some() {
                 continue;
             }
-            let take = (s.prompt.len() - s.fed).min(budget);
+            self.batch.clear();
+            let take = (s.prompt.len() - s.fed).min(STEP_TOKENS);
             for k in 0..take {
                 let last = s.fed + k + 1 == s.prompt.len();
                 let at = self.batch.n_tokens();
@@ -258,33 +310,45 @@ impl<'m> Scheduler<'m> {
                     s.logits_at = Some(at);
                 }
                 s.position += 1;
-                budget -= 1;
             }
             s.fed += take;
+            budget = budget.saturating_sub(take);
+            self.decode_and_sample();
         }
-        self.metrics.step_sequences.record(self.running.iter().filter(|s| s.logits_at.is_some()).count() as f64);
-        if let Err(e) = self.context.decode(&mut self.batch) {
-            tracing::error!("llama.cpp decode failed: {e}");
-            for sequence in std::mem::take(&mut self.running) {
-                let _ = sequence.sink.send(Event::Failed(LlmError::Engine(e.to_string())));
-                self.retire(sequence, SequenceOutcome::Failed);
-            }
-            return;
-        }
-        let now = Instant::now();
         let mut i = 0;
         while i < self.running.len() {
-            match self.sample(i, now) {
-                Some(reason) => {
+            match self.running[i].finished {
+                Some(outcome) => {
                     let sequence = self.running.swap_remove(i);
-                    self.retire(sequence, SequenceOutcome::Finished(reason));
+                    self.retire(sequence, outcome);
                 }
                 None => i += 1,
             }
         }
     }
 
-    /// Samples sequence `i`'s next token if it got logits this step; `Some` when it is done.
+    /// Decodes the batch and samples every sequence that has logits in it.
+    fn decode_and_sample(&mut self) {
+        if let Err(e) = self.context.decode(&mut self.batch) {
+            tracing::error!("llama.cpp decode failed: {e}");
+            for s in self.running.iter_mut().filter(|s| s.logits_at.is_some() || s.next.is_none()) {
+                let _ = s.sink.send(Event::Failed(LlmError::Engine(e.to_string())));
+                s.logits_at = None;
+                s.finished = Some(SequenceOutcome::Failed);
+            }
+            return;
+        }
+        let now = Instant::now();
+        for i in 0..self.running.len() {
+            if let Some(reason) = self.sample(i, now) {
+                self.running[i].finished = Some(SequenceOutcome::Finished(reason));
+            }
+            self.running[i].logits_at = None;
+        }
+    }
+
+    /// Samples sequence `i`'s next token if it got logits in the batch just decoded; `Some`
+    /// when it is done.
     fn sample(&mut self, i: usize, now: Instant) -> Option<FinishReason> {
         let s = &mut self.running[i];
         let at = s.logits_at?;

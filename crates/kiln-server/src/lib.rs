@@ -218,6 +218,9 @@ impl BoundServer {
             Some(task) => task.await.unwrap_or(transport::Drained::Clean),
             None => transport::Drained::Clean,
         };
+        // Streams still generating were cut with their connections: end the LLM schedulers
+        // (at most one step) before the process exits under them.
+        let _ = tokio::task::spawn_blocking(stop_llms).await;
         if let Some(records) = &state.records {
             // Every request is answered: write what the log still holds before exiting.
             if records.flush(std::time::Duration::from_secs(30)).await {
@@ -231,6 +234,12 @@ impl BoundServer {
         }
         Ok(())
     }
+}
+
+/// Ends every LLM scheduler thread (see `kiln_llm::stop_all`); [`BoundServer::serve`] does it
+/// after draining. Blocking: at most one decode step.
+pub fn stop_llms() {
+    kiln_engine::kiln_llm::stop_all();
 }
 
 /// The gRPC services (v2 inference, gRPC health, reflection) as one router.

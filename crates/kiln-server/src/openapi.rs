@@ -1,6 +1,6 @@
 //! `GET /openapi.json`: an OpenAPI 3.1 description of kiln's REST API — the KServe v2
-//! endpoints and kiln's own (prediction log, feedback, quality, embeddings, the dashboard's
-//! JSON).
+//! endpoints and kiln's own (prediction log, feedback, quality, embeddings, LLM completions,
+//! the dashboard's JSON).
 
 use axum::Json;
 use serde_json::{Value, json};
@@ -41,7 +41,7 @@ pub fn openapi() -> Value {
         }
     });
     let simple = |summary: &str| json!({"summary": summary, "responses": {"200": {"description": "OK"}}});
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "kiln",
@@ -156,7 +156,16 @@ pub fn openapi() -> Value {
                 "classes": {"type": "object", "additionalProperties": {"type": "object", "properties": {"precision": {"type": ["number", "null"]}, "recall": {"type": ["number", "null"]}, "support": {"type": "integer"}}}},
                 "confusion": {"type": "array", "items": {"type": "object", "properties": {"true": {"type": "string"}, "predicted": {"type": "string"}, "count": {"type": "integer"}}}}}}
         }}
-    })
+    });
+    // OpenAI-compatible LLM routes (kept out of the literal above, which is at serde_json's
+    // macro recursion limit).
+    let paths = &mut document["paths"];
+    paths["/v1/chat/completions"] = json!({"post": simple(
+        "OpenAI-compatible chat completion of an LLM (kind = \"llm\"), whole or streamed as server-sent events")});
+    paths["/v1/completions"] =
+        json!({"post": simple("OpenAI-compatible text completion of an LLM, whole or streamed")});
+    paths["/v1/models"] = json!({"get": simple("Embedding models and LLMs, in OpenAI's list shape")});
+    document
 }
 
 pub async fn document() -> Json<Value> {

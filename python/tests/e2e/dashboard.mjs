@@ -83,6 +83,20 @@ try {
   report.pipeline_nodes = await page.$$eval("[data-testid=pipeline-graph] [data-step]", (g) => g.map((n) => n.dataset.step));
   await shot(page, "pipeline");
 
+  // 5b. An LLM: the overview says what it is; the chat box streams an answer and says how fast.
+  await page.goto(`${config.url}/#/m/smollm2/overview`);
+  await page.waitForSelector("nav [data-model=smollm2] .tag");
+  report.llm_tag = await page.textContent("nav [data-model=smollm2] .tag");
+  await page.goto(`${config.url}/#/m/smollm2/try`);
+  await page.waitForSelector("[data-testid=chat-input]");
+  await page.fill("[data-testid=chat-input]", "Say hello in five words.");
+  await page.click("[data-testid=chat-form] button[type=submit]");
+  await page.waitForFunction(() => /tokens\/s/.test(document.querySelector("[data-testid=chat-stats]").textContent),
+    null, { timeout: 60000 });
+  report.chat_answer = await page.textContent("[data-testid=chat-answer]");
+  report.chat_stats = await page.textContent("[data-testid=chat-stats]");
+  await shot(page, "chat");
+
   // 6. Records: feedback for the requests just sent, then recent predictions and quality.
   for (let i = 0; i < config.labels.length; i++) {
     const r = await fetch(`${config.url}/v1/feedback`, { method: "POST", body: JSON.stringify({ key: `e2e-${i}`, label: config.labels[i] }) });

@@ -146,10 +146,9 @@ struct Options {
 }
 
 fn options(fields: &mut Fields, api: Api) -> Result<Options, OpenAiError> {
-    let max_tokens = match fields.integer("max_completion_tokens", 1)? {
-        Some(n) => Some(n),
-        None => fields.integer("max_tokens", 1)?,
-    };
+    // OpenAI's newer name wins when a client sends both.
+    let legacy = fields.integer("max_tokens", 1)?;
+    let max_tokens = fields.integer("max_completion_tokens", 1)?.or(legacy);
     let temperature = fields.number("temperature", 0.0..=2.0)?;
     let top_p = fields.number("top_p", 0.0..=1.0)?;
     if top_p == Some(0.0) {
