@@ -53,7 +53,10 @@ echo "== cargo test"
 cargo test --workspace --locked
 
 echo "== pytest"
-cargo build --locked -p kiln-cli
+# `cargo test --workspace` built target/debug/kiln (kiln-cli's integration tests run it) with
+# the feature set of the whole workspace; a `cargo build -p kiln-cli` would resolve another set
+# and build llama.cpp a second time (~7 min).
+[[ -x target/debug/kiln ]] || cargo build --locked -p kiln-cli
 # The Python bridge (`import kiln`), built from crates/kiln-python into ./.venv. maturin runs
 # `cargo metadata`, which wants every locked crate, even those only other platforms build.
 cargo fetch --locked

@@ -402,6 +402,8 @@ impl<'m> Scheduler<'m> {
         // Lowest free id next (popped from the end), so running ids stay consecutive.
         let at = self.free.partition_point(|&id| id > sequence.id);
         self.free.insert(at, sequence.id);
+        // Its `Active` guard lowers the active-sequence gauge.
+        drop(sequence);
     }
 }
 
