@@ -4,6 +4,8 @@
 #   kiln serve (release)            — llama.cpp in-process, continuous batching (max_sequences 8)
 #   kiln, flash_attention = true    — the same with llama.cpp's flash attention
 #   python -m llama_cpp.server      — llama-cpp-python's OpenAI server, the usual Python sidecar
+#                                     (--interrupt_requests False: by default a new request cuts
+#                                     the one being generated, so 7 of 8 streams would get nothing)
 #   llama.cpp in-process            — llama-cpp-python's Llama called directly (no server)
 # 1 stream and 8 concurrent streams each (one warm-up request first, with another prompt); plus
 # kiln's RSS with the model loaded, against the GGUF's size. Writes bench/results/llm.md.
@@ -53,7 +55,7 @@ kiln_repo fa "flash_attention = true
 
   lport=$(port)
   $py -m llama_cpp.server --model "$gguf" --model_alias smollm2 --host 127.0.0.1 --port "$lport" \
-    --n_ctx 2048 --n_threads 2 --n_threads_batch 2 > "$work/llama.log" 2>&1 &
+    --n_ctx 2048 --n_threads 2 --n_threads_batch 2 --interrupt_requests False > "$work/llama.log" 2>&1 &
   pids+=($!)
   wait_http "http://127.0.0.1:$lport/v1/models"
   echo "lcp1 $(load --url "http://127.0.0.1:$lport/v1" --streams 1)"
@@ -70,13 +72,13 @@ for line in open(sys.argv[1]):
     runs[key] = json.loads(value)
 gguf_mib = int(sys.argv[2]) / 2**20
 k1, k8, f1, f8, l1, l8, ip = (runs[k] for k in ("kiln1", "kiln8", "fa1", "fa8", "lcp1", "lcp8", "inproc1"))
-print("| server | streams | decode tok/s per stream | aggregate tok/s | TTFT p50 ms | TTFT max ms |")
-print("|---|---|---|---|---|---|")
+print("| server | streams | decode tok/s per stream | aggregate tok/s | TTFT p50 ms | TTFT max ms | fewest tokens in a stream |")
+print("|---|---|---|---|---|---|---|")
 for name, r in (("kiln", k1), ("kiln", k8), ("kiln, flash_attention = true", f1), ("kiln, flash_attention = true", f8),
                 ("llama-cpp-python server", l1), ("llama-cpp-python server", l8),
                 ("llama.cpp in-process (llama-cpp-python Llama)", ip)):
     print(f"| {name} | {r['streams']} | {r['decode_tokens_per_s_per_stream']:.1f} | {r['aggregate_tokens_per_s']:.1f} "
-          f"| {r['ttft_ms_p50']:.1f} | {r['ttft_ms_max']:.1f} |")
+          f"| {r['ttft_ms_p50']:.1f} | {r['ttft_ms_max']:.1f} | {r['fewest_tokens_in_a_stream']:.0f} |")
 ratio = lambda a, b, key: a[key] / b[key]
 print()
 print(f"- one stream, decode: kiln / llama.cpp in-process = {ratio(k1, ip, 'decode_tokens_per_s_per_stream'):.2f}x; "

@@ -98,6 +98,8 @@ def run(args):
         tokens = sum(r["tokens"] for r in results)
         rounds.append({
             "tokens": tokens,
+            # A server that drops streams (llama-cpp-python's interrupt_requests) shows here.
+            "fewest_tokens_in_a_stream": min(r["tokens"] for r in results),
             "wall_s": wall,
             "aggregate_tokens_per_s": tokens / wall,
             "decode_tokens_per_s_per_stream": statistics.mean(decode),
