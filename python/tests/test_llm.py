@@ -141,6 +141,10 @@ def test_eight_concurrent_streams_each_equal_their_solo_run(server):
     # They really shared steps: on average a decode step ran several sequences.
     per_step = (after[0] - before[0]) / (after[1] - before[1])
     assert per_step > 2, per_step
+    # Every prompt starts with the template's system prompt: later ones start from kept cells.
+    assert metric(after_text := server.metrics(), "kiln_llm_prompt_tokens_cached_total", model="smollm2") > 0
+    assert metric(after_text, "kiln_llm_prompt_tokens_cached_total", model="smollm2") < \
+        metric(after_text, "kiln_llm_prompt_tokens_total", model="smollm2")
 
 
 def test_completions_stop_strings_and_seeds(server):

@@ -199,6 +199,9 @@ pub struct LlmConfig {
     /// llama.cpp's flash attention (default false, as llama-cpp-python: greedy texts then
     /// equal the prototype's).
     pub flash_attention: Option<bool>,
+    /// Reuse the KV cache of a finished request's prompt for a later prompt with the same
+    /// start (default true).
+    pub prefix_cache: Option<bool>,
 }
 
 impl ModelConfig {
@@ -217,6 +220,7 @@ impl ModelConfig {
             top_p: llm.top_p.unwrap_or(d.top_p),
             gpu_layers: llm.gpu_layers.unwrap_or(d.gpu_layers),
             flash_attention: llm.flash_attention.unwrap_or(d.flash_attention),
+            prefix_cache: llm.prefix_cache.unwrap_or(d.prefix_cache),
         }
     }
 

@@ -72,6 +72,9 @@ pub struct LlmSettings {
     /// llama.cpp's flash attention. Off by default, as in llama-cpp-python: its different
     /// summation order changes greedy texts, and the prototype's texts are what kiln matches.
     pub flash_attention: bool,
+    /// Keep a finished request's prompt in its slot's KV cache and start a later prompt that
+    /// begins the same way (a shared system prompt) from there.
+    pub prefix_cache: bool,
 }
 
 impl Default for LlmSettings {
@@ -86,6 +89,7 @@ impl Default for LlmSettings {
             top_p: 1.0,
             gpu_layers: 0,
             flash_attention: false,
+            prefix_cache: true,
         }
     }
 }
@@ -275,6 +279,7 @@ impl LlmModel {
                 context_length,
                 max_sequences: settings.max_sequences,
                 flash_attention: settings.flash_attention,
+                prefix_cache: settings.prefix_cache,
                 channel: settings.max_sequences + settings.max_queue_size,
             },
             metrics.clone(),

@@ -59,6 +59,7 @@ pub(crate) struct Limits {
     pub context_length: usize,
     pub max_sequences: usize,
     pub flash_attention: bool,
+    pub prefix_cache: bool,
     /// Requests the channel holds: waiting ones and those about to take a free slot.
     pub channel: usize,
 }
@@ -165,6 +166,9 @@ struct Scheduler<'m> {
     metrics: Arc<LlmMetrics>,
     free: Vec<i32>,
     running: Vec<Sequence>,
+    /// Per slot id: the prompt tokens whose KV cells the slot still holds.
+    kept: Vec<Vec<LlamaToken>>,
+    prefix_cache: bool,
     context_length: usize,
     piece: Vec<u8>,
 }
@@ -180,6 +184,8 @@ impl<'m> Scheduler<'m> {
             // Lowest ids first (popped from the end).
             free: (0..ids).rev().collect(),
             running: Vec::new(),
+            kept: vec![Vec::new(); limits.max_sequences],
+            prefix_cache: limits.prefix_cache,
             context_length: limits.context_length,
             piece: Vec::with_capacity(32),
         }
@@ -238,18 +244,20 @@ impl<'m> Scheduler<'m> {
             self.metrics.ended(SequenceOutcome::Cancelled);
             return;
         }
-        let Some(id) = self.free.pop() else {
+        let Some((id, reused)) = self.take_slot(&pending.prompt) else {
             // `run` admits only while a slot is free.
             let _ = pending.sink.send(Event::Failed(LlmError::Engine("no free sequence slot".into())));
             return;
         };
         self.metrics.prompt_tokens.increment(pending.prompt.len() as u64);
+        self.metrics.cached_prompt_tokens.increment(reused as u64);
+        let position = i32::try_from(reused).unwrap_or(i32::MAX);
         self.running.push(Sequence {
             id,
             prompt: pending.prompt,
-            fed: 0,
+            fed: reused,
             next: None,
-            position: 0,
+            position,
             logits_at: None,
             finished: None,
             sampler: pending.sampling.sampler(),
@@ -261,6 +269,44 @@ impl<'m> Scheduler<'m> {
             last_token_at: None,
             _active: self.metrics.activate(),
         });
+    }
+
+    /// A free slot for `prompt` and how many of its first tokens that slot's KV cache already
+    /// holds: the slot whose kept prompt shares the longest prefix with it (a shared system
+    /// prompt is decoded once, not per request), else the lowest free id. The rest of the
+    /// slot's cache is dropped. At least the prompt's last two tokens are decoded again.
+    fn take_slot(&mut self, prompt: &[LlamaToken]) -> Option<(i32, usize)> {
+        let mut best: Option<(usize, usize)> = None; // (index in free, shared tokens)
+        if self.prefix_cache {
+            for (at, &id) in self.free.iter().enumerate() {
+                let kept = &self.kept[usize::try_from(id).unwrap_or_default()];
+                let shared = kept.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+                // Two tokens at least are decoded again: a one-token batch takes other kernels
+                // (llama.cpp's attention sums in another order for n = 1), and the first
+                // token's logits must be those of a fresh prompt.
+                let shared = shared.min(prompt.len().saturating_sub(2));
+                if shared > 0 && best.is_none_or(|(_, n)| shared > n) {
+                    best = Some((at, shared));
+                }
+            }
+        }
+        let (id, shared) = match best {
+            Some((at, shared)) => (self.free.remove(at), shared),
+            None => (self.free.pop()?, 0),
+        };
+        let slot = usize::try_from(id).unwrap_or_default();
+        self.kept[slot].truncate(shared);
+        let dropped = match u32::try_from(shared) {
+            Ok(p0) => self.context.kv_cache_seq_rm(id, Some(p0), None).is_ok(),
+            Err(_) => false,
+        };
+        if dropped {
+            Some((id, shared))
+        } else {
+            self.kept[slot].clear();
+            let _ = self.context.clear_kv_cache_seq(u32::try_from(id).ok(), None, None);
+            Some((id, 0))
+        }
     }
 
     /// One step: the next token of every generating sequence in one batch, then chunks of new
@@ -299,7 +345,12 @@ impl<'m> Scheduler<'m> {
                 continue;
             }
             self.batch.clear();
-            let take = (s.prompt.len() - s.fed).min(STEP_TOKENS);
+            let left = s.prompt.len() - s.fed;
+            let mut take = left.min(STEP_TOKENS);
+            // Never leave a one-token chunk: it would take other kernels than the rest.
+            if left - take == 1 {
+                take -= 1;
+            }
             for k in 0..take {
                 let last = s.fed + k + 1 == s.prompt.len();
                 let at = self.batch.n_tokens();
@@ -393,7 +444,20 @@ impl<'m> Scheduler<'m> {
 
     /// Frees a sequence's slot and KV cells.
     fn retire(&mut self, sequence: Sequence, outcome: SequenceOutcome) {
-        if let Ok(id) = u32::try_from(sequence.id)
+        // The slot keeps the KV cells of the prompt tokens decoded (for a later prompt with the
+        // same start); generated tokens' cells go — they were computed one at a time, and a
+        // prompt's cells must be what decoding that prompt computes.
+        let slot = usize::try_from(sequence.id).unwrap_or_default();
+        let keep = if self.prefix_cache && outcome != SequenceOutcome::Failed { sequence.fed } else { 0 };
+        let kept = u32::try_from(keep).ok().filter(|_| keep > 0);
+        let removed = match kept {
+            Some(p0) => self.context.kv_cache_seq_rm(sequence.id, Some(p0), None).is_ok(),
+            None => false,
+        };
+        self.kept[slot].clear();
+        if removed {
+            self.kept[slot].extend_from_slice(&sequence.prompt[..keep]);
+        } else if let Ok(id) = u32::try_from(sequence.id)
             && let Err(e) = self.context.clear_kv_cache_seq(Some(id), None, None)
         {
             tracing::warn!("cannot clear sequence {id}'s KV cache: {e}");

@@ -153,3 +153,25 @@ fn prompts_that_do_not_fit_are_refused_with_both_lengths() {
     }
     assert_eq!(model.generate(Vec::new(), &greedy(4)).unwrap_err(), LlmError::EmptyPrompt);
 }
+
+#[test]
+fn a_prompt_started_from_a_kept_prefix_gives_the_text_of_a_fresh_one() {
+    let rt = runtime();
+    let cached = load();
+    let settings = LlmSettings {
+        threads: 2,
+        context_length: Some(512),
+        max_sequences: 4,
+        prefix_cache: false,
+        ..LlmSettings::default()
+    };
+    let fresh = LlmModel::load("smollm2", 1, &gguf(), settings).expect("SmolLM2 loads");
+    // The same chat template start (system prompt + "<|im_start|>user\n") every time: the
+    // cached model decodes it once, then starts each later prompt from the kept cells.
+    for q in ["Name a planet.", "Name a river in Europe.", "Name a planet and its moons.", "Name a planet."] {
+        let a = rt.block_on(cached.generate(ask(&cached, q), &greedy(32)).unwrap().complete()).unwrap();
+        let b = rt.block_on(fresh.generate(ask(&fresh, q), &greedy(32)).unwrap().complete()).unwrap();
+        assert_eq!(a, b, "{q}");
+    }
+    wait_idle(&cached);
+}
