@@ -83,9 +83,10 @@ def run(args):
     rounds = []
     for round_ in range(args.repeat):
         results.clear()
-        # Each round starts at another prompt, so no server can answer from the previous
-        # round's cached prompt.
-        prompts = [PROMPTS[(round_ + i) % len(PROMPTS)] for i in range(args.streams)]
+        # Every prompt of the run is new (a numbered ending), so no server answers from a
+        # cached earlier prompt; what they share is the system prompt and the template.
+        prompts = [f"{PROMPTS[(round_ + i) % len(PROMPTS)]} (Request {round_ * args.streams + i + 1}.)"
+                   for i in range(args.streams)]
         begin = time.perf_counter()
         threads = [threading.Thread(target=go, args=(p,)) for p in prompts]
         for t in threads:
