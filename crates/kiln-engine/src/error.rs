@@ -48,7 +48,7 @@ impl From<kiln_llm::LlmError> for EngineError {
     fn from(e: kiln_llm::LlmError) -> Self {
         use kiln_llm::LlmError;
         match e {
-            LlmError::PromptTooLong { .. } | LlmError::EmptyPrompt | LlmError::Template(_) => {
+            LlmError::PromptTooLong { .. } | LlmError::EmptyPrompt | LlmError::Template(_) | LlmError::Grammar(_) => {
                 EngineError::InvalidRequest(e.to_string())
             }
             LlmError::Overloaded { .. } => EngineError::Overloaded(e.to_string()),

@@ -12,10 +12,12 @@
 //! It owns prompt construction too: the model's own chat template ([`template`]) and the
 //! tokenizer. It knows nothing of HTTP, JSON APIs or repositories.
 
+pub mod constraint;
 pub mod metrics;
 mod scheduler;
 pub mod template;
 pub mod text;
+pub mod tools;
 
 use std::path::Path;
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -28,6 +30,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
+pub use constraint::{Constraint, Grammar};
 pub use llama_cpp_2::token::LlamaToken as Token;
 pub use scheduler::stop_all;
 pub use template::{ChatTemplate, Message, ROLES};
@@ -45,6 +48,9 @@ pub enum LlmError {
     Overloaded { waiting: usize },
     #[error("the chat template refused the messages: {0}")]
     Template(String),
+    /// A grammar or JSON schema that cannot be compiled or enforced.
+    #[error("{0}")]
+    Grammar(String),
     #[error("the model is shutting down")]
     ShuttingDown,
     #[error("llama.cpp failed: {0}")]
@@ -95,7 +101,7 @@ impl Default for LlmSettings {
 }
 
 /// What a caller may set per request; `None` takes the model's default.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct GenerateParams {
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
@@ -104,6 +110,9 @@ pub struct GenerateParams {
     pub seed: Option<u32>,
     /// Generation ends before any of these; they are not part of the text.
     pub stop: Vec<String>,
+    /// The text must match this grammar ([`LlmModel::constrain`]); it ends when the grammar
+    /// is complete.
+    pub constraint: Option<Constraint>,
 }
 
 /// Why a sequence ended.
@@ -196,6 +205,7 @@ struct Pending {
     max_tokens: usize,
     sampling: scheduler::Sampling,
     stop: Vec<String>,
+    constraint: Option<Constraint>,
     sink: mpsc::UnboundedSender<Event>,
     queued_at: Instant,
     _waiting: metrics::Waiting,
@@ -210,6 +220,8 @@ pub struct LlmModel {
     info: LlmInfo,
     queue: SyncSender<Pending>,
     metrics: Arc<metrics::LlmMetrics>,
+    /// Built on the first constrained request: it walks the whole vocabulary.
+    grammars: OnceLock<Result<constraint::GrammarCompiler, LlmError>>,
 }
 
 impl std::fmt::Debug for LlmModel {
@@ -293,7 +305,7 @@ impl LlmModel {
             max_sequences = settings.max_sequences,
             "LLM loaded"
         );
-        Ok(LlmModel { model, template, settings, info, queue, metrics })
+        Ok(LlmModel { model, template, settings, info, queue, metrics, grammars: OnceLock::new() })
     }
 
     pub fn info(&self) -> &LlmInfo {
@@ -323,6 +335,15 @@ impl LlmModel {
         })?;
         let text = template.render(messages)?;
         Ok(self.model.vocab().tokenize(text.as_bytes(), false, true))
+    }
+
+    /// Compiles `grammar` for this model: the [`Constraint`] goes in [`GenerateParams`]. A
+    /// schema or grammar llguidance cannot enforce is [`LlmError::Grammar`], naming what.
+    /// CPU work (milliseconds for a typical schema; the first call per model also indexes the
+    /// vocabulary): call it off the async executor.
+    pub fn constrain(&self, grammar: &Grammar) -> Result<Constraint, LlmError> {
+        let compiler = self.grammars.get_or_init(|| constraint::GrammarCompiler::new(&self.model));
+        compiler.as_ref().map_err(Clone::clone)?.compile(grammar)
     }
 
     /// Tokenizes a raw prompt, with the BOS token when the model asks for one.
@@ -360,6 +381,7 @@ impl LlmModel {
             max_tokens,
             sampling,
             stop: params.stop.clone(),
+            constraint: params.constraint.clone(),
             sink,
             queued_at: Instant::now(),
             _waiting: self.metrics.wait(),

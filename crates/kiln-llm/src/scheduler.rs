@@ -21,8 +21,11 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::constraint::Constraint;
 use crate::metrics::{Active, LlmMetrics, SequenceOutcome};
 use crate::text::{Piece, TextStream};
 use crate::{Event, FinishReason, LlmError, Pending, Usage};
@@ -150,6 +153,8 @@ struct Sequence {
     /// Set when it ended during this step; retired at the step's end.
     finished: Option<SequenceOutcome>,
     sampler: LlamaSampler,
+    /// The grammar the text must follow, if any.
+    constraint: Option<Constraint>,
     text: TextStream,
     max_tokens: usize,
     generated: usize,
@@ -261,6 +266,7 @@ impl<'m> Scheduler<'m> {
             logits_at: None,
             finished: None,
             sampler: pending.sampling.sampler(),
+            constraint: pending.constraint,
             text: TextStream::new(pending.stop),
             max_tokens: pending.max_tokens,
             generated: 0,
@@ -403,7 +409,18 @@ impl<'m> Scheduler<'m> {
     fn sample(&mut self, i: usize, now: Instant) -> Option<FinishReason> {
         let s = &mut self.running[i];
         let at = s.logits_at?;
-        let token = s.sampler.sample(&self.context, at);
+        let token = match s.constraint.as_mut() {
+            None => s.sampler.sample(&self.context, at),
+            Some(constraint) => match constrained_sample(self.model, &self.context, at, &mut s.sampler, constraint) {
+                Ok(token) => token,
+                Err(error) => {
+                    tracing::warn!("constrained decoding failed: {error}");
+                    let _ = s.sink.send(Event::Failed(error));
+                    s.finished = Some(SequenceOutcome::Failed);
+                    return None;
+                }
+            },
+        };
         match s.last_token_at {
             None => self.metrics.first_token(now - s.queued_at),
             Some(previous) => self.metrics.inter_token.record((now - previous).as_secs_f64()),
@@ -426,7 +443,13 @@ impl<'m> Scheduler<'m> {
                 Piece::Text(text) => {
                     send_text(&s.sink, text);
                     let full = s.prompt.len() + s.generated >= self.context_length;
-                    (s.generated >= s.max_tokens || full).then_some(FinishReason::Length)
+                    if s.constraint.as_ref().is_some_and(Constraint::finished) {
+                        // The grammar is complete: nothing but the end could follow.
+                        send_text(&s.sink, s.text.finish());
+                        Some(FinishReason::Stop)
+                    } else {
+                        (s.generated >= s.max_tokens || full).then_some(FinishReason::Length)
+                    }
                 }
             }
         };
@@ -469,6 +492,38 @@ impl<'m> Scheduler<'m> {
         // Its `Active` guard lowers the active-sequence gauge.
         drop(sequence);
     }
+}
+
+/// Samples from the tokens `constraint` allows only, then advances it past the choice. The
+/// candidates are the allowed tokens with their logits, in token order — the same draw as the
+/// full vocabulary with every other token at zero probability.
+fn constrained_sample(
+    model: &LlamaModel,
+    context: &LlamaContext<'_>,
+    at: i32,
+    sampler: &mut LlamaSampler,
+    constraint: &mut Constraint,
+) -> Result<LlamaToken, LlmError> {
+    let allowed = constraint.allowed()?;
+    let logits = context.get_logits_ith(at);
+    let mut candidates = Vec::with_capacity(allowed.num_set().min(logits.len()));
+    allowed.iter_set_entries(|id| {
+        if let (Some(&logit), Ok(token)) = (logits.get(id), i32::try_from(id)) {
+            candidates.push(LlamaTokenData::new(LlamaToken(token), logit, 0.0));
+        }
+    });
+    if candidates.is_empty() {
+        return Err(LlmError::Grammar("the grammar allows no token of this model's vocabulary here".into()));
+    }
+    let mut array = LlamaTokenDataArray::new(candidates, false);
+    array.apply_sampler(sampler);
+    let token = array.selected_token().ok_or_else(|| LlmError::Engine("the sampler chose no token".into()))?;
+    sampler.accept(token);
+    // The end of the text is not part of the grammar's language: the scheduler ends there.
+    if !model.vocab().is_eog(token) {
+        constraint.advance(token.0.cast_unsigned())?;
+    }
+    Ok(token)
 }
 
 fn send_text(sink: &UnboundedSender<Event>, text: String) {

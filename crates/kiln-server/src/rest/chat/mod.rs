@@ -1,0 +1,324 @@
+//! OpenAI-compatible text generation for `kind = "llm"` models: `POST /v1/chat/completions`
+//! (messages through the model's chat template) and `POST /v1/completions` (a raw prompt),
+//! whole or streamed as server-sent events. A streamed response is a body that pulls the
+//! model's `Generation`: when the client goes away hyper drops the body, the `Generation` goes
+//! with it and the scheduler frees the sequence before its next step.
+
+mod fields;
+mod stream;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use kiln_core::{Tensor, TensorData};
+use kiln_engine::kiln_llm::tools::{self, CallStream, Tool, ToolCall};
+use kiln_engine::kiln_llm::{self, Completion, Constraint, FinishReason, Grammar, LlmError, Message, Usage};
+use kiln_engine::{EngineError, InFlight, InferResponse, ModelHandle, Outcome, Protocol, ServedModel};
+use serde_json::{Map, Value, json};
+
+use crate::error::{ApiError, Kind, OpenAiError};
+use crate::state::AppState;
+use fields::{Fields, Options};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/chat/completions", post(chat)).route("/v1/completions", post(completions))
+}
+
+/// Which endpoint a request came by: it decides the JSON shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completion,
+}
+
+impl Api {
+    fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Api::Chat, false) => "chat.completion",
+            (Api::Chat, true) => "chat.completion.chunk",
+            (Api::Completion, _) => "text_completion",
+        }
+    }
+
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Api::Chat => "chatcmpl-",
+            Api::Completion => "cmpl-",
+        }
+    }
+
+    /// The field a prompt-length refusal is about.
+    fn prompt_param(self) -> &'static str {
+        match self {
+            Api::Chat => "messages",
+            Api::Completion => "prompt",
+        }
+    }
+}
+
+/// Reads the body and resolves the model: an unknown model is 404, a model that is not an
+/// LLM 400.
+async fn begin(
+    state: &AppState,
+    request: axum::extract::Request,
+) -> Result<(Fields, ModelHandle, std::sync::Arc<kiln_llm::LlmModel>), OpenAiError> {
+    let (parts, body) = request.into_parts();
+    let body = super::read_body(&parts.headers, body, state.limits.max_body_bytes, "--max-body-bytes").await?;
+    let mut fields = Fields::parse(&body)?;
+    let name = fields.string("model")?.ok_or_else(|| OpenAiError::invalid("'model' is required", "model"))?;
+    let model = state.engine.model(&name, None)?;
+    let llm = model.llm_model().cloned().ok_or_else(|| {
+        OpenAiError::invalid(format!("model '{name}' is not an LLM (kind = \"llm\"); it cannot generate text"), "model")
+    })?;
+    Ok((fields, model, llm))
+}
+
+async fn chat(State(state): State<AppState>, request: axum::extract::Request) -> Result<Response, OpenAiError> {
+    let (mut fields, model, llm) = begin(&state, request).await?;
+    let messages = fields::messages(fields.take("messages"))?;
+    let mut options = fields::options(&mut fields, Api::Chat)?;
+    fields.finish()?;
+    let offered: &[Tool] = if options.tools_offered() { &options.tools } else { &[] };
+    let conversation = tools::conversation(messages.clone(), offered);
+    let prompt = llm.chat_prompt(&conversation).map_err(|e| llm_error(e, Api::Chat))?;
+    options.params.constraint = constraint(&llm, &options).await?;
+    respond(state, model, &llm, prompt, &messages_text(&messages), options, Api::Chat).await
+}
+
+async fn completions(State(state): State<AppState>, request: axum::extract::Request) -> Result<Response, OpenAiError> {
+    let (mut fields, model, llm) = begin(&state, request).await?;
+    let prompt = match fields.take("prompt") {
+        Some(Value::String(s)) => s,
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_string()
+        }
+        Some(Value::Array(_)) => {
+            return Err(OpenAiError::invalid("one prompt per request: 'prompt' must be a string", "prompt"));
+        }
+        None => return Err(OpenAiError::invalid("'prompt' is required", "prompt")),
+        Some(other) => return Err(OpenAiError::invalid(format!("'prompt' must be a string, got {other}"), "prompt")),
+    };
+    let mut options = fields::options(&mut fields, Api::Completion)?;
+    fields.finish()?;
+    let tokens = llm.text_prompt(&prompt);
+    options.params.constraint = constraint(&llm, &options).await?;
+    respond(state, model, &llm, tokens, &prompt, options, Api::Completion).await
+}
+
+/// The grammar the answer must follow — the response format, or the tool-call grammar when
+/// tools are offered — compiled off the executor. A schema that cannot be enforced is a 400
+/// naming where it is: the response format or which tool.
+async fn constraint(llm: &Arc<kiln_llm::LlmModel>, options: &Options) -> Result<Option<Constraint>, OpenAiError> {
+    let (grammar, tools) = if options.tools_offered() {
+        let answer = match &options.format {
+            Some(Grammar::JsonObject) => Some(json!({"type": "object"})),
+            Some(Grammar::JsonSchema(schema)) => Some(schema.clone()),
+            _ => None,
+        };
+        let grammar =
+            tools::grammar(&options.tools, &options.tool_choice, options.parallel_tool_calls, answer.as_ref());
+        (grammar, options.tools.clone())
+    } else {
+        (options.format.clone(), Vec::new())
+    };
+    let Some(grammar) = grammar else { return Ok(None) };
+    let format = options.format.clone().filter(|_| !tools.is_empty());
+    let llm = llm.clone();
+    let invalid = |param: &'static str, at: String, e: LlmError| {
+        OpenAiError::invalid(format!("{at} cannot be enforced: {e}"), param)
+    };
+    tokio::task::spawn_blocking(move || {
+        // With tools the grammar holds every schema: check each alone first, to say which failed.
+        for (i, tool) in tools.iter().enumerate() {
+            tools::check_tool(&llm, tool)
+                .map_err(|e| invalid("tools", format!("tools[{i}].function.parameters"), e))?;
+        }
+        if let Some(format) = &format {
+            llm.constrain(format).map_err(|e| invalid("response_format", "response_format".into(), e))?;
+        }
+        let param = if tools.is_empty() { "response_format" } else { "tools" };
+        llm.constrain(&grammar).map(Some).map_err(|e| invalid(param, param.into(), e))
+    })
+    .await
+    .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("grammar compilation failed: {e}"))))?
+}
+
+/// The messages as the prediction log keeps them (JSON, one line).
+fn messages_text(messages: &[Message]) -> String {
+    serde_json::to_string(messages).unwrap_or_default()
+}
+
+fn llm_error(e: LlmError, api: Api) -> OpenAiError {
+    let param = match &e {
+        LlmError::PromptTooLong { .. } | LlmError::EmptyPrompt | LlmError::Template(_) => Some(api.prompt_param()),
+        _ => None,
+    };
+    OpenAiError { error: EngineError::from(e).into(), param }
+}
+
+fn outcome_of(e: &LlmError) -> Outcome {
+    match e {
+        LlmError::PromptTooLong { .. } | LlmError::EmptyPrompt | LlmError::Template(_) => Outcome::Invalid,
+        LlmError::Overloaded { .. } => Outcome::Overloaded,
+        _ => Outcome::Error,
+    }
+}
+
+/// One generation's bookkeeping: metrics/statistics (the in-flight guard), the prediction
+/// log's capture, and what its JSON says.
+struct Call {
+    api: Api,
+    id: String,
+    created: u64,
+    model: ModelHandle,
+    state: AppState,
+    tracked: InFlight<ModelHandle>,
+    capture: Option<crate::records::Capture>,
+}
+
+impl Call {
+    fn envelope(&self, chunk: bool, choices: Value) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.id));
+        m.insert("object".into(), json!(self.api.object(chunk)));
+        m.insert("created".into(), json!(self.created));
+        m.insert("model".into(), json!(self.model.name));
+        m.insert("choices".into(), choices);
+        m
+    }
+
+    /// Logs the finished request (when its policy keeps it) and counts it.
+    async fn finish(self, result: Result<&Completion, &LlmError>) {
+        let outcome = match result {
+            Ok(_) => Outcome::Success,
+            Err(e) => outcome_of(e),
+        };
+        let result: Result<InferResponse, EngineError> = match result {
+            Ok(c) => Ok(InferResponse {
+                model_name: self.model.name.clone(),
+                model_version: self.model.version,
+                outputs: record_outputs(c),
+                trace: Vec::new(),
+            }),
+            Err(e) => Err(e.clone().into()),
+        };
+        if let Err(e) =
+            crate::records::finish(self.state.records.as_ref(), self.capture, &self.model, "rest", &result).await
+        {
+            tracing::warn!(model = %self.model.name, "prediction log: {e}");
+        }
+        self.tracked.end(outcome);
+    }
+}
+
+/// What the prediction log keeps of a completion.
+fn record_outputs(c: &Completion) -> Vec<Tensor> {
+    let one = |name: &str, data: TensorData| Tensor::new(name, vec![1], data).ok();
+    [
+        one("text_output", TensorData::Bytes(vec![c.text.clone().into_bytes()])),
+        one("finish_reason", TensorData::Bytes(vec![c.reason.as_str().as_bytes().to_vec()])),
+        one("prompt_tokens", TensorData::Int64(vec![c.usage.prompt_tokens as i64])),
+        one("completion_tokens", TensorData::Int64(vec![c.usage.completion_tokens as i64])),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn usage_json(u: Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+           "total_tokens": u.prompt_tokens + u.completion_tokens})
+}
+
+async fn respond(
+    state: AppState,
+    model: ModelHandle,
+    llm: &kiln_llm::LlmModel,
+    prompt: Vec<kiln_llm::Token>,
+    recorded_prompt: &str,
+    options: Options,
+    api: Api,
+) -> Result<Response, OpenAiError> {
+    let tracked = ServedModel::track(&model, Protocol::Rest);
+    let prompt_tensor =
+        Tensor::new("text_input", vec![1], TensorData::Bytes(vec![recorded_prompt.as_bytes().to_vec()]))
+            .map_err(|e| ApiError::new(Kind::Internal, e))?;
+    let capture = crate::records::begin(state.records.as_ref(), &model, &[prompt_tensor], None);
+    let generation = match llm.generate(prompt, &options.params) {
+        Ok(g) => g,
+        Err(e) => {
+            tracked.end(outcome_of(&e));
+            return Err(llm_error(e, api));
+        }
+    };
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let request_id = capture.as_ref().map(|c| c.request_id.clone());
+    let call = Call {
+        api,
+        id: format!("{}{:024x}", api.id_prefix(), fastrand::u128(..) >> 32),
+        created,
+        model,
+        state,
+        tracked,
+        capture,
+    };
+    let mut response = if options.stream {
+        let calls = options.tools_offered().then(CallStream::new);
+        stream::response(call, generation, options.include_usage, calls)
+    } else {
+        let result = generation.complete().await;
+        let body = match &result {
+            Ok(c) => {
+                let calls = if options.tools_offered() { tools::parse(&c.text) } else { None };
+                let choice = match (api, calls) {
+                    (Api::Chat, Some(calls)) => json!({"index": 0,
+                        "message": {"role": "assistant", "content": null, "tool_calls": tool_calls_json(&calls)},
+                        "logprobs": null, "finish_reason": calls_finish(c.reason)}),
+                    (Api::Chat, None) => json!({"index": 0, "message": {"role": "assistant", "content": c.text},
+                                        "logprobs": null, "finish_reason": c.reason.as_str()}),
+                    (Api::Completion, _) => json!({"index": 0, "text": c.text, "logprobs": null,
+                                              "finish_reason": c.reason.as_str()}),
+                };
+                let mut m = call.envelope(false, json!([choice]));
+                m.insert("usage".into(), usage_json(c.usage));
+                Some(Value::Object(m))
+            }
+            Err(_) => None,
+        };
+        call.finish(result.as_ref()).await;
+        match (body, result) {
+            (Some(body), _) => Json(body).into_response(),
+            (None, Err(e)) => return Err(llm_error(e, api)),
+            (None, Ok(_)) => return Err(ApiError::new(Kind::Internal, "no completion").into()),
+        }
+    };
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert(crate::records::REQUEST_ID, id);
+    }
+    Ok(response)
+}
+
+/// A call's id, unique enough for a client to match results to calls.
+fn call_id() -> String {
+    format!("call_{:024x}", fastrand::u128(..) >> 32)
+}
+
+fn tool_calls_json(calls: &[ToolCall]) -> Value {
+    calls
+        .iter()
+        .map(|c| json!({"id": call_id(), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+        .collect()
+}
+
+/// An answer of calls ends with `tool_calls` (or `length`, cut short).
+fn calls_finish(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "tool_calls",
+        FinishReason::Length => "length",
+    }
+}
