@@ -224,8 +224,8 @@ def test_bad_requests_get_openai_shaped_errors(server):
         assert body["error"]["type"] == "invalid_request_error"
     status, body = post(server, "/v1/chat/completions", {"model": "smollm2", "messages": ask("hi"), "frobnicate": 1})
     assert status == 400 and "frobnicate" in body["error"]["message"]
-    status, body = post(server, "/v1/chat/completions", {"model": "smollm2", "messages": ask("hi"), "tools": []})
-    assert status == 400 and "tools" in body["error"]["message"]
+    status, body = post(server, "/v1/chat/completions", {"model": "smollm2", "messages": ask("hi"), "tools": "f"})
+    assert status == 400 and body["error"]["param"] == "tools" and "list" in body["error"]["message"]
     status, body = post(server, "/v1/chat/completions", {"model": "fraud", "messages": ask("hi")})
     assert status == 400 and "not an LLM" in body["error"]["message"]
     for raw in (b'{"model": "smollm2", "messages": [', b'\xff\xfe{"model": 1}', b"[1, 2]"):

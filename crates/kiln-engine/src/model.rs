@@ -202,6 +202,15 @@ impl ServedModel {
         InFlight::enter(model.clone(), protocol)
     }
 
+    /// Whether this is a generative LLM (`kind = "llm"`).
+    pub fn is_llm(&self) -> bool {
+        #[cfg(feature = "llm")]
+        if matches!(self.executor, Executor::Llm(_)) {
+            return true;
+        }
+        false
+    }
+
     /// Whether this is a pipeline.
     pub fn is_pipeline(&self) -> bool {
         matches!(self.executor, Executor::Pipeline(_))

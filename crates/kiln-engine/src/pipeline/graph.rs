@@ -12,7 +12,9 @@ use super::builder::PipelineBuilder;
 use super::file::FallbackSpec;
 use super::remote::RemoteStep;
 use super::resilience::Guard;
-use super::{Action, Fallback, ModelResolver, Pipeline, RemoteDraft, Source, Step, ops, rows, shapes_fit};
+use super::{
+    Action, Fallback, LocalLlmStep, ModelResolver, Pipeline, RemoteDraft, Source, Step, ops, rows, shapes_fit,
+};
 
 fn parse_ref(
     reference: &str,
@@ -97,6 +99,9 @@ fn resolve_steps(draft: &PipelineBuilder, names: &HashMap<&str, usize>) -> Resul
         let action = match &d.action {
             DraftAction::Model { name, version } => Action::Model { name: name.clone(), version: version.clone() },
             DraftAction::Op(op) => Action::Op(op.clone()),
+            DraftAction::Remote(RemoteDraft::Llm(spec), policy) if spec.url.is_none() => {
+                Action::LocalLlm(Arc::new(LocalLlmStep::new(spec.clone(), policy.timeout, &d.name)?))
+            }
             DraftAction::Remote(remote, policy) => {
                 let guard = Guard::new(&draft.name, &d.name, policy.clone());
                 Action::Remote(Arc::new(match remote {
@@ -262,6 +267,11 @@ fn output_types(
                 let named: Vec<(String, TensorSpec)> =
                     step.inputs.iter().map(|(k, _)| k.clone()).zip(input_specs.iter().cloned()).collect();
                 remote.output_specs(&step.name, &named)?
+            }
+            Action::LocalLlm(llm) => {
+                let named: Vec<(String, TensorSpec)> =
+                    step.inputs.iter().map(|(k, _)| k.clone()).zip(input_specs.iter().cloned()).collect();
+                llm.output_specs(&step.name, &named, resolver)?
             }
             Action::Model { name, version } => {
                 model_step_outputs(step, name, version.as_deref(), &input_specs, resolver)?

@@ -18,6 +18,7 @@ pub mod rows;
 mod builder;
 mod file;
 mod graph;
+mod local_llm;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ use crate::model::ModelHandle;
 pub use builder::PipelineBuilder;
 pub use file::FallbackSpec;
 use ops::Op;
+use local_llm::LocalLlmStep;
 use remote::{EmbeddingsSpec, LlmSpec, RemoteSpec, RemoteStep};
 use resilience::Policy;
 use rows::Constant;
@@ -73,6 +75,8 @@ enum Action {
     Model { name: String, version: Option<String> },
     Op(Op),
     Remote(Arc<RemoteStep>),
+    /// An `llm` step on an LLM of this repository.
+    LocalLlm(Arc<LocalLlmStep>),
 }
 
 #[derive(Debug, Clone)]
@@ -174,12 +178,14 @@ impl Pipeline {
                     Action::Model { .. } => "model",
                     Action::Op(_) => "op",
                     Action::Remote(_) => "remote",
+                    Action::LocalLlm(_) => "llm",
                 },
                 detail: match &step.action {
                     Action::Model { name, version: Some(v) } => format!("{name} v{v}"),
                     Action::Model { name, version: None } => name.clone(),
                     Action::Op(op) => op.to_string(),
                     Action::Remote(remote) => remote.describe(),
+                    Action::LocalLlm(llm) => llm.describe(),
                 },
                 reads: step.inputs.iter().map(|(_, source)| show(source)).collect(),
                 condition: step
@@ -208,6 +214,7 @@ impl Pipeline {
             .iter()
             .filter_map(|s| match &s.action {
                 Action::Model { name, .. } => Some(name.clone()),
+                Action::LocalLlm(llm) => Some(llm.model().to_string()),
                 _ => None,
             })
             .collect()

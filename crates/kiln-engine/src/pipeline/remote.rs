@@ -32,20 +32,83 @@ pub struct RemoteSpec {
     pub protocol: Transport,
 }
 
-/// A field the LLM's JSON answer must carry, turned into a tensor `[N]`.
+/// A field the LLM's JSON answer must carry, turned into a tensor `[N]`. A local LLM is held to
+/// the field's schema by constrained decoding (the bounds keep a small model from running on).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonField {
     pub name: String,
     pub datatype: DataType,
+    /// The values a BYTES field may take.
+    #[serde(rename = "enum")]
+    pub choices: Option<Vec<String>>,
+    /// Most characters of a BYTES field.
+    pub max_length: Option<u64>,
+    /// Bounds of a number field.
+    pub minimum: Option<f64>,
+    pub maximum: Option<f64>,
+}
+
+impl JsonField {
+    /// The field's JSON schema.
+    fn schema(&self) -> Result<serde_json::Value, String> {
+        use serde_json::json;
+        let mut schema = match self.datatype {
+            DataType::Bytes => json!({"type": "string"}),
+            DataType::Bool => json!({"type": "boolean"}),
+            DataType::Int32 | DataType::Int64 => json!({"type": "integer"}),
+            DataType::Fp32 | DataType::Fp64 => json!({"type": "number"}),
+            other => {
+                return Err(format!(
+                    "field '{}': JSON outputs are BYTES, BOOL, FP32, FP64, INT32 or INT64, not {other}",
+                    self.name
+                ));
+            }
+        };
+        let is_text = self.datatype == DataType::Bytes;
+        let is_number = !is_text && self.datatype != DataType::Bool;
+        if let Some(choices) = &self.choices {
+            if !is_text || choices.is_empty() {
+                return Err(format!("field '{}': 'enum' lists the strings a BYTES field may take", self.name));
+            }
+            schema["enum"] = json!(choices);
+        }
+        if let Some(n) = self.max_length {
+            if !is_text {
+                return Err(format!("field '{}': 'max_length' is for BYTES fields", self.name));
+            }
+            schema["maxLength"] = json!(n);
+        }
+        for (key, bound) in [("minimum", self.minimum), ("maximum", self.maximum)] {
+            if let Some(b) = bound {
+                if !is_number {
+                    return Err(format!("field '{}': '{key}' is for number fields", self.name));
+                }
+                schema[key] = json!(b);
+            }
+        }
+        Ok(schema)
+    }
+}
+
+/// The JSON schema of an answer with these fields: an object with exactly them, in order.
+pub(super) fn answer_schema(fields: &[JsonField]) -> Result<serde_json::Value, String> {
+    let mut properties = serde_json::Map::new();
+    for f in fields {
+        properties.insert(f.name.clone(), f.schema()?);
+    }
+    let required: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+    Ok(serde_json::json!({"type": "object", "properties": properties, "required": required,
+                          "additionalProperties": false}))
 }
 
 /// `llm = { ... }` in pipeline.toml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmSpec {
-    /// Base URL up to `/v1`.
-    pub url: String,
+    /// Base URL up to `/v1` of an OpenAI-compatible server; none = `model` is an LLM of this
+    /// repository, called in-process.
+    pub url: Option<String>,
     pub model: String,
     /// The environment variable holding the API key (never the key itself).
     pub api_key_env: Option<String>,
@@ -71,12 +134,12 @@ pub struct EmbeddingsSpec {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Part {
+pub(super) enum Part {
     Text(String),
     Var(String),
 }
 
-fn parse_template(template: &str) -> Result<Vec<Part>, String> {
+pub(super) fn parse_template(template: &str) -> Result<Vec<Part>, String> {
     let mut parts = Vec::new();
     let mut text = String::new();
     let mut chars = template.chars().peekable();
@@ -222,11 +285,12 @@ impl RemoteStep {
 
     pub fn llm(mut spec: LlmSpec, guard: Guard, step: &str) -> Result<Self, String> {
         let here = |e: String| format!("step '{step}': {e}");
-        spec.url = expand_env(&spec.url).map_err(here)?;
+        let url = expand_env(spec.url.as_deref().unwrap_or_default()).map_err(here)?;
         spec.model = expand_env(&spec.model).map_err(here)?;
         let template = parse_template(&spec.prompt).map_err(|e| format!("step '{step}': {e}"))?;
-        let client = OpenAiClient::new(&spec.url, api_key(spec.api_key_env.as_ref(), step)?)
+        let client = OpenAiClient::new(&url, api_key(spec.api_key_env.as_ref(), step)?)
             .map_err(|e| format!("step '{step}': {e}"))?;
+        spec.url = Some(url);
         Ok(RemoteStep { endpoint: Endpoint::Llm { client, spec, template }, guard })
     }
 
@@ -242,7 +306,7 @@ impl RemoteStep {
     pub fn describe(&self) -> String {
         match &self.endpoint {
             Endpoint::Kserve { spec, .. } => format!("model '{}' at {}", spec.model, spec.url),
-            Endpoint::Llm { spec, .. } => format!("LLM '{}' at {}", spec.model, spec.url),
+            Endpoint::Llm { spec, .. } => format!("LLM '{}' at {}", spec.model, spec.url.as_deref().unwrap_or_default()),
             Endpoint::Embeddings { spec, .. } => format!("embeddings '{}' at {}", spec.model, spec.url),
         }
     }
@@ -257,36 +321,7 @@ impl RemoteStep {
         let spec = |name: &str, datatype, shape| TensorSpec { name: name.to_string(), datatype, shape };
         match &self.endpoint {
             Endpoint::Kserve { outputs, .. } => Ok(outputs.clone()),
-            Endpoint::Llm { spec: llm, template, .. } => {
-                for (name, s) in inputs {
-                    if !one_per_row(s) {
-                        return Err(format!(
-                            "step '{step}': LLM input '{name}' must hold one value per row ([N] or [N, 1]), not {:?}",
-                            s.shape
-                        ));
-                    }
-                }
-                for part in template {
-                    if let Part::Var(v) = part
-                        && !inputs.iter().any(|(n, _)| n == v)
-                    {
-                        return Err(format!(
-                            "step '{step}': the prompt uses '{{{v}}}', but the step's inputs are {:?}",
-                            inputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
-                        ));
-                    }
-                }
-                let mut out = vec![spec("text", DataType::Bytes, vec![-1])];
-                for field in &llm.json_outputs {
-                    if field.name == "text" {
-                        return Err(format!(
-                            "step '{step}': 'text' is the LLM's answer; name the JSON field otherwise"
-                        ));
-                    }
-                    out.push(spec(&field.name, field.datatype, vec![-1]));
-                }
-                Ok(out)
-            }
+            Endpoint::Llm { spec: llm, template, .. } => llm_output_specs(llm, template, step, inputs),
             Endpoint::Embeddings { spec: e, .. } => match inputs {
                 [(_, s)] if s.datatype == DataType::Bytes && one_per_row(s) => {
                     Ok(vec![spec("embedding", DataType::Fp32, vec![-1, e.dim.map_or(-1, |d| d as i64)])])
@@ -335,24 +370,9 @@ impl RemoteStep {
                 Ok(got)
             }
             Endpoint::Llm { client, spec, template } => {
-                let rows = args.first().and_then(|t| t.shape.first().copied()).unwrap_or(0);
-                if let Some(t) = args.iter().find(|t| t.data.len() != rows) {
-                    return Err(EngineError::InvalidRequest(format!(
-                        "input '{}' has {} values for {rows} rows",
-                        t.name,
-                        t.data.len()
-                    )));
-                }
-                let calls = (0..rows).map(|row| {
-                    let prompt: String = template
-                        .iter()
-                        .map(|p| match p {
-                            Part::Text(t) => t.clone(),
-                            Part::Var(v) => {
-                                args.iter().find(|t| &t.name == v).map(|t| row_text(t, row)).unwrap_or_default()
-                            }
-                        })
-                        .collect();
+                let prompts = row_prompts(template, &args)?;
+                let rows = prompts.len();
+                let calls = prompts.into_iter().map(|prompt| {
                     let request = ChatRequest {
                         model: spec.model.clone(),
                         system: spec.system.clone(),
@@ -375,23 +395,9 @@ impl RemoteStep {
                     }
                 });
                 let answers = futures_util::future::join_all(calls).await;
-                let mut text = Vec::with_capacity(rows);
-                let mut columns: Vec<Vec<serde_json::Value>> = vec![Vec::with_capacity(rows); spec.json_outputs.len()];
-                for answer in answers {
-                    let (t, fields) = answer.map_err(|e| self.failed(&e))?;
-                    text.push(t.into_bytes());
-                    for (column, value) in columns.iter_mut().zip(fields) {
-                        column.push(value);
-                    }
-                }
-                let mut out =
-                    vec![Tensor::new("text", vec![rows], TensorData::Bytes(text)).map_err(EngineError::Backend)?];
-                for (field, column) in spec.json_outputs.iter().zip(columns) {
-                    let data = json_column(field, &column)
-                        .map_err(|m| EngineError::Unavailable(format!("{}: {m}", self.describe())))?;
-                    out.push(Tensor::new(field.name.clone(), vec![rows], data).map_err(EngineError::Backend)?);
-                }
-                Ok(out)
+                debug_assert_eq!(answers.len(), rows);
+                let answers = answers.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| self.failed(&e))?;
+                llm_outputs(&spec.json_outputs, answers, &self.describe())
             }
             Endpoint::Embeddings { client, spec } => {
                 let input = args.first().ok_or_else(|| EngineError::Backend("embeddings step without input".into()))?;
@@ -415,6 +421,87 @@ impl RemoteStep {
             }
         }
     }
+}
+
+/// What an LLM step (local or remote) produces: `text`, then each JSON field; its inputs hold
+/// one value per row and its prompt names only them.
+pub(super) fn llm_output_specs(
+    llm: &LlmSpec,
+    template: &[Part],
+    step: &str,
+    inputs: &[(String, TensorSpec)],
+) -> Result<Vec<TensorSpec>, String> {
+    let spec = |name: &str, datatype, shape| TensorSpec { name: name.to_string(), datatype, shape };
+    for (name, s) in inputs {
+        if !one_per_row(s) {
+            return Err(format!(
+                "step '{step}': LLM input '{name}' must hold one value per row ([N] or [N, 1]), not {:?}",
+                s.shape
+            ));
+        }
+    }
+    for part in template {
+        if let Part::Var(v) = part
+            && !inputs.iter().any(|(n, _)| n == v)
+        {
+            return Err(format!(
+                "step '{step}': the prompt uses '{{{v}}}', but the step's inputs are {:?}",
+                inputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+            ));
+        }
+    }
+    let mut out = vec![spec("text", DataType::Bytes, vec![-1])];
+    for field in &llm.json_outputs {
+        if field.name == "text" {
+            return Err(format!(
+                "step '{step}': 'text' is the LLM's answer; name the JSON field otherwise"
+            ));
+        }
+        out.push(spec(&field.name, field.datatype, vec![-1]));
+    }
+    Ok(out)
+}
+
+/// Each row's prompt: the template with the row's input values.
+pub(super) fn row_prompts(template: &[Part], args: &[Tensor]) -> Result<Vec<String>, EngineError> {
+    let rows = args.first().and_then(|t| t.shape.first().copied()).unwrap_or(0);
+    if let Some(t) = args.iter().find(|t| t.data.len() != rows) {
+        return Err(EngineError::InvalidRequest(format!("input '{}' has {} values for {rows} rows", t.name, t.data.len())));
+    }
+    Ok((0..rows)
+        .map(|row| {
+            template
+                .iter()
+                .map(|p| match p {
+                    Part::Text(t) => t.clone(),
+                    Part::Var(v) => args.iter().find(|t| &t.name == v).map(|t| row_text(t, row)).unwrap_or_default(),
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// An LLM step's tensors from each row's answer text and JSON field values.
+pub(super) fn llm_outputs(
+    fields: &[JsonField],
+    answers: Vec<(String, Vec<serde_json::Value>)>,
+    describe: &str,
+) -> Result<Vec<Tensor>, EngineError> {
+    let rows = answers.len();
+    let mut text = Vec::with_capacity(rows);
+    let mut columns: Vec<Vec<serde_json::Value>> = vec![Vec::with_capacity(rows); fields.len()];
+    for (t, values) in answers {
+        text.push(t.into_bytes());
+        for (column, value) in columns.iter_mut().zip(values) {
+            column.push(value);
+        }
+    }
+    let mut out = vec![Tensor::new("text", vec![rows], TensorData::Bytes(text)).map_err(EngineError::Backend)?];
+    for (field, column) in fields.iter().zip(columns) {
+        let data = json_column(field, &column).map_err(|m| EngineError::Unavailable(format!("{describe}: {m}")))?;
+        out.push(Tensor::new(field.name.clone(), vec![rows], data).map_err(EngineError::Backend)?);
+    }
+    Ok(out)
 }
 
 /// A remote model's answer must carry what the pipeline declared for it.
@@ -446,7 +533,7 @@ fn check_outputs(
 }
 
 /// The declared fields of an LLM's JSON answer.
-fn parse_fields(
+pub(super) fn parse_fields(
     text: &str,
     fields: &[JsonField],
 ) -> Result<Vec<serde_json::Value>, kiln_protocol::client::ClientError> {

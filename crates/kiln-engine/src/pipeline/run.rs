@@ -170,6 +170,7 @@ impl Pipeline {
                     .map_err(EngineError::InvalidRequest)
             }
             Action::Remote(remote) => remote.call(args, &step.wanted, deadline).await,
+            Action::LocalLlm(llm) => llm.call(&*self.resolver, args, protocol, deadline).await,
             Action::Model { name, version } => {
                 let model = self.resolver.resolve(name, version.as_deref())?;
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
