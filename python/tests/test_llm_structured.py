@@ -5,15 +5,18 @@ enforced by constrained decoding, so every answer parses and validates (checked 
 come back with arguments valid against each tool's parameters, whole and streamed."""
 
 import json
+import shutil
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
 import openai
 import pytest
+import requests
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
-from conftest import KilnServer, link_gguf, metric
+from conftest import ROOT, KilnServer, link_gguf, metric
 
 TICKETS = [
     "I was charged $40 twice on my card this month, please refund one of them.",
@@ -307,3 +310,71 @@ def test_a_constrained_stream_cancelled_frees_its_slot(server):
         assert time.time() < deadline, "the cancelled sequence still holds its slot"
         time.sleep(0.1)
     assert metric(server.metrics(), "kiln_llm_sequences_total", model="smollm2", outcome="cancelled") >= 1
+
+
+def infer(server, model, texts):
+    body = {"inputs": [{"name": "text", "shape": [len(texts), 1], "datatype": "BYTES", "data": texts}]}
+    r = requests.post(f"http://{server.url}/v2/models/{model}/infer", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    return {o["name"]: o["data"] for o in r.json()["outputs"]}
+
+
+def test_the_ticket_fields_demo_extracts_schema_valid_fields_locally(tmp_path):
+    """The demo pipeline: smollm2 in-process (no url) with json_outputs held to their schema, the
+    classifier, routing on both; the same step through `url` to kiln's own endpoint answers alike."""
+    repo = tmp_path / "models"
+    for name in ("ticket_urgency", "ticket_fields", "smollm2"):
+        shutil.copytree(ROOT / "examples" / "models" / name, repo / name, ignore=shutil.ignore_patterns("*.gguf"))
+    link_gguf(repo / "smollm2" / "1" / "model.gguf")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # The same pipeline with its extract step through kiln's own OpenAI endpoint.
+    local = (repo / "ticket_fields" / "pipeline.toml").read_text()
+    assert 'llm = { model = "smollm2"' in local
+    remote = local.replace('llm = { model = "smollm2"',
+                           f'llm = {{ url = "http://127.0.0.1:{port}/v1", response_format = "json_schema", model = "smollm2"', 1)
+    (repo / "ticket_fields_url").mkdir()
+    (repo / "ticket_fields_url" / "pipeline.toml").write_text(remote)
+    s = KilnServer(repo, http_port=port)
+    try:
+        out = infer(s, "ticket_fields", TICKETS)
+        n = len(TICKETS)
+        assert set(out["category"]) <= {"billing", "bug", "account", "shipping", "other"}
+        assert set(out["urgency"]) <= {"low", "medium", "high"}
+        assert len(out["category"]) == len(out["urgency"]) == len(out["amount"]) == n
+        assert all(isinstance(a, int) and 0 <= a <= 1_000_000 for a in out["amount"])
+        # Routing on both: a reply draft exactly where the classifier says urgent; review where
+        # the LLM's amount is 100 or more.
+        assert [bool(r) for r in out["reply"]] == [u == 1 for u in out["urgent"]]
+        assert out["review"] == [int(a >= 100) for a in out["amount"]]
+        assert 0 < sum(out["urgent"]) < n
+        # Through the URL (kiln's own /v1, the fields' schema as response_format): the same
+        # step and the same answers, one HTTP hop more.
+        via_url = infer(s, "ticket_fields_url", TICKETS[:6])
+        for name in ("category", "amount", "urgency", "review", "urgent"):
+            assert via_url[name] == out[name][:6], name
+        # Every row a sequence on the one smollm2 scheduler: the extract rows, the drafts, the URL's.
+        done = metric(s.metrics(), "kiln_llm_sequences_total", model="smollm2")
+        assert done >= n + sum(out["urgent"]) + 6 + sum(via_url["urgent"])
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_local_llm_step_must_name_an_llm(tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(ROOT / "examples" / "models" / "ticket_urgency", repo / "ticket_urgency")
+    (repo / "p").mkdir()
+    (repo / "p" / "pipeline.toml").write_text(
+        '[[inputs]]\nname = "text"\ndatatype = "BYTES"\nshape = [-1, 1]\n\n'
+        '[[steps]]\nname = "x"\ninputs = { t = "text" }\n'
+        'llm = { model = "ticket_urgency", prompt = "{t}", json_outputs = [{ name = "a", datatype = "INT64" }] }\n\n'
+        '[[outputs]]\nname = "a"\nfrom = "x.a"\n')
+    s = KilnServer(repo)
+    try:
+        r = requests.post(f"http://{s.url}/v2/repository/index", json={}, timeout=10)
+        entry = next(m for m in r.json() if m["name"] == "p")
+        assert entry["state"] == "UNAVAILABLE"
+        assert "not an LLM" in entry["reason"], entry
+    finally:
+        assert s.stop() == 0

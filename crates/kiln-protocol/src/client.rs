@@ -259,6 +259,8 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Ask for a JSON object (`response_format`); the caller parses the text.
     pub json: bool,
+    /// Ask for JSON valid against this schema (`response_format: json_schema`, strict).
+    pub schema: Option<Value>,
 }
 
 impl OpenAiClient {
@@ -292,7 +294,10 @@ impl OpenAiClient {
         if let Some(m) = request.max_tokens {
             body["max_tokens"] = json!(m);
         }
-        if request.json {
+        if let Some(schema) = &request.schema {
+            body["response_format"] =
+                json!({"type": "json_schema", "json_schema": {"name": "fields", "schema": schema, "strict": true}});
+        } else if request.json {
             body["response_format"] = json!({"type": "json_object"});
         }
         let answer = self.post("/chat/completions", &body, timeout).await?;

@@ -29,8 +29,14 @@ impl LocalLlmStep {
         if spec.api_key_env.is_some() {
             return Err(here("'api_key_env' is for an LLM at a 'url'; a local model needs none".into()));
         }
+        if spec.response_format.as_deref().is_some_and(|f| f != "json_schema") {
+            return Err(here(
+                "a local LLM step always holds json_outputs to their schema: leave out response_format".into(),
+            ));
+        }
         let template = parse_template(&spec.prompt).map_err(here)?;
-        let schema = if spec.json_outputs.is_empty() { None } else { Some(answer_schema(&spec.json_outputs).map_err(here)?) };
+        let schema =
+            if spec.json_outputs.is_empty() { None } else { Some(answer_schema(&spec.json_outputs).map_err(here)?) };
         Ok(LocalLlmStep { spec, template, schema, timeout })
     }
 

@@ -33,8 +33,8 @@ use crate::error::EngineError;
 use crate::model::ModelHandle;
 pub use builder::PipelineBuilder;
 pub use file::FallbackSpec;
-use ops::Op;
 use local_llm::LocalLlmStep;
+use ops::Op;
 use remote::{EmbeddingsSpec, LlmSpec, RemoteSpec, RemoteStep};
 use resilience::Policy;
 use rows::Constant;
@@ -72,7 +72,10 @@ enum DraftAction {
 
 #[derive(Debug, Clone)]
 enum Action {
-    Model { name: String, version: Option<String> },
+    Model {
+        name: String,
+        version: Option<String>,
+    },
     Op(Op),
     Remote(Arc<RemoteStep>),
     /// An `llm` step on an LLM of this repository.

@@ -120,6 +120,10 @@ pub struct LlmSpec {
     /// When set, the answer must be a JSON object with these fields.
     #[serde(default)]
     pub json_outputs: Vec<JsonField>,
+    /// How a `url` step asks for JSON: `json_object` (the default; any OpenAI-compatible server)
+    /// or `json_schema` (the fields' schema, enforced by servers that support it — OpenAI, kiln).
+    /// A local step always holds the answer to the schema.
+    pub response_format: Option<String>,
 }
 
 /// `embeddings = { ... }` in pipeline.toml.
@@ -207,7 +211,7 @@ enum Kserve {
 
 enum Endpoint {
     Kserve { client: Kserve, spec: RemoteSpec, outputs: Vec<TensorSpec> },
-    Llm { client: OpenAiClient, spec: LlmSpec, template: Vec<Part> },
+    Llm { client: OpenAiClient, spec: LlmSpec, template: Vec<Part>, schema: Option<serde_json::Value> },
     Embeddings { client: OpenAiClient, spec: EmbeddingsSpec },
 }
 
@@ -290,8 +294,16 @@ impl RemoteStep {
         let template = parse_template(&spec.prompt).map_err(|e| format!("step '{step}': {e}"))?;
         let client = OpenAiClient::new(&url, api_key(spec.api_key_env.as_ref(), step)?)
             .map_err(|e| format!("step '{step}': {e}"))?;
+        let schema = match spec.response_format.as_deref() {
+            None | Some("json_object") => None,
+            Some("json_schema") if !spec.json_outputs.is_empty() => {
+                Some(answer_schema(&spec.json_outputs).map_err(here)?)
+            }
+            Some("json_schema") => return Err(here("response_format = \"json_schema\" needs json_outputs".into())),
+            Some(other) => return Err(here(format!("response_format is json_object or json_schema, not '{other}'"))),
+        };
         spec.url = Some(url);
-        Ok(RemoteStep { endpoint: Endpoint::Llm { client, spec, template }, guard })
+        Ok(RemoteStep { endpoint: Endpoint::Llm { client, spec, template, schema }, guard })
     }
 
     pub fn embeddings(mut spec: EmbeddingsSpec, guard: Guard, step: &str) -> Result<Self, String> {
@@ -306,7 +318,9 @@ impl RemoteStep {
     pub fn describe(&self) -> String {
         match &self.endpoint {
             Endpoint::Kserve { spec, .. } => format!("model '{}' at {}", spec.model, spec.url),
-            Endpoint::Llm { spec, .. } => format!("LLM '{}' at {}", spec.model, spec.url.as_deref().unwrap_or_default()),
+            Endpoint::Llm { spec, .. } => {
+                format!("LLM '{}' at {}", spec.model, spec.url.as_deref().unwrap_or_default())
+            }
             Endpoint::Embeddings { spec, .. } => format!("embeddings '{}' at {}", spec.model, spec.url),
         }
     }
@@ -369,7 +383,7 @@ impl RemoteStep {
                     .map_err(|e| self.failed(&e))?;
                 Ok(got)
             }
-            Endpoint::Llm { client, spec, template } => {
+            Endpoint::Llm { client, spec, template, schema } => {
                 let prompts = row_prompts(template, &args)?;
                 let rows = prompts.len();
                 let calls = prompts.into_iter().map(|prompt| {
@@ -380,6 +394,7 @@ impl RemoteStep {
                         temperature: spec.temperature,
                         max_tokens: spec.max_tokens,
                         json: !spec.json_outputs.is_empty(),
+                        schema: schema.clone(),
                     };
                     async move {
                         self.guard
@@ -453,9 +468,7 @@ pub(super) fn llm_output_specs(
     let mut out = vec![spec("text", DataType::Bytes, vec![-1])];
     for field in &llm.json_outputs {
         if field.name == "text" {
-            return Err(format!(
-                "step '{step}': 'text' is the LLM's answer; name the JSON field otherwise"
-            ));
+            return Err(format!("step '{step}': 'text' is the LLM's answer; name the JSON field otherwise"));
         }
         out.push(spec(&field.name, field.datatype, vec![-1]));
     }
@@ -466,7 +479,11 @@ pub(super) fn llm_output_specs(
 pub(super) fn row_prompts(template: &[Part], args: &[Tensor]) -> Result<Vec<String>, EngineError> {
     let rows = args.first().and_then(|t| t.shape.first().copied()).unwrap_or(0);
     if let Some(t) = args.iter().find(|t| t.data.len() != rows) {
-        return Err(EngineError::InvalidRequest(format!("input '{}' has {} values for {rows} rows", t.name, t.data.len())));
+        return Err(EngineError::InvalidRequest(format!(
+            "input '{}' has {} values for {rows} rows",
+            t.name,
+            t.data.len()
+        )));
     }
     Ok((0..rows)
         .map(|row| {

@@ -264,7 +264,9 @@ fn response_format(value: Option<Value>) -> Result<Option<Grammar>, OpenAiError>
             Some(Grammar::JsonSchema(schema))
         }
         other => {
-            return Err(bad(format!("'response_format.type' = '{other}' is not one of text, json_object, json_schema")));
+            return Err(bad(format!(
+                "'response_format.type' = '{other}' is not one of text, json_object, json_schema"
+            )));
         }
     };
     if let Some(key) = format.keys().next() {
@@ -339,7 +341,7 @@ fn tool_choice(value: Option<Value>, tools: &[Tool]) -> Result<ToolChoice, OpenA
                 (Some("function"), Some(name)) => ToolChoice::Function(name.to_string()),
                 _ => {
                     return Err(bad(
-                        "a named 'tool_choice' is {\"type\": \"function\", \"function\": {\"name\": ...}}".into()
+                        "a named 'tool_choice' is {\"type\": \"function\", \"function\": {\"name\": ...}}".into(),
                     ));
                 }
             }
