@@ -7,6 +7,8 @@
     pipe = kiln.Pipeline("examples/models", "fraud_ensemble")  # a repository's pipeline
     out, steps = pipe.run(x, trace=True)                # outputs and each step's timing
     kiln.verify("repo", "my_model")                     # parity with the Python model it came from
+    llm = kiln.LLM("examples/models", "smollm2")        # a GGUF LLM on llama.cpp, in-process
+    llm.chat([{"role": "user", "content": "Hi"}], response_format=..., tools=...)
 
 kiln loads the `libonnxruntime` of this interpreter's `onnxruntime` package (override with
 KILN_ONNXRUNTIME or ORT_DYLIB_PATH), so it runs the same runtime your prototype used.
@@ -22,7 +24,7 @@ import os
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from . import _kiln
-from ._kiln import KilnError, Model, Pipeline, __version__, tokenize
+from ._kiln import LLM, KilnError, Model, Pipeline, TextStream, __version__, tokenize
 
 
 def _runtime_path():
@@ -43,7 +45,7 @@ RUNTIME = _kiln.init_runtime(_runtime_path())
 
 from .verify import VerificationError, verify  # noqa: E402  (needs the runtime)
 
-__all__ = ["Model", "Pipeline", "KilnError", "tokenize", "VerificationError", "verify", "export", "RUNTIME", "__version__"]
+__all__ = ["Model", "Pipeline", "LLM", "TextStream", "KilnError", "tokenize", "VerificationError", "verify", "export", "RUNTIME", "__version__"]
 
 
 def __getattr__(name):

@@ -430,10 +430,46 @@ pub fn prepare_path(
     adjust(&mut config);
     if config.is_llm() {
         return Err(EngineError::Repository(format!(
-            "{} is an LLM (kind = \"llm\"); it is served by `kiln serve` (POST /v1/chat/completions)",
+            "{} is an LLM (kind = \"llm\"): load it with kiln.LLM, or serve it with `kiln serve`",
             path.display()
         )));
     }
+    let (dir, version) = pick_version(path, version, &config)?;
+    let file = dir.path.join(version.to_string()).join(MODEL_FILE);
+    prepare_model_file(&dir.name, version, &file, &config)
+}
+
+/// Loads an LLM for one-process use (the Python bridge's `kiln.LLM`): a `.gguf` file with kiln's
+/// default settings, or a repository model folder with `kind = "llm"` (its config.toml, the
+/// highest version or `version`).
+#[cfg(feature = "llm")]
+pub fn load_llm_path(path: &Path, version: Option<u64>) -> Result<ServedModel, EngineError> {
+    let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("llm").to_string();
+    if path.is_file() {
+        let settings = ModelConfig::default().llm_settings();
+        let llm = kiln_llm::LlmModel::load(&name, 1, path, settings).map_err(|e| EngineError::LoadFailed {
+            model: name.clone(),
+            version: 1,
+            reason: e.to_string(),
+        })?;
+        return Ok(ServedModel::llm(name, 1, llm, default_settings()));
+    }
+    if !path.is_dir() {
+        return Err(EngineError::Repository(format!("{} is neither a GGUF file nor a model folder", path.display())));
+    }
+    let config = read_config(path).map_err(EngineError::Repository)?;
+    if !config.is_llm() {
+        return Err(EngineError::Repository(format!(
+            "{} is not an LLM (its config.toml has no kind = \"llm\"); load it with kiln.Model",
+            path.display()
+        )));
+    }
+    let (dir, version) = pick_version(path, version, &config)?;
+    load_llm(&dir, version, &config)
+}
+
+/// The model folder at `path` and the version to load: `version`, or the highest on disk.
+fn pick_version(path: &Path, version: Option<u64>, config: &ModelConfig) -> Result<(ModelDir, u64), EngineError> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let dir = scan(parent)?
         .into_iter()
@@ -457,6 +493,5 @@ pub fn prepare_path(
             ))
         })?,
     };
-    let file = dir.path.join(version.to_string()).join(MODEL_FILE);
-    prepare_model_file(&dir.name, version, &file, &config)
+    Ok((dir, version))
 }

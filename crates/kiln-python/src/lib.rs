@@ -9,6 +9,8 @@
 //!
 //! It owns no protocol and no serving policy; errors carry the engine's messages.
 
+mod llm;
+
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -565,6 +567,8 @@ fn specs<'py>(
 fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_class::<Pipeline>()?;
+    m.add_class::<llm::Llm>()?;
+    m.add_class::<llm::TextStream>()?;
     m.add_function(wrap_pyfunction!(init_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(tokenize, m)?)?;
     m.add("KilnError", m.py().get_type::<KilnError>())?;

@@ -2,11 +2,12 @@
 //! strings, streaming, the response format, tools and the messages. Whatever no parser took is
 //! an unknown parameter, refused by name.
 
-use kiln_engine::kiln_llm::tools::{self, Tool, ToolChoice};
-use kiln_engine::kiln_llm::{self, GenerateParams, Grammar, Message};
+use kiln_engine::kiln_llm::request::{response_format, tool_choice, tool_list};
+use kiln_engine::kiln_llm::tools::{Tool, ToolChoice};
+use kiln_engine::kiln_llm::{GenerateParams, Grammar};
 use serde_json::{Map, Value, json};
 
-use super::Api;
+use super::{Api, param_error};
 use crate::error::{ApiError, OpenAiError};
 
 /// A request body's fields, taken one by one so that whatever is left is an unknown
@@ -194,11 +195,11 @@ pub(super) fn options(fields: &mut Fields, api: Api) -> Result<Options, OpenAiEr
     }
     // Accepted and not used, as OpenAI's own server treats them for this purpose.
     let _ = fields.string("user")?;
-    let format = response_format(fields.take("response_format"))?;
+    let format = response_format(fields.take("response_format")).map_err(param_error)?;
     let (tools, tool_choice, parallel_tool_calls) = match api {
         Api::Chat => {
-            let tools = tool_list(fields.take("tools"))?;
-            let choice = tool_choice(fields.take("tool_choice"), &tools)?;
+            let tools = tool_list(fields.take("tools")).map_err(param_error)?;
+            let choice = tool_choice(fields.take("tool_choice"), &tools).map_err(param_error)?;
             // One call per answer unless asked (as llama.cpp's server): small models repeat a call
             // when more may follow.
             let parallel = fields.boolean("parallel_tool_calls")?.unwrap_or(false);
@@ -222,219 +223,4 @@ pub(super) fn options(fields: &mut Fields, api: Api) -> Result<Options, OpenAiEr
         tool_choice,
         parallel_tool_calls,
     })
-}
-
-/// `response_format`: text, any JSON object, or JSON valid against a schema.
-fn response_format(value: Option<Value>) -> Result<Option<Grammar>, OpenAiError> {
-    let bad = |why: String| OpenAiError::invalid(why, "response_format");
-    let Some(value) = value else { return Ok(None) };
-    let Value::Object(mut format) = value else {
-        return Err(bad(format!("'response_format' must be an object, got {value}")));
-    };
-    let kind = match format.remove("type") {
-        Some(Value::String(t)) => t,
-        _ => return Err(bad("'response_format.type' is required: text, json_object or json_schema".into())),
-    };
-    let grammar = match kind.as_str() {
-        "text" => None,
-        "json_object" => Some(Grammar::JsonObject),
-        "json_schema" => {
-            let Some(Value::Object(mut spec)) = format.remove("json_schema") else {
-                return Err(
-                    bad("'response_format.json_schema' is required: {\"name\": ..., \"schema\": {...}}".into()),
-                );
-            };
-            let schema = match spec.remove("schema") {
-                Some(schema @ Value::Object(_)) => schema,
-                Some(other) => {
-                    return Err(bad(format!("'response_format.json_schema.schema' must be an object, got {other}")));
-                }
-                None => return Err(bad("'response_format.json_schema.schema' is required".into())),
-            };
-            for (key, value) in spec {
-                match (key.as_str(), &value) {
-                    ("name" | "description", Value::String(_)) | ("strict", Value::Bool(_) | Value::Null) => {}
-                    ("name" | "description" | "strict", _) => {
-                        return Err(bad(format!("'response_format.json_schema.{key}' has the wrong type: {value}")));
-                    }
-                    _ => return Err(bad(format!("'response_format.json_schema.{key}' is not a known field"))),
-                }
-            }
-            // kiln always enforces the schema; `strict: false` asks for less, never for more.
-            Some(Grammar::JsonSchema(schema))
-        }
-        other => {
-            return Err(bad(format!(
-                "'response_format.type' = '{other}' is not one of text, json_object, json_schema"
-            )));
-        }
-    };
-    if let Some(key) = format.keys().next() {
-        return Err(bad(format!("'response_format.{key}' is not a known field")));
-    }
-    Ok(grammar)
-}
-
-/// `tools`: functions with a name, a description and a parameters schema.
-fn tool_list(value: Option<Value>) -> Result<Vec<Tool>, OpenAiError> {
-    let items = match value {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(other) => return Err(OpenAiError::invalid(format!("'tools' must be a list, got {other}"), "tools")),
-    };
-    let mut tools: Vec<Tool> = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let bad = |why: String| OpenAiError::invalid(format!("tools[{i}]: {why}"), "tools");
-        let Value::Object(mut tool) = item else { return Err(bad("must be an object".into())) };
-        match tool.remove("type") {
-            Some(Value::String(t)) if t == "function" => {}
-            Some(other) => return Err(bad(format!("'type' must be \"function\", got {other}"))),
-            None => return Err(bad("'type' is required (\"function\")".into())),
-        }
-        let Some(Value::Object(mut function)) = tool.remove("function") else {
-            return Err(bad("'function' is required: {\"name\": ..., \"parameters\": {...}}".into()));
-        };
-        if let Some(key) = tool.keys().next() {
-            return Err(bad(format!("'{key}' is not a known field")));
-        }
-        let name = match function.remove("name") {
-            Some(Value::String(n)) => n,
-            _ => return Err(bad("'function.name' is required".into())),
-        };
-        tools::check_name(&name).map_err(|e| bad(format!("function.name {e}")))?;
-        if tools.iter().any(|t| t.name == name) {
-            return Err(bad(format!("two tools are named '{name}'")));
-        }
-        let description = match function.remove("description") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(d)) => Some(d),
-            Some(other) => return Err(bad(format!("'function.description' must be a string, got {other}"))),
-        };
-        let parameters = tools::parameters_schema(function.remove("parameters").filter(|v| !v.is_null()))
-            .map_err(|e| bad(format!("function.{e}")))?;
-        match function.remove("strict") {
-            None | Some(Value::Null | Value::Bool(_)) => {}
-            Some(other) => return Err(bad(format!("'function.strict' must be true or false, got {other}"))),
-        }
-        if let Some(key) = function.keys().next() {
-            return Err(bad(format!("'function.{key}' is not a known field")));
-        }
-        tools.push(Tool { name, description, parameters });
-    }
-    Ok(tools)
-}
-
-/// `tool_choice`: `auto` (the default with tools), `none`, `required` or one named function.
-fn tool_choice(value: Option<Value>, tools: &[Tool]) -> Result<ToolChoice, OpenAiError> {
-    let bad = |why: String| OpenAiError::invalid(why, "tool_choice");
-    let choice = match value {
-        None => return Ok(if tools.is_empty() { ToolChoice::None } else { ToolChoice::Auto }),
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => return Err(bad(format!("'tool_choice' = '{other}' is not auto, none, required or a function"))),
-        },
-        Some(Value::Object(o)) => {
-            let name = o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
-            match (o.get("type").and_then(Value::as_str), name) {
-                (Some("function"), Some(name)) => ToolChoice::Function(name.to_string()),
-                _ => {
-                    return Err(bad(
-                        "a named 'tool_choice' is {\"type\": \"function\", \"function\": {\"name\": ...}}".into(),
-                    ));
-                }
-            }
-        }
-        Some(other) => return Err(bad(format!("'tool_choice' must be a string or an object, got {other}"))),
-    };
-    match &choice {
-        ToolChoice::None => {}
-        _ if tools.is_empty() => return Err(bad("'tool_choice' needs 'tools'".into())),
-        ToolChoice::Function(name) if !tools.iter().any(|t| &t.name == name) => {
-            return Err(bad(format!("'tool_choice' names '{name}', which is not among the tools")));
-        }
-        _ => {}
-    }
-    Ok(choice)
-}
-
-/// `messages`: roles the template knows, text content (a string or text parts); an assistant's
-/// earlier `tool_calls` and `tool` results, written the way kiln offers tools to the model.
-pub(super) fn messages(value: Option<Value>) -> Result<Vec<Message>, OpenAiError> {
-    let items = match value {
-        Some(Value::Array(items)) if !items.is_empty() => items,
-        Some(Value::Array(_)) => return Err(OpenAiError::invalid("'messages' is empty", "messages")),
-        None => return Err(OpenAiError::invalid("'messages' is required", "messages")),
-        Some(other) => return Err(OpenAiError::invalid(format!("'messages' must be a list, got {other}"), "messages")),
-    };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let bad = |why: String| OpenAiError::invalid(format!("messages[{i}]: {why}"), "messages");
-            let Value::Object(mut m) = item else { return Err(bad("must be an object".into())) };
-            let role = match m.remove("role") {
-                Some(Value::String(r)) => r,
-                _ => return Err(bad("'role' is required (system, user, assistant or tool)".into())),
-            };
-            // OpenAI's newer name for the system role.
-            let role = if role == "developer" { "system".to_string() } else { role };
-            if !kiln_llm::ROLES.contains(&role.as_str()) && role != "tool" {
-                return Err(bad(format!("role '{role}' is not supported (system, user, assistant or tool)")));
-            }
-            let calls = match m.remove("tool_calls") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::Array(calls)) if role == "assistant" => calls
-                    .iter()
-                    .enumerate()
-                    .map(|(k, c)| earlier_call(c).map_err(|e| bad(format!("tool_calls[{k}]: {e}"))))
-                    .collect::<Result<_, _>>()?,
-                Some(_) => return Err(bad("'tool_calls' is a list, on assistant messages only".into())),
-            };
-            let content = match m.remove("content") {
-                Some(Value::String(s)) => s,
-                Some(Value::Array(parts)) => parts
-                    .into_iter()
-                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                        (Some("text"), Some(text)) => Ok(text.to_string()),
-                        _ => Err(bad(format!("only text content parts are supported, got {p}"))),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-                    .join(""),
-                None | Some(Value::Null) if !calls.is_empty() => String::new(),
-                None | Some(Value::Null) => return Err(bad("'content' is required".into())),
-                Some(other) => return Err(bad(format!("'content' must be a string, got {other}"))),
-            };
-            m.remove("name");
-            if role == "tool" {
-                match m.remove("tool_call_id") {
-                    Some(Value::String(_)) | None => {}
-                    Some(other) => return Err(bad(format!("'tool_call_id' must be a string, got {other}"))),
-                }
-            }
-            if let Some(key) = m.keys().next() {
-                return Err(bad(format!("'{key}' is not supported")));
-            }
-            let content = if calls.is_empty() {
-                content
-            } else {
-                let calls = calls.join("\n");
-                if content.is_empty() { calls } else { format!("{content}\n{calls}") }
-            };
-            Ok(Message { role, content })
-        })
-        .collect()
-}
-
-/// An assistant's earlier call, as the model wrote it.
-fn earlier_call(call: &Value) -> Result<String, String> {
-    let function = call.get("function").ok_or("'function' is required")?;
-    let name = function.get("name").and_then(Value::as_str).ok_or("'function.name' is required")?;
-    let arguments = match function.get("arguments") {
-        Some(Value::String(a)) => a.clone(),
-        None | Some(Value::Null) => "{}".to_string(),
-        Some(other) => return Err(format!("'function.arguments' is a JSON string, got {other}")),
-    };
-    Ok(tools::render_call(name, &arguments))
 }

@@ -17,7 +17,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use kiln_core::{Tensor, TensorData};
 use kiln_engine::kiln_llm::tools::{self, CallStream, Tool, ToolCall};
-use kiln_engine::kiln_llm::{self, Completion, Constraint, FinishReason, Grammar, LlmError, Message, Usage};
+use kiln_engine::kiln_llm::{self, Completion, Constraint, FinishReason, LlmError, Message, Usage};
 use kiln_engine::{EngineError, InFlight, InferResponse, ModelHandle, Outcome, Protocol, ServedModel};
 use serde_json::{Map, Value, json};
 
@@ -80,7 +80,7 @@ async fn begin(
 
 async fn chat(State(state): State<AppState>, request: axum::extract::Request) -> Result<Response, OpenAiError> {
     let (mut fields, model, llm) = begin(&state, request).await?;
-    let messages = fields::messages(fields.take("messages"))?;
+    let messages = kiln_llm::request::messages(fields.take("messages")).map_err(param_error)?;
     let mut options = fields::options(&mut fields, Api::Chat)?;
     fields.finish()?;
     let offered: &[Tool] = if options.tools_offered() { &options.tools } else { &[] };
@@ -111,41 +111,19 @@ async fn completions(State(state): State<AppState>, request: axum::extract::Requ
 }
 
 /// The grammar the answer must follow — the response format, or the tool-call grammar when
-/// tools are offered — compiled off the executor. A schema that cannot be enforced is a 400
-/// naming where it is: the response format or which tool.
+/// tools are offered — compiled off the executor.
 async fn constraint(llm: &Arc<kiln_llm::LlmModel>, options: &Options) -> Result<Option<Constraint>, OpenAiError> {
-    let (grammar, tools) = if options.tools_offered() {
-        let answer = match &options.format {
-            Some(Grammar::JsonObject) => Some(json!({"type": "object"})),
-            Some(Grammar::JsonSchema(schema)) => Some(schema.clone()),
-            _ => None,
-        };
-        let grammar =
-            tools::grammar(&options.tools, &options.tool_choice, options.parallel_tool_calls, answer.as_ref());
-        (grammar, options.tools.clone())
-    } else {
-        (options.format.clone(), Vec::new())
-    };
-    let Some(grammar) = grammar else { return Ok(None) };
-    let format = options.format.clone().filter(|_| !tools.is_empty());
-    let llm = llm.clone();
-    let invalid = |param: &'static str, at: String, e: LlmError| {
-        OpenAiError::invalid(format!("{at} cannot be enforced: {e}"), param)
-    };
-    tokio::task::spawn_blocking(move || {
-        // With tools the grammar holds every schema: check each alone first, to say which failed.
-        for (i, tool) in tools.iter().enumerate() {
-            tools::check_tool(&llm, tool)
-                .map_err(|e| invalid("tools", format!("tools[{i}].function.parameters"), e))?;
-        }
-        if let Some(format) = &format {
-            llm.constrain(format).map_err(|e| invalid("response_format", "response_format".into(), e))?;
-        }
-        let param = if tools.is_empty() { "response_format" } else { "tools" };
-        llm.constrain(&grammar).map(Some).map_err(|e| invalid(param, param.into(), e))
-    })
-    .await
-    .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("grammar compilation failed: {e}"))))?
+    let (llm, format, tools) = (llm.clone(), options.format.clone(), options.tools.clone());
+    let (choice, parallel) = (options.tool_choice.clone(), options.parallel_tool_calls);
+    tokio::task::spawn_blocking(move || llm.compile_answer(format.as_ref(), &tools, &choice, parallel))
+        .await
+        .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("grammar compilation failed: {e}"))))?
+        .map_err(param_error)
+}
+
+/// A refused request parameter, with OpenAI's `param`.
+fn param_error(e: kiln_llm::request::ParamError) -> OpenAiError {
+    OpenAiError::invalid(e.message, e.param)
 }
 
 /// The messages as the prediction log keeps them (JSON, one line).

@@ -1,0 +1,289 @@
+//! OpenAI's chat request shapes as kiln-llm's types: `messages` (with earlier tool calls and
+//! tool results), `response_format`, `tools` and `tool_choice`, each checked with an error that
+//! names the parameter — shared by the server's `/v1/chat/completions` and the Python bridge's
+//! `kiln.LLM`. JSON in, types out: no transport.
+
+use serde_json::Value;
+
+use crate::constraint::Grammar;
+use crate::tools::{self, Tool, ToolChoice};
+use crate::{Constraint, LlmError, LlmModel, Message};
+
+/// A refused parameter: what is wrong, and which request field (OpenAI's `param`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ParamError {
+    pub message: String,
+    pub param: &'static str,
+}
+
+impl ParamError {
+    pub fn invalid(message: impl Into<String>, param: &'static str) -> Self {
+        ParamError { message: message.into(), param }
+    }
+}
+
+/// What the answer must follow: the response format, or — tools offered — the tool-call grammar
+/// (whose text alternative is the response format's schema when there is one).
+pub fn answer_grammar(
+    format: Option<&Grammar>,
+    tools: &[Tool],
+    choice: &ToolChoice,
+    parallel: bool,
+) -> Option<Grammar> {
+    if tools.is_empty() || *choice == ToolChoice::None {
+        return format.cloned();
+    }
+    let answer = match format {
+        Some(Grammar::JsonObject) => Some(serde_json::json!({"type": "object"})),
+        Some(Grammar::JsonSchema(schema)) => Some(schema.clone()),
+        _ => None,
+    };
+    tools::grammar(tools, choice, parallel, answer.as_ref())
+}
+
+impl LlmModel {
+    /// Compiles [`answer_grammar`] for this model. A schema llguidance cannot enforce is a
+    /// [`ParamError`] naming where it is: `response_format`, or which tool's parameters.
+    /// CPU work: call it off the async executor.
+    pub fn compile_answer(
+        &self,
+        format: Option<&Grammar>,
+        tools: &[Tool],
+        choice: &ToolChoice,
+        parallel: bool,
+    ) -> Result<Option<Constraint>, ParamError> {
+        let Some(grammar) = answer_grammar(format, tools, choice, parallel) else { return Ok(None) };
+        let offered = !tools.is_empty() && *choice != ToolChoice::None;
+        let invalid = |param: &'static str, at: String, e: LlmError| {
+            ParamError::invalid(format!("{at} cannot be enforced: {e}"), param)
+        };
+        if offered {
+            // The grammar holds every schema: check each alone first, to say which failed.
+            for (i, tool) in tools.iter().enumerate() {
+                tools::check_tool(self, tool)
+                    .map_err(|e| invalid("tools", format!("tools[{i}].function.parameters"), e))?;
+            }
+            if let Some(format) = format {
+                self.constrain(format).map_err(|e| invalid("response_format", "response_format".into(), e))?;
+            }
+        }
+        let param = if offered { "tools" } else { "response_format" };
+        self.constrain(&grammar).map(Some).map_err(|e| invalid(param, param.into(), e))
+    }
+}
+
+/// `response_format`: text, any JSON object, or JSON valid against a schema.
+pub fn response_format(value: Option<Value>) -> Result<Option<Grammar>, ParamError> {
+    let bad = |why: String| ParamError::invalid(why, "response_format");
+    let Some(value) = value else { return Ok(None) };
+    let Value::Object(mut format) = value else {
+        return Err(bad(format!("'response_format' must be an object, got {value}")));
+    };
+    let kind = match format.remove("type") {
+        Some(Value::String(t)) => t,
+        _ => return Err(bad("'response_format.type' is required: text, json_object or json_schema".into())),
+    };
+    let grammar = match kind.as_str() {
+        "text" => None,
+        "json_object" => Some(Grammar::JsonObject),
+        "json_schema" => {
+            let Some(Value::Object(mut spec)) = format.remove("json_schema") else {
+                return Err(
+                    bad("'response_format.json_schema' is required: {\"name\": ..., \"schema\": {...}}".into()),
+                );
+            };
+            let schema = match spec.remove("schema") {
+                Some(schema @ Value::Object(_)) => schema,
+                Some(other) => {
+                    return Err(bad(format!("'response_format.json_schema.schema' must be an object, got {other}")));
+                }
+                None => return Err(bad("'response_format.json_schema.schema' is required".into())),
+            };
+            for (key, value) in spec {
+                match (key.as_str(), &value) {
+                    ("name" | "description", Value::String(_)) | ("strict", Value::Bool(_) | Value::Null) => {}
+                    ("name" | "description" | "strict", _) => {
+                        return Err(bad(format!("'response_format.json_schema.{key}' has the wrong type: {value}")));
+                    }
+                    _ => return Err(bad(format!("'response_format.json_schema.{key}' is not a known field"))),
+                }
+            }
+            // kiln always enforces the schema; `strict: false` asks for less, never for more.
+            Some(Grammar::JsonSchema(schema))
+        }
+        other => {
+            return Err(bad(format!(
+                "'response_format.type' = '{other}' is not one of text, json_object, json_schema"
+            )));
+        }
+    };
+    if let Some(key) = format.keys().next() {
+        return Err(bad(format!("'response_format.{key}' is not a known field")));
+    }
+    Ok(grammar)
+}
+
+/// `tools`: functions with a name, a description and a parameters schema.
+pub fn tool_list(value: Option<Value>) -> Result<Vec<Tool>, ParamError> {
+    let items = match value {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(ParamError::invalid(format!("'tools' must be a list, got {other}"), "tools")),
+    };
+    let mut tools: Vec<Tool> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let bad = |why: String| ParamError::invalid(format!("tools[{i}]: {why}"), "tools");
+        let Value::Object(mut tool) = item else { return Err(bad("must be an object".into())) };
+        match tool.remove("type") {
+            Some(Value::String(t)) if t == "function" => {}
+            Some(other) => return Err(bad(format!("'type' must be \"function\", got {other}"))),
+            None => return Err(bad("'type' is required (\"function\")".into())),
+        }
+        let Some(Value::Object(mut function)) = tool.remove("function") else {
+            return Err(bad("'function' is required: {\"name\": ..., \"parameters\": {...}}".into()));
+        };
+        if let Some(key) = tool.keys().next() {
+            return Err(bad(format!("'{key}' is not a known field")));
+        }
+        let name = match function.remove("name") {
+            Some(Value::String(n)) => n,
+            _ => return Err(bad("'function.name' is required".into())),
+        };
+        tools::check_name(&name).map_err(|e| bad(format!("function.name {e}")))?;
+        if tools.iter().any(|t| t.name == name) {
+            return Err(bad(format!("two tools are named '{name}'")));
+        }
+        let description = match function.remove("description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => Some(d),
+            Some(other) => return Err(bad(format!("'function.description' must be a string, got {other}"))),
+        };
+        let parameters = tools::parameters_schema(function.remove("parameters").filter(|v| !v.is_null()))
+            .map_err(|e| bad(format!("function.{e}")))?;
+        match function.remove("strict") {
+            None | Some(Value::Null | Value::Bool(_)) => {}
+            Some(other) => return Err(bad(format!("'function.strict' must be true or false, got {other}"))),
+        }
+        if let Some(key) = function.keys().next() {
+            return Err(bad(format!("'function.{key}' is not a known field")));
+        }
+        tools.push(Tool { name, description, parameters });
+    }
+    Ok(tools)
+}
+
+/// `tool_choice`: `auto` (the default with tools), `none`, `required` or one named function.
+pub fn tool_choice(value: Option<Value>, tools: &[Tool]) -> Result<ToolChoice, ParamError> {
+    let bad = |why: String| ParamError::invalid(why, "tool_choice");
+    let choice = match value {
+        None => return Ok(if tools.is_empty() { ToolChoice::None } else { ToolChoice::Auto }),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => return Err(bad(format!("'tool_choice' = '{other}' is not auto, none, required or a function"))),
+        },
+        Some(Value::Object(o)) => {
+            let name = o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
+            match (o.get("type").and_then(Value::as_str), name) {
+                (Some("function"), Some(name)) => ToolChoice::Function(name.to_string()),
+                _ => {
+                    return Err(bad(
+                        "a named 'tool_choice' is {\"type\": \"function\", \"function\": {\"name\": ...}}".into(),
+                    ));
+                }
+            }
+        }
+        Some(other) => return Err(bad(format!("'tool_choice' must be a string or an object, got {other}"))),
+    };
+    match &choice {
+        ToolChoice::None => {}
+        _ if tools.is_empty() => return Err(bad("'tool_choice' needs 'tools'".into())),
+        ToolChoice::Function(name) if !tools.iter().any(|t| &t.name == name) => {
+            return Err(bad(format!("'tool_choice' names '{name}', which is not among the tools")));
+        }
+        _ => {}
+    }
+    Ok(choice)
+}
+
+/// `messages`: roles the template knows, text content (a string or text parts); an assistant's
+/// earlier `tool_calls` and `tool` results, written the way kiln offers tools to the model.
+pub fn messages(value: Option<Value>) -> Result<Vec<Message>, ParamError> {
+    let items = match value {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(Value::Array(_)) => return Err(ParamError::invalid("'messages' is empty", "messages")),
+        None => return Err(ParamError::invalid("'messages' is required", "messages")),
+        Some(other) => return Err(ParamError::invalid(format!("'messages' must be a list, got {other}"), "messages")),
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let bad = |why: String| ParamError::invalid(format!("messages[{i}]: {why}"), "messages");
+            let Value::Object(mut m) = item else { return Err(bad("must be an object".into())) };
+            let role = match m.remove("role") {
+                Some(Value::String(r)) => r,
+                _ => return Err(bad("'role' is required (system, user, assistant or tool)".into())),
+            };
+            // OpenAI's newer name for the system role.
+            let role = if role == "developer" { "system".to_string() } else { role };
+            if !crate::ROLES.contains(&role.as_str()) && role != "tool" {
+                return Err(bad(format!("role '{role}' is not supported (system, user, assistant or tool)")));
+            }
+            let calls = match m.remove("tool_calls") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(calls)) if role == "assistant" => calls
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| earlier_call(c).map_err(|e| bad(format!("tool_calls[{k}]: {e}"))))
+                    .collect::<Result<_, _>>()?,
+                Some(_) => return Err(bad("'tool_calls' is a list, on assistant messages only".into())),
+            };
+            let content = match m.remove("content") {
+                Some(Value::String(s)) => s,
+                Some(Value::Array(parts)) => parts
+                    .into_iter()
+                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                        (Some("text"), Some(text)) => Ok(text.to_string()),
+                        _ => Err(bad(format!("only text content parts are supported, got {p}"))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(""),
+                None | Some(Value::Null) if !calls.is_empty() => String::new(),
+                None | Some(Value::Null) => return Err(bad("'content' is required".into())),
+                Some(other) => return Err(bad(format!("'content' must be a string, got {other}"))),
+            };
+            m.remove("name");
+            if role == "tool" {
+                match m.remove("tool_call_id") {
+                    Some(Value::String(_)) | None => {}
+                    Some(other) => return Err(bad(format!("'tool_call_id' must be a string, got {other}"))),
+                }
+            }
+            if let Some(key) = m.keys().next() {
+                return Err(bad(format!("'{key}' is not supported")));
+            }
+            let content = if calls.is_empty() {
+                content
+            } else {
+                let calls = calls.join("\n");
+                if content.is_empty() { calls } else { format!("{content}\n{calls}") }
+            };
+            Ok(Message { role, content })
+        })
+        .collect()
+}
+
+/// An assistant's earlier call, as the model wrote it.
+fn earlier_call(call: &Value) -> Result<String, String> {
+    let function = call.get("function").ok_or("'function' is required")?;
+    let name = function.get("name").and_then(Value::as_str).ok_or("'function.name' is required")?;
+    let arguments = match function.get("arguments") {
+        Some(Value::String(a)) => a.clone(),
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(other) => return Err(format!("'function.arguments' is a JSON string, got {other}")),
+    };
+    Ok(tools::render_call(name, &arguments))
+}
