@@ -233,10 +233,7 @@ struct Partial<'t> {
 fn scan(text: &str) -> Vec<Partial<'_>> {
     let mut calls = Vec::new();
     let mut rest = text;
-    loop {
-        let Some(after_open) = rest.strip_prefix(CALL_OPEN).and_then(|r| r.strip_prefix(NAME_KEY)) else {
-            break;
-        };
+    while let Some(after_open) = rest.strip_prefix(CALL_OPEN).and_then(|r| r.strip_prefix(NAME_KEY)) {
         let Some(end) = after_open.find('"') else {
             calls.push(Partial { name: None, arguments: "" });
             break;

@@ -175,3 +175,45 @@ fn a_prompt_started_from_a_kept_prefix_gives_the_text_of_a_fresh_one() {
     }
     wait_idle(&cached);
 }
+
+#[test]
+fn constrained_answers_follow_the_schema_and_concurrent_ones_equal_solo_runs() {
+    use kiln_llm::Grammar;
+    let model = load();
+    let schema = serde_json::json!({"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "sunny": {"type": "boolean"},
+        "days": {"type": "integer", "minimum": 1, "maximum": 14}},
+        "required": ["city", "sunny", "days"], "additionalProperties": false});
+    let constraint = model.constrain(&Grammar::JsonSchema(schema.clone())).expect("compiles");
+    let params = GenerateParams { constraint: Some(constraint), ..greedy(60) };
+    let questions = ["Plan a trip to Rome.", "Is it sunny in Oslo?", "A week in Lisbon?", "Weather in Paris"];
+    let rt = runtime();
+    let solo: Vec<String> = questions
+        .iter()
+        .map(|q| {
+            let done = rt.block_on(model.generate(ask(&model, q), &params).expect("queued").complete()).expect("done");
+            assert_eq!(done.reason, FinishReason::Stop, "{q}: {}", done.text);
+            done.text
+        })
+        .collect();
+    for text in &solo {
+        let value: serde_json::Value = serde_json::from_str(text).expect("the answer parses");
+        let object = value.as_object().expect("an object");
+        assert_eq!(object.keys().collect::<Vec<_>>(), ["city", "sunny", "days"], "{text}");
+        assert!(object["sunny"].is_boolean() && (1..=14).contains(&object["days"].as_i64().expect("int")));
+        assert!(object["city"].as_str().expect("str").chars().count() <= 20);
+        // kiln's layout: one space after ':' and ',', nothing else.
+        assert!(!text.contains("  ") && !text.contains('\n'), "{text}");
+    }
+    let together =
+        rt.block_on(futures_join(questions.iter().map(|q| model.generate(ask(&model, q), &params).expect("queued"))));
+    let together: Vec<String> = together.into_iter().map(|c| c.expect("done").text).collect();
+    assert_eq!(together, solo);
+    // Not compilable: named.
+    let error = model
+        .constrain(&Grammar::JsonSchema(serde_json::json!({"type": "object", "if": {"type": "object"}})))
+        .unwrap_err();
+    assert!(matches!(&error, LlmError::Grammar(m) if m.contains("if")), "{error}");
+    wait_idle(&model);
+}

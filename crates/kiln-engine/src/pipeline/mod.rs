@@ -63,6 +63,8 @@ pub enum RemoteDraft {
     Embeddings(EmbeddingsSpec),
 }
 
+// A load-time draft, built once per pipeline: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum DraftAction {
     Model { name: String, version: Option<String> },

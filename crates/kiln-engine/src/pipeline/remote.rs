@@ -639,12 +639,33 @@ mod tests {
         assert!(expand_env("${OOPS").unwrap_err().contains("unclosed"));
     }
 
+    fn field(name: &str, datatype: DataType) -> JsonField {
+        JsonField { name: name.into(), datatype, choices: None, max_length: None, minimum: None, maximum: None }
+    }
+
+    #[test]
+    fn json_outputs_become_a_strict_schema() {
+        let category = JsonField { choices: Some(vec!["a".into(), "b".into()]), ..field("category", DataType::Bytes) };
+        let amount = JsonField { minimum: Some(0.0), maximum: Some(10.0), ..field("amount", DataType::Int64) };
+        let schema = answer_schema(&[category, amount, field("ok", DataType::Bool)]).expect("a schema");
+        assert_eq!(
+            schema,
+            serde_json::json!({"type": "object", "properties": {
+                "category": {"type": "string", "enum": ["a", "b"]},
+                "amount": {"type": "integer", "minimum": 0.0, "maximum": 10.0},
+                "ok": {"type": "boolean"}},
+              "required": ["category", "amount", "ok"], "additionalProperties": false})
+        );
+        let wrong = JsonField { max_length: Some(3), ..field("n", DataType::Fp32) };
+        assert!(answer_schema(&[wrong]).unwrap_err().contains("'max_length' is for BYTES"));
+        let wrong = JsonField { choices: Some(vec![]), ..field("s", DataType::Bytes) };
+        assert!(answer_schema(&[wrong]).unwrap_err().contains("'enum'"));
+        assert!(answer_schema(&[field("t", DataType::Uint8)]).unwrap_err().contains("not UINT8"));
+    }
+
     #[test]
     fn json_fields() {
-        let fields = vec![
-            JsonField { name: "label".into(), datatype: DataType::Bytes },
-            JsonField { name: "p".into(), datatype: DataType::Fp32 },
-        ];
+        let fields = vec![field("label", DataType::Bytes), field("p", DataType::Fp32)];
         let v = parse_fields(r#" {"label": "urgent", "p": 0.5} "#, &fields).expect("parses");
         assert_eq!(json_column(&fields[1], &[v[1].clone()]).expect("col"), TensorData::Fp32(vec![0.5]));
         assert!(parse_fields("not json", &fields).unwrap_err().to_string().contains("not JSON"));

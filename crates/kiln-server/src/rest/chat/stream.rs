@@ -43,11 +43,11 @@ impl Stream {
             (_, None) => json!({}),
         };
         let text = delta_text(&delta);
-        self.chat_chunk(delta, finish, text)
+        self.chat_chunk(&delta, finish, text)
     }
 
     /// A chunk with a chat `delta` (`text` is the completions API's form of the same piece).
-    fn chat_chunk(&self, delta: Value, finish: Option<&str>, text: Option<String>) -> Value {
+    fn chat_chunk(&self, delta: &Value, finish: Option<&str>, text: Option<String>) -> Value {
         let Some(call) = &self.call else { return Value::Null };
         let choice = match call.api {
             Api::Chat => json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}),
@@ -88,7 +88,7 @@ impl Stream {
                             json!({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
                         }
                     };
-                    out.extend_from_slice(&sse(&self.chat_chunk(delta, None, None)));
+                    out.extend_from_slice(&sse(&self.chat_chunk(&delta, None, None)));
                 }
                 // Nothing to say yet (a call's name is still coming): an SSE comment keeps the
                 // body moving without an event.
