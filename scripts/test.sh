@@ -57,9 +57,15 @@ echo "== pytest"
 # the feature set of the whole workspace; a `cargo build -p kiln-cli` would resolve another set
 # and build llama.cpp a second time (~7 min).
 [[ -x target/debug/kiln ]] || cargo build --locked -p kiln-cli
-# The Python bridge (`import kiln`), built from crates/kiln-python into ./.venv. maturin runs
-# `cargo metadata`, which wants every locked crate, even those only other platforms build.
-cargo fetch --locked
-(cd python && ../.venv/bin/maturin develop --offline --locked --quiet)
+# The Python bridge (`import kiln`): `cargo test --workspace` built crates/kiln-python's extension
+# (target/debug/lib_kiln.so) with the workspace's feature set, on the llama.cpp it compiled. It
+# goes into ./.venv as an editable package — what `maturin develop` does, without compiling
+# llama.cpp a third time (maturin builds kiln-python alone, whose build-time dependencies resolve
+# other features: ~8 min more on 2 cores).
+[[ -f target/debug/lib_kiln.so ]] || cargo build --locked --workspace
+suffix=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+rm -f python/kiln/_kiln.*.so
+cp target/debug/lib_kiln.so "python/kiln/_kiln$suffix"
+echo "$PWD/python" > "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/kiln.pth"
 export KILN_BIN="$PWD/target/debug/kiln"
 .venv/bin/python -m pytest python/tests -q
