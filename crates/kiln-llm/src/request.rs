@@ -287,3 +287,77 @@ fn earlier_call(call: &Value) -> Result<String, String> {
     };
     Ok(tools::render_call(name, &arguments))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn response_formats() {
+        assert_eq!(response_format(None), Ok(None));
+        assert_eq!(response_format(Some(json!({"type": "text"}))), Ok(None));
+        assert_eq!(response_format(Some(json!({"type": "json_object"}))), Ok(Some(Grammar::JsonObject)));
+        let schema = json!({"type": "object"});
+        assert_eq!(
+            response_format(Some(json!({"type": "json_schema",
+                "json_schema": {"name": "x", "strict": true, "schema": schema}}))),
+            Ok(Some(Grammar::JsonSchema(schema)))
+        );
+        for (bad, words) in [
+            (json!("json"), "must be an object"),
+            (json!({"type": "yaml"}), "'yaml'"),
+            (json!({"type": "json_schema"}), "json_schema' is required"),
+            (json!({"type": "json_schema", "json_schema": {"schema": []}}), "must be an object"),
+            (json!({"type": "json_schema", "json_schema": {"schema": {}, "strict": "yes"}}), "strict"),
+            (json!({"type": "json_object", "extra": 1}), "extra"),
+        ] {
+            let e = response_format(Some(bad.clone())).unwrap_err();
+            assert_eq!(e.param, "response_format");
+            assert!(e.message.contains(words), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn tools_and_choices() {
+        let tools = tool_list(Some(json!([{"type": "function", "function": {"name": "f", "description": "d"}}])))
+            .expect("a tool");
+        assert_eq!(tools[0].parameters["type"], "object");
+        assert_eq!(tool_choice(None, &tools), Ok(ToolChoice::Auto));
+        assert_eq!(tool_choice(None, &[]), Ok(ToolChoice::None));
+        assert_eq!(
+            tool_choice(Some(json!({"type": "function", "function": {"name": "f"}})), &tools),
+            Ok(ToolChoice::Function("f".into()))
+        );
+        assert!(tool_choice(Some(json!("required")), &[]).unwrap_err().message.contains("needs 'tools'"));
+        assert!(tool_choice(Some(json!({"type": "function", "function": {"name": "g"}})), &tools).is_err());
+        let e = tool_list(Some(json!([{"type": "function", "function": {"name": "f"}},
+                                      {"type": "function", "function": {"name": "f"}}])))
+        .unwrap_err();
+        assert!(e.message.starts_with("tools[1]: two tools"), "{}", e.message);
+        let e = tool_list(Some(json!([{"type": "function", "function": {"name": "f", "parameters": []}}])))
+            .unwrap_err();
+        assert!(e.message.contains("tools[0]: function.'parameters'"), "{}", e.message);
+    }
+
+    #[test]
+    fn messages_with_calls_and_results() {
+        let m = messages(Some(json!([
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Weather "}, {"type": "text", "text": "in Oslo?"}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "-3 C"},
+        ])))
+        .expect("messages");
+        assert_eq!(m[0].role, "system");
+        assert_eq!(m[1].content, "Weather in Oslo?");
+        assert_eq!(m[2].content, tools::render_call("w", "{\"city\": \"Oslo\"}"));
+        assert_eq!(m[3].role, "tool");
+        for bad in [json!([]), json!([{"role": "robot", "content": "x"}]), json!([{"role": "user"}]),
+                    json!([{"role": "user", "content": "x", "tool_calls": []}])] {
+            assert_eq!(messages(Some(bad)).unwrap_err().param, "messages");
+        }
+    }
+}
