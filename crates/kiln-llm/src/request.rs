@@ -336,8 +336,8 @@ mod tests {
                                       {"type": "function", "function": {"name": "f"}}])))
         .unwrap_err();
         assert!(e.message.starts_with("tools[1]: two tools"), "{}", e.message);
-        let e = tool_list(Some(json!([{"type": "function", "function": {"name": "f", "parameters": []}}])))
-            .unwrap_err();
+        let e =
+            tool_list(Some(json!([{"type": "function", "function": {"name": "f", "parameters": []}}]))).unwrap_err();
         assert!(e.message.contains("tools[0]: function.'parameters'"), "{}", e.message);
     }
 
@@ -355,8 +355,12 @@ mod tests {
         assert_eq!(m[1].content, "Weather in Oslo?");
         assert_eq!(m[2].content, tools::render_call("w", "{\"city\": \"Oslo\"}"));
         assert_eq!(m[3].role, "tool");
-        for bad in [json!([]), json!([{"role": "robot", "content": "x"}]), json!([{"role": "user"}]),
-                    json!([{"role": "user", "content": "x", "tool_calls": []}])] {
+        for bad in [
+            json!([]),
+            json!([{"role": "robot", "content": "x"}]),
+            json!([{"role": "user"}]),
+            json!([{"role": "user", "content": "x", "tool_calls": []}]),
+        ] {
             assert_eq!(messages(Some(bad)).unwrap_err().param, "messages");
         }
     }
