@@ -21,10 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import jsonschema
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python" / "tests"))
-from test_llm_structured import SCHEMAS, TICKETS, instructions  # noqa: E402
+from test_llm_structured import SCHEMAS, TICKETS, instructions, valid  # noqa: E402
 
 LONG = {"type": "object", "properties": {"items": {"type": "array", "minItems": 40, "maxItems": 40, "items": {
     "type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
@@ -86,14 +84,6 @@ def rates(port, schema, streams):
         per_stream = statistics.mean(r for _, r in got)
         best = per_stream if best is None else max(best, per_stream)
     return best
-
-
-def valid(text, schema):
-    try:
-        jsonschema.validate(json.loads(text), schema)
-        return True
-    except (ValueError, jsonschema.ValidationError):
-        return False
 
 
 def valid_rate(port, schema, constrained):

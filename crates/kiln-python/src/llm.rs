@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use kiln_engine::kiln_llm::request::{self, ParamError};
 use kiln_engine::kiln_llm::tools::{self, ToolChoice};
-use kiln_engine::kiln_llm::{Completion, Event, FinishReason, GenerateParams, Generation, LlmModel, Usage};
+use kiln_engine::kiln_llm::{Completion, Event, FinishReason, GenerateParams, Generation, Grammar, LlmModel, Usage};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use serde_json::Value;
@@ -20,6 +20,14 @@ use crate::kiln_err;
 fn to_json(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
     let text: String = value.py().import("json")?.call_method1("dumps", (value,))?.extract()?;
     serde_json::from_str(&text).map_err(|e| kiln_err(format!("{what} is not JSON-like: {e}")))
+}
+
+/// The `response_format` keyword argument.
+fn format_of(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Grammar>> {
+    match value {
+        Some(f) => request::response_format(Some(to_json(f, "response_format")?)).map_err(param),
+        None => Ok(None),
+    }
 }
 
 fn param(e: ParamError) -> PyErr {
@@ -125,10 +133,7 @@ impl Llm {
         stream: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let messages = request::messages(Some(to_json(messages, "messages")?)).map_err(param)?;
-        let format = match response_format {
-            Some(f) => request::response_format(Some(to_json(f, "response_format")?)).map_err(param)?,
-            None => None,
-        };
+        let format = format_of(response_format)?;
         let tools = match tools {
             Some(t) => request::tool_list(Some(to_json(t, "tools")?)).map_err(param)?,
             None => Vec::new(),
@@ -198,10 +203,7 @@ impl Llm {
         response_format: Option<&Bound<'py, PyAny>>,
         stream: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let format = match response_format {
-            Some(f) => request::response_format(Some(to_json(f, "response_format")?)).map_err(param)?,
-            None => None,
-        };
+        let format = format_of(response_format)?;
         let mut sampling = sampling(max_tokens, temperature, top_p, seed, stop)?;
         let model = &self.model;
         let generation = py.detach(|| {
