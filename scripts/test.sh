@@ -53,16 +53,13 @@ echo "== cargo test"
 cargo test --workspace --locked
 
 echo "== pytest"
-# `cargo test --workspace` built target/debug/kiln (kiln-cli's integration tests run it) with
-# the feature set of the whole workspace; a `cargo build -p kiln-cli` would resolve another set
-# and build llama.cpp a second time (~7 min).
-[[ -x target/debug/kiln ]] || cargo build --locked -p kiln-cli
-# The Python bridge (`import kiln`): `cargo test --workspace` built crates/kiln-python's extension
-# (target/debug/lib_kiln.so) with the workspace's feature set, on the llama.cpp it compiled. It
-# goes into ./.venv as an editable package — what `maturin develop` does, without compiling
-# llama.cpp a third time (maturin builds kiln-python alone, whose build-time dependencies resolve
-# other features: ~8 min more on 2 cores).
-[[ -f target/debug/lib_kiln.so ]] || cargo build --locked --workspace
+# target/debug/kiln and the Python bridge (`import kiln`: crates/kiln-python's extension,
+# target/debug/lib_kiln.so) from a workspace build — the feature set and the llama.cpp that
+# `cargo test --workspace` just compiled (under a minute: it mostly links). A `cargo build -p
+# kiln-cli` or `maturin develop` selects one package, whose build-time dependencies resolve
+# other features: llama.cpp would be compiled again (~8 min on 2 cores). The extension goes into
+# ./.venv as an editable package, as `maturin develop` installs it.
+cargo build --locked --workspace
 suffix=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 rm -f python/kiln/_kiln.*.so
 cp target/debug/lib_kiln.so "python/kiln/_kiln$suffix"

@@ -14,6 +14,7 @@ kiln loads the `libonnxruntime` of this interpreter's `onnxruntime` package (ove
 KILN_ONNXRUNTIME or ORT_DYLIB_PATH), so it runs the same runtime your prototype used.
 """
 
+import atexit
 import glob
 import importlib.util
 import os
@@ -42,6 +43,9 @@ def _runtime_path():
 
 
 RUNTIME = _kiln.init_runtime(_runtime_path())
+
+# LLM schedulers end (their threads joined) before the interpreter tears the process down.
+atexit.register(_kiln.stop_llms)
 
 from .verify import VerificationError, verify  # noqa: E402  (needs the runtime)
 

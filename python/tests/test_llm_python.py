@@ -4,6 +4,8 @@ constrained decoding and tool calls as `kiln serve` — must answer exactly what
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -135,3 +137,17 @@ def test_bad_arguments_are_kiln_errors(llm, repo):
         kiln.LLM(repo, "fraud")
     with pytest.raises(kiln.KilnError, match="kiln.LLM"):
         kiln.Model(repo, "smollm2")
+
+
+def test_exiting_during_a_generation_is_clean(repo):
+    """An interpreter that exits while a thread waits for a generation exits 0: kiln's atexit
+    hook ends the schedulers before the process tears llama.cpp down."""
+    code = (
+        "import threading, time, kiln\n"
+        f"llm = kiln.LLM({str(repo)!r}, 'smollm2')\n"
+        "ask = [{'role': 'user', 'content': 'Write a long story about the sea.'}]\n"
+        "threading.Thread(target=lambda: llm.chat(ask, max_tokens=400, temperature=0), daemon=True).start()\n"
+        "time.sleep(1.5)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]

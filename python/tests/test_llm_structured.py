@@ -171,6 +171,8 @@ def test_json_object_and_completions_endpoint(server):
         model="smollm2", prompt="A ticket: my order 12 arrived late.\nIts fields:", temperature=0, max_tokens=120,
         extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": ENUM}}})
     jsonschema.validate(json.loads(c.choices[0].text), ENUM)
+    # Each constrained request's grammar compilation is timed.
+    assert metric(server.metrics(), "kiln_llm_grammar_compile_seconds_count", model="smollm2") >= 2
 
 
 def test_streamed_structured_output_parses(server):

@@ -373,7 +373,10 @@ impl LlmModel {
     /// vocabulary): call it off the async executor.
     pub fn constrain(&self, grammar: &Grammar) -> Result<Constraint, LlmError> {
         let compiler = self.grammars.get_or_init(|| constraint::GrammarCompiler::new(&self.model));
-        compiler.as_ref().map_err(Clone::clone)?.compile(grammar)
+        let started = Instant::now();
+        let compiled = compiler.as_ref().map_err(Clone::clone)?.compile(grammar);
+        self.metrics.grammar_compile.record(started.elapsed().as_secs_f64());
+        compiled
     }
 
     /// Tokenizes a raw prompt, with the BOS token when the model asks for one.

@@ -27,6 +27,8 @@ pub struct LlmMetrics {
     pub(crate) cached_prompt_tokens: Counter,
     pub(crate) generated_tokens: Counter,
     pub(crate) step_sequences: Histogram,
+    /// How long compiling a request's grammar took (one sample per constrained request).
+    pub(crate) grammar_compile: Histogram,
     active_gauge: Gauge,
     queue_gauge: Gauge,
     stop: Counter,
@@ -52,6 +54,7 @@ impl LlmMetrics {
             cached_prompt_tokens: counter!("kiln_llm_prompt_tokens_cached_total", &labels),
             generated_tokens: counter!("kiln_llm_generated_tokens_total", &labels),
             step_sequences: histogram!("kiln_llm_step_sequences", &labels),
+            grammar_compile: histogram!("kiln_llm_grammar_compile_seconds", &labels),
             active_gauge: gauge!("kiln_llm_active_sequences", &labels),
             queue_gauge: gauge!("kiln_llm_queue_depth", &labels),
             stop: outcome("stop"),

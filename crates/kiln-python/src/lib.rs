@@ -569,6 +569,7 @@ fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pipeline>()?;
     m.add_class::<llm::Llm>()?;
     m.add_class::<llm::TextStream>()?;
+    m.add_function(wrap_pyfunction!(llm::stop_llms, m)?)?;
     m.add_function(wrap_pyfunction!(init_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(tokenize, m)?)?;
     m.add("KilnError", m.py().get_type::<KilnError>())?;

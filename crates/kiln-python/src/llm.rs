@@ -34,6 +34,14 @@ fn param(e: ParamError) -> PyErr {
     kiln_err(format!("{}: {}", e.param, e.message))
 }
 
+/// Ends every LLM scheduler of the process (joins their threads). `kiln` registers it with
+/// `atexit`: an interpreter that exits while llama.cpp computes a step would tear its static
+/// state down under the running thread.
+#[pyfunction]
+pub fn stop_llms(py: Python<'_>) {
+    py.detach(kiln_engine::kiln_llm::stop_all);
+}
+
 /// A generative LLM loaded in this process.
 #[pyclass(frozen, module = "kiln", name = "LLM")]
 pub struct Llm {
