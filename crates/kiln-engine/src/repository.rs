@@ -118,7 +118,11 @@ fn stamp(path: &Path) -> FileStamp {
 pub fn fingerprint(model_dir: &Path) -> Fingerprint {
     let pipeline = model_dir.join(crate::pipeline::PIPELINE_FILE);
     Fingerprint {
-        config: if pipeline.is_file() { stamp(&pipeline) } else { stamp(&model_dir.join(CONFIG_FILE)) },
+        config: if pipeline.is_file() {
+            stamp(&pipeline)
+        } else {
+            stamp(&model_dir.join(CONFIG_FILE)).or_else(|| stamp(&model_dir.join(crate::triton_config::FILE)))
+        },
         versions: scan_versions(model_dir)
             .into_iter()
             .map(|v| {
@@ -134,6 +138,24 @@ pub fn read_config(model_dir: &Path) -> Result<ModelConfig, String> {
     let path = model_dir.join(CONFIG_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => ModelConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => read_triton_config(model_dir),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// A Triton `config.pbtxt` (read when there is no config.toml); the fields kiln does not apply
+/// are named in one warning.
+fn read_triton_config(model_dir: &Path) -> Result<ModelConfig, String> {
+    let path = model_dir.join(crate::triton_config::FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let parsed = crate::triton_config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            if !parsed.ignored.is_empty() {
+                let model = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                tracing::warn!(model, "config.pbtxt: kiln does not apply {}", parsed.ignored.join(", "));
+            }
+            Ok(parsed.config)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelConfig::default()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
