@@ -91,3 +91,57 @@ def test_a_triton_repository_serves_with_its_config_pbtxt(tmp_path):
     warning = next(line for line in s.logs().splitlines() if "config.pbtxt: kiln does not apply" in line)
     for field in ("output.reshape", "dynamic_batching.preferred_batch_size", "model_warmup"):
         assert field in warning, warning
+
+
+ENSEMBLE = """name: "fraud_pair"
+platform: "ensemble"
+max_batch_size: 16
+input [ { name: "TRANSACTION" data_type: TYPE_FP32 dims: [ 30 ] } ]
+output [
+  { name: "P_GB" data_type: TYPE_FP32 dims: [ 2 ] },
+  { name: "P_LR" data_type: TYPE_FP32 dims: [ 2 ] }
+]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "fraud"
+      model_version: -1
+      input_map { key: "input" value: "TRANSACTION" }
+      output_map { key: "probabilities" value: "P_GB" }
+    },
+    {
+      model_name: "fraud_lr"
+      model_version: -1
+      input_map { key: "input" value: "TRANSACTION" }
+      output_map { key: "probabilities" value: "P_LR" }
+    }
+  ]
+}
+"""
+
+
+def test_a_triton_ensemble_runs_as_a_kiln_pipeline(tmp_path):
+    repo = tmp_path / "models"
+    for name in ("fraud", "fraud_lr"):
+        shutil.copytree(ROOT / "examples" / "models" / name, repo / name)
+    (repo / "fraud_pair").mkdir()
+    (repo / "fraud_pair" / "config.pbtxt").write_text(ENSEMBLE)
+    s = KilnServer(repo)
+    try:
+        client = httpclient.InferenceServerClient(s.url)
+        x = np.random.default_rng(1).normal(size=(4, 30)).astype(np.float32)
+
+        def infer(model, input_name, outputs):
+            i = httpclient.InferInput(input_name, list(x.shape), "FP32")
+            i.set_data_from_numpy(x)
+            r = client.infer(model, [i])
+            return [r.as_numpy(o) for o in outputs]
+
+        gb, lr = infer("fraud_pair", "TRANSACTION", ["P_GB", "P_LR"])
+        assert np.array_equal(gb, infer("fraud", "input", ["probabilities"])[0])
+        assert np.array_equal(lr, infer("fraud_lr", "input", ["probabilities"])[0])
+        meta = client.get_model_metadata("fraud_pair")
+        assert [i["name"] for i in meta["inputs"]] == ["TRANSACTION"]
+        assert [o["name"] for o in meta["outputs"]] == ["P_GB", "P_LR"]
+    finally:
+        assert s.stop() == 0

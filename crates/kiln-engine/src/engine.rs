@@ -139,7 +139,7 @@ impl Engine {
         // Models first, in parallel; then pipelines, which are validated against the models
         // they call.
         let (pipelines, models): (Vec<&ModelDir>, Vec<&ModelDir>) =
-            dirs.iter().filter(|d| wanted(&d.name)).partition(|d| d.path.join(PIPELINE_FILE).is_file());
+            dirs.iter().filter(|d| wanted(&d.name)).partition(|d| is_pipeline_dir(&d.path));
         for (name, state) in load_in_parallel(&models, load_parallelism()) {
             engine.write_models().insert(name, Arc::new(state));
         }
@@ -332,15 +332,12 @@ impl Engine {
 
     /// Builds a model's or a pipeline's new state (see [`build_state`]).
     fn build_state(&self, dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
-        let pipeline_file = dir.path.join(PIPELINE_FILE);
-        if !pipeline_file.is_file() {
+        if !is_pipeline_dir(&dir.path) {
             return build_state(dir, previous);
         }
         let fingerprint = repository::fingerprint(&dir.path);
         let resolver = self.resolver();
-        let built = std::fs::read_to_string(&pipeline_file)
-            .map_err(|e| format!("cannot read {}: {e}", pipeline_file.display()))
-            .and_then(|text| Pipeline::parse(&dir.name, &text, resolver));
+        let built = pipeline_text(dir).and_then(|text| Pipeline::parse(&dir.name, &text, resolver));
         match built {
             Ok(pipeline) => {
                 tracing::info!(pipeline = %dir.name, models = ?pipeline.models(), "pipeline ready");
@@ -541,4 +538,27 @@ impl ModelResolver for EngineResolver {
         }
         Ok(model)
     }
+}
+
+/// A folder that holds a pipeline: a pipeline.toml, or a Triton ensemble's config.pbtxt.
+fn is_pipeline_dir(path: &std::path::Path) -> bool {
+    path.join(PIPELINE_FILE).is_file() || crate::triton_config::is_ensemble(path)
+}
+
+/// The pipeline.toml text of a pipeline folder (a Triton ensemble's, translated; the fields kiln
+/// does not apply are named in one warning).
+fn pipeline_text(dir: &ModelDir) -> Result<String, String> {
+    let pipeline_file = dir.path.join(PIPELINE_FILE);
+    if pipeline_file.is_file() {
+        return std::fs::read_to_string(&pipeline_file)
+            .map_err(|e| format!("cannot read {}: {e}", pipeline_file.display()));
+    }
+    let file = dir.path.join(crate::triton_config::FILE);
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let (pipeline, ignored) =
+        crate::triton_config::ensemble_pipeline(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    if !ignored.is_empty() {
+        tracing::warn!(model = %dir.name, "config.pbtxt: kiln does not apply {}", ignored.join(", "));
+    }
+    Ok(pipeline)
 }

@@ -1,8 +1,8 @@
 //! Triton's `config.pbtxt` as kiln's [`ModelConfig`], for a model folder that has one and no
 //! config.toml: a Triton repository serves unchanged. The fields kiln honours are mapped; every
 //! other field is named in the returned list (the caller warns once per model) — nothing is
-//! dropped silently. A model kiln cannot serve as the file describes (another platform, an
-//! ensemble) is an error that says so.
+//! dropped silently. A model kiln cannot serve as the file describes (another platform) is an
+//! error that says so; an ensemble becomes the text of a kiln pipeline ([`ensemble_pipeline`]).
 
 use kiln_core::DataType;
 
@@ -320,5 +320,179 @@ optimization { execution_accelerators { cpu_execution_accelerator: [ { name: "op
             parse("version_policy: { specific { versions: [1, 3] } }").expect("ok").config.version_policy,
             Some(VersionPolicy::Specific(vec![1, 3]))
         );
+    }
+}
+
+/// Whether a model folder is a Triton ensemble: no config.toml, and a config.pbtxt with
+/// `platform: "ensemble"`.
+pub fn is_ensemble(model_dir: &std::path::Path) -> bool {
+    if model_dir.join(crate::repository::CONFIG_FILE).is_file() {
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(model_dir.join(FILE)) else { return false };
+    crate::pbtxt::parse(&text)
+        .is_ok_and(|fields| fields.iter().any(|f| f.name == "platform" && text_of(f).is_ok_and(|p| p == "ensemble")))
+}
+
+/// A Triton ensemble (`platform: "ensemble"`, `ensemble_scheduling { step [...] }`) as the text
+/// of the kiln pipeline.toml that runs it: the ensemble's inputs and outputs, one model step per
+/// Triton step (its `input_map`/`output_map` become the step's inputs and the sources of later
+/// steps and outputs). Fields kiln does not apply are returned for the warning.
+pub fn ensemble_pipeline(text: &str) -> Result<(String, Vec<String>), String> {
+    let fields = crate::pbtxt::parse(text)?;
+    let mut ignored = Vec::new();
+    let mut max_batch = 0usize;
+    let (mut inputs, mut outputs, mut steps) = (Vec::new(), Vec::new(), Vec::new());
+    for f in &fields {
+        match f.name.as_str() {
+            "name" | "platform" => {}
+            "max_batch_size" => max_batch = usize::try_from(integer(f)?).map_err(|_| at(f, "must not be negative"))?,
+            "input" => inputs.extend(items(f)),
+            "output" => outputs.extend(items(f)),
+            "ensemble_scheduling" => {
+                for s in message(f)? {
+                    match s.name.as_str() {
+                        "step" => steps.extend(items(s).into_iter().map(|node| (node, s))),
+                        other => ignored.push(format!("ensemble_scheduling.{other}")),
+                    }
+                }
+            }
+            other => ignored.push(other.to_string()),
+        }
+    }
+    if steps.is_empty() {
+        return Err("an ensemble needs ensemble_scheduling { step [ ... ] }".into());
+    }
+    let tensor_table = |node: &Node, kind: &str, ignored: &mut Vec<String>| -> Result<toml::Value, String> {
+        let t = tensor(node, kind, max_batch, ignored)?;
+        let datatype = t.datatype.ok_or_else(|| format!("ensemble {kind} '{}' has no data_type", t.name))?;
+        let shape = t.shape.ok_or_else(|| format!("ensemble {kind} '{}' has no dims", t.name))?;
+        let mut table = toml::Table::new();
+        table.insert("name".into(), t.name.into());
+        table.insert("datatype".into(), datatype.as_str().into());
+        table.insert("shape".into(), toml::Value::Array(shape.into_iter().map(toml::Value::from).collect()));
+        Ok(toml::Value::Table(table))
+    };
+    let input_tables = inputs.iter().map(|n| tensor_table(n, "input", &mut ignored)).collect::<Result<Vec<_>, _>>()?;
+    let input_names: Vec<String> =
+        input_tables.iter().filter_map(|t| t.get("name").and_then(toml::Value::as_str).map(str::to_string)).collect();
+    // First pass: each step's name and which ensemble tensor each of its outputs produces.
+    struct Step {
+        name: String,
+        model: String,
+        version: Option<String>,
+        reads: Vec<(String, String)>,
+    }
+    let mut producer: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut planned = Vec::new();
+    for (i, (node, at_field)) in steps.iter().enumerate() {
+        let mut step = Step { name: String::new(), model: String::new(), version: None, reads: Vec::new() };
+        let mut writes = Vec::new();
+        for s in message_node(node, at_field)? {
+            match s.name.as_str() {
+                "model_name" => step.model = text_of(s)?,
+                "model_version" => {
+                    let v = integer(s)?;
+                    step.version = (v >= 0).then(|| v.to_string());
+                }
+                "input_map" | "output_map" => {
+                    for entry in items(s) {
+                        let pair = message_node(entry, s)?;
+                        let get = |k: &str| pair.iter().find(|p| p.name == k).map(text_of).transpose();
+                        let (Some(key), Some(value)) = (get("key")?, get("value")?) else {
+                            return Err(at(s, "each map entry is { key: \"...\" value: \"...\" }"));
+                        };
+                        if s.name == "input_map" { step.reads.push((key, value)) } else { writes.push((key, value)) }
+                    }
+                }
+                other => ignored.push(format!("ensemble_scheduling.step.{other}")),
+            }
+        }
+        if step.model.is_empty() {
+            return Err(at(at_field, format!("step {i} has no model_name")));
+        }
+        step.name = format!("step{i}_{}", step.model);
+        for (model_output, tensor) in writes {
+            if producer.insert(tensor.clone(), format!("{}.{model_output}", step.name)).is_some() {
+                return Err(format!("ensemble tensor '{tensor}' is written by two steps"));
+            }
+        }
+        planned.push(step);
+    }
+    let source = |tensor: &str| -> Result<String, String> {
+        if input_names.iter().any(|n| n == tensor) {
+            return Ok(tensor.to_string());
+        }
+        producer
+            .get(tensor)
+            .cloned()
+            .ok_or_else(|| format!("ensemble tensor '{tensor}' is neither an ensemble input nor a step's output"))
+    };
+    let mut step_tables = Vec::new();
+    for step in &planned {
+        let mut table = toml::Table::new();
+        table.insert("name".into(), step.name.clone().into());
+        table.insert("model".into(), step.model.clone().into());
+        if let Some(v) = &step.version {
+            table.insert("version".into(), v.clone().into());
+        }
+        let mut reads = toml::Table::new();
+        for (model_input, tensor) in &step.reads {
+            reads.insert(model_input.clone(), source(tensor)?.into());
+        }
+        table.insert("inputs".into(), toml::Value::Table(reads));
+        step_tables.push(toml::Value::Table(table));
+    }
+    let mut output_tables = Vec::new();
+    for node in &outputs {
+        let t = tensor(node, "output", max_batch, &mut ignored)?;
+        let mut table = toml::Table::new();
+        table.insert("from".into(), source(&t.name)?.into());
+        table.insert("name".into(), t.name.into());
+        output_tables.push(toml::Value::Table(table));
+    }
+    let mut file = toml::Table::new();
+    file.insert("inputs".into(), toml::Value::Array(input_tables));
+    file.insert("steps".into(), toml::Value::Array(step_tables));
+    file.insert("outputs".into(), toml::Value::Array(output_tables));
+    let text = toml::to_string(&file).map_err(|e| format!("cannot write the ensemble as a pipeline: {e}"))?;
+    let mut seen = std::collections::HashSet::new();
+    ignored.retain(|name| seen.insert(name.clone()));
+    Ok((text, ignored))
+}
+
+#[cfg(test)]
+mod ensemble_tests {
+    use super::*;
+
+    #[test]
+    fn an_ensemble_becomes_a_pipeline() {
+        let text = r#"
+name: "blend"
+platform: "ensemble"
+max_batch_size: 16
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 30 ] } ]
+output [ { name: "P_GB" data_type: TYPE_FP32 dims: [ 2 ] }, { name: "P_LR" data_type: TYPE_FP32 dims: [ 2 ] } ]
+ensemble_scheduling {
+  step [
+    { model_name: "fraud" model_version: -1
+      input_map { key: "input" value: "IN" } output_map { key: "probabilities" value: "P_GB" } },
+    { model_name: "fraud_lr" model_version: 1
+      input_map { key: "input" value: "IN" } output_map { key: "probabilities" value: "P_LR" } }
+  ]
+}
+"#;
+        let (toml_text, ignored) = ensemble_pipeline(text).expect("an ensemble");
+        assert!(ignored.is_empty(), "{ignored:?}");
+        let file: toml::Table = toml::from_str(&toml_text).expect("valid toml");
+        assert_eq!(file["inputs"][0]["shape"].as_array().map(Vec::len), Some(2));
+        assert_eq!(file["steps"][1]["version"].as_str(), Some("1"));
+        assert_eq!(file["steps"][0]["inputs"]["input"].as_str(), Some("IN"));
+        assert_eq!(file["outputs"][1]["from"].as_str(), Some("step1_fraud_lr.probabilities"));
+        let dangling = text.replace(
+            "value: \"IN\" } output_map { key: \"probabilities\" value: \"P_LR\"",
+            "value: \"NOPE\" } output_map { key: \"probabilities\" value: \"P_LR\"",
+        );
+        assert!(ensemble_pipeline(&dangling).unwrap_err().contains("'NOPE'"));
     }
 }
