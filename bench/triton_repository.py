@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "python" / "tests"))
+from test_triton_config import ENSEMBLE  # noqa: E402  (the ensemble the test suite serves)
 
 MODEL = """name: "{name}"
 platform: "onnxruntime_onnx"
@@ -26,23 +28,6 @@ parameters {{ key: "intra_op_thread_count" value: {{ string_value: "1" }} }}
 parameters {{ key: "inter_op_thread_count" value: {{ string_value: "1" }} }}
 """
 
-ENSEMBLE = """name: "fraud_pair"
-platform: "ensemble"
-max_batch_size: 64
-input [ { name: "TRANSACTION" data_type: TYPE_FP32 dims: [ 30 ] } ]
-output [
-  { name: "P_GB" data_type: TYPE_FP32 dims: [ 2 ] },
-  { name: "P_LR" data_type: TYPE_FP32 dims: [ 2 ] }
-]
-ensemble_scheduling {
-  step [
-    { model_name: "fraud" model_version: -1
-      input_map { key: "input" value: "TRANSACTION" } output_map { key: "probabilities" value: "P_GB" } },
-    { model_name: "fraud_lr" model_version: -1
-      input_map { key: "input" value: "TRANSACTION" } output_map { key: "probabilities" value: "P_LR" } }
-  ]
-}
-"""
 
 
 def main(repo):
@@ -52,7 +37,7 @@ def main(repo):
         shutil.copy(ROOT / "examples" / "models" / name / "1" / "model.onnx", repo / name / "1" / "model.onnx")
         (repo / name / "config.pbtxt").write_text(MODEL.format(name=name, features=features, classes=classes))
     (repo / "fraud_pair" / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version folder
-    (repo / "fraud_pair" / "config.pbtxt").write_text(ENSEMBLE)
+    (repo / "fraud_pair" / "config.pbtxt").write_text(ENSEMBLE.replace("max_batch_size: 16", "max_batch_size: 64"))
 
 
 if __name__ == "__main__":

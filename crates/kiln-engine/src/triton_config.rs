@@ -151,12 +151,7 @@ fn tensor(node: &Node, kind: &str, max_batch: usize, ignored: &mut Vec<String>) 
             }
             "dims" => {
                 let dims = items(f).iter().map(|d| integer_node(d, f)).collect::<Result<Vec<i64>, _>>()?;
-                let mut shape = Vec::with_capacity(dims.len() + 1);
-                if max_batch > 0 {
-                    shape.push(-1);
-                }
-                shape.extend(dims);
-                out.shape = Some(shape);
+                out.shape = Some(batched(max_batch, dims));
             }
             "reshape" => {
                 // The model's own shape (Triton reshapes between it and `dims`): kiln serves
@@ -172,18 +167,21 @@ fn tensor(node: &Node, kind: &str, max_batch: usize, ignored: &mut Vec<String>) 
         }
     }
     if let Some(dims) = reshaped {
-        let mut shape = Vec::with_capacity(dims.len() + 1);
-        if max_batch > 0 {
-            shape.push(-1);
-        }
-        shape.extend(dims);
-        out.shape = Some(shape);
+        out.shape = Some(batched(max_batch, dims));
         ignored.push(format!("{kind}.reshape (kiln serves '{}' in the model's own shape)", out.name));
     }
     if out.name.is_empty() {
         return Err(format!("an {kind} has no name"));
     }
     Ok(out)
+}
+
+/// Triton's `dims` as kiln's shape: with `max_batch_size` > 0 the batch dimension is implicit.
+fn batched(max_batch: usize, dims: Vec<i64>) -> Vec<i64> {
+    if max_batch == 0 {
+        return dims;
+    }
+    std::iter::once(-1).chain(dims).collect()
 }
 
 fn version_policy(f: &Field) -> Result<VersionPolicy, String> {

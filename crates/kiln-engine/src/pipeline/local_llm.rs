@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use kiln_core::{Tensor, TensorSpec};
 
 use super::ModelResolver;
-use super::remote::{LlmSpec, Part, answer_schema, llm_output_specs, llm_outputs, parse_template, row_prompts};
+use super::remote::{LlmSpec, Part, answer_schema, llm_output_specs, parse_template};
 use crate::error::EngineError;
 use crate::metrics::Protocol;
 
 /// A local LLM step, validated.
 #[derive(Debug)]
+// Without the `llm` feature the step loads but cannot run: its settings go unread.
+#[cfg_attr(not(feature = "llm"), allow(dead_code))]
 pub struct LocalLlmStep {
     spec: LlmSpec,
     template: Vec<Part>,
@@ -77,7 +79,9 @@ impl LocalLlmStep {
         protocol: Protocol,
         deadline: Option<Instant>,
     ) -> Result<Vec<Tensor>, EngineError> {
-        use kiln_llm::{GenerateParams, Grammar, Message};
+        use kiln_llm::{GenerateParams, Grammar};
+
+        use super::remote::row_prompts;
 
         let model = resolver.resolve(&self.spec.model, None)?;
         let llm = model.llm_model().cloned().ok_or_else(|| {
@@ -100,7 +104,26 @@ impl LocalLlmStep {
             constraint,
             ..GenerateParams::default()
         };
+        // Counted on the model however it ends (a dropped future counts as cancelled).
         let tracked = crate::model::ServedModel::track(&model, protocol);
+        let result = self.generate_rows(&llm, prompts, &params, deadline).await;
+        tracked.end(crate::metrics::Outcome::of(&result));
+        result
+    }
+
+    /// Queues every row's prompt, waits for all within the deadline, reads the JSON fields.
+    #[cfg(feature = "llm")]
+    async fn generate_rows(
+        &self,
+        llm: &kiln_llm::LlmModel,
+        prompts: Vec<String>,
+        params: &kiln_llm::GenerateParams,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        use kiln_llm::Message;
+
+        use super::remote::llm_outputs;
+
         let mut generations = Vec::with_capacity(prompts.len());
         for prompt in prompts {
             let mut messages = Vec::with_capacity(2);
@@ -109,26 +132,14 @@ impl LocalLlmStep {
             }
             messages.push(Message { role: "user".into(), content: prompt });
             let tokens = llm.chat_prompt(&messages)?;
-            generations.push(llm.generate(tokens, &params)?.complete());
+            generations.push(llm.generate(tokens, params)?.complete());
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let limit = left.map_or(self.timeout, |l| l.min(self.timeout));
-        let completions = match tokio::time::timeout(limit, futures_util::future::try_join_all(generations)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                let e = EngineError::from(e);
-                tracked.end(crate::metrics::Outcome::Error);
-                return Err(e);
-            }
-            Err(_) => {
-                tracked.end(crate::metrics::Outcome::Timeout);
-                return Err(EngineError::Timeout(format!(
-                    "{}: no answer within {} ms",
-                    self.describe(),
-                    limit.as_millis()
-                )));
-            }
-        };
+        let completions =
+            tokio::time::timeout(limit, futures_util::future::try_join_all(generations)).await.map_err(|_| {
+                EngineError::Timeout(format!("{}: no answer within {} ms", self.describe(), limit.as_millis()))
+            })??;
         let answers = completions
             .into_iter()
             .map(|c| {
@@ -136,9 +147,8 @@ impl LocalLlmStep {
                     .map_err(|e| EngineError::Backend(format!("{}: {e}", self.describe())))?;
                 Ok((c.text, fields))
             })
-            .collect::<Result<Vec<_>, EngineError>>();
-        tracked.end(if answers.is_ok() { crate::metrics::Outcome::Success } else { crate::metrics::Outcome::Error });
-        llm_outputs(&self.spec.json_outputs, answers?, &self.describe())
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        llm_outputs(&self.spec.json_outputs, answers, &self.describe())
     }
 
     /// Without the `llm` feature (the Python bridge) no model is an LLM: the step cannot load.
