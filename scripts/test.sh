@@ -49,17 +49,20 @@ if command -v npm >/dev/null; then
     echo "test.sh: npm ci failed in python/tests/e2e; the dashboard browser test will be skipped" >&2
 fi
 
+echo "== cargo build"
+# One build of every target with one feature set: the tests, target/debug/kiln and the Python
+# bridge (`import kiln`: crates/kiln-python's extension, target/debug/lib_kiln.so) share the
+# llama.cpp and the crates compiled here, so `cargo test` only runs them. A plain `cargo build`
+# leaves out dev-dependencies and so resolves other features (every crate compiled and linked a
+# second time); `cargo build -p kiln-cli` or `maturin develop` select one package and compile
+# llama.cpp again (~8 min on 2 cores).
+cargo build --locked --workspace --all-targets
+
 echo "== cargo test"
 cargo test --workspace --locked
 
 echo "== pytest"
-# target/debug/kiln and the Python bridge (`import kiln`: crates/kiln-python's extension,
-# target/debug/lib_kiln.so) from a workspace build — the feature set and the llama.cpp that
-# `cargo test --workspace` just compiled (under a minute: it mostly links). A `cargo build -p
-# kiln-cli` or `maturin develop` selects one package, whose build-time dependencies resolve
-# other features: llama.cpp would be compiled again (~8 min on 2 cores). The extension goes into
-# ./.venv as an editable package, as `maturin develop` installs it.
-cargo build --locked --workspace
+# The extension goes into ./.venv as an editable package, as `maturin develop` installs it.
 suffix=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 rm -f python/kiln/_kiln.*.so
 cp target/debug/lib_kiln.so "python/kiln/_kiln$suffix"

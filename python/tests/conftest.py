@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def kiln_bin():
     path = os.environ.get("KILN_BIN", str(ROOT / "target" / "debug" / "kiln"))
     if not os.path.exists(path):
-        pytest.fail(f"kiln binary not found at {path}; run `cargo build -p kiln-cli` or scripts/test.sh")
+        pytest.fail(f"kiln binary not found at {path}; run `cargo build --workspace --all-targets` or scripts/test.sh")
     return path
 
 
