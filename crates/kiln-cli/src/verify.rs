@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 fn tensor(name: &str, spec: &Value) -> Result<Tensor> {
     let shape: Vec<usize> = serde_json::from_value(spec["shape"].clone()).context("fixture: shape")?;
     let data = spec["data"].as_array().with_context(|| format!("fixture: '{name}' has no data"))?;
-    let num = |v: &Value| v.as_f64().with_context(|| format!("fixture: '{name}' holds a non-number"));
+    // kiln.export writes NaN as null (JSON has no NaN).
+    let num = |v: &Value| {
+        if v.is_null() { Ok(f64::NAN) } else { v.as_f64().with_context(|| format!("fixture: '{name}' holds a non-number")) }
+    };
     let int = |v: &Value| v.as_i64().with_context(|| format!("fixture: '{name}' holds a non-integer"));
     let values = match spec["dtype"].as_str().unwrap_or("float32") {
         "float32" => TensorData::Fp32(data.iter().map(|v| num(v).map(|x| x as f32)).collect::<Result<_>>()?),

@@ -20,7 +20,7 @@ use kiln_core::{DataType, ModelInstance, ModelSignature, Tensor, TensorData, Ten
 use numpy::{PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyList, PyString};
 
 pyo3::create_exception!(
     _kiln,
@@ -224,8 +224,66 @@ fn to_numpy<'py>(py: Python<'py>, tensor: Tensor) -> PyResult<Bound<'py, PyAny>>
     })
 }
 
-/// An array (for a one-input model) or a dict of name -> array, as inputs.
+/// A pandas DataFrame (duck-typed: no pandas import) as inputs. When the model's inputs are
+/// among its columns (as `kiln.export` makes them from a DataFrame), each column becomes its
+/// input, converted to the declared datatype and shaped [N, 1] when the input is 2-D; a model
+/// with one matrix input takes the whole frame, columns in order. A missing value in a text
+/// column is an error: a string tensor has no missing value, and "nan" would be a category.
+fn frame_inputs<'py>(model: &str, signature: &ModelSignature, frame: &Bound<'py, PyAny>) -> PyResult<Vec<Input<'py>>> {
+    let py = frame.py();
+    let numpy = py.import("numpy")?;
+    let columns: Vec<String> = frame.getattr("columns")?.call_method0("tolist")?.extract().unwrap_or_default();
+    let missing: Vec<&str> =
+        signature.inputs.iter().map(|s| s.name.as_str()).filter(|n| !columns.iter().any(|c| c == n)).collect();
+    if !missing.is_empty() {
+        if let [only] = signature.inputs.as_slice() {
+            let dtype = numpy_dtype(only.datatype);
+            let matrix = frame.call_method("to_numpy", (), Some(&[("dtype", dtype)].into_py_dict(py)?))?;
+            return Ok(vec![hold(&only.name, &matrix, Some(only.datatype))?]);
+        }
+        let quoted = |names: &[&str]| names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
+        let have: Vec<&str> = columns.iter().map(String::as_str).collect();
+        return Err(kiln_err(format!(
+            "model '{model}' takes inputs {}; the DataFrame has no column {} (its columns: {})",
+            quoted(&signature.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()),
+            quoted(&missing),
+            quoted(&have)
+        )));
+    }
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let mut column = frame.get_item(&spec.name)?;
+            if spec.datatype == DataType::Bytes {
+                let nulls: usize = column.call_method0("isna")?.call_method0("sum")?.extract()?;
+                if nulls > 0 {
+                    return Err(kiln_err(format!(
+                        "input '{}': the DataFrame column has {nulls} missing values; a text input has none",
+                        spec.name
+                    )));
+                }
+                column = column.call_method1("astype", ("str",))?;
+            }
+            let values = column.call_method0("to_numpy")?;
+            let mut array = numpy.call_method1("asarray", (values, numpy_dtype(spec.datatype)))?;
+            if spec.shape.len() == 2 {
+                array = array.call_method1("reshape", (-1, 1))?;
+            }
+            hold(&spec.name, &array, Some(spec.datatype))
+        })
+        .collect()
+}
+
+fn is_frame(x: &Bound<'_, PyAny>) -> bool {
+    ["columns", "dtypes", "iloc"].iter().all(|a| x.hasattr(*a).unwrap_or(false))
+}
+
+/// An array (for a one-input model), a dict of name -> array, or a pandas DataFrame, as inputs.
 fn collect_inputs<'py>(model: &str, signature: &ModelSignature, x: &Bound<'py, PyAny>) -> PyResult<Vec<Input<'py>>> {
+    if is_frame(x) {
+        return frame_inputs(model, signature, x);
+    }
     if let Ok(dict) = x.cast::<PyDict>() {
         return dict
             .iter()
