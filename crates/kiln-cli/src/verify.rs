@@ -13,7 +13,11 @@ fn tensor(name: &str, spec: &Value) -> Result<Tensor> {
     let data = spec["data"].as_array().with_context(|| format!("fixture: '{name}' has no data"))?;
     // kiln.export writes NaN as null (JSON has no NaN).
     let num = |v: &Value| {
-        if v.is_null() { Ok(f64::NAN) } else { v.as_f64().with_context(|| format!("fixture: '{name}' holds a non-number")) }
+        if v.is_null() {
+            Ok(f64::NAN)
+        } else {
+            v.as_f64().with_context(|| format!("fixture: '{name}' holds a non-number"))
+        }
     };
     let int = |v: &Value| v.as_i64().with_context(|| format!("fixture: '{name}' holds a non-integer"));
     let values = match spec["dtype"].as_str().unwrap_or("float32") {
