@@ -4,6 +4,7 @@ version policy, intra-op threads — and what kiln does not apply is named in on
 The config is the one ../shared/peers/triton/make_model.py writes for Triton itself."""
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import requests
@@ -82,6 +83,20 @@ def test_a_triton_repository_serves_with_its_config_pbtxt(tmp_path):
             answers.append((r.as_numpy("label"), r.as_numpy("probabilities")))
         assert np.array_equal(answers[0][0], answers[1][0])
         assert np.array_equal(answers[0][1], answers[1][1])
+        # The file's batching at work: concurrent requests merge (executions <= requests), and
+        # Triton's statistics count every row.
+        def call(_):
+            c = httpclient.InferenceServerClient(s.url)
+            i = httpclient.InferInput("input", [3, 64], "FP32")
+            i.set_data_from_numpy(x[:3])
+            return c.infer("digits_mlp", [i]).as_numpy("label").shape
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(call, range(16))) == [(3,)] * 16
+        stats = client.get_inference_statistics("digits_mlp")["model_stats"][0]
+        assert stats["inference_stats"]["success"]["count"] == 17
+        assert stats["inference_count"] == 5 + 16 * 3
+        assert 1 <= stats["execution_count"] <= 17
         index = {m["name"]: m for m in requests.post(f"http://{s.url}/v2/repository/index", json={}, timeout=10).json()}
         assert index["broken"]["state"] == "UNAVAILABLE"
         assert "config.pbtxt: line 2, column 16" in index["broken"]["reason"], index["broken"]
