@@ -54,6 +54,8 @@ pub struct ModelConfig {
     pub text: Option<TextConfig>,
     /// Settings of an `llm` model.
     pub llm: Option<LlmConfig>,
+    /// Settings of a `vector_index` collection.
+    pub index: Option<crate::collection::IndexConfig>,
     /// What the prediction log keeps of this model's requests.
     pub records: Option<RecordsConfig>,
 }
@@ -224,6 +226,11 @@ impl ModelConfig {
         }
     }
 
+    /// Whether this is a vector collection (`kind = "vector_index"`).
+    pub fn is_vector_index(&self) -> bool {
+        self.kind.as_deref() == Some("vector_index")
+    }
+
     /// Whether this is a generative (`kind = "llm"`) model.
     pub fn is_llm(&self) -> bool {
         self.kind.as_deref() == Some("llm")
@@ -304,14 +311,22 @@ impl ModelConfig {
             }
         }
         match (config.kind.as_deref(), &config.text) {
-            (None | Some("onnx" | "llm"), None) | (Some("text_embedding"), Some(_)) => {}
+            (None | Some("onnx" | "llm" | "vector_index"), None) | (Some("text_embedding"), Some(_)) => {}
             (Some("text_embedding"), None) => return Err("kind = \"text_embedding\" needs a [text] table".into()),
-            (None | Some("onnx" | "llm"), Some(_)) => {
+            (None | Some("onnx" | "llm" | "vector_index"), Some(_)) => {
                 return Err("a [text] table needs kind = \"text_embedding\"".into());
             }
             (Some(other), _) => {
-                return Err(format!("kind '{other}' is not supported (\"onnx\", \"text_embedding\" or \"llm\")"));
+                return Err(format!(
+                    "kind '{other}' is not supported (\"onnx\", \"text_embedding\", \"llm\" or \"vector_index\")"
+                ));
             }
+        }
+        match (config.is_vector_index(), &config.index) {
+            (true, None) => return Err("kind = \"vector_index\" needs an [index] table (dim, metric)".into()),
+            (false, Some(_)) => return Err("an [index] table needs kind = \"vector_index\"".into()),
+            (true, Some(index)) => index.check()?,
+            (false, None) => {}
         }
         if config.llm.is_some() && !config.is_llm() {
             return Err("an [llm] table needs kind = \"llm\"".into());

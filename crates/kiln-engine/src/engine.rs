@@ -137,9 +137,11 @@ impl Engine {
             inner: Arc::new(EngineInner { config, models: RwLock::new(BTreeMap::new()), changes: Mutex::new(()) }),
         };
         // Models first, in parallel; then pipelines, which are validated against the models
-        // they call.
-        let (pipelines, models): (Vec<&ModelDir>, Vec<&ModelDir>) =
-            dirs.iter().filter(|d| wanted(&d.name)).partition(|d| is_pipeline_dir(&d.path));
+        // they call, and collections, which may embed with one.
+        let (pipelines, models): (Vec<&ModelDir>, Vec<&ModelDir>) = dirs
+            .iter()
+            .filter(|d| wanted(&d.name))
+            .partition(|d| is_pipeline_dir(&d.path) || is_collection_dir(&d.path));
         for (name, state) in load_in_parallel(&models, load_parallelism()) {
             engine.write_models().insert(name, Arc::new(state));
         }
@@ -332,6 +334,9 @@ impl Engine {
 
     /// Builds a model's or a pipeline's new state (see [`build_state`]).
     fn build_state(&self, dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
+        if is_collection_dir(&dir.path) {
+            return self.build_collection(dir, previous);
+        }
         if !is_pipeline_dir(&dir.path) {
             return build_state(dir, previous);
         }
@@ -350,6 +355,61 @@ impl Engine {
             }
             Err(e) => keep_previous_or_fail(dir, previous, e, fingerprint),
         }
+    }
+
+    /// A collection's state: its config and points file read, the points embedded and indexed.
+    /// A reload with an unchanged config.toml keeps the collection as it is — its points include
+    /// what clients upserted since, which the folder does not hold.
+    fn build_collection(&self, dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
+        let fingerprint = repository::fingerprint(&dir.path);
+        if let Some(previous) = previous
+            && previous.fingerprint.config == fingerprint.config
+            && !previous.ready_versions().is_empty()
+        {
+            return ModelState { fingerprint, ..previous.clone() };
+        }
+        let resolver = self.resolver();
+        let built = repository::read_config(&dir.path).and_then(|config| {
+            let index = config.index.clone().ok_or("kind = \"vector_index\" needs an [index] table")?;
+            let collection = crate::collection::Collection::new(&dir.name, index, false).map_err(|e| e.to_string())?;
+            let embedder = match &collection.config.embedder {
+                Some(name) => Some(resolver.resolve(name, None).map_err(|e| format!("[index] embedder: {e}"))?),
+                None => None,
+            };
+            let embed = embedder.as_ref().map(|model| {
+                let collection = &collection;
+                move |texts: Vec<String>| crate::collection::serve::embed_blocking(collection, model, texts)
+            });
+            let loaded = collection.load_points_file(
+                &dir.path,
+                embed.as_ref().map(|f| f as &dyn Fn(Vec<String>) -> Result<Vec<Vec<f32>>, String>),
+            )?;
+            Ok((collection, loaded, config))
+        });
+        match built {
+            Ok((collection, loaded, config)) => {
+                tracing::info!(collection = %dir.name, points = loaded, dim = collection.config.dim,
+                    metric = collection.config.metric.as_str(), exact = collection.config.exact, "collection ready");
+                let mut settings = repository::default_settings();
+                settings.request_timeout = config.request_timeout_ms.map(Duration::from_millis);
+                let model = ServedModel::collection(Arc::new(collection), resolver, settings);
+                let mut versions = BTreeMap::new();
+                versions.insert(1, VersionState::Ready(Arc::new(model)));
+                ModelState { name: dir.name.clone(), versions, error: None, fingerprint }
+            }
+            Err(e) => keep_previous_or_fail(dir, previous, e, fingerprint),
+        }
+    }
+
+    /// Every collection served now.
+    pub fn collections(&self) -> Vec<Arc<crate::collection::Collection>> {
+        self.models()
+            .values()
+            .filter_map(|state| match state.versions.get(&1) {
+                Some(VersionState::Ready(model)) => model.collection_ref().cloned(),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Runs poll mode until the returned task is dropped or aborted. Does nothing in other
@@ -543,6 +603,11 @@ impl ModelResolver for EngineResolver {
 /// A folder that holds a pipeline: a pipeline.toml, or a Triton ensemble's config.pbtxt.
 fn is_pipeline_dir(path: &std::path::Path) -> bool {
     path.join(PIPELINE_FILE).is_file() || crate::triton_config::is_ensemble(path)
+}
+
+/// A folder that holds a vector collection (`kind = "vector_index"` in its config.toml).
+fn is_collection_dir(path: &std::path::Path) -> bool {
+    repository::read_config(path).is_ok_and(|c| c.is_vector_index())
 }
 
 /// The pipeline.toml text of a pipeline folder (a Triton ensemble's, translated; the fields kiln

@@ -9,6 +9,7 @@
 //! maps them to status codes.
 
 mod batcher;
+pub mod collection;
 pub mod config;
 mod engine;
 pub mod error;

@@ -85,6 +85,9 @@ enum Executor {
     /// A generative LLM: its own scheduler thread and sequence slots (continuous batching).
     #[cfg(feature = "llm")]
     Llm(Arc<kiln_llm::LlmModel>),
+    /// A vector collection: searched in memory on tokio's blocking pool; `resolver` finds its
+    /// embedder at call time.
+    Collection(Arc<crate::collection::Collection>, Arc<dyn crate::pipeline::ModelResolver>),
 }
 
 /// One worker thread per instance, each running the dynamic batcher over the shared queue.
@@ -184,6 +187,41 @@ impl ServedModel {
             version,
             settings,
             executor: Executor::Llm(Arc::new(llm)),
+        }
+    }
+
+    /// Serves a vector collection (version 1).
+    pub fn collection(
+        collection: Arc<crate::collection::Collection>,
+        resolver: Arc<dyn crate::pipeline::ModelResolver>,
+        settings: ServingSettings,
+    ) -> Self {
+        let name = collection.name.clone();
+        ServedModel {
+            signature: crate::collection::serve::signature(&collection),
+            metrics: Arc::new(ModelMetrics::new(&name, 1)),
+            stats: Arc::new(ModelStats::default()),
+            labels: BTreeMap::new(),
+            name,
+            version: 1,
+            settings,
+            executor: Executor::Collection(collection, resolver),
+        }
+    }
+
+    /// The collection this serves, when it is one.
+    pub fn collection_ref(&self) -> Option<&Arc<crate::collection::Collection>> {
+        match &self.executor {
+            Executor::Collection(c, _) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The resolver a collection embeds text with (its embedder is found at call time).
+    pub fn collection_resolver(&self) -> Option<&Arc<dyn crate::pipeline::ModelResolver>> {
+        match &self.executor {
+            Executor::Collection(_, r) => Some(r),
+            _ => None,
         }
     }
 
@@ -327,12 +365,19 @@ impl ServedModel {
     }
 
     async fn infer_inner(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
+        if let Executor::Collection(collection, resolver) = &self.executor {
+            // Its inputs are alternatives (`query` or `text`, optional `k`/`filter`): checked there.
+            let outputs = crate::collection::serve::run(collection, resolver.as_ref(), request).await?;
+            self.stats.record_execution(outputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0) as u64);
+            return Ok(self.response(outputs));
+        }
         let admitted = self.admit(&request)?;
         let pool = match &self.executor {
             Executor::Workers(pool) => pool,
             Executor::Pipeline(pipeline) => {
                 return self.run_pipeline(pipeline, request, &admitted.outputs, admitted.rows, admitted.timeout).await;
             }
+            Executor::Collection(..) => unreachable!("answered above"),
             #[cfg(feature = "llm")]
             Executor::Llm(llm) => {
                 let outputs = crate::llm::run(self, llm, request.inputs, admitted.timeout).await?;
@@ -380,7 +425,7 @@ impl ServedModel {
     pub fn instance_count(&self) -> usize {
         match &self.executor {
             Executor::Workers(pool) => pool.workers.len(),
-            Executor::Pipeline(_) => 0,
+            Executor::Pipeline(_) | Executor::Collection(..) => 0,
             #[cfg(feature = "llm")]
             Executor::Llm(_) => 0,
         }
@@ -390,7 +435,7 @@ impl ServedModel {
     pub fn queue_depth(&self) -> usize {
         match &self.executor {
             Executor::Workers(pool) => pool.queue.len(),
-            Executor::Pipeline(_) => 0,
+            Executor::Pipeline(_) | Executor::Collection(..) => 0,
             #[cfg(feature = "llm")]
             Executor::Llm(llm) => llm.queue_depth(),
         }
@@ -400,7 +445,7 @@ impl ServedModel {
     pub fn batch_window(&self) -> Duration {
         match &self.executor {
             Executor::Workers(pool) => pool.runner.window.current(),
-            Executor::Pipeline(_) => Duration::ZERO,
+            Executor::Pipeline(_) | Executor::Collection(..) => Duration::ZERO,
             #[cfg(feature = "llm")]
             Executor::Llm(_) => Duration::ZERO,
         }

@@ -182,6 +182,11 @@ impl Store {
         self.dialect
     }
 
+    /// The connection pool (the collection store shares it).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// The `n`-th (1-based) placeholder.
     fn ph(&self, n: usize) -> String {
         match self.dialect {

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use kiln_core::{ModelSignature, TensorSpec};
+use kiln_core::{DataType, ModelSignature, TensorSpec};
 
 use super::DraftAction;
 use super::builder::PipelineBuilder;
@@ -291,6 +291,9 @@ fn model_step_outputs(
     resolver: &dyn ModelResolver,
 ) -> Result<Vec<TensorSpec>, String> {
     let model = resolver.resolve(name, version).map_err(|e| format!("step '{}': model '{name}': {e}", step.name))?;
+    if let Some(collection) = model.collection_ref() {
+        return collection_step_outputs(step, name, input_specs, collection, &model.signature);
+    }
     for want in &model.signature.inputs {
         let Some(((_, _), got)) = step.inputs.iter().zip(input_specs).find(|((k, _), _)| k == &want.name) else {
             return Err(format!(
@@ -309,6 +312,44 @@ fn model_step_outputs(
         return Err(format!("step '{}': model '{name}' has no input '{k}'", step.name));
     }
     Ok(model.signature.outputs.clone())
+}
+
+/// A collection step gives `query` (or `text`, with an embedder) and may give `k` and
+/// `filter`; it answers `ids`, `scores` and `payloads`.
+fn collection_step_outputs(
+    step: &Step,
+    name: &str,
+    input_specs: &[TensorSpec],
+    collection: &crate::collection::Collection,
+    signature: &kiln_core::ModelSignature,
+) -> Result<Vec<TensorSpec>, String> {
+    let mut queries = 0;
+    for ((key, _), got) in step.inputs.iter().zip(input_specs) {
+        let fits = match key.as_str() {
+            "query" => got.datatype == DataType::Fp32 && shapes_fit(&[-1, collection.config.dim as i64], &got.shape),
+            "text" if collection.config.embedder.is_some() => got.datatype == DataType::Bytes && got.shape.len() == 1,
+            "k" => matches!(got.datatype, DataType::Int64 | DataType::Int32),
+            "filter" => got.datatype == DataType::Bytes,
+            other => {
+                return Err(format!(
+                    "step '{}': collection '{name}' takes 'query'{}, 'k' and 'filter', not '{other}'",
+                    step.name,
+                    if collection.config.embedder.is_some() { " or 'text'" } else { "" }
+                ));
+            }
+        };
+        if !fits {
+            return Err(format!(
+                "step '{}': collection '{name}' input '{key}' cannot take {} {:?}",
+                step.name, got.datatype, got.shape
+            ));
+        }
+        queries += usize::from(key == "query" || key == "text");
+    }
+    if queries != 1 {
+        return Err(format!("step '{}': collection '{name}' needs exactly one of 'query' and 'text'", step.name));
+    }
+    Ok(signature.outputs.clone())
 }
 
 /// The pipeline's signature and where each output is read from.

@@ -1,0 +1,535 @@
+//! Vector collections (`kind = "vector_index"`): points — an id, a vector, an optional JSON
+//! payload — searched by nearest neighbour, in memory. An HNSW graph (`usearch`) or, with
+//! `exact = true`, a scan of every vector.
+//!
+//! A [`Collection`] holds only memory: what is durable (the SQL store, replicas following
+//! each other) is kiln-server's and kiln-records' work, which hand changes in through
+//! [`Collection::upsert`] and [`Collection::delete`] in the order the store committed them.
+//! The engine serves a collection over KServe v2 like any model (`serve`): `query` FP32
+//! [N, dim] (or `text` BYTES [N] through the collection's embedder) → `ids`, `scores`,
+//! `payloads` [N, k].
+
+mod filter;
+pub mod serve;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use filter::Filter;
+
+/// The points file a collection folder may ship: one JSON object a line.
+pub const POINTS_FILE: &str = "points.jsonl";
+
+/// How closeness is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine similarity (vectors are normalized when stored); score = similarity, higher is closer.
+    Cosine,
+    /// Inner product; score = the dot product, higher is closer.
+    Ip,
+    /// Squared Euclidean distance; score = the distance, lower is closer.
+    L2,
+}
+
+impl Metric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::Ip => "ip",
+            Metric::L2 => "l2",
+        }
+    }
+
+    /// Whether a higher score is closer.
+    pub fn higher_is_closer(self) -> bool {
+        !matches!(self, Metric::L2)
+    }
+
+    fn score(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            Metric::Cosine | Metric::Ip => a.iter().zip(b).map(|(x, y)| x * y).sum(),
+            Metric::L2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+        }
+    }
+}
+
+/// `[index]` of a collection's config.toml.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Vector length.
+    pub dim: usize,
+    pub metric: Metric,
+    /// A `text_embedding` model of the repository: documents and queries may then be text.
+    pub embedder: Option<String>,
+    /// Brute force over every vector: exact answers, cost linear in the points.
+    #[serde(default)]
+    pub exact: bool,
+    /// HNSW links per node (default 16).
+    pub m: Option<usize>,
+    /// Candidates kept while inserting (default 128).
+    pub ef_construction: Option<usize>,
+    /// Candidates kept while searching (default 64; raised to k when k is larger).
+    pub ef_search: Option<usize>,
+    /// The largest k a search may ask for (default 1000).
+    pub max_k: Option<usize>,
+    /// The k of a v2 request that sends no `k` input (default 10).
+    pub k: Option<usize>,
+}
+
+/// Vector lengths kiln accepts: enough for any embedding model, small enough that a typo
+/// (dim = 3840000) fails at load instead of at the first allocation.
+const MAX_DIM: usize = 65_536;
+
+impl IndexConfig {
+    pub fn check(&self) -> Result<(), String> {
+        if self.dim == 0 || self.dim > MAX_DIM {
+            return Err(format!("[index] dim must be between 1 and {MAX_DIM}, not {}", self.dim));
+        }
+        for (key, value) in [("m", self.m), ("ef_construction", self.ef_construction), ("ef_search", self.ef_search)] {
+            if value.is_some_and(|v| v < 2 || v > 4096) {
+                return Err(format!("[index] {key} must be between 2 and 4096"));
+            }
+        }
+        if self.max_k.is_some_and(|k| k == 0 || k > 100_000) {
+            return Err("[index] max_k must be between 1 and 100000".into());
+        }
+        if self.k.is_some_and(|k| k == 0 || k > self.max_k()) {
+            return Err(format!("[index] k must be between 1 and max_k ({})", self.max_k()));
+        }
+        if self.exact && (self.m.is_some() || self.ef_construction.is_some() || self.ef_search.is_some()) {
+            return Err(
+                "[index] exact = true searches every vector: m, ef_construction and ef_search do not apply".into()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn m(&self) -> usize {
+        self.m.unwrap_or(16)
+    }
+    pub fn ef_construction(&self) -> usize {
+        self.ef_construction.unwrap_or(128)
+    }
+    pub fn ef_search(&self) -> usize {
+        self.ef_search.unwrap_or(64)
+    }
+    pub fn max_k(&self) -> usize {
+        self.max_k.unwrap_or(1000)
+    }
+    pub fn default_k(&self) -> usize {
+        self.k.unwrap_or(10).min(self.max_k())
+    }
+}
+
+/// A bad point, query or filter: the message names the point, field or value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CollectionError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("collection '{0}' is loading its points; retry shortly")]
+    Loading(String),
+    #[error("index: {0}")]
+    Index(String),
+}
+
+/// One point as a caller sends it (the vector already computed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub id: String,
+    pub vector: Vec<f32>,
+    pub payload: Option<Value>,
+}
+
+/// A search hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub id: String,
+    pub score: f32,
+    pub payload: Option<Arc<Value>>,
+}
+
+/// What [`Collection::info`] reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Info {
+    pub count: usize,
+    pub ready: bool,
+    pub memory_bytes: usize,
+    /// The store sequence number of the last change applied (0: only the folder's points).
+    pub applied_seq: u64,
+}
+
+struct Stored {
+    id: String,
+    /// Kept for exact search (HNSW keeps its own copy).
+    vector: Option<Vec<f32>>,
+    payload: Option<Arc<Value>>,
+}
+
+struct State {
+    index: Option<usearch::Index>,
+    keys: HashMap<String, u64>,
+    points: HashMap<u64, Stored>,
+    next_key: u64,
+    applied_seq: u64,
+}
+
+/// One collection's points in memory.
+pub struct Collection {
+    pub name: String,
+    pub config: IndexConfig,
+    state: RwLock<State>,
+    /// False until the durable points are in (the server loads them after the engine starts);
+    /// searches are refused meanwhile rather than answered from a partial collection.
+    ready: AtomicBool,
+}
+
+/// Ids: what a caller may name a point. Bounded, printable, no control characters.
+fn check_id(id: &str) -> Result<(), CollectionError> {
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        let shown: String = id.chars().take(40).flat_map(char::escape_default).collect();
+        return Err(CollectionError::Invalid(format!(
+            "point id '{shown}' must be 1 to 256 bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Collection {
+    /// An empty collection (ready at once when `ready`).
+    pub fn new(name: &str, config: IndexConfig, ready: bool) -> Result<Collection, CollectionError> {
+        let index = if config.exact {
+            None
+        } else {
+            let options = usearch::IndexOptions {
+                dimensions: config.dim,
+                metric: match config.metric {
+                    Metric::Cosine | Metric::Ip => usearch::MetricKind::IP,
+                    Metric::L2 => usearch::MetricKind::L2sq,
+                },
+                quantization: usearch::ScalarKind::F32,
+                connectivity: config.m(),
+                expansion_add: config.ef_construction(),
+                expansion_search: config.ef_search(),
+                multi: false,
+            };
+            let index = usearch::Index::new(&options).map_err(|e| CollectionError::Index(e.to_string()))?;
+            index.reserve(1024).map_err(|e| CollectionError::Index(e.to_string()))?;
+            Some(index)
+        };
+        Ok(Collection {
+            name: name.to_string(),
+            config,
+            state: RwLock::new(State {
+                index,
+                keys: HashMap::new(),
+                points: HashMap::new(),
+                next_key: 0,
+                applied_seq: 0,
+            }),
+            ready: AtomicBool::new(ready),
+        })
+    }
+
+    /// Marks the collection as holding all its points.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Checks one vector (length, finite values) and brings it into the stored form
+    /// (normalized for cosine). `what` names it in errors.
+    pub fn prepare_vector(&self, what: &str, mut vector: Vec<f32>) -> Result<Vec<f32>, CollectionError> {
+        if vector.len() != self.config.dim {
+            return Err(CollectionError::Invalid(format!(
+                "{what}: vector has {} values; collection '{}' has dim {}",
+                vector.len(),
+                self.name,
+                self.config.dim
+            )));
+        }
+        if let Some(i) = vector.iter().position(|v| !v.is_finite()) {
+            return Err(CollectionError::Invalid(format!(
+                "{what}: vector[{i}] is {} (values must be finite)",
+                vector[i]
+            )));
+        }
+        if self.config.metric == Metric::Cosine {
+            let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm == 0.0 {
+                return Err(CollectionError::Invalid(format!(
+                    "{what}: a zero vector has no direction (metric cosine)"
+                )));
+            }
+            vector.iter_mut().for_each(|v| *v /= norm);
+        }
+        Ok(vector)
+    }
+
+    /// Checks every point before any is applied (all or nothing), then inserts or replaces
+    /// them. `seq` is the store's sequence number of this change (0 for the folder's points).
+    pub fn upsert(&self, points: Vec<Point>, seq: u64) -> Result<usize, CollectionError> {
+        let mut prepared = Vec::with_capacity(points.len());
+        let mut seen = std::collections::HashSet::new();
+        for (i, point) in points.into_iter().enumerate() {
+            check_id(&point.id).map_err(|e| CollectionError::Invalid(format!("points[{i}]: {e}")))?;
+            if !seen.insert(point.id.clone()) {
+                return Err(CollectionError::Invalid(format!("points[{i}]: id '{}' appears twice", point.id)));
+            }
+            let vector = self.prepare_vector(&format!("points[{i}] ('{}')", point.id), point.vector)?;
+            prepared.push((point.id, vector, point.payload.map(Arc::new)));
+        }
+        Ok(self.apply_prepared(prepared, seq)?)
+    }
+
+    /// Inserts points already checked by [`Collection::prepare_vector`] (the store's rows).
+    pub fn apply_prepared(
+        &self,
+        points: Vec<(String, Vec<f32>, Option<Arc<Value>>)>,
+        seq: u64,
+    ) -> Result<usize, CollectionError> {
+        let mut state = self.write();
+        let state = &mut *state;
+        let n = points.len();
+        if let Some(index) = &state.index {
+            let needed = index.size() + n;
+            if needed > index.capacity() {
+                index.reserve(needed.next_power_of_two()).map_err(|e| CollectionError::Index(e.to_string()))?;
+            }
+        }
+        for (id, vector, payload) in points {
+            let key = match state.keys.get(&id) {
+                Some(&key) => {
+                    if let Some(index) = &state.index {
+                        index.remove(key).map_err(|e| CollectionError::Index(e.to_string()))?;
+                    }
+                    key
+                }
+                None => {
+                    let key = state.next_key;
+                    state.next_key += 1;
+                    state.keys.insert(id.clone(), key);
+                    key
+                }
+            };
+            let kept = match &state.index {
+                Some(index) => {
+                    index.add(key, &vector).map_err(|e| CollectionError::Index(e.to_string()))?;
+                    None
+                }
+                None => Some(vector),
+            };
+            state.points.insert(key, Stored { id, vector: kept, payload });
+        }
+        state.applied_seq = state.applied_seq.max(seq);
+        Ok(n)
+    }
+
+    /// Removes points by id; ids not there are skipped. Returns how many were removed.
+    pub fn delete(&self, ids: &[String], seq: u64) -> Result<usize, CollectionError> {
+        let mut state = self.write();
+        let mut removed = 0;
+        for id in ids {
+            if let Some(key) = state.keys.remove(id) {
+                if let Some(index) = &state.index {
+                    index.remove(key).map_err(|e| CollectionError::Index(e.to_string()))?;
+                }
+                state.points.remove(&key);
+                removed += 1;
+            }
+        }
+        state.applied_seq = state.applied_seq.max(seq);
+        Ok(removed)
+    }
+
+    /// Whether a point with this id is held.
+    pub fn contains(&self, id: &str) -> bool {
+        self.read().keys.contains_key(id)
+    }
+
+    pub fn info(&self) -> Info {
+        let state = self.read();
+        let vectors = if state.index.is_none() { state.points.len() * self.config.dim * 4 } else { 0 };
+        Info {
+            count: state.points.len(),
+            ready: self.is_ready(),
+            memory_bytes: state.index.as_ref().map_or(0, usearch::Index::memory_usage) + vectors,
+            applied_seq: state.applied_seq,
+        }
+    }
+
+    /// Checks k against the collection's bounds.
+    pub fn check_k(&self, k: usize) -> Result<(), CollectionError> {
+        if k == 0 || k > self.config.max_k() {
+            return Err(CollectionError::Invalid(format!(
+                "k = {k}: collection '{}' answers 1 to {} neighbours (max_k)",
+                self.name,
+                self.config.max_k()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The k nearest points to one prepared query that pass the filter, closest first.
+    pub fn search(&self, query: &[f32], k: usize, filter: Option<&Filter>) -> Result<Vec<Hit>, CollectionError> {
+        if !self.is_ready() {
+            return Err(CollectionError::Loading(self.name.clone()));
+        }
+        self.check_k(k)?;
+        let state = self.read();
+        let passes = |key: u64| match filter {
+            None => true,
+            Some(f) => state.points.get(&key).is_some_and(|p| f.matches(p.payload.as_deref())),
+        };
+        let hits: Vec<(u64, f32)> = match &state.index {
+            Some(index) => {
+                let found = match filter {
+                    Some(_) => index.filtered_search(query, k, passes),
+                    None => index.search(query, k),
+                }
+                .map_err(|e| CollectionError::Index(e.to_string()))?;
+                let mut hits: Vec<(u64, f32)> =
+                    found.keys.iter().copied().zip(found.distances.iter().copied()).collect();
+                if filter.is_some() && hits.len() < k {
+                    // A selective filter can leave the graph walk short of k: score every
+                    // point that passes instead.
+                    hits = passing_exact(index, &state, query, k, &passes)?;
+                }
+                hits
+            }
+            None => {
+                let metric = self.config.metric;
+                let mut scored: Vec<(u64, f32)> = state
+                    .points
+                    .iter()
+                    .filter(|(key, _)| passes(**key))
+                    .filter_map(|(key, p)| p.vector.as_ref().map(|v| (*key, metric.score(query, v))))
+                    .collect();
+                top_k(&mut scored, k, metric.higher_is_closer());
+                return Ok(scored
+                    .into_iter()
+                    .filter_map(|(key, score)| {
+                        state.points.get(&key).map(|p| Hit { id: p.id.clone(), score, payload: p.payload.clone() })
+                    })
+                    .collect());
+            }
+        };
+        let metric = self.config.metric;
+        Ok(hits
+            .into_iter()
+            .filter_map(|(key, distance)| {
+                state.points.get(&key).map(|p| Hit {
+                    id: p.id.clone(),
+                    // usearch's IP distance is 1 - dot; L2sq is the squared distance.
+                    score: if metric.higher_is_closer() { 1.0 - distance } else { distance },
+                    payload: p.payload.clone(),
+                })
+            })
+            .collect())
+    }
+
+    /// Reads a collection folder's points file, when there is one: `{"id", "vector" |
+    /// "text", "payload"}` a line. Text needs `embed`, which turns texts into vectors.
+    pub fn load_points_file(
+        &self,
+        folder: &Path,
+        embed: Option<&dyn Fn(Vec<String>) -> Result<Vec<Vec<f32>>, String>>,
+    ) -> Result<usize, String> {
+        let path = folder.join(POINTS_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let mut points = Vec::new();
+        let mut texts: Vec<(usize, String)> = Vec::new();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let at = |e: String| format!("{} line {}: {e}", path.display(), n + 1);
+            let row: FilePoint = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
+            let vector = match (row.vector, row.text) {
+                (Some(v), None) => v,
+                (None, Some(t)) => {
+                    texts.push((points.len(), t));
+                    Vec::new()
+                }
+                _ => return Err(at("give a point either \"vector\" or \"text\"".into())),
+            };
+            points.push(Point { id: row.id, vector, payload: row.payload });
+        }
+        if !texts.is_empty() {
+            let embed = embed
+                .ok_or_else(|| format!("{} has points given as text, but [index] names no embedder", path.display()))?;
+            let (slots, texts): (Vec<usize>, Vec<String>) = texts.into_iter().unzip();
+            let vectors = embed(texts).map_err(|e| format!("{}: embedding its texts: {e}", path.display()))?;
+            for (slot, vector) in slots.into_iter().zip(vectors) {
+                points[slot].vector = vector;
+            }
+        }
+        self.upsert(points, 0).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePoint {
+    id: String,
+    vector: Option<Vec<f32>>,
+    text: Option<String>,
+    payload: Option<Value>,
+}
+
+/// Keeps the k best of `scored` (all of them, sorted, when fewer), closest first.
+fn top_k(scored: &mut Vec<(u64, f32)>, k: usize, higher_is_closer: bool) {
+    let order = |a: &(u64, f32), b: &(u64, f32)| {
+        let by_score = if higher_is_closer { b.1.total_cmp(&a.1) } else { a.1.total_cmp(&b.1) };
+        by_score.then(a.0.cmp(&b.0))
+    };
+    if scored.len() > k {
+        scored.select_nth_unstable_by(k - 1, order);
+        scored.truncate(k);
+    }
+    scored.sort_by(order);
+}
+
+/// Distances (usearch's: 1 - dot, or squared L2) from the query to every point that passes,
+/// read back from the HNSW index; the k closest.
+fn passing_exact(
+    index: &usearch::Index,
+    state: &State,
+    query: &[f32],
+    k: usize,
+    passes: &dyn Fn(u64) -> bool,
+) -> Result<Vec<(u64, f32)>, CollectionError> {
+    let mut vector = vec![0f32; index.dimensions()];
+    let l2 = index.metric_kind() == usearch::MetricKind::L2sq;
+    let mut scored = Vec::new();
+    for &key in state.points.keys().filter(|key| passes(**key)) {
+        if index.get(key, &mut vector).map_err(|e| CollectionError::Index(e.to_string()))? == 0 {
+            continue;
+        }
+        let distance = if l2 { Metric::L2.score(query, &vector) } else { 1.0 - Metric::Ip.score(query, &vector) };
+        scored.push((key, distance));
+    }
+    top_k(&mut scored, k, false);
+    Ok(scored)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! A collection served over KServe v2, so tritonclient, gRPC and pipeline steps search it like
+//! any model: `query` FP32 [N, dim] — or `text` BYTES [N] when the collection has an embedder —
+//! with optional `k` INT32/INT64 [1] and `filter` BYTES [1] (a JSON filter object), answering
+//! `ids` BYTES [N, k], `scores` FP32 [N, k] and `payloads` BYTES [N, k] (JSON text). Rows with
+//! fewer than k matches are padded with id "", score NaN and payload "null".
+
+use std::sync::Arc;
+
+use kiln_core::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
+
+use super::{Collection, CollectionError, Filter};
+use crate::error::EngineError;
+use crate::metrics::Protocol;
+use crate::model::InferRequest;
+use crate::pipeline::ModelResolver;
+
+/// Rows one v2 request may search for.
+pub const MAX_ROWS: usize = 1024;
+
+/// What a collection declares: its query input(s) and the three outputs.
+pub fn signature(collection: &Collection) -> ModelSignature {
+    let spec = |name: &str, datatype, shape: Vec<i64>| TensorSpec { name: name.into(), datatype, shape };
+    let mut inputs = vec![spec("query", DataType::Fp32, vec![-1, collection.config.dim as i64])];
+    if collection.config.embedder.is_some() {
+        inputs.push(spec("text", DataType::Bytes, vec![-1]));
+    }
+    ModelSignature {
+        inputs,
+        outputs: vec![
+            spec("ids", DataType::Bytes, vec![-1, -1]),
+            spec("scores", DataType::Fp32, vec![-1, -1]),
+            spec("payloads", DataType::Bytes, vec![-1, -1]),
+        ],
+    }
+}
+
+fn invalid(e: CollectionError) -> EngineError {
+    match e {
+        CollectionError::Invalid(m) => EngineError::InvalidRequest(m),
+        CollectionError::Loading(_) => EngineError::NotReady(e.to_string()),
+        CollectionError::Index(m) => EngineError::Backend(m),
+    }
+}
+
+/// Embeds texts with the collection's embedder (a `text_embedding` model resolved now, so a
+/// reload of it applies).
+pub async fn embed(
+    collection: &Collection,
+    resolver: &dyn ModelResolver,
+    texts: Vec<Vec<u8>>,
+    protocol: Protocol,
+) -> Result<Vec<Vec<f32>>, EngineError> {
+    let Some(name) = &collection.config.embedder else {
+        return Err(EngineError::InvalidRequest(format!(
+            "collection '{}' has no embedder ([index] embedder): send vectors",
+            collection.name
+        )));
+    };
+    let model = resolver.resolve(name, None)?;
+    let rows = texts.len();
+    let input = Tensor::new("text", vec![rows], TensorData::Bytes(texts)).map_err(EngineError::InvalidRequest)?;
+    let request = InferRequest {
+        inputs: vec![input],
+        outputs: vec![kiln_text::EMBEDDING_OUTPUT.to_string()],
+        timeout: None,
+        protocol,
+        trace: false,
+    };
+    // Boxed: a collection's infer awaits another model's infer (the future type would recurse).
+    let answer = Box::pin(model.infer(request)).await?;
+    vectors_of(collection, name, answer.outputs.into_iter().next(), rows)
+}
+
+/// The same, on the calling thread (loading a folder's points file at start).
+pub fn embed_blocking(
+    collection: &Collection,
+    model: &crate::ModelHandle,
+    texts: Vec<String>,
+) -> Result<Vec<Vec<f32>>, String> {
+    let name = collection.config.embedder.clone().unwrap_or_default();
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(256) {
+        let rows = chunk.len();
+        let bytes = chunk.iter().map(|t| t.as_bytes().to_vec()).collect();
+        let input = Tensor::new("text", vec![rows], TensorData::Bytes(bytes))?;
+        let request = InferRequest {
+            inputs: vec![input],
+            outputs: vec![kiln_text::EMBEDDING_OUTPUT.to_string()],
+            timeout: None,
+            protocol: Protocol::InProcess,
+            trace: false,
+        };
+        let answer = model.infer_blocking(request).map_err(|e| e.to_string())?;
+        out.extend(vectors_of(collection, &name, answer.outputs.into_iter().next(), rows).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+fn vectors_of(
+    collection: &Collection,
+    embedder: &str,
+    output: Option<Tensor>,
+    rows: usize,
+) -> Result<Vec<Vec<f32>>, EngineError> {
+    let Some(Tensor { data: TensorData::Fp32(values), shape, .. }) = output else {
+        return Err(EngineError::Backend(format!("embedder '{embedder}' answered no FP32 embedding")));
+    };
+    let dim = collection.config.dim;
+    if shape != [rows, dim] {
+        return Err(EngineError::InvalidRequest(format!(
+            "embedder '{embedder}' makes vectors of shape {shape:?}; collection '{}' has dim {dim}",
+            collection.name
+        )));
+    }
+    Ok(values.chunks(dim).map(<[f32]>::to_vec).collect())
+}
+
+/// Answers one v2 request.
+pub async fn run(
+    collection: &Arc<Collection>,
+    resolver: &dyn ModelResolver,
+    request: InferRequest,
+) -> Result<Vec<Tensor>, EngineError> {
+    let mut query = None;
+    let mut text = None;
+    let mut k = collection.config.default_k();
+    let mut filter = None;
+    for input in request.inputs {
+        match (input.name.as_str(), input.data) {
+            ("query", TensorData::Fp32(values)) => query = Some((input.shape, values)),
+            ("text", TensorData::Bytes(values)) => text = Some((input.shape, values)),
+            ("k", TensorData::Int64(v)) if v.len() == 1 => k = usize::try_from(v[0]).unwrap_or(0),
+            ("k", TensorData::Int32(v)) if v.len() == 1 => k = usize::try_from(v[0]).unwrap_or(0),
+            ("filter", TensorData::Bytes(v)) if v.len() == 1 => {
+                let value: serde_json::Value = serde_json::from_slice(&v[0])
+                    .map_err(|e| EngineError::InvalidRequest(format!("input 'filter' is not JSON: {e}")))?;
+                filter = Some(Filter::parse(&value).map_err(invalid)?);
+            }
+            (name @ ("query" | "text" | "k" | "filter"), data) => {
+                let want = match name {
+                    "query" => "FP32 [N, dim]",
+                    "text" => "BYTES [N]",
+                    "k" => "INT64 or INT32 [1]",
+                    _ => "BYTES [1] (a JSON filter object)",
+                };
+                return Err(EngineError::InvalidRequest(format!(
+                    "input '{name}' must be {want}, not {} {:?}",
+                    data.datatype(),
+                    input.shape
+                )));
+            }
+            (other, _) => {
+                return Err(EngineError::InvalidRequest(format!(
+                    "collection '{}' takes inputs 'query' (or 'text'), 'k' and 'filter', not '{other}'",
+                    collection.name
+                )));
+            }
+        }
+    }
+    collection.check_k(k).map_err(invalid)?;
+    let vectors: Vec<Vec<f32>> = match (query, text) {
+        (Some((shape, values)), None) => {
+            let dim = collection.config.dim;
+            if shape.len() != 2 || shape[1] != dim {
+                return Err(EngineError::InvalidRequest(format!(
+                    "input 'query' has shape {shape:?}; collection '{}' takes [N, {dim}]",
+                    collection.name
+                )));
+            }
+            values.chunks(dim).map(<[f32]>::to_vec).collect()
+        }
+        (None, Some((shape, texts))) => {
+            if shape.len() != 1 {
+                return Err(EngineError::InvalidRequest(format!("input 'text' has shape {shape:?}; it takes [N]")));
+            }
+            embed(collection, resolver, texts, request.protocol).await?
+        }
+        (Some(_), Some(_)) => {
+            return Err(EngineError::InvalidRequest("send 'query' or 'text', not both".into()));
+        }
+        (None, None) => {
+            return Err(EngineError::InvalidRequest(format!(
+                "collection '{}' needs input 'query' FP32 [N, {}]{}",
+                collection.name,
+                collection.config.dim,
+                if collection.config.embedder.is_some() { " or 'text' BYTES [N]" } else { "" }
+            )));
+        }
+    };
+    let rows = vectors.len();
+    if rows == 0 || rows > MAX_ROWS {
+        return Err(EngineError::InvalidRequest(format!("a search takes 1 to {MAX_ROWS} query rows, not {rows}")));
+    }
+    let searched = Arc::clone(collection);
+    let results = tokio::task::spawn_blocking(move || {
+        vectors
+            .into_iter()
+            .enumerate()
+            .map(|(row, vector)| {
+                let vector = searched.prepare_vector(&format!("query row {row}"), vector)?;
+                searched.search(&vector, k, filter.as_ref())
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|_| EngineError::Backend("the search panicked".into()))?
+    .map_err(invalid)?;
+    let mut ids = Vec::with_capacity(rows * k);
+    let mut scores = Vec::with_capacity(rows * k);
+    let mut payloads = Vec::with_capacity(rows * k);
+    for hits in results {
+        let found = hits.len();
+        for hit in hits {
+            ids.push(hit.id.into_bytes());
+            scores.push(hit.score);
+            payloads.push(hit.payload.map_or_else(|| b"null".to_vec(), |p| p.to_string().into_bytes()));
+        }
+        for _ in found..k {
+            ids.push(Vec::new());
+            scores.push(f32::NAN);
+            payloads.push(b"null".to_vec());
+        }
+    }
+    let shape = vec![rows, k];
+    let all = [
+        ("ids", TensorData::Bytes(ids)),
+        ("scores", TensorData::Fp32(scores)),
+        ("payloads", TensorData::Bytes(payloads)),
+    ];
+    let wanted: Vec<&str> = if request.outputs.is_empty() {
+        vec!["ids", "scores", "payloads"]
+    } else {
+        request.outputs.iter().map(String::as_str).collect()
+    };
+    let mut outputs = Vec::new();
+    for name in wanted {
+        let Some((_, data)) = all.iter().find(|(n, _)| *n == name) else {
+            return Err(EngineError::InvalidRequest(format!(
+                "collection '{}' has outputs 'ids', 'scores' and 'payloads', not '{name}'",
+                collection.name
+            )));
+        };
+        outputs.push(Tensor::new(name, shape.clone(), data.clone()).map_err(EngineError::Backend)?);
+    }
+    Ok(outputs)
+}

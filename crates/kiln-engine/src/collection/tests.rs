@@ -1,0 +1,82 @@
+use serde_json::json;
+
+use super::*;
+
+fn config(metric: Metric, exact: bool) -> IndexConfig {
+    IndexConfig {
+        dim: 3,
+        metric,
+        embedder: None,
+        exact,
+        m: None,
+        ef_construction: None,
+        ef_search: None,
+        max_k: Some(50),
+        k: None,
+    }
+}
+
+fn point(id: &str, v: [f32; 3], payload: serde_json::Value) -> Point {
+    Point { id: id.into(), vector: v.to_vec(), payload: Some(payload) }
+}
+
+#[test]
+fn exact_and_hnsw_agree_and_filters_apply() {
+    for exact in [true, false] {
+        for metric in [Metric::Cosine, Metric::Ip, Metric::L2] {
+            let c = Collection::new("c", config(metric, exact), true).unwrap();
+            c.upsert(
+                vec![
+                    point("a", [1.0, 0.0, 0.0], json!({"lang": "en", "n": 1})),
+                    point("b", [0.9, 0.1, 0.0], json!({"lang": "de", "n": 2})),
+                    point("c", [0.0, 1.0, 0.0], json!({"lang": "en", "n": 3})),
+                ],
+                1,
+            )
+            .unwrap();
+            let q = c.prepare_vector("q", vec![1.0, 0.05, 0.0]).unwrap();
+            let hits = c.search(&q, 2, None).unwrap();
+            assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["a", "b"], "{metric:?} exact={exact}");
+            let en = Filter::parse(&json!({"lang": "en"})).unwrap();
+            let hits = c.search(&q, 2, Some(&en)).unwrap();
+            assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+            let some = Filter::parse(&json!({"n": {"in": [2, 3]}})).unwrap();
+            assert_eq!(c.search(&q, 5, Some(&some)).unwrap().len(), 2);
+            // Replace and delete.
+            c.upsert(vec![point("a", [0.0, 0.0, 1.0], json!({}))], 2).unwrap();
+            assert_eq!(c.search(&q, 1, None).unwrap()[0].id, "b");
+            assert_eq!(c.delete(&["b".into(), "zz".into()], 3).unwrap(), 1);
+            assert_eq!(c.info().count, 2);
+            assert_eq!(c.info().applied_seq, 3);
+            assert!(!c.contains("b"));
+        }
+    }
+}
+
+#[test]
+fn bad_points_and_queries_are_named_and_nothing_half_applies() {
+    let c = Collection::new("c", config(Metric::Cosine, true), true).unwrap();
+    let err = c
+        .upsert(
+            vec![point("ok", [1.0, 0.0, 0.0], json!({})), Point { id: "x".into(), vector: vec![1.0], payload: None }],
+            1,
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), "points[1] ('x'): vector has 1 values; collection 'c' has dim 3");
+    assert_eq!(c.info().count, 0, "nothing of a refused batch is applied");
+    let err = c.upsert(vec![Point { id: "n".into(), vector: vec![f32::NAN, 0.0, 0.0], payload: None }], 1).unwrap_err();
+    assert!(err.to_string().contains("vector[0] is NaN"), "{err}");
+    assert!(c.upsert(vec![point("", [1.0, 0.0, 0.0], json!({}))], 1).unwrap_err().to_string().contains("point id"));
+    assert!(c.check_k(51).unwrap_err().to_string().contains("1 to 50 neighbours"));
+    for (filter, message) in [
+        (json!({"a": [1]}), "filter on 'a': an array is not a string, number or boolean"),
+        (json!({"a": {"gt": 1}}), "unknown operator"),
+        (json!({"a": {"in": 3}}), "\"in\" takes an array"),
+        (json!([1]), "filter must be an object"),
+    ] {
+        let err = Filter::parse(&filter).unwrap_err().to_string();
+        assert!(err.contains(message), "{err}");
+    }
+    let loading = Collection::new("l", config(Metric::L2, true), false).unwrap();
+    assert!(matches!(loading.search(&[0.0; 3], 1, None), Err(CollectionError::Loading(_))));
+}
