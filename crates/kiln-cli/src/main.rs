@@ -279,6 +279,15 @@ struct ServeArgs {
     /// it the oldest rows are deleted down to 85 %. See docs/records.md for sizing.
     #[arg(long, env = "KILN_RECORDS_MAX_BYTES", default_value = "2GiB", value_parser = parse_bytes)]
     records_max_bytes: OrOff<u64>,
+    /// Where vector collections (`kind = "vector_index"`) keep their points: `sqlite:PATH`
+    /// (embedded; default: REPO.points.sqlite beside the repository), `postgres://…` (replicas
+    /// share it and follow each other's writes), or `off` (memory only: upserts are lost on
+    /// exit). Opened only when the repository has a collection.
+    #[arg(long, env = "KILN_POINTS", help_heading = "Collections")]
+    points: Option<String>,
+    /// How often a replica applies points other replicas committed, in milliseconds.
+    #[arg(long, env = "KILN_POINTS_FOLLOW_MS", default_value_t = 250, help_heading = "Collections")]
+    points_follow_ms: u64,
 }
 
 /// A flag value that may be `off` (clap needs a type of its own for that: a plain `Option`
@@ -345,6 +354,20 @@ enum PublicEndpoint {
 enum RecordsMode {
     Async,
     Durable,
+}
+
+/// `--points` resolved: `None` = memory only.
+fn points_url(args: &ServeArgs) -> Option<String> {
+    match args.points.as_deref() {
+        Some("off") => None,
+        Some(url) => Some(url.to_string()),
+        None => {
+            let repo = args.repository.canonicalize().unwrap_or_else(|_| args.repository.clone());
+            let name = repo.file_name().map_or_else(|| "kiln".into(), |n| n.to_string_lossy().into_owned());
+            let path = repo.parent().unwrap_or(std::path::Path::new(".")).join(format!("{name}.points.sqlite"));
+            Some(format!("sqlite:{}", path.display()))
+        }
+    }
 }
 
 /// `--records` resolved: `None` = off.
@@ -496,6 +519,7 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
     if args.max_connections == 0 || args.max_tensor_elements == 0 || args.max_batch_rows == 0 {
         bail!("--max-connections, --max-tensor-elements and --max-batch-rows must be at least 1");
     }
+    let points = points_url(&args);
     let config = ServerConfig {
         host: args.host,
         http_port: args.http_port,
@@ -530,6 +554,8 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         metrics,
         records,
         dashboard: args.dashboard == Switch::On,
+        points,
+        points_follow: Duration::from_millis(args.points_follow_ms.max(10)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-io").build()?;
     runtime.block_on(async move {

@@ -378,7 +378,7 @@ impl Engine {
             };
             let embed = embedder.as_ref().map(|model| {
                 let collection = &collection;
-                move |texts: Vec<String>| crate::collection::serve::embed_blocking(collection, model, texts)
+                move |texts: Vec<String>| crate::collection::serve::embed_blocking(collection, model, &texts)
             });
             let loaded = collection.load_points_file(
                 &dir.path,

@@ -269,6 +269,7 @@ pub fn rest_access(path: &str) -> Access {
         ["metrics"] => Access::Metrics,
         ["v2", "repository", ..] | ["v1", "predictions", ..] | ["v1", "feedback"] => Access::Admin,
         ["v1", "models", _, "quality"] => Access::Admin,
+        ["v1", "collections", _, "points", ..] => Access::Admin,
         _ => Access::Inference,
     }
 }

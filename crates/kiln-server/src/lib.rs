@@ -15,6 +15,7 @@ pub mod limits;
 pub mod live;
 mod model_config;
 pub mod openapi;
+pub mod points;
 pub mod records;
 pub mod rest;
 pub mod state;
@@ -59,6 +60,11 @@ pub struct ServerConfig {
     pub records: Option<kiln_records::RecorderConfig>,
     /// Serve the web dashboard at `GET /` (and sample live figures for it).
     pub dashboard: bool,
+    /// The durable store of collections' points (`sqlite:PATH` or `postgres://…`); `None` =
+    /// points live in memory only (a collection folder's points file, then what is upserted).
+    pub points: Option<String>,
+    /// How often a replica applies points that others committed.
+    pub points_follow: std::time::Duration,
 }
 
 /// Graceful shutdown: readiness turns false first, then the listeners close and the requests
@@ -94,6 +100,8 @@ impl Default for ServerConfig {
             metrics: None,
             records: None,
             dashboard: true,
+            points: None,
+            points_follow: std::time::Duration::from_millis(250),
         }
     }
 }
@@ -109,6 +117,11 @@ pub enum ServerError {
     Records(#[from] kiln_records::RecordsError),
     #[error("requests still in flight when the {0:?} drain deadline passed; they were cut")]
     DrainTimeout(std::time::Duration),
+}
+
+/// Only collections need the points store: without one, no database file is made.
+fn state_has_no_collections(engine: &Engine) -> bool {
+    engine.collections().is_empty()
 }
 
 /// A bound, not yet running server: lets callers learn the real ports before serving.
@@ -132,6 +145,13 @@ impl BoundServer {
             Some(c) => Some(kiln_records::Recorder::open(c.clone()).await?),
             None => None,
         };
+        let points = match &config.points {
+            Some(url) if !state_has_no_collections(&engine) => {
+                Some(kiln_records::points::PointStore::connect(url).await?)
+            }
+            _ => None,
+        };
+        points::load_all(points.as_ref(), &engine).await;
         let http = bind(&config.host, config.http_port).await?;
         let grpc = bind(&config.host, config.grpc_port).await?;
         let metrics = match config.metrics_port {
@@ -144,6 +164,7 @@ impl BoundServer {
             ready: Arc::new(AtomicBool::new(true)),
             metrics: config.metrics.clone(),
             records,
+            points,
             live: config.dashboard.then(|| {
                 live::LiveStats::new(std::time::Duration::from_secs(2), std::time::Duration::from_secs(15 * 60))
             }),
@@ -185,6 +206,8 @@ impl BoundServer {
             let _ = stop_tx.send(true);
         });
         let poller = state.engine.spawn_poller();
+        let follower =
+            state.points.clone().map(|store| points::spawn_follower(store, state.engine.clone(), config.points_follow));
         let sampler = state.live.as_ref().map(|live| live.spawn(state.engine.clone()));
         let token_watcher = config.auth.as_ref().map(|tokens| tokens.spawn_watcher(config.auth_reload));
 
@@ -211,7 +234,7 @@ impl BoundServer {
         let grpc = port(grpc, with_auth(grpc_router(&state).await?, true), transport::Http::Two);
 
         let (rest, grpc) = tokio::join!(rest, grpc);
-        for task in [poller, sampler, token_watcher].into_iter().flatten() {
+        for task in [poller, sampler, token_watcher, follower].into_iter().flatten() {
             task.abort();
         }
         let metrics = match metrics {

@@ -157,6 +157,41 @@ pub fn openapi() -> Value {
                 "confusion": {"type": "array", "items": {"type": "object", "properties": {"true": {"type": "string"}, "predicted": {"type": "string"}, "count": {"type": "integer"}}}}}}
         }}
     });
+    // Vector collections (built apart: one json! of every path passes the macro recursion limit).
+    document["paths"]["/v1/collections"] = json!({"get": simple("Every vector collection (kind = \"vector_index\") with its count, dim, metric and index state")});
+    document["paths"]["/v1/collections/{name}"] = json!({"get": {"summary": "One collection: count, dim, metric, index settings and state", "parameters": [path("name")],
+                "responses": {"200": ok_json("The collection", &json!({"type": "object"})), "404": error_response("Unknown collection")}}});
+    document["paths"]["/v1/collections/{name}/points"] = json!({"put": {
+        "summary": "Upsert points (vector, or text through the collection's embedder); committed to the points store before the answer",
+        "parameters": [path("name")],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["points"], "properties": {
+            "points": {"type": "array", "minItems": 1, "maxItems": 4096, "items": {"type": "object", "required": ["id"], "properties": {
+                "id": {"type": "string"}, "vector": {"type": "array", "items": {"type": "number"}}, "text": {"type": "string"},
+                "payload": {"type": "object"}}}}}}}}},
+        "responses": {"200": ok_json("Upserted", &json!({"type": "object", "properties": {"upserted": {"type": "integer"}, "seq": {"type": ["integer", "null"]}, "durable": {"type": "boolean"}}})),
+            "400": error_response("A bad point (names which one and why); nothing is written"), "404": error_response("Unknown collection"),
+            "413": error_response("Body over --max-body-bytes"), "503": error_response("The points store failed; nothing was written")}
+    }});
+    document["paths"]["/v1/collections/{name}/points/delete"] = json!({"post": {
+        "summary": "Delete points by id",
+        "parameters": [path("name")],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["ids"], "properties": {
+            "ids": {"type": "array", "minItems": 1, "maxItems": 4096, "items": {"type": "string"}}}}}}},
+        "responses": {"200": ok_json("Deleted", &json!({"type": "object"})), "400": error_response("A bad request"),
+            "404": error_response("Unknown collection"), "503": error_response("The points store failed")}
+    }});
+    document["paths"]["/v1/collections/{name}/search"] = json!({"post": {
+        "summary": "The k nearest points to a vector (or a text, with an embedder), optionally filtered on payload fields (equality, in)",
+        "parameters": [path("name")],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "vector": {"type": "array", "items": {"type": "number"}}, "text": {"type": "string"},
+            "k": {"type": "integer", "minimum": 1}, "filter": {"type": "object"}, "with_payload": {"type": "boolean"}}}}}},
+        "responses": {"200": ok_json("Closest first", &json!({"type": "object", "required": ["results"], "properties": {
+            "results": {"type": "array", "items": {"type": "object", "required": ["id", "score"], "properties": {
+                "id": {"type": "string"}, "score": {"type": "number"}, "payload": {}}}}, "metric": {"type": "string"}}})),
+            "400": error_response("Wrong dimension, NaN, k out of range, a bad filter"), "404": error_response("Unknown collection"),
+            "503": error_response("The collection is still loading its points")}
+    }});
     // OpenAI-compatible LLM routes (kept out of the literal above, which is at serde_json's
     // macro recursion limit).
     let paths = &mut document["paths"];

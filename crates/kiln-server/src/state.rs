@@ -27,6 +27,8 @@ pub struct AppState {
     pub metrics: Option<MetricsRender>,
     /// The prediction log; `None` when records are off.
     pub records: Option<kiln_records::Recorder>,
+    /// Collections' durable points; `None` when off or no collection is served.
+    pub points: Option<kiln_records::points::PointStore>,
     /// The dashboard's live window; `None` when the dashboard is off.
     pub live: Option<crate::live::LiveStats>,
 }

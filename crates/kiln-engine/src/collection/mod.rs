@@ -22,6 +22,9 @@ use serde_json::Value;
 
 pub use filter::Filter;
 
+/// Turns texts into vectors (the collection's embedder, when a points file holds text).
+pub type EmbedTexts<'a> = dyn Fn(Vec<String>) -> Result<Vec<Vec<f32>>, String> + 'a;
+
 /// The points file a collection folder may ship: one JSON object a line.
 pub const POINTS_FILE: &str = "points.jsonl";
 
@@ -93,7 +96,7 @@ impl IndexConfig {
             return Err(format!("[index] dim must be between 1 and {MAX_DIM}, not {}", self.dim));
         }
         for (key, value) in [("m", self.m), ("ef_construction", self.ef_construction), ("ef_search", self.ef_search)] {
-            if value.is_some_and(|v| v < 2 || v > 4096) {
+            if value.is_some_and(|v| !(2..=4096).contains(&v)) {
                 return Err(format!("[index] {key} must be between 2 and 4096"));
             }
         }
@@ -167,6 +170,10 @@ pub struct Info {
 
 struct Stored {
     id: String,
+    /// The store's sequence number of the change this point came from (0: the folder's file):
+    /// a change that is not newer is skipped, so a replica re-reading its own write leaves
+    /// the graph alone (a re-insert leaves a deleted node behind in HNSW).
+    seq: u64,
     /// Kept for exact search (HNSW keeps its own copy).
     vector: Option<Vec<f32>>,
     payload: Option<Arc<Value>>,
@@ -284,8 +291,10 @@ impl Collection {
     }
 
     /// Checks every point before any is applied (all or nothing), then inserts or replaces
-    /// them. `seq` is the store's sequence number of this change (0 for the folder's points).
-    pub fn upsert(&self, points: Vec<Point>, seq: u64) -> Result<usize, CollectionError> {
+    /// them. `seq` is the store's sequence number of this change (0 for the folder's points);
+    /// `advance` moves the collection's applied mark to it (only the follower does: it has
+    /// applied every change up to there).
+    pub fn upsert(&self, points: Vec<Point>, seq: u64, advance: bool) -> Result<usize, CollectionError> {
         let mut prepared = Vec::with_capacity(points.len());
         let mut seen = std::collections::HashSet::new();
         for (i, point) in points.into_iter().enumerate() {
@@ -296,14 +305,16 @@ impl Collection {
             let vector = self.prepare_vector(&format!("points[{i}] ('{}')", point.id), point.vector)?;
             prepared.push((point.id, vector, point.payload.map(Arc::new)));
         }
-        Ok(self.apply_prepared(prepared, seq)?)
+        self.apply_prepared(prepared, seq, advance)
     }
 
-    /// Inserts points already checked by [`Collection::prepare_vector`] (the store's rows).
+    /// Inserts points already checked by [`Collection::prepare_vector`] (the store's rows);
+    /// a point already held from this change or a newer one is skipped.
     pub fn apply_prepared(
         &self,
         points: Vec<(String, Vec<f32>, Option<Arc<Value>>)>,
         seq: u64,
+        advance: bool,
     ) -> Result<usize, CollectionError> {
         let mut state = self.write();
         let state = &mut *state;
@@ -314,9 +325,18 @@ impl Collection {
                 index.reserve(needed.next_power_of_two()).map_err(|e| CollectionError::Index(e.to_string()))?;
             }
         }
+        let mut applied = 0;
         for (id, vector, payload) in points {
-            let key = match state.keys.get(&id) {
-                Some(&key) => {
+            let held = state.keys.get(&id).copied();
+            if seq > 0
+                && let Some(key) = held
+                && state.points.get(&key).is_some_and(|p| p.seq >= seq)
+            {
+                continue;
+            }
+            applied += 1;
+            let key = match held {
+                Some(key) => {
                     if let Some(index) = &state.index {
                         index.remove(key).map_err(|e| CollectionError::Index(e.to_string()))?;
                     }
@@ -336,18 +356,25 @@ impl Collection {
                 }
                 None => Some(vector),
             };
-            state.points.insert(key, Stored { id, vector: kept, payload });
+            state.points.insert(key, Stored { id, seq, vector: kept, payload });
         }
-        state.applied_seq = state.applied_seq.max(seq);
-        Ok(n)
+        if advance {
+            state.applied_seq = state.applied_seq.max(seq);
+        }
+        Ok(applied)
     }
 
-    /// Removes points by id; ids not there are skipped. Returns how many were removed.
-    pub fn delete(&self, ids: &[String], seq: u64) -> Result<usize, CollectionError> {
+    /// Removes points by id; ids not there, or held from a newer change, are skipped.
+    /// Returns how many were removed.
+    pub fn delete(&self, ids: &[String], seq: u64, advance: bool) -> Result<usize, CollectionError> {
         let mut state = self.write();
         let mut removed = 0;
         for id in ids {
-            if let Some(key) = state.keys.remove(id) {
+            let Some(&key) = state.keys.get(id) else { continue };
+            if seq > 0 && state.points.get(&key).is_some_and(|p| p.seq > seq) {
+                continue;
+            }
+            if state.keys.remove(id).is_some() {
                 if let Some(index) = &state.index {
                     index.remove(key).map_err(|e| CollectionError::Index(e.to_string()))?;
                 }
@@ -355,7 +382,9 @@ impl Collection {
                 removed += 1;
             }
         }
-        state.applied_seq = state.applied_seq.max(seq);
+        if advance {
+            state.applied_seq = state.applied_seq.max(seq);
+        }
         Ok(removed)
     }
 
@@ -447,11 +476,7 @@ impl Collection {
 
     /// Reads a collection folder's points file, when there is one: `{"id", "vector" |
     /// "text", "payload"}` a line. Text needs `embed`, which turns texts into vectors.
-    pub fn load_points_file(
-        &self,
-        folder: &Path,
-        embed: Option<&dyn Fn(Vec<String>) -> Result<Vec<Vec<f32>>, String>>,
-    ) -> Result<usize, String> {
+    pub fn load_points_file(&self, folder: &Path, embed: Option<&EmbedTexts<'_>>) -> Result<usize, String> {
         let path = folder.join(POINTS_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -482,7 +507,7 @@ impl Collection {
                 points[slot].vector = vector;
             }
         }
-        self.upsert(points, 0).map_err(|e| format!("{}: {e}", path.display()))
+        self.upsert(points, 0, false).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

@@ -75,7 +75,7 @@ pub async fn embed(
 pub fn embed_blocking(
     collection: &Collection,
     model: &crate::ModelHandle,
-    texts: Vec<String>,
+    texts: &[String],
 ) -> Result<Vec<Vec<f32>>, String> {
     let name = collection.config.embedder.clone().unwrap_or_default();
     let mut out = Vec::with_capacity(texts.len());

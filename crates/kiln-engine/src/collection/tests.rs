@@ -32,6 +32,7 @@ fn exact_and_hnsw_agree_and_filters_apply() {
                     point("c", [0.0, 1.0, 0.0], json!({"lang": "en", "n": 3})),
                 ],
                 1,
+                true,
             )
             .unwrap();
             let q = c.prepare_vector("q", vec![1.0, 0.05, 0.0]).unwrap();
@@ -43,9 +44,11 @@ fn exact_and_hnsw_agree_and_filters_apply() {
             let some = Filter::parse(&json!({"n": {"in": [2, 3]}})).unwrap();
             assert_eq!(c.search(&q, 5, Some(&some)).unwrap().len(), 2);
             // Replace and delete.
-            c.upsert(vec![point("a", [0.0, 0.0, 1.0], json!({}))], 2).unwrap();
+            c.upsert(vec![point("a", [0.0, 0.0, 1.0], json!({}))], 2, true).unwrap();
+            // Re-reading an older or the same change leaves the point as it is.
+            assert_eq!(c.upsert(vec![point("a", [1.0, 0.0, 0.0], json!({}))], 2, true).unwrap(), 0);
             assert_eq!(c.search(&q, 1, None).unwrap()[0].id, "b");
-            assert_eq!(c.delete(&["b".into(), "zz".into()], 3).unwrap(), 1);
+            assert_eq!(c.delete(&["b".into(), "zz".into()], 3, true).unwrap(), 1);
             assert_eq!(c.info().count, 2);
             assert_eq!(c.info().applied_seq, 3);
             assert!(!c.contains("b"));
@@ -60,13 +63,17 @@ fn bad_points_and_queries_are_named_and_nothing_half_applies() {
         .upsert(
             vec![point("ok", [1.0, 0.0, 0.0], json!({})), Point { id: "x".into(), vector: vec![1.0], payload: None }],
             1,
+            true,
         )
         .unwrap_err();
     assert_eq!(err.to_string(), "points[1] ('x'): vector has 1 values; collection 'c' has dim 3");
     assert_eq!(c.info().count, 0, "nothing of a refused batch is applied");
-    let err = c.upsert(vec![Point { id: "n".into(), vector: vec![f32::NAN, 0.0, 0.0], payload: None }], 1).unwrap_err();
+    let err =
+        c.upsert(vec![Point { id: "n".into(), vector: vec![f32::NAN, 0.0, 0.0], payload: None }], 1, true).unwrap_err();
     assert!(err.to_string().contains("vector[0] is NaN"), "{err}");
-    assert!(c.upsert(vec![point("", [1.0, 0.0, 0.0], json!({}))], 1).unwrap_err().to_string().contains("point id"));
+    assert!(
+        c.upsert(vec![point("", [1.0, 0.0, 0.0], json!({}))], 1, true).unwrap_err().to_string().contains("point id")
+    );
     assert!(c.check_k(51).unwrap_err().to_string().contains("1 to 50 neighbours"));
     for (filter, message) in [
         (json!({"a": [1]}), "filter on 'a': an array is not a string, number or boolean"),

@@ -3,6 +3,7 @@
 //! reads a body goes through.
 
 pub mod chat;
+pub mod collections;
 pub mod dashboard;
 pub mod openai;
 pub mod records_api;
@@ -25,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openai::routes())
         .merge(chat::routes())
         .merge(records_api::routes())
+        .merge(collections::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(crate::openapi::document))

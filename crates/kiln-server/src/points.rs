@@ -1,0 +1,91 @@
+//! Collections and their durable points: at start each collection loads every committed change
+//! from the points store (then it is ready), and a follower applies what any replica commits
+//! later, every `follow` interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_engine::Engine;
+use kiln_engine::collection::Collection;
+use kiln_records::points::{Change, PointStore};
+
+/// Changes read per query.
+const PAGE: usize = 2048;
+
+/// Applies every change of `collection` committed after what it has applied; returns how many.
+pub async fn catch_up(store: &PointStore, collection: &Arc<Collection>) -> Result<usize, String> {
+    let mut applied = 0;
+    loop {
+        let after = collection.info().applied_seq;
+        let changes = store.changes(&collection.name, after, PAGE).await.map_err(|e| e.to_string())?;
+        if changes.is_empty() {
+            return Ok(applied);
+        }
+        applied += changes.len();
+        let target = Arc::clone(collection);
+        tokio::task::spawn_blocking(move || apply(&target, changes))
+            .await
+            .map_err(|_| "applying changes panicked".to_string())??;
+    }
+}
+
+/// One page of changes, in order, each under its own sequence number (a point already held
+/// from that change — this replica's own write — is left alone); the page's last number
+/// becomes the collection's applied mark.
+fn apply(collection: &Collection, changes: Vec<Change>) -> Result<(), String> {
+    let last = changes.last().map_or(0, Change::seq);
+    for change in changes {
+        match change {
+            Change::Upsert { seq, point } => {
+                if point.vector.len() != collection.config.dim {
+                    tracing::error!(collection = %collection.name, id = point.id, "stored point has the wrong dim; skipped");
+                    continue;
+                }
+                let payload = point.payload.and_then(|p| serde_json::from_str(&p).ok()).map(Arc::new);
+                collection
+                    .apply_prepared(vec![(point.id, point.vector, payload)], seq, false)
+                    .map_err(|e| e.to_string())?;
+            }
+            Change::Delete { seq, id } => {
+                collection.delete(&[id], seq, false).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    collection.delete(&[], last, true).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Loads every collection's stored points, then marks it ready. A collection whose load fails
+/// stays not ready (searches answer 503) and is retried by the follower.
+pub async fn load_all(store: Option<&PointStore>, engine: &Engine) {
+    for collection in engine.collections() {
+        match store {
+            None => collection.set_ready(),
+            Some(store) => match catch_up(store, &collection).await {
+                Ok(n) => {
+                    tracing::info!(collection = %collection.name, changes = n, points = collection.info().count, "collection loaded from the points store");
+                    collection.set_ready();
+                }
+                Err(e) => tracing::error!(collection = %collection.name, "loading points failed: {e}"),
+            },
+        }
+    }
+}
+
+/// Follows the store: every `interval`, each collection applies what was committed since.
+pub fn spawn_follower(store: PointStore, engine: Engine, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            for collection in engine.collections() {
+                match catch_up(&store, &collection).await {
+                    Ok(_) if !collection.is_ready() => collection.set_ready(),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(collection = %collection.name, "following the points store: {e}"),
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,267 @@
+//! Vector collections over REST: `GET /v1/collections[/{name}]` (count, dim, index state),
+//! `PUT /v1/collections/{name}/points` (upsert, `vector` or `text`), `POST
+//! /v1/collections/{name}/points/delete` and `POST /v1/collections/{name}/search`. A write is
+//! checked whole, committed to the points store and then applied in memory: an acknowledged
+//! upsert is durable, and a refused batch leaves nothing behind.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post, put};
+use kiln_engine::collection::{Collection, CollectionError, Filter, Point};
+use kiln_engine::{EngineError, ModelHandle, Protocol};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, Kind};
+use crate::state::AppState;
+
+/// Points one upsert may carry.
+pub const MAX_POINTS: usize = 4096;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/collections", get(list))
+        .route("/v1/collections/{name}", get(info))
+        .route("/v1/collections/{name}/points", put(upsert))
+        .route("/v1/collections/{name}/points/delete", post(delete))
+        .route("/v1/collections/{name}/search", post(search))
+}
+
+fn collection_error(e: CollectionError) -> ApiError {
+    match e {
+        CollectionError::Invalid(m) => ApiError::bad_request(m),
+        CollectionError::Loading(_) => ApiError::new(Kind::Unavailable, e.to_string()),
+        CollectionError::Index(m) => ApiError::new(Kind::Internal, format!("index: {m}")),
+    }
+}
+
+fn find(state: &AppState, name: &str) -> Result<(ModelHandle, Arc<Collection>), ApiError> {
+    let model = state.engine.model(name, None).map_err(|e| match e {
+        EngineError::ModelNotFound(_) => ApiError::not_found(format!("unknown collection '{name}'")),
+        other => ApiError::from(other),
+    })?;
+    let collection = model.collection_ref().cloned().ok_or_else(|| {
+        ApiError::not_found(format!("'{name}' is a model, not a collection (kind = \"vector_index\")"))
+    })?;
+    Ok((model, collection))
+}
+
+fn describe(state: &AppState, c: &Collection) -> Value {
+    let info = c.info();
+    let config = &c.config;
+    let index = if config.exact {
+        json!({"kind": "exact"})
+    } else {
+        json!({"kind": "hnsw", "m": config.m(), "ef_construction": config.ef_construction(), "ef_search": config.ef_search()})
+    };
+    json!({
+        "name": c.name, "dim": config.dim, "metric": config.metric.as_str(), "count": info.count,
+        "state": if info.ready { "ready" } else { "loading" }, "index": index, "embedder": config.embedder,
+        "max_k": config.max_k(), "memory_bytes": info.memory_bytes, "applied_seq": info.applied_seq,
+        "durable": state.points.is_some(),
+    })
+}
+
+async fn list(State(state): State<AppState>) -> axum::Json<Value> {
+    let all: Vec<Value> = state.engine.collections().iter().map(|c| describe(&state, c)).collect();
+    axum::Json(json!({"collections": all}))
+}
+
+async fn info(State(state): State<AppState>, Path(name): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    let (_, collection) = find(&state, &name)?;
+    Ok(axum::Json(describe(&state, &collection)))
+}
+
+async fn body_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = super::read_body(headers, body, state.limits.max_body_bytes, "--max-body-bytes").await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpsertBody {
+    points: Vec<UpsertPoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpsertPoint {
+    id: String,
+    vector: Option<Vec<f32>>,
+    text: Option<String>,
+    payload: Option<Value>,
+}
+
+/// Texts → vectors through the collection's embedder.
+async fn embed(model: &ModelHandle, collection: &Collection, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ApiError> {
+    let resolver = model.collection_resolver().ok_or_else(|| ApiError::new(Kind::Internal, "no resolver"))?;
+    let texts = texts.into_iter().map(String::into_bytes).collect();
+    kiln_engine::collection::serve::embed(collection, resolver.as_ref(), texts, Protocol::Rest)
+        .await
+        .map_err(ApiError::from)
+}
+
+async fn upsert(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (model, collection) = find(&state, &name)?;
+    let request: UpsertBody = body_json(&state, &headers, body).await?;
+    let n = request.points.len();
+    if n == 0 || n > MAX_POINTS {
+        return Err(ApiError::bad_request(format!("an upsert takes 1 to {MAX_POINTS} points, not {n}")));
+    }
+    let mut points = Vec::with_capacity(n);
+    let mut texts = Vec::new();
+    for (i, p) in request.points.into_iter().enumerate() {
+        let vector = match (p.vector, p.text) {
+            (Some(v), None) => v,
+            (None, Some(t)) => {
+                texts.push((i, t));
+                Vec::new()
+            }
+            _ => return Err(ApiError::bad_request(format!("points[{i}]: give either \"vector\" or \"text\""))),
+        };
+        if p.payload.as_ref().is_some_and(|v| !v.is_object()) {
+            return Err(ApiError::bad_request(format!("points[{i}]: payload must be a JSON object")));
+        }
+        points.push(Point { id: p.id, vector, payload: p.payload });
+    }
+    if !texts.is_empty() {
+        let (slots, texts): (Vec<usize>, Vec<String>) = texts.into_iter().unzip();
+        for (slot, vector) in slots.into_iter().zip(embed(&model, &collection, texts).await?) {
+            points[slot].vector = vector;
+        }
+    }
+    // Check everything first (nothing is written for a bad batch), in the stored form.
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in points.iter_mut().enumerate() {
+        if !seen.insert(p.id.clone()) {
+            return Err(ApiError::bad_request(format!("points[{i}]: id '{}' appears twice", p.id)));
+        }
+        let vector = std::mem::take(&mut p.vector);
+        p.vector = collection.prepare_vector(&format!("points[{i}] ('{}')", p.id), vector).map_err(collection_error)?;
+    }
+    check_ids(&points)?;
+    let seq = match &state.points {
+        Some(store) => {
+            let stored: Vec<kiln_records::points::StoredPoint> = points
+                .iter()
+                .map(|p| kiln_records::points::StoredPoint {
+                    id: p.id.clone(),
+                    vector: p.vector.clone(),
+                    payload: p.payload.as_ref().map(Value::to_string),
+                })
+                .collect();
+            Some(store.upsert(&collection.name, &stored).await.map_err(|e| store_error(&e))?)
+        }
+        None => None,
+    };
+    // Applied under its own sequence number without moving the applied mark: the follower
+    // does that, so a change another replica committed just before this one is never skipped.
+    let applied = tokio::task::spawn_blocking(move || collection.upsert(points, seq.unwrap_or(0), false))
+        .await
+        .map_err(|_| ApiError::new(Kind::Internal, "the upsert panicked"))?
+        .map_err(collection_error)?;
+    Ok(axum::Json(json!({"upserted": applied, "seq": seq, "durable": seq.is_some()})))
+}
+
+fn check_ids(points: &[Point]) -> Result<(), ApiError> {
+    for (i, p) in points.iter().enumerate() {
+        if p.id.is_empty() || p.id.len() > 256 || p.id.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(format!(
+                "points[{i}]: point id must be 1 to 256 bytes without control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn store_error(e: &kiln_records::store::DbError) -> ApiError {
+    ApiError::new(Kind::Unavailable, format!("the points store failed; nothing was written: {e}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    ids: Vec<String>,
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (_, collection) = find(&state, &name)?;
+    let request: DeleteBody = body_json(&state, &headers, body).await?;
+    if request.ids.is_empty() || request.ids.len() > MAX_POINTS {
+        return Err(ApiError::bad_request(format!("a delete takes 1 to {MAX_POINTS} ids, not {}", request.ids.len())));
+    }
+    let seq = match &state.points {
+        Some(store) => Some(store.delete(&collection.name, &request.ids).await.map_err(|e| store_error(&e))?),
+        None => None,
+    };
+    let removed = collection.delete(&request.ids, seq.unwrap_or(0), false).map_err(collection_error)?;
+    Ok(axum::Json(json!({"deleted": removed, "seq": seq, "durable": seq.is_some()})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    vector: Option<Vec<f32>>,
+    text: Option<String>,
+    k: Option<usize>,
+    filter: Option<Value>,
+    #[serde(default = "yes")]
+    with_payload: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn search(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (model, collection) = find(&state, &name)?;
+    let request: SearchBody = body_json(&state, &headers, body).await?;
+    let k = request.k.unwrap_or_else(|| collection.config.default_k());
+    collection.check_k(k).map_err(collection_error)?;
+    let filter = request.filter.as_ref().map(Filter::parse).transpose().map_err(collection_error)?;
+    let vector = match (request.vector, request.text) {
+        (Some(v), None) => v,
+        (None, Some(t)) => embed(&model, &collection, vec![t]).await?.into_iter().next().unwrap_or_default(),
+        _ => return Err(ApiError::bad_request("give either \"vector\" or \"text\"")),
+    };
+    let vector = collection.prepare_vector("vector", vector).map_err(collection_error)?;
+    let searched = Arc::clone(&collection);
+    let hits = tokio::task::spawn_blocking(move || searched.search(&vector, k, filter.as_ref()))
+        .await
+        .map_err(|_| ApiError::new(Kind::Internal, "the search panicked"))?
+        .map_err(collection_error)?;
+    let results: Vec<Value> = hits
+        .into_iter()
+        .map(|h| {
+            let mut hit = json!({"id": h.id, "score": h.score});
+            if request.with_payload {
+                hit["payload"] = h.payload.map_or(Value::Null, |p| (*p).clone());
+            }
+            hit
+        })
+        .collect();
+    Ok(axum::Json(json!({"results": results, "metric": collection.config.metric.as_str()})))
+}
