@@ -22,114 +22,13 @@ use serde_json::Value;
 
 pub use filter::Filter;
 
+pub use crate::config::{IndexConfig, Metric};
+
 /// Turns texts into vectors (the collection's embedder, when a points file holds text).
 pub type EmbedTexts<'a> = dyn Fn(Vec<String>) -> Result<Vec<Vec<f32>>, String> + 'a;
 
 /// The points file a collection folder may ship: one JSON object a line.
 pub const POINTS_FILE: &str = "points.jsonl";
-
-/// How closeness is measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// Cosine similarity (vectors are normalized when stored); score = similarity, higher is closer.
-    Cosine,
-    /// Inner product; score = the dot product, higher is closer.
-    Ip,
-    /// Squared Euclidean distance; score = the distance, lower is closer.
-    L2,
-}
-
-impl Metric {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Metric::Cosine => "cosine",
-            Metric::Ip => "ip",
-            Metric::L2 => "l2",
-        }
-    }
-
-    /// Whether a higher score is closer.
-    pub fn higher_is_closer(self) -> bool {
-        !matches!(self, Metric::L2)
-    }
-
-    fn score(self, a: &[f32], b: &[f32]) -> f32 {
-        match self {
-            Metric::Cosine | Metric::Ip => a.iter().zip(b).map(|(x, y)| x * y).sum(),
-            Metric::L2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
-        }
-    }
-}
-
-/// `[index]` of a collection's config.toml.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IndexConfig {
-    /// Vector length.
-    pub dim: usize,
-    pub metric: Metric,
-    /// A `text_embedding` model of the repository: documents and queries may then be text.
-    pub embedder: Option<String>,
-    /// Brute force over every vector: exact answers, cost linear in the points.
-    #[serde(default)]
-    pub exact: bool,
-    /// HNSW links per node (default 16).
-    pub m: Option<usize>,
-    /// Candidates kept while inserting (default 128).
-    pub ef_construction: Option<usize>,
-    /// Candidates kept while searching (default 64; raised to k when k is larger).
-    pub ef_search: Option<usize>,
-    /// The largest k a search may ask for (default 1000).
-    pub max_k: Option<usize>,
-    /// The k of a v2 request that sends no `k` input (default 10).
-    pub k: Option<usize>,
-}
-
-/// Vector lengths kiln accepts: enough for any embedding model, small enough that a typo
-/// (dim = 3840000) fails at load instead of at the first allocation.
-const MAX_DIM: usize = 65_536;
-
-impl IndexConfig {
-    pub fn check(&self) -> Result<(), String> {
-        if self.dim == 0 || self.dim > MAX_DIM {
-            return Err(format!("[index] dim must be between 1 and {MAX_DIM}, not {}", self.dim));
-        }
-        for (key, value) in [("m", self.m), ("ef_construction", self.ef_construction), ("ef_search", self.ef_search)] {
-            if value.is_some_and(|v| !(2..=4096).contains(&v)) {
-                return Err(format!("[index] {key} must be between 2 and 4096"));
-            }
-        }
-        if self.max_k.is_some_and(|k| k == 0 || k > 100_000) {
-            return Err("[index] max_k must be between 1 and 100000".into());
-        }
-        if self.k.is_some_and(|k| k == 0 || k > self.max_k()) {
-            return Err(format!("[index] k must be between 1 and max_k ({})", self.max_k()));
-        }
-        if self.exact && (self.m.is_some() || self.ef_construction.is_some() || self.ef_search.is_some()) {
-            return Err(
-                "[index] exact = true searches every vector: m, ef_construction and ef_search do not apply".into()
-            );
-        }
-        Ok(())
-    }
-
-    pub fn m(&self) -> usize {
-        self.m.unwrap_or(16)
-    }
-    pub fn ef_construction(&self) -> usize {
-        self.ef_construction.unwrap_or(128)
-    }
-    pub fn ef_search(&self) -> usize {
-        self.ef_search.unwrap_or(64)
-    }
-    pub fn max_k(&self) -> usize {
-        self.max_k.unwrap_or(1000)
-    }
-    pub fn default_k(&self) -> usize {
-        self.k.unwrap_or(10).min(self.max_k())
-    }
-}
 
 /// A bad point, query or filter: the message names the point, field or value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -74,7 +74,7 @@ pub async fn embed(
 /// The same, on the calling thread (loading a folder's points file at start).
 pub fn embed_blocking(
     collection: &Collection,
-    model: &crate::ModelHandle,
+    model: &crate::model::ModelHandle,
     texts: &[String],
 ) -> Result<Vec<Vec<f32>>, String> {
     let name = collection.config.embedder.clone().unwrap_or_default();
