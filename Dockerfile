@@ -42,6 +42,7 @@ ENV KILN_ONNXRUNTIME=/opt/kiln/lib/libonnxruntime.so \
     KILN_HOST=0.0.0.0 \
     KILN_LOG_FORMAT=json \
     KILN_RECORDS=sqlite:/var/lib/kiln/records.sqlite \
+    KILN_POINTS=sqlite:/var/lib/kiln/points.sqlite \
     KILN_SHUTDOWN_DELAY_SECS=5
 USER 10001
 WORKDIR /var/lib/kiln
