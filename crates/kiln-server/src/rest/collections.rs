@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post, put};
 use kiln_engine::collection::{Collection, CollectionError, Filter, Point};
-use kiln_engine::{EngineError, ModelHandle, Protocol};
+use kiln_engine::{ModelHandle, Protocol};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -40,14 +40,27 @@ fn collection_error(e: CollectionError) -> ApiError {
 }
 
 fn find(state: &AppState, name: &str) -> Result<(ModelHandle, Arc<Collection>), ApiError> {
-    let model = state.engine.model(name, None).map_err(|e| match e {
-        EngineError::ModelNotFound(_) => ApiError::not_found(format!("unknown collection '{name}'")),
-        other => ApiError::from(other),
-    })?;
-    let collection = model.collection_ref().cloned().ok_or_else(|| {
-        ApiError::not_found(format!("'{name}' is a model, not a collection (kind = \"vector_index\")"))
-    })?;
-    Ok((model, collection))
+    let unknown = || ApiError::not_found(format!("unknown collection '{name}'"));
+    if kiln_engine::repository::validate_model_name(name).is_err() {
+        return Err(unknown());
+    }
+    if let Ok(model) = state.engine.model(name, None)
+        && let Some(collection) = model.collection_ref().cloned()
+    {
+        return Ok((model, collection));
+    }
+    // Not serving: a collection that failed to load says why (503); anything else is no
+    // collection at all (404), whatever state a model of that name is in.
+    let folder = state.engine.repository().join(name);
+    let is_collection = kiln_engine::repository::read_config(&folder).is_ok_and(|c| c.is_vector_index());
+    match state.engine.model_state(name) {
+        Ok(model) if is_collection => Err(ApiError::new(
+            Kind::Unavailable,
+            model.unavailable_reason().unwrap_or_else(|| format!("collection '{name}' is not ready")),
+        )),
+        Ok(_) => Err(ApiError::not_found(format!("'{name}' is a model, not a collection (kind = \"vector_index\")"))),
+        Err(_) => Err(unknown()),
+    }
 }
 
 fn describe(state: &AppState, c: &Collection) -> Value {
