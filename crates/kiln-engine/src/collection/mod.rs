@@ -97,7 +97,7 @@ pub struct Collection {
 }
 
 /// Ids: what a caller may name a point. Bounded, printable, no control characters.
-fn check_id(id: &str) -> Result<(), CollectionError> {
+pub fn check_id(id: &str) -> Result<(), CollectionError> {
     if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
         let shown: String = id.chars().take(40).flat_map(char::escape_default).collect();
         return Err(CollectionError::Invalid(format!(

@@ -191,11 +191,7 @@ async fn upsert(
 
 fn check_ids(points: &[Point]) -> Result<(), ApiError> {
     for (i, p) in points.iter().enumerate() {
-        if p.id.is_empty() || p.id.len() > 256 || p.id.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(format!(
-                "points[{i}]: point id must be 1 to 256 bytes without control characters"
-            )));
-        }
+        kiln_engine::collection::check_id(&p.id).map_err(|e| ApiError::bad_request(format!("points[{i}]: {e}")))?;
     }
     Ok(())
 }
