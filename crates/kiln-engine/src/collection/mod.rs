@@ -86,11 +86,45 @@ struct State {
     applied_seq: u64,
 }
 
+/// usearch keeps one search context per thread it reserved and fails a search beyond them;
+/// this many searches run at once, the others wait for a context (RAII, see `SearchSlot`).
+fn search_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).clamp(2, 64)
+}
+
+/// Counts free search contexts.
+struct SearchSlots {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// One search context, given back when dropped (also when the search fails or panics).
+struct SearchSlot<'a>(&'a SearchSlots);
+
+impl SearchSlots {
+    fn take(&self) -> SearchSlot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *free -= 1;
+        SearchSlot(self)
+    }
+}
+
+impl Drop for SearchSlot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// One collection's points in memory.
 pub struct Collection {
     pub name: String,
     pub config: IndexConfig,
     state: RwLock<State>,
+    slots: SearchSlots,
     /// False until the durable points are in (the server loads them after the engine starts);
     /// searches are refused meanwhile rather than answered from a partial collection.
     ready: AtomicBool,
@@ -126,7 +160,9 @@ impl Collection {
                 multi: false,
             };
             let index = usearch::Index::new(&options).map_err(|e| CollectionError::Index(e.to_string()))?;
-            index.reserve(1024).map_err(|e| CollectionError::Index(e.to_string()))?;
+            index
+                .reserve_capacity_and_threads(1024, search_threads())
+                .map_err(|e| CollectionError::Index(e.to_string()))?;
             Some(index)
         };
         Ok(Collection {
@@ -140,6 +176,7 @@ impl Collection {
                 applied_seq: 0,
             }),
             ready: AtomicBool::new(ready),
+            slots: SearchSlots { free: std::sync::Mutex::new(search_threads()), freed: std::sync::Condvar::new() },
         })
     }
 
@@ -221,7 +258,9 @@ impl Collection {
         if let Some(index) = &state.index {
             let needed = index.size() + n;
             if needed > index.capacity() {
-                index.reserve(needed.next_power_of_two()).map_err(|e| CollectionError::Index(e.to_string()))?;
+                index
+                    .reserve_capacity_and_threads(needed.next_power_of_two(), search_threads())
+                    .map_err(|e| CollectionError::Index(e.to_string()))?;
             }
         }
         let mut applied = 0;
@@ -328,6 +367,7 @@ impl Collection {
         };
         let hits: Vec<(u64, f32)> = match &state.index {
             Some(index) => {
+                let _context = self.slots.take();
                 let found = match filter {
                     Some(_) => index.filtered_search(query, k, passes),
                     None => index.search(query, k),

@@ -87,3 +87,20 @@ fn bad_points_and_queries_are_named_and_nothing_half_applies() {
     let loading = Collection::new("l", config(Metric::L2, true), false).unwrap();
     assert!(matches!(loading.search(&[0.0; 3], 1, None), Err(CollectionError::Loading(_))));
 }
+
+#[test]
+fn many_threads_search_one_hnsw_index_at_once() {
+    let c = Collection::new("c", config(Metric::Cosine, false), true).unwrap();
+    let points = (0..200).map(|i| point(&format!("p{i}"), [1.0, i as f32 / 100.0, 0.5], json!({}))).collect();
+    c.upsert(points, 1, true).unwrap();
+    let q = c.prepare_vector("q", vec![1.0, 0.5, 0.5]).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    assert_eq!(c.search(&q, 5, None).unwrap().len(), 5);
+                }
+            });
+        }
+    });
+}

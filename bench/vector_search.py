@@ -3,7 +3,7 @@ prototype — FastAPI + faiss-cpu's IndexHNSWFlat with the same data and paramet
 in the same run. 100,000 × 384 clustered vectors (not uniform noise), cosine, M = 16,
 ef_construction = 128, ef_search = 64, k = 10.
 
-    .venv/bin/python bench/collections.py [--points 100000] [--queries 500]
+    .venv/bin/python bench/vector_search.py [--points 100000] [--queries 500]
 
 Prints markdown rows: build (load) time, durable upserts/s, memory per vector, recall@10 against
 numpy's exact answer, queries/s and p99 with 1 and 16 concurrent callers.
