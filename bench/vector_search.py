@@ -123,8 +123,9 @@ def main():
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=500)
     args = parser.parse_args()
-    data = clustered(args.points, DIM, seed=1)
-    queries = clustered(args.queries, DIM, seed=2)
+    # Queries from the same clusters as the data (held out, not indexed).
+    both = clustered(args.points + args.queries, DIM, seed=1)
+    data, queries = both[:args.points], both[args.points:]
     truth = np.argsort(-(queries @ data.T), axis=1)[:, :K]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
