@@ -231,6 +231,13 @@ impl Collection {
     /// `advance` moves the collection's applied mark to it (only the follower does: it has
     /// applied every change up to there).
     pub fn upsert(&self, points: Vec<Point>, seq: u64, advance: bool) -> Result<usize, CollectionError> {
+        let prepared = self.prepare(points)?;
+        self.apply_prepared(prepared, seq, advance)
+    }
+
+    /// Checks a batch whole — ids, repeats, vectors (normalized for cosine) — into the form
+    /// [`Collection::apply_prepared`] takes; the server stores this form before applying it.
+    pub fn prepare(&self, points: Vec<Point>) -> Result<Vec<(String, Vec<f32>, Option<Arc<Value>>)>, CollectionError> {
         let mut prepared = Vec::with_capacity(points.len());
         let mut seen = std::collections::HashSet::new();
         for (i, point) in points.into_iter().enumerate() {
@@ -241,7 +248,7 @@ impl Collection {
             let vector = self.prepare_vector(&format!("points[{i}] ('{}')", point.id), point.vector)?;
             prepared.push((point.id, vector, point.payload.map(Arc::new)));
         }
-        self.apply_prepared(prepared, seq, advance)
+        Ok(prepared)
     }
 
     /// Inserts points already checked by [`Collection::prepare_vector`] (the store's rows);

@@ -157,23 +157,15 @@ async fn upsert(
         }
     }
     // Check everything first (nothing is written for a bad batch), in the stored form.
-    let mut seen = std::collections::HashSet::new();
-    for (i, p) in points.iter_mut().enumerate() {
-        if !seen.insert(p.id.clone()) {
-            return Err(ApiError::bad_request(format!("points[{i}]: id '{}' appears twice", p.id)));
-        }
-        let vector = std::mem::take(&mut p.vector);
-        p.vector = collection.prepare_vector(&format!("points[{i}] ('{}')", p.id), vector).map_err(collection_error)?;
-    }
-    check_ids(&points)?;
+    let points = collection.prepare(points).map_err(collection_error)?;
     let seq = match &state.points {
         Some(store) => {
             let stored: Vec<kiln_records::points::StoredPoint> = points
                 .iter()
-                .map(|p| kiln_records::points::StoredPoint {
-                    id: p.id.clone(),
-                    vector: p.vector.clone(),
-                    payload: p.payload.as_ref().map(Value::to_string),
+                .map(|(id, vector, payload)| kiln_records::points::StoredPoint {
+                    id: id.clone(),
+                    vector: vector.clone(),
+                    payload: payload.as_ref().map(|p| p.to_string()),
                 })
                 .collect();
             Some(store.upsert(&collection.name, &stored).await.map_err(|e| store_error(&e))?)
@@ -182,18 +174,11 @@ async fn upsert(
     };
     // Applied under its own sequence number without moving the applied mark: the follower
     // does that, so a change another replica committed just before this one is never skipped.
-    let applied = tokio::task::spawn_blocking(move || collection.upsert(points, seq.unwrap_or(0), false))
+    let applied = tokio::task::spawn_blocking(move || collection.apply_prepared(points, seq.unwrap_or(0), false))
         .await
         .map_err(|_| ApiError::new(Kind::Internal, "the upsert panicked"))?
         .map_err(collection_error)?;
     Ok(axum::Json(json!({"upserted": applied, "seq": seq, "durable": seq.is_some()})))
-}
-
-fn check_ids(points: &[Point]) -> Result<(), ApiError> {
-    for (i, p) in points.iter().enumerate() {
-        kiln_engine::collection::check_id(&p.id).map_err(|e| ApiError::bad_request(format!("points[{i}]: {e}")))?;
-    }
-    Ok(())
 }
 
 fn store_error(e: &kiln_records::store::DbError) -> ApiError {
