@@ -49,6 +49,9 @@ pub struct Point {
     pub payload: Option<Value>,
 }
 
+/// A checked point in its stored form: id, vector (normalized for cosine), payload.
+pub type PreparedPoint = (String, Vec<f32>, Option<Arc<Value>>);
+
 /// A search hit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
@@ -237,7 +240,7 @@ impl Collection {
 
     /// Checks a batch whole — ids, repeats, vectors (normalized for cosine) — into the form
     /// [`Collection::apply_prepared`] takes; the server stores this form before applying it.
-    pub fn prepare(&self, points: Vec<Point>) -> Result<Vec<(String, Vec<f32>, Option<Arc<Value>>)>, CollectionError> {
+    pub fn prepare(&self, points: Vec<Point>) -> Result<Vec<PreparedPoint>, CollectionError> {
         let mut prepared = Vec::with_capacity(points.len());
         let mut seen = std::collections::HashSet::new();
         for (i, point) in points.into_iter().enumerate() {
@@ -255,7 +258,7 @@ impl Collection {
     /// a point already held from this change or a newer one is skipped.
     pub fn apply_prepared(
         &self,
-        points: Vec<(String, Vec<f32>, Option<Arc<Value>>)>,
+        points: Vec<PreparedPoint>,
         seq: u64,
         advance: bool,
     ) -> Result<usize, CollectionError> {
