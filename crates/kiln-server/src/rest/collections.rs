@@ -165,7 +165,7 @@ async fn upsert(
                 .map(|(id, vector, payload)| kiln_records::points::StoredPoint {
                     id: id.clone(),
                     vector: vector.clone(),
-                    payload: payload.as_ref().map(|p| p.to_string()),
+                    payload: payload.as_ref().map(ToString::to_string),
                 })
                 .collect();
             Some(store.upsert(&collection.name, &stored).await.map_err(|e| store_error(&e))?)
