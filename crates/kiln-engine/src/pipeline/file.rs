@@ -13,6 +13,7 @@ use super::builder::DraftStep;
 use super::ops::Op;
 use super::remote::{EmbeddingsSpec, LlmSpec, RemoteSpec};
 use super::resilience::Policy;
+use super::retrieval_ops::FormatTemplate;
 use super::rows::Constant;
 use super::{ModelResolver, Pipeline, PipelineBuilder, RemoteDraft};
 
@@ -74,6 +75,10 @@ struct StepFile {
     columns: Option<Vec<usize>>,
     k: Option<usize>,
     datatype: Option<DataType>,
+    /// The `format` op's template (Jinja2 syntax).
+    template: Option<String>,
+    /// The `json_field` op's field path.
+    field: Option<String>,
     when: Option<String>,
     unless: Option<String>,
     fallback: Option<FallbackSpec>,
@@ -89,6 +94,13 @@ struct StepFile {
 fn op_of(s: &StepFile) -> Result<Op, String> {
     let name = s.op.as_deref().unwrap_or_default();
     let missing = |what: &str| format!("step '{}': op '{name}' needs '{what}'", s.name);
+    for (field, set, owner) in
+        [("template", s.template.is_some(), "format"), ("field", s.field.is_some(), "json_field")]
+    {
+        if set && name != owner {
+            return Err(format!("step '{}': '{field}' is for the '{owner}' op, not '{name}'", s.name));
+        }
+    }
     Ok(match name {
         "softmax" => Op::Softmax,
         "argmax" => Op::Argmax,
@@ -101,9 +113,16 @@ fn op_of(s: &StepFile) -> Result<Op, String> {
         "weighted_mean" => Op::WeightedMean(s.weights.clone().ok_or_else(|| missing("weights"))?),
         "majority_vote" => Op::MajorityVote,
         "where" => Op::Where,
+        "format" => {
+            let source = s.template.as_deref().ok_or_else(|| missing("template"))?;
+            let template = FormatTemplate::new(source).map_err(|e| format!("step '{}': {e}", s.name))?;
+            Op::Format(Arc::new(template))
+        }
+        "json_field" => Op::JsonField(s.field.clone().ok_or_else(|| missing("field"))?),
+        "gather" => Op::Gather,
         other => {
             return Err(format!(
-                "step '{}': unknown op '{other}' (softmax, argmax, top_k, threshold, cast, concat, select, mean, weighted_mean, majority_vote, where)",
+                "step '{}': unknown op '{other}' (softmax, argmax, top_k, threshold, cast, concat, select, mean, weighted_mean, majority_vote, where, format, json_field, gather)",
                 s.name
             ));
         }
@@ -143,6 +162,9 @@ impl Pipeline {
                     s.name
                 ));
             }
+            if s.op.is_none() && (s.template.is_some() || s.field.is_some()) {
+                return Err(format!("step '{}': 'template' and 'field' are for the format and json_field ops", s.name));
+            }
             let action = if let Some(m) = &s.model {
                 DraftAction::Model { name: m.clone(), version: s.version.clone() }
             } else if s.op.is_some() {
@@ -179,6 +201,15 @@ impl Pipeline {
                 }
             }
             let inputs = match (&action, &s.inputs) {
+                (DraftAction::Op(Op::Format(_)), StepInputs::Named(map)) => {
+                    map.iter().map(|(k, r)| (k.clone(), r.clone())).collect()
+                }
+                (DraftAction::Op(Op::Format(_)), StepInputs::List(_)) => {
+                    return Err(format!(
+                        "step '{}': a format step's inputs are a table {{ variable = \"ref\" }}: the template's names",
+                        s.name
+                    ));
+                }
                 (DraftAction::Op(_), StepInputs::List(list)) => list.iter().map(|r| (r.clone(), r.clone())).collect(),
                 (DraftAction::Op(_), StepInputs::Named(_)) => {
                     return Err(format!("step '{}': an op's inputs are a list [\"ref\", ...]", s.name));

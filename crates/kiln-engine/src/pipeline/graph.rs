@@ -13,7 +13,7 @@ use super::file::FallbackSpec;
 use super::remote::RemoteStep;
 use super::resilience::Guard;
 use super::{
-    Action, Fallback, LocalLlmStep, ModelResolver, Pipeline, RemoteDraft, Source, Step, ops, rows, shapes_fit,
+    Action, Fallback, LocalLlmStep, ModelResolver, Op, Pipeline, RemoteDraft, Source, Step, ops, rows, shapes_fit,
 };
 
 fn parse_ref(
@@ -262,6 +262,15 @@ fn output_types(
             }
         }
         let outputs = match &step.action {
+            Action::Op(op @ Op::Format(_)) => {
+                let named: Vec<TensorSpec> = step
+                    .inputs
+                    .iter()
+                    .zip(&input_specs)
+                    .map(|((key, _), spec)| TensorSpec { name: key.clone(), ..spec.clone() })
+                    .collect();
+                ops::output_specs(op, &step.name, &named)?
+            }
             Action::Op(op) => ops::output_specs(op, &step.name, &input_specs)?,
             Action::Remote(remote) => {
                 let named: Vec<(String, TensorSpec)> =

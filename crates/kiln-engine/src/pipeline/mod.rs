@@ -13,6 +13,7 @@
 pub mod ops;
 pub mod remote;
 pub mod resilience;
+pub mod retrieval_ops;
 pub mod rows;
 
 mod builder;

@@ -30,6 +30,12 @@ pub enum Op {
     /// Row-wise choice: inputs `[condition, a, b]`; each row from `a` where the condition
     /// (BOOL or integer, non-zero = true) holds, else from `b`. Joins two conditional branches.
     Where,
+    /// Each row's text from a template and the row's values (named inputs): BYTES `[N]`.
+    Format(super::retrieval_ops::SharedTemplate),
+    /// The number at a field path of each BYTES JSON value: FP32 of the same shape.
+    JsonField(String),
+    /// Inputs `[values [N, k], positions [N, m]]`: each row's values at its positions.
+    Gather,
 }
 
 impl std::fmt::Display for Op {
@@ -49,6 +55,9 @@ impl std::fmt::Display for Op {
             Op::WeightedMean(w) => write!(f, "weighted_mean [{}]", list(w)),
             Op::MajorityVote => f.write_str("majority_vote"),
             Op::Where => f.write_str("where"),
+            Op::Format(_) => f.write_str("format"),
+            Op::JsonField(path) => write!(f, "json_field {path}"),
+            Op::Gather => f.write_str("gather"),
         }
     }
 }
@@ -80,6 +89,9 @@ fn tensor(name: &str, shape: Vec<usize>, data: TensorData) -> Result<Tensor, Str
 pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
     let first = inputs.first().ok_or("an op needs at least one input")?;
     match op {
+        Op::Format(template) => template.run(inputs),
+        Op::JsonField(path) => super::retrieval_ops::json_field(path, inputs),
+        Op::Gather => super::retrieval_ops::gather(inputs),
         Op::Where => {
             let [cond, a, b] = inputs else { return Err("where takes [condition, a, b]".into()) };
             let mask = super::rows::selected_rows(cond, false)?;
@@ -285,6 +297,13 @@ pub fn output_specs(op: &Op, step: &str, inputs: &[TensorSpec]) -> Result<Vec<Te
     let cols = if first.shape.len() == 2 { first.shape[1] } else { 1 };
     let spec = |name: &str, datatype: DataType, shape: Vec<i64>| TensorSpec { name: name.into(), datatype, shape };
     Ok(match op {
+        // The template's variables are the step's input names: the graph passes them as the specs' names.
+        Op::Format(template) => {
+            let named: Vec<(String, TensorSpec)> = inputs.iter().map(|s| (s.name.clone(), s.clone())).collect();
+            return template.output_specs(step, &named);
+        }
+        Op::JsonField(_) => return super::retrieval_ops::json_field_specs(step, inputs),
+        Op::Gather => return super::retrieval_ops::gather_specs(step, inputs),
         Op::Where => {
             let [cond, a, b] = inputs else { return fail("where takes [condition, a, b]".into()) };
             if !super::rows::is_condition(cond) {

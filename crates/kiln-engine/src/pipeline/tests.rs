@@ -82,6 +82,43 @@ async fn transforms_run_in_dependency_order() {
     assert!(start("p") <= start("best") && start("p") <= start("top"));
 }
 
+#[tokio::test]
+async fn format_and_gather_read_named_inputs_from_the_file() {
+    let pipeline = parse(
+        "[[inputs]]\nname=\"names\"\ndatatype=\"BYTES\"\nshape=[-1, 3]\n\
+         [[steps]]\nname=\"top\"\nop=\"top_k\"\nk=2\ninputs=[\"x\"]\n\
+         [[steps]]\nname=\"picked\"\nop=\"gather\"\ninputs=[\"names\", \"top.indices\"]\n\
+         [[steps]]\nname=\"say\"\nop=\"format\"\ninputs={best=\"picked.output\", score=\"top.values\"}\n\
+         template=\"{{ best | join(', ') }} ({{ score[0] }})\"\n\
+         [[outputs]]\nname=\"text\"\nfrom=\"say.output\"\n",
+    )
+    .expect("valid");
+    assert_eq!(pipeline.signature.outputs[0].datatype, DataType::Bytes);
+    let x = fp32(&[[0.5, 3.0, 2.0]]);
+    let names = Tensor::new(
+        "names",
+        vec![1, 3],
+        kiln_core::TensorData::Bytes(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]),
+    )
+    .expect("t");
+    let (out, _) = pipeline.run(vec![x, names], &["text".into()], Protocol::InProcess, None).await.expect("runs");
+    assert_eq!(out[0].data, kiln_core::TensorData::Bytes(vec![b"b, c (3.0)".to_vec()]));
+    let errors = [
+        ("inputs=[\"x\"]\ntemplate=\"{{ x }}\"", "a format step's inputs are a table"),
+        ("inputs={y=\"x\"}\ntemplate=\"{{ x }}\"", "the template reads 'x', but the step's inputs are [\"y\"]"),
+        ("inputs={x=\"x\"}", "op 'format' needs 'template'"),
+        ("inputs={x=\"x\"}\ntemplate=\"{% if x %}\"", "template: syntax error (line 1)"),
+    ];
+    for (step, needle) in errors {
+        let body =
+            format!("[[steps]]\nname=\"f\"\nop=\"format\"\n{step}\n[[outputs]]\nname=\"o\"\nfrom=\"f.output\"\n");
+        let err = parse(&body).err().unwrap_or_default();
+        assert!(err.contains(needle), "expected '{needle}' in '{err}'");
+    }
+    let err = parse("[[steps]]\nname=\"s\"\nop=\"softmax\"\ninputs=[\"x\"]\nfield=\"a\"\n[[outputs]]\nname=\"o\"\nfrom=\"s.output\"\n").err().unwrap_or_default();
+    assert!(err.contains("'field' is for the 'json_field' op, not 'softmax'"), "{err}");
+}
+
 fn fp32(rows: &[[f32; 3]]) -> Tensor {
     let n = rows.len();
     Tensor::new("x", vec![n, 3], kiln_core::TensorData::Fp32(rows.concat())).expect("tensor")
