@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-8}
 conc=${2:-8}
 shared=../shared/models/all-minilm-l6-v2
-bash scripts/text-example.sh  # the shared encoder, linked into examples/text
+bash scripts/text-example.sh  # the shared encoder, linked into examples/models/all-minilm-l6-v2
 bash scripts/setup-venv.sh --test
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements-bench.txt
 use_release_kiln
@@ -27,7 +27,8 @@ for n in (1, 32):
               open(f"{work}/req{n}.json", "w"))
 PY
 kp=$(port)
-target/release/kiln serve examples/text --http-port "$kp" --grpc-port 0 --metrics-port 0 --log-level warn 2>/dev/null & pids+=($!)
+mkdir -p "$work/repo" && cp -al examples/models/all-minilm-l6-v2 "$work/repo/"  # the encoder alone
+target/release/kiln serve "$work/repo" --http-port "$kp" --grpc-port 0 --metrics-port 0 --log-level warn 2>/dev/null & pids+=($!)
 until curl -sf "127.0.0.1:$kp/v2/health/ready" >/dev/null; do sleep 0.05; done
 row() { # label url n
   local json

@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
+# all-MiniLM-L6-v2 (team data in ../shared) for help_center and support_answer; without it
+# those two and the encoder are UNAVAILABLE and everything else serves.
+bash scripts/text-example.sh || echo "serve-demo: no all-MiniLM-L6-v2; help_center and support_answer will be unavailable" >&2
 bash scripts/install-build-deps.sh
 cargo build --release --locked -p kiln-cli
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)

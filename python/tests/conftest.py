@@ -117,10 +117,34 @@ def link_gguf(target):
     return target
 
 
+SHARED_MINILM = ROOT.parent / "shared" / "models" / "all-minilm-l6-v2"
+
+
+def link_minilm(model_dir):
+    """Puts all-MiniLM-L6-v2 (team data in ../shared, not committed) into `model_dir`/1 as hard
+    links; False when ../shared does not have it (the model and what embeds with it are then
+    UNAVAILABLE in that repository)."""
+    if not (SHARED_MINILM / "model.onnx").is_file():
+        return False
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    for name in ("model.onnx", "tokenizer.json"):
+        target = model_dir / "1" / name
+        if not target.exists():
+            try:
+                os.link(SHARED_MINILM / name, target)
+            except OSError:
+                shutil.copyfile(SHARED_MINILM / name, target)
+    return True
+
+
 def make_repository(tmp_path):
     repo = tmp_path / "models"
-    shutil.copytree(ROOT / "examples" / "models", repo, ignore=shutil.ignore_patterns("*.gguf"))
+    # The demo's large files are linked, not copied into every test repository.
+    shutil.copytree(ROOT / "examples" / "models", repo,
+                    ignore=lambda d, names: [n for n in names if n.endswith(".gguf")
+                                             or (d.endswith("all-minilm-l6-v2") and n == "1")])
     link_gguf(repo / "smollm2" / "1" / "model.gguf")
+    link_minilm(repo / "all-minilm-l6-v2")
     for model in (ROOT / "testdata" / "models").iterdir():
         shutil.copytree(model, repo / model.name)
     return repo
