@@ -159,32 +159,18 @@ def ranker_graph(gbc):
     return model
 
 
-def recommend(out_dir, fixtures_dir):
+def build_recommend():
+    """The catalogue, the users' vectors and the trained ranker (deterministic): what the
+    recommend example is made of, and what the Python prototype in bench/ serves."""
     rng = np.random.default_rng(SEED)
     category, true_items, true_users, popularity, price, sensitivity = synthetic_catalogue(rng)
     seen = interactions(rng, true_users, true_items, popularity, price, sensitivity, per_user=40)
     # Item vectors: the matrix factorization of who interacted with what.
     svd = TruncatedSVD(n_components=DIM, random_state=SEED).fit(seen)
-    item_vectors = svd.components_.T.astype(np.float32)  # [ITEMS, DIM]
+    # What kiln serves is what points.jsonl says: vectors to 5 decimals, popularity to 4.
+    item_vectors = np.round(svd.components_.T.astype(np.float64), 5).astype(np.float32)  # [ITEMS, DIM]
     user_vectors = svd.transform(seen).astype(np.float32)  # [USERS, DIM]
-
-    folder = os.path.join(out_dir, "items")
-    os.makedirs(folder, exist_ok=True)
-    write_json_lines(os.path.join(folder, "points.jsonl"), [
-        {
-            "id": f"item-{i:04d}",
-            "vector": [round(float(x), 5) for x in item_vectors[i]],
-            "payload": {
-                "title": f"{CATEGORY_NAMES[category[i]]} item {i}",
-                "category": CATEGORY_NAMES[category[i]],
-                "popularity": round(float(popularity[i]), 4),
-                "price": float(price[i]),
-            },
-        }
-        for i in range(ITEMS)
-    ])
-    # What kiln serves is what the file says: the rounded vectors.
-    item_vectors = np.array([[round(float(x), 5) for x in v] for v in item_vectors], dtype=np.float32)
+    popularity = np.round(popularity, 4)
 
     # The ranker learns, on retrieved candidates, which ones a user clicks: features are the
     # retrieval affinity, popularity and price; labels are drawn from the hidden click model.
@@ -197,6 +183,34 @@ def recommend(out_dir, fixtures_dir):
     labels = (rng.uniform(size=p.shape) < p).astype(np.int64)
     gbc = GradientBoostingClassifier(n_estimators=60, max_depth=3, learning_rate=0.1, random_state=SEED)
     gbc.fit(features, labels)
+    probe = np.array([u for u in range(USERS) if u not in set(train_users.tolist())][:32])
+    return {
+        "category": category, "item_vectors": item_vectors, "user_vectors": user_vectors,
+        "popularity": popularity, "price": price, "gbc": gbc, "probe_users": probe,
+        "train": (features, labels),
+    }
+
+
+def recommend(out_dir, fixtures_dir):
+    built = build_recommend()
+    category, item_vectors, user_vectors = built["category"], built["item_vectors"], built["user_vectors"]
+    popularity, price, gbc, probe = built["popularity"], built["price"], built["gbc"], built["probe_users"]
+    features, labels = built["train"]
+    folder = os.path.join(out_dir, "items")
+    os.makedirs(folder, exist_ok=True)
+    write_json_lines(os.path.join(folder, "points.jsonl"), [
+        {
+            "id": f"item-{i:04d}",
+            "vector": [float(x) for x in item_vectors[i].astype(np.float64).round(5)],
+            "payload": {
+                "title": f"{CATEGORY_NAMES[category[i]]} item {i}",
+                "category": CATEGORY_NAMES[category[i]],
+                "popularity": float(popularity[i]),
+                "price": float(price[i]),
+            },
+        }
+        for i in range(ITEMS)
+    ])
     model = ranker_graph(gbc)
     version = os.path.join(out_dir, "recommend_ranker", "1")
     os.makedirs(version, exist_ok=True)
@@ -207,9 +221,8 @@ def recommend(out_dir, fixtures_dir):
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    probe = np.array([u for u in range(USERS) if u not in set(train_users.tolist())][:32])
     order, affinity = candidates(user_vectors[probe], item_vectors, CANDIDATES)
-    pop = np.array([[round(float(popularity[i]), 4) for i in row] for row in order], dtype=np.float32)
+    pop = popularity[order].astype(np.float32)
     cost = price[order].astype(np.float32)
     (score,) = session.run(["score"], {"affinity": affinity, "popularity": pop, "price": cost})
     top = np.argsort(-score, axis=1, kind="stable")[:, :TOP]
