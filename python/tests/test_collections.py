@@ -14,7 +14,7 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
-from conftest import ROOT, KilnServer
+from conftest import ROOT, KilnServer, link_minilm
 from test_records import postgres  # noqa: F401  (the throwaway PostgreSQL fixture)
 
 SHARED = ROOT.parent / "shared" / "models" / "all-minilm-l6-v2"
@@ -261,11 +261,9 @@ def test_two_processes_sharing_postgres_see_each_others_writes(tmp_path, postgre
 @pytest.mark.skipif(not (SHARED / "model.onnx").exists(), reason=f"all-MiniLM-L6-v2 is not at {SHARED} (team data in ../shared)")
 def test_text_points_and_queries_through_the_embedder(tmp_path):
     repo = tmp_path / "models"
-    shutil.copytree(ROOT / "examples" / "text", repo)
-    (repo / "all-minilm-l6-v2" / "1").mkdir(exist_ok=True)
-    for name in ("model.onnx", "tokenizer.json"):
-        if not (repo / "all-minilm-l6-v2" / "1" / name).exists():
-            shutil.copy(SHARED / name, repo / "all-minilm-l6-v2" / "1" / name)
+    shutil.copytree(ROOT / "examples" / "models" / "all-minilm-l6-v2", repo / "all-minilm-l6-v2",
+                    ignore=shutil.ignore_patterns("1"))
+    assert link_minilm(repo / "all-minilm-l6-v2")
     collection(repo, "faq", 384, "cosine", exact=True, extra='embedder = "all-minilm-l6-v2"\n', points=[
         {"id": "refund", "text": "How do I get my money back for an order?", "payload": {"topic": "billing"}},
         {"id": "password", "text": "I forgot my password and cannot log in.", "payload": {"topic": "account"}},

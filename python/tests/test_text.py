@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as httpclient
 
 import kiln
-from conftest import ROOT, KilnServer
+from conftest import ROOT, KilnServer, link_minilm
 
 SHARED = ROOT.parent / "shared" / "models" / "all-minilm-l6-v2"
 pytestmark = pytest.mark.skipif(not (SHARED / "model.onnx").exists(),
@@ -33,11 +33,8 @@ def text_repo(tmp_path_factory):
     """The example repository with the shared files placed inside it (kiln reads nothing
     outside a repository)."""
     repo = tmp_path_factory.mktemp("text") / "text"
-    shutil.copytree(ROOT / "examples" / "text", repo)
-    (repo / MODEL / "1").mkdir(exist_ok=True)
-    for name in ("model.onnx", "tokenizer.json"):
-        if not (repo / MODEL / "1" / name).exists():
-            shutil.copy(SHARED / name, repo / MODEL / "1" / name)
+    shutil.copytree(ROOT / "examples" / "models" / MODEL, repo / MODEL, ignore=shutil.ignore_patterns("1"))
+    assert link_minilm(repo / MODEL)
     return repo
 
 
