@@ -10,7 +10,9 @@ JSON as kiln so one load tool drives both.
 import argparse
 import json
 import os
+import pickle
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +24,11 @@ NAME = "recommend"
 CANDIDATES, TOP = 200, 10
 app = FastAPI()
 ids = item_vectors = popularity = price = gbc = None
-if os.environ.get("KILN_RECOMMEND_PROTOTYPE"):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from make_retrieval_demo import build_recommend  # the same deterministic training
-
-    gbc = build_recommend()["gbc"]
+if os.environ.get("KILN_RECOMMEND_MODEL"):
+    # The classifier the launcher trained (scripts/make_retrieval_demo.py's deterministic
+    # training, the same that was exported), pickled once for every worker.
+    with open(os.environ["KILN_RECOMMEND_MODEL"], "rb") as f:
+        gbc = pickle.load(f)
     points = [json.loads(line) for line in open(ROOT / "examples" / "models" / "items" / "points.jsonl")]
     ids = np.array([p["id"] for p in points])
     item_vectors = np.array([p["vector"] for p in points], dtype=np.float32)
@@ -64,6 +66,12 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8300)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    os.environ["KILN_RECOMMEND_PROTOTYPE"] = "1"
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_retrieval_demo import build_recommend
+
+    model_file = os.path.join(tempfile.mkdtemp(), "gbc.pkl")
+    with open(model_file, "wb") as f:
+        pickle.dump(build_recommend()["gbc"], f)
+    os.environ["KILN_RECOMMEND_MODEL"] = model_file
     uvicorn.run("recommend_fastapi_server:app", app_dir=str(Path(__file__).parent), host="127.0.0.1",
                 port=args.port, workers=args.workers, log_level="warning")

@@ -9,6 +9,7 @@
 //! [N, dim] (or `text` BYTES [N] through the collection's embedder) → `ids`, `scores`,
 //! `payloads` [N, k].
 
+mod exact;
 mod filter;
 pub mod serve;
 
@@ -19,6 +20,8 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 use serde_json::Value;
+
+use exact::ExactVectors;
 
 pub use filter::Filter;
 
@@ -58,6 +61,9 @@ pub struct Hit {
     pub id: String,
     pub score: f32,
     pub payload: Option<Arc<Value>>,
+    /// The payload as JSON text, written once when the point was stored: v2 answers and
+    /// pipeline steps take it as it is.
+    pub payload_text: Option<Arc<str>>,
 }
 
 /// What [`Collection::info`] reports.
@@ -76,13 +82,14 @@ struct Stored {
     /// a change that is not newer is skipped, so a replica re-reading its own write leaves
     /// the graph alone (a re-insert leaves a deleted node behind in HNSW).
     seq: u64,
-    /// Kept for exact search (HNSW keeps its own copy).
-    vector: Option<Vec<f32>>,
     payload: Option<Arc<Value>>,
+    payload_text: Option<Arc<str>>,
 }
 
 struct State {
     index: Option<usearch::Index>,
+    /// The vectors when there is no graph (`exact = true`).
+    exact: ExactVectors,
     keys: HashMap<String, u64>,
     points: HashMap<u64, Stored>,
     next_key: u64,
@@ -168,11 +175,13 @@ impl Collection {
                 .map_err(|e| CollectionError::Index(e.to_string()))?;
             Some(index)
         };
+        let exact = ExactVectors::new(config.dim);
         Ok(Collection {
             name: name.to_string(),
             config,
             state: RwLock::new(State {
                 index,
+                exact,
                 keys: HashMap::new(),
                 points: HashMap::new(),
                 next_key: 0,
@@ -297,14 +306,12 @@ impl Collection {
                     key
                 }
             };
-            let kept = match &state.index {
-                Some(index) => {
-                    index.add(key, &vector).map_err(|e| CollectionError::Index(e.to_string()))?;
-                    None
-                }
-                None => Some(vector),
-            };
-            state.points.insert(key, Stored { id, seq, vector: kept, payload });
+            match &state.index {
+                Some(index) => index.add(key, &vector).map_err(|e| CollectionError::Index(e.to_string()))?,
+                None => state.exact.put(key, &vector),
+            }
+            let payload_text = payload.as_ref().map(|p| Arc::from(p.to_string()));
+            state.points.insert(key, Stored { id, seq, payload, payload_text });
         }
         if advance {
             state.applied_seq = state.applied_seq.max(seq);
@@ -327,6 +334,7 @@ impl Collection {
                     index.remove(key).map_err(|e| CollectionError::Index(e.to_string()))?;
                 }
                 state.points.remove(&key);
+                state.exact.remove(key);
                 removed += 1;
             }
         }
@@ -343,7 +351,7 @@ impl Collection {
 
     pub fn info(&self) -> Info {
         let state = self.read();
-        let vectors = if state.index.is_none() { state.points.len() * self.config.dim * 4 } else { 0 };
+        let vectors = state.exact.memory_bytes();
         Info {
             count: state.points.len(),
             ready: self.is_ready(),
@@ -394,17 +402,17 @@ impl Collection {
             }
             None => {
                 let metric = self.config.metric;
-                let mut scored: Vec<(u64, f32)> = state
-                    .points
-                    .iter()
-                    .filter(|(key, _)| passes(**key))
-                    .filter_map(|(key, p)| p.vector.as_ref().map(|v| (*key, metric.score(query, v))))
-                    .collect();
+                let mut scored = state.exact.scores(query, metric, &passes);
                 top_k(&mut scored, k, metric.higher_is_closer());
                 return Ok(scored
                     .into_iter()
                     .filter_map(|(key, score)| {
-                        state.points.get(&key).map(|p| Hit { id: p.id.clone(), score, payload: p.payload.clone() })
+                        state.points.get(&key).map(|p| Hit {
+                            id: p.id.clone(),
+                            score,
+                            payload: p.payload.clone(),
+                            payload_text: p.payload_text.clone(),
+                        })
                     })
                     .collect());
             }
@@ -418,6 +426,7 @@ impl Collection {
                     // usearch's IP distance is 1 - dot; L2sq is the squared distance.
                     score: if metric.higher_is_closer() { 1.0 - distance } else { distance },
                     payload: p.payload.clone(),
+                    payload_text: p.payload_text.clone(),
                 })
             })
             .collect())

@@ -213,7 +213,7 @@ pub async fn run(
         for hit in hits {
             ids.push(hit.id.into_bytes());
             scores.push(hit.score);
-            payloads.push(hit.payload.map_or_else(|| b"null".to_vec(), |p| p.to_string().into_bytes()));
+            payloads.push(hit.payload_text.map_or_else(|| b"null".to_vec(), |p| p.as_bytes().to_vec()));
         }
         for _ in found..k {
             ids.push(Vec::new());

@@ -152,12 +152,18 @@ pub fn json_field(path: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> 
     let TensorData::Bytes(values) = &t.data else {
         return Err(format!("json_field needs BYTES JSON, '{}' is {}", t.name, t.datatype()));
     };
+    let keys: Vec<&str> = path.split('.').collect();
     let mut out = Vec::with_capacity(values.len());
     for (i, raw) in values.iter().enumerate() {
-        let doc: serde_json::Value = serde_json::from_slice(raw)
-            .map_err(|e| format!("json_field: value {i} of '{}' is not JSON ({e})", t.name))?;
-        let found = path.split('.').try_fold(&doc, |v, key| v.get(key));
-        out.push(match found {
+        let parsed = match field_fast(raw, &keys) {
+            Some(found) => found,
+            None => {
+                let doc: serde_json::Value = serde_json::from_slice(raw)
+                    .map_err(|e| format!("json_field: value {i} of '{}' is not JSON ({e})", t.name))?;
+                keys.iter().try_fold(&doc, |v, key| v.get(*key)).cloned()
+            }
+        };
+        out.push(match parsed.as_ref() {
             None | Some(serde_json::Value::Null) => f32::NAN,
             Some(serde_json::Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN) as f32,
             Some(serde_json::Value::Bool(b)) => f32::from(u8::from(*b)),
@@ -172,6 +178,22 @@ pub fn json_field(path: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> 
         });
     }
     Tensor::new("output", t.shape.clone(), TensorData::Fp32(out)).map(|t| vec![t])
+}
+
+/// The value at `keys` of an object, reading only the objects on the path (the other fields
+/// stay unparsed text); `None` when the borrowed fast path cannot read it (not an object,
+/// escaped keys), and the caller parses the whole value instead.
+fn field_fast(raw: &[u8], keys: &[&str]) -> Option<Option<serde_json::Value>> {
+    use serde_json::value::RawValue;
+    let (first, rest) = keys.split_first()?;
+    let object: std::collections::HashMap<&str, &RawValue> = serde_json::from_slice(raw).ok()?;
+    match object.get(first) {
+        None => Some(None),
+        Some(inner) if rest.is_empty() => serde_json::from_str(inner.get()).ok().map(Some),
+        Some(inner) if inner.get().starts_with('{') => field_fast(inner.get().as_bytes(), rest),
+        // A path through a value that is not an object finds nothing.
+        Some(_) => Some(None),
+    }
 }
 
 pub fn json_field_specs(step: &str, inputs: &[TensorSpec]) -> Result<Vec<TensorSpec>, String> {
@@ -304,6 +326,16 @@ mod tests {
         assert!(v[1].is_nan() && v[2].is_nan() && v[3].is_nan());
         let nested = json_field("meta.rank", std::slice::from_ref(&p)).expect("run");
         assert_eq!(nested[0].data.slice(1, 2), TensorData::Fp32(vec![2.0]));
+        // An escaped key (the borrowed fast path cannot hold it) and a path through a number.
+        let odd = bytes("p", vec![3], &[r#"{"pr\u0069ce": 3}"#, r#"{"price": {"eur": 4}}"#, r#"{"meta": 1}"#]);
+        let out = json_field("price", std::slice::from_ref(&odd)).expect_err("object");
+        assert!(out.contains("value 1 of 'p' is an object"), "{out}");
+        let euro = json_field("price.eur", &[odd.clone()]).expect("run");
+        let TensorData::Fp32(v) = &euro[0].data else { panic!("fp32") };
+        assert!(v[0].is_nan() && v[1] == 4.0 && v[2].is_nan());
+        let first = json_field("price", &[bytes("p", vec![1], &[r#"{"pr\u0069ce": 3}"#])]).expect("run");
+        assert_eq!(first[0].data, TensorData::Fp32(vec![3.0]));
+        assert!(json_field("meta.rank", &[odd]).expect("run")[0].data.slice(2, 3) != TensorData::Fp32(vec![1.0]));
         let err = json_field("price", &[bytes("payloads", vec![1], &[r#"{"price": "cheap"}"#])]).expect_err("string");
         assert!(err.contains("value 0 of 'payloads' is a string, not a number"), "{err}");
     }
