@@ -330,7 +330,7 @@ mod tests {
         let odd = bytes("p", vec![3], &[r#"{"pr\u0069ce": 3}"#, r#"{"price": {"eur": 4}}"#, r#"{"meta": 1}"#]);
         let out = json_field("price", std::slice::from_ref(&odd)).expect_err("object");
         assert!(out.contains("value 1 of 'p' is an object"), "{out}");
-        let euro = json_field("price.eur", &[odd.clone()]).expect("run");
+        let euro = json_field("price.eur", std::slice::from_ref(&odd)).expect("run");
         let TensorData::Fp32(v) = &euro[0].data else { panic!("fp32") };
         assert!(v[0].is_nan() && v[1] == 4.0 && v[2].is_nan());
         let first = json_field("price", &[bytes("p", vec![1], &[r#"{"pr\u0069ce": 3}"#])]).expect("run");
