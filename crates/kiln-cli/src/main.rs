@@ -805,7 +805,8 @@ mod tests {
         let mut peak = before;
         for i in 0..20_000_000u64 {
             histogram.record(0.001);
-            if i % 1_000_000 == 0 {
+            // Room for the upkeep thread even when other builds or tests hold the cores.
+            if i % 250_000 == 0 {
                 std::thread::sleep(Duration::from_millis(25));
                 peak = peak.max(rss_bytes().unwrap_or(0));
             }

@@ -283,6 +283,9 @@ impl Collection {
             }
         }
         let mut applied = 0;
+        // Graph inserts wait until the maps are updated, then run on several threads at once.
+        let mut graph_adds: Vec<(u64, Vec<f32>)> = Vec::new();
+        let mut add_slot: HashMap<u64, usize> = HashMap::new();
         for (id, vector, payload) in points {
             let held = state.keys.get(&id).copied();
             if seq > 0
@@ -306,12 +309,20 @@ impl Collection {
                     key
                 }
             };
-            match &state.index {
-                Some(index) => index.add(key, &vector).map_err(|e| CollectionError::Index(e.to_string()))?,
-                None => state.exact.put(key, &vector),
+            match (&state.index, add_slot.get(&key)) {
+                // The same point twice in one change: its last vector wins.
+                (Some(_), Some(&slot)) => graph_adds[slot].1 = vector,
+                (Some(_), None) => {
+                    add_slot.insert(key, graph_adds.len());
+                    graph_adds.push((key, vector));
+                }
+                (None, _) => state.exact.put(key, &vector),
             }
             let payload_text = payload.as_ref().map(|p| Arc::from(p.to_string()));
             state.points.insert(key, Stored { id, seq, payload, payload_text });
+        }
+        if let Some(index) = &state.index {
+            add_to_graph(index, &graph_adds)?;
         }
         if advance {
             state.applied_seq = state.applied_seq.max(seq);
@@ -476,6 +487,36 @@ struct FilePoint {
     vector: Option<Vec<f32>>,
     text: Option<String>,
     payload: Option<Value>,
+}
+
+/// Inserts into the HNSW graph from as many threads as usearch has contexts reserved (the
+/// caller holds the write lock: no search holds one). Each insert is a graph walk of
+/// ef_construction candidates, the cost of a bulk load. A small graph grows one insert at a
+/// time: concurrent inserts into a graph of a few thousand nodes cost recall (recall@10 fell to
+/// 0.944 in one of five loads of the tests' 2,000 clustered points, under their 0.95 floor).
+fn add_to_graph(index: &usearch::Index, adds: &[(u64, Vec<f32>)]) -> Result<(), CollectionError> {
+    const PER_THREAD_AT_LEAST: usize = 64;
+    const SEQUENTIAL_UNTIL: usize = 10_000;
+    let add_part = |part: &[(u64, Vec<f32>)]| {
+        part.iter().try_for_each(|(key, vector)| index.add(*key, vector).map_err(|e| e.to_string()))
+    };
+    let first = SEQUENTIAL_UNTIL.saturating_sub(index.size()).min(adds.len());
+    add_part(&adds[..first]).map_err(CollectionError::Index)?;
+    let adds = &adds[first..];
+    let threads = search_threads().min(adds.len() / PER_THREAD_AT_LEAST).max(1);
+    let outcome = if threads == 1 {
+        add_part(adds)
+    } else {
+        std::thread::scope(|scope| {
+            let running: Vec<_> =
+                adds.chunks(adds.len().div_ceil(threads)).map(|part| scope.spawn(move || add_part(part))).collect();
+            running
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|_| Err("a graph insert thread panicked".into())))
+                .collect::<Result<(), String>>()
+        })
+    };
+    outcome.map_err(CollectionError::Index)
 }
 
 /// Keeps the k best of `scored` (all of them, sorted, when fewer), closest first.
