@@ -510,10 +510,10 @@ fn add_to_graph(index: &usearch::Index, adds: &[(u64, Vec<f32>)]) -> Result<(), 
         std::thread::scope(|scope| {
             let running: Vec<_> =
                 adds.chunks(adds.len().div_ceil(threads)).map(|part| scope.spawn(move || add_part(part))).collect();
+            // The scope joins every thread before it returns, also after a first error.
             running
                 .into_iter()
-                .map(|t| t.join().unwrap_or_else(|_| Err("a graph insert thread panicked".into())))
-                .collect::<Result<(), String>>()
+                .try_for_each(|t| t.join().unwrap_or_else(|_| Err("a graph insert thread panicked".into())))
         })
     };
     outcome.map_err(CollectionError::Index)
