@@ -14,10 +14,10 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
-from conftest import ROOT, KilnServer, link_minilm
+from conftest import ROOT, KilnServer, SHARED_MINILM, link_minilm
 from test_records import postgres  # noqa: F401  (the throwaway PostgreSQL fixture)
 
-SHARED = ROOT.parent / "shared" / "models" / "all-minilm-l6-v2"
+SHARED = SHARED_MINILM
 
 
 def clustered(n, dim, seed=0, centers=32):

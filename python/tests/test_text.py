@@ -13,9 +13,9 @@ import pytest
 import tritonclient.http as httpclient
 
 import kiln
-from conftest import ROOT, KilnServer, link_minilm
+from conftest import ROOT, KilnServer, SHARED_MINILM, link_minilm
 
-SHARED = ROOT.parent / "shared" / "models" / "all-minilm-l6-v2"
+SHARED = SHARED_MINILM
 pytestmark = pytest.mark.skipif(not (SHARED / "model.onnx").exists(),
                                 reason=f"the all-MiniLM-L6-v2 test model is not at {SHARED} (team data in ../shared)")
 MODEL = "all-minilm-l6-v2"
