@@ -40,6 +40,30 @@ impl Change {
     }
 }
 
+/// Where a reader of [`PointStore::changes`] stands: after every change up to `seq`, or — when
+/// `id` is set — after the change of `seq` to point `id` (a page ended inside that batch).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub seq: u64,
+    pub id: Option<String>,
+}
+
+impl Cursor {
+    /// After every change up to and including `seq`.
+    pub fn after_seq(seq: u64) -> Cursor {
+        Cursor { seq, id: None }
+    }
+
+    /// The position after the last change of a page.
+    pub fn after(change: &Change) -> Cursor {
+        let (seq, id) = match change {
+            Change::Upsert { seq, point } => (*seq, &point.id),
+            Change::Delete { seq, id } => (*seq, id),
+        };
+        Cursor { seq, id: Some(id.clone()) }
+    }
+}
+
 /// The points table.
 #[derive(Clone)]
 pub struct PointStore {
@@ -148,19 +172,28 @@ impl PointStore {
         self.write(collection, rows).await
     }
 
-    /// Up to `limit` changes of a collection with `seq` above `after`, in order.
-    pub async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<Vec<Change>, sqlx::Error> {
+    /// Up to `limit` changes of a collection after `after`, in `(seq, id)` order. One upsert
+    /// shares one `seq` across all its points, so a page can end inside a batch: the next page
+    /// starts after the last `(seq, id)` read, never after the last `seq` (that skipped the rest
+    /// of the batch).
+    pub async fn changes(&self, collection: &str, after: &Cursor, limit: usize) -> Result<Vec<Change>, sqlx::Error> {
         let sql = match self.store.dialect() {
             Dialect::Sqlite => {
-                "SELECT id, seq, vector, payload, deleted FROM points WHERE collection = ? AND seq > ? ORDER BY seq, id LIMIT ?"
+                "SELECT id, seq, vector, payload, deleted FROM points WHERE collection = ? \
+                 AND (seq > ? OR (seq = ? AND id > ?)) ORDER BY seq, id LIMIT ?"
             }
             Dialect::Postgres => {
-                "SELECT id, seq, vector, payload, deleted FROM points WHERE collection = $1 AND seq > $2 ORDER BY seq, id LIMIT $3"
+                "SELECT id, seq, vector, payload, deleted FROM points WHERE collection = $1 \
+                 AND (seq > $2 OR (seq = $3 AND id > $4)) ORDER BY seq, id LIMIT $5"
             }
         };
+        // Without an id, every row of `after.seq` has been read: `seq = after.seq AND id > NULL`
+        // matches nothing.
         let rows = sqlx::query(sql)
             .bind(collection)
-            .bind(after as i64)
+            .bind(after.seq as i64)
+            .bind(after.seq as i64)
+            .bind(after.id.as_deref())
             .bind(limit as i64)
             .fetch_all(self.store.pool())
             .await?;

@@ -7,33 +7,40 @@ use std::time::Duration;
 
 use kiln_engine::Engine;
 use kiln_engine::collection::Collection;
-use kiln_records::points::{Change, PointStore};
+use kiln_records::points::{Change, Cursor, PointStore};
 
 /// Changes read per query.
 const PAGE: usize = 2048;
 
 /// Applies every change of `collection` committed after what it has applied; returns how many.
+/// Pages follow a `(seq, id)` cursor: one upsert's points share a `seq`, and a page may end
+/// inside it.
 pub async fn catch_up(store: &PointStore, collection: &Arc<Collection>) -> Result<usize, String> {
     let mut applied = 0;
+    let mut cursor = Cursor::after_seq(collection.info().applied_seq);
     loop {
-        let after = collection.info().applied_seq;
-        let changes = store.changes(&collection.name, after, PAGE).await.map_err(|e| e.to_string())?;
-        if changes.is_empty() {
+        let changes = store.changes(&collection.name, &cursor, PAGE).await.map_err(|e| e.to_string())?;
+        let Some(last) = changes.last() else {
             return Ok(applied);
-        }
+        };
+        let next = Cursor::after(last);
+        // A full page may have stopped inside the batch of its last `seq`: only the batches
+        // before it are known whole, and only they may move the applied mark (a mark inside a
+        // batch would skip its rest after an error or on the next catch-up).
+        let whole = if changes.len() < PAGE { next.seq } else { next.seq - 1 };
         applied += changes.len();
         let target = Arc::clone(collection);
-        tokio::task::spawn_blocking(move || apply(&target, changes))
+        tokio::task::spawn_blocking(move || apply(&target, changes, whole))
             .await
             .map_err(|_| "applying changes panicked".to_string())??;
+        cursor = next;
     }
 }
 
 /// One page of changes, in order, each under its own sequence number (a point already held
-/// from that change — this replica's own write — is left alone); the page's last number
-/// becomes the collection's applied mark.
-fn apply(collection: &Collection, changes: Vec<Change>) -> Result<(), String> {
-    let last = changes.last().map_or(0, Change::seq);
+/// from that change — this replica's own write, or a page read again — is left alone); then
+/// every batch up to `whole` counts as applied.
+fn apply(collection: &Collection, changes: Vec<Change>, whole: u64) -> Result<(), String> {
     for change in changes {
         match change {
             Change::Upsert { seq, point } => {
@@ -51,7 +58,7 @@ fn apply(collection: &Collection, changes: Vec<Change>) -> Result<(), String> {
             }
         }
     }
-    collection.delete(&[], last, true).map_err(|e| e.to_string())?;
+    collection.delete(&[], whole, true).map_err(|e| e.to_string())?;
     Ok(())
 }
 
