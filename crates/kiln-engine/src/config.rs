@@ -204,6 +204,9 @@ pub struct LlmConfig {
     /// Reuse the KV cache of a finished request's prompt for a later prompt with the same
     /// start (default true).
     pub prefix_cache: Option<bool>,
+    /// Parse special-token text inside message content as control tokens, as llama.cpp's
+    /// server does (default false: content is plain text, so user text cannot open a turn).
+    pub special_tokens_in_content: Option<bool>,
 }
 
 impl ModelConfig {
@@ -223,6 +226,7 @@ impl ModelConfig {
             gpu_layers: llm.gpu_layers.unwrap_or(d.gpu_layers),
             flash_attention: llm.flash_attention.unwrap_or(d.flash_attention),
             prefix_cache: llm.prefix_cache.unwrap_or(d.prefix_cache),
+            special_tokens_in_content: llm.special_tokens_in_content.unwrap_or(d.special_tokens_in_content),
         }
     }
 

@@ -48,9 +48,11 @@ impl From<kiln_llm::LlmError> for EngineError {
     fn from(e: kiln_llm::LlmError) -> Self {
         use kiln_llm::LlmError;
         match e {
-            LlmError::PromptTooLong { .. } | LlmError::EmptyPrompt | LlmError::Template(_) | LlmError::Grammar(_) => {
-                EngineError::InvalidRequest(e.to_string())
-            }
+            LlmError::PromptTooLong { .. }
+            | LlmError::PromptTooLarge(_)
+            | LlmError::EmptyPrompt
+            | LlmError::Template(_)
+            | LlmError::Grammar(_) => EngineError::InvalidRequest(e.to_string()),
             LlmError::Overloaded { .. } => EngineError::Overloaded(e.to_string()),
             LlmError::ShuttingDown => EngineError::Unavailable(e.to_string()),
             LlmError::Load(_) | LlmError::Engine(_) => EngineError::Backend(e.to_string()),

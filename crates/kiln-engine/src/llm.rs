@@ -3,6 +3,7 @@
 //! prompts (Triton's LLM convention: no chat template), `text_output` BYTES `[n]` their
 //! completions, generated concurrently as `n` sequences with the model's default settings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_core::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
@@ -23,7 +24,7 @@ pub(crate) fn signature() -> ModelSignature {
 /// them all: their `Generation`s go with it).
 pub(crate) async fn run(
     model: &ServedModel,
-    llm: &LlmModel,
+    llm: &Arc<LlmModel>,
     inputs: Vec<Tensor>,
     timeout: Option<Duration>,
 ) -> Result<Vec<Tensor>, EngineError> {
@@ -31,15 +32,36 @@ pub(crate) async fn run(
         Some(TensorData::Bytes(rows)) => rows,
         _ => return Err(EngineError::InvalidRequest(format!("'{TEXT_INPUT}' must be a BYTES tensor"))),
     };
+    // Every row is a sequence at once: more rows than slots + queue could never be admitted.
+    let most = llm.settings().max_sequences + llm.settings().max_queue_size;
+    if prompts.len() > most {
+        return Err(EngineError::InvalidRequest(format!(
+            "'{TEXT_INPUT}' has {} rows; model '{}' generates at most {most} at once (max_sequences {} + \
+             max_queue_size {}): send fewer rows per request",
+            prompts.len(),
+            model.name,
+            llm.settings().max_sequences,
+            llm.settings().max_queue_size
+        )));
+    }
+    // Tokenizing grows with the text: off the async executor.
+    let tokenizer = llm.clone();
+    let prompts = tokio::task::spawn_blocking(move || {
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, prompt)| {
+                let text = std::str::from_utf8(prompt)
+                    .map_err(|e| EngineError::InvalidRequest(format!("'{TEXT_INPUT}'[{i}] is not UTF-8: {e}")))?;
+                tokenizer.text_prompt(text).map_err(|e| row_error(i, e))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()
+    })
+    .await
+    .map_err(|e| EngineError::Backend(format!("tokenizing failed: {e}")))??;
     let mut generations = Vec::with_capacity(prompts.len());
-    for (i, prompt) in prompts.iter().enumerate() {
-        let text = std::str::from_utf8(prompt)
-            .map_err(|e| EngineError::InvalidRequest(format!("'{TEXT_INPUT}'[{i}] is not UTF-8: {e}")))?;
-        let tokens = llm.text_prompt(text);
-        let generation = llm.generate(tokens, &GenerateParams::default()).map_err(|e| match EngineError::from(e) {
-            EngineError::InvalidRequest(m) => EngineError::InvalidRequest(format!("'{TEXT_INPUT}'[{i}]: {m}")),
-            other => other,
-        })?;
+    for (i, tokens) in prompts.into_iter().enumerate() {
+        let generation = llm.generate(tokens, &GenerateParams::default()).map_err(|e| row_error(i, e))?;
         generations.push(generation.complete());
     }
     let all = futures_util::future::try_join_all(generations);
@@ -52,4 +74,12 @@ pub(crate) async fn run(
     let rows = completions.len();
     let texts = completions.into_iter().map(|c| c.text.into_bytes()).collect();
     Ok(vec![Tensor::new(TEXT_OUTPUT, vec![rows], TensorData::Bytes(texts)).map_err(EngineError::Backend)?])
+}
+
+/// A row's refusal, naming the row.
+fn row_error(i: usize, e: kiln_llm::LlmError) -> EngineError {
+    match EngineError::from(e) {
+        EngineError::InvalidRequest(m) => EngineError::InvalidRequest(format!("'{TEXT_INPUT}'[{i}]: {m}")),
+        other => other,
+    }
 }

@@ -100,13 +100,74 @@ impl GrammarCompiler {
     }
 
     pub(crate) fn compile(&self, grammar: &Grammar) -> Result<Constraint, LlmError> {
-        let parser = self.factory.create_parser(grammar.compile()).map_err(|e| LlmError::Grammar(clean(&e)))?;
+        let refused = |detail: String| {
+            let detail = one_line(&detail);
+            let recursive = match grammar {
+                Grammar::JsonSchema(schema) => recursive_ref(schema),
+                _ => None,
+            };
+            LlmError::Grammar(match recursive {
+                Some(at) => format!(
+                    "the schema is recursive ($ref '{at}' refers back to itself), which kiln cannot enforce: {detail}"
+                ),
+                None => detail,
+            })
+        };
+        let parser = self.factory.create_parser(grammar.compile()).map_err(|e| refused(clean(&e)))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(error) = matcher.get_error() {
-            return Err(LlmError::Grammar(error));
+            return Err(refused(error));
         }
         Ok(Constraint { matcher: Box::new(matcher), grammar: Arc::new(grammar.clone()) })
     }
+}
+
+/// Longest compile error passed on: llguidance may append its parser's state to a message.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// An error's first line, at most [`MAX_ERROR_CHARS`] characters.
+fn one_line(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim();
+    match first.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((cut, _)) => format!("{}…", &first[..cut]),
+        None => first.to_string(),
+    }
+}
+
+/// The first local `$ref` (`#/...`) of `schema` that is reached again while it is being
+/// expanded: the schema describes unbounded nesting.
+pub(crate) fn recursive_ref(schema: &Value) -> Option<String> {
+    fn walk<'a>(root: &'a Value, node: &'a Value, expanding: &mut Vec<&'a str>, budget: &mut usize) -> Option<String> {
+        if *budget == 0 {
+            return None;
+        }
+        *budget -= 1;
+        match node {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref")
+                    && let Some(pointer) = target.strip_prefix('#')
+                {
+                    if expanding.contains(&target.as_str()) {
+                        return Some(target.clone());
+                    }
+                    if let Some(referred) = root.pointer(pointer) {
+                        expanding.push(target);
+                        let found = walk(root, referred, expanding, budget);
+                        expanding.pop();
+                        if found.is_some() {
+                            return found;
+                        }
+                    }
+                }
+                map.iter().filter(|(k, _)| *k != "$ref").find_map(|(_, v)| walk(root, v, expanding, budget))
+            }
+            Value::Array(items) => items.iter().find_map(|v| walk(root, v, expanding, budget)),
+            _ => None,
+        }
+    }
+    // Bounded: a schema whose references fan out must not cost more than this many visits.
+    let mut budget = 100_000;
+    walk(schema, schema, &mut Vec::new(), &mut budget)
 }
 
 /// llguidance's messages carry a chain of contexts ("failed to compile JSON schema: ..."); keep
@@ -152,5 +213,22 @@ impl Constraint {
     /// The grammar is complete and admits nothing more: the text is done.
     pub(crate) fn finished(&self) -> bool {
         self.matcher.is_stopped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recursive_refs_are_named_and_others_are_not() {
+        let tree = json!({"$defs": {"node": {"type": "object", "properties": {
+            "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}}, "$ref": "#/$defs/node"});
+        assert_eq!(recursive_ref(&tree).as_deref(), Some("#/$defs/node"));
+        let shared = json!({"$defs": {"point": {"type": "object"}}, "type": "object", "properties": {
+            "a": {"$ref": "#/$defs/point"}, "b": {"$ref": "#/$defs/point"}}});
+        assert_eq!(recursive_ref(&shared), None);
+        assert_eq!(one_line("first line\nstate: ..."), "first line");
+        assert_eq!(one_line(&"x".repeat(400)).chars().count(), MAX_ERROR_CHARS + 1);
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod constraint;
 pub mod metrics;
+mod prompt;
 pub mod request;
 mod scheduler;
 pub mod template;
@@ -43,6 +44,9 @@ pub enum LlmError {
     Load(String),
     #[error("the prompt has {prompt} tokens, but the model's context is {context} tokens")]
     PromptTooLong { prompt: usize, context: usize },
+    /// Refused before rendering or tokenizing: the request cannot fit, whatever its tokens.
+    #[error("{0}")]
+    PromptTooLarge(String),
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("{waiting} requests are already waiting for a sequence slot (max_queue_size); try again later")]
@@ -82,6 +86,11 @@ pub struct LlmSettings {
     /// Keep a finished request's prompt in its slot's KV cache and start a later prompt that
     /// begins the same way (a shared system prompt) from there.
     pub prefix_cache: bool,
+    /// Parse special-token text (`<|im_start|>`, `[INST]`…) inside message *content* as
+    /// control tokens, as llama.cpp's server and Hugging Face do. Off by default: content is
+    /// tokenized as plain text, so a user's message (or a pipeline input in a prompt) cannot
+    /// open a system turn; the template's own text is parsed either way.
+    pub special_tokens_in_content: bool,
 }
 
 impl Default for LlmSettings {
@@ -97,6 +106,7 @@ impl Default for LlmSettings {
             gpu_layers: 0,
             flash_attention: false,
             prefix_cache: true,
+            special_tokens_in_content: false,
         }
     }
 }
@@ -244,6 +254,8 @@ pub struct LlmModel {
     /// 49k tokens), so that the first constrained request does not pay for it; a request that
     /// comes sooner waits for it.
     grammars: Arc<OnceLock<Result<constraint::GrammarCompiler, LlmError>>>,
+    /// What prompt building checks before it renders or tokenizes.
+    bounds: prompt::Bounds,
 }
 
 impl std::fmt::Debug for LlmModel {
@@ -335,7 +347,8 @@ impl LlmModel {
         if let Err(e) = indexing {
             tracing::warn!(model = name, "cannot index the vocabulary ahead (the first constrained request will): {e}");
         }
-        Ok(LlmModel { model, template, settings, info, queue, metrics, grammars })
+        let bounds = prompt::Bounds::of(&model.vocab(), context_length);
+        Ok(LlmModel { model, template, settings, info, queue, metrics, grammars, bounds })
     }
 
     pub fn info(&self) -> &LlmInfo {
@@ -357,14 +370,29 @@ impl LlmModel {
     }
 
     /// Renders chat messages with the model's template and tokenizes the prompt (special
-    /// tokens in the template's text are parsed as such; no BOS is added beyond what the
-    /// template writes).
+    /// tokens in the template's text are parsed as such — in message content only with
+    /// `special_tokens_in_content`; no BOS is added beyond what the template writes).
+    /// A request that cannot fit the context is refused before any rendering: more messages
+    /// than context tokens, or more text than the context's tokens can hold. CPU work that
+    /// grows with the messages: call it off the async executor.
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<LlamaToken>, LlmError> {
         let template = self.template.as_ref().ok_or_else(|| {
             LlmError::Template("the model's GGUF has no chat template; use /v1/completions with a prompt".into())
         })?;
+        self.bounds.check_messages(messages)?;
+        let vocab = self.model.vocab();
+        if !self.settings.special_tokens_in_content && self.bounds.holds_special_text(messages) {
+            let marked = template.render(&prompt::mark_contents(messages))?;
+            self.bounds.check_text(&marked)?;
+            let mut tokens = Vec::new();
+            for (text, is_content) in prompt::split_marked(&marked) {
+                tokens.extend(vocab.tokenize(text.as_bytes(), false, !is_content));
+            }
+            return Ok(tokens);
+        }
         let text = template.render(messages)?;
-        Ok(self.model.vocab().tokenize(text.as_bytes(), false, true))
+        self.bounds.check_text(&text)?;
+        Ok(vocab.tokenize(text.as_bytes(), false, true))
     }
 
     /// Compiles `grammar` for this model: the [`Constraint`] goes in [`GenerateParams`]. A
@@ -379,9 +407,11 @@ impl LlmModel {
         compiled
     }
 
-    /// Tokenizes a raw prompt, with the BOS token when the model asks for one.
-    pub fn text_prompt(&self, text: &str) -> Vec<LlamaToken> {
-        self.model.vocab().tokenize(text.as_bytes(), true, true)
+    /// Tokenizes a raw prompt, with the BOS token when the model asks for one; a text longer
+    /// than the context's tokens can hold is refused before tokenizing.
+    pub fn text_prompt(&self, text: &str) -> Result<Vec<LlamaToken>, LlmError> {
+        self.bounds.check_text(text)?;
+        Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
     }
 
     /// Queues a request. Errors at once when the prompt does not fit the context or the

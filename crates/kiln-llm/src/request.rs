@@ -258,7 +258,13 @@ pub fn messages(value: Option<Value>) -> Result<Vec<Message>, ParamError> {
             m.remove("name");
             if role == "tool" {
                 match m.remove("tool_call_id") {
-                    Some(Value::String(_)) | None => {}
+                    Some(Value::String(_)) => {}
+                    // OpenAI refuses a tool result that does not say which call it answers.
+                    None | Some(Value::Null) => {
+                        return Err(bad(
+                            "'tool_call_id' is required on a tool message (the id of the call it answers)".into(),
+                        ));
+                    }
                     Some(other) => return Err(bad(format!("'tool_call_id' must be a string, got {other}"))),
                 }
             }
@@ -339,6 +345,17 @@ mod tests {
         let e =
             tool_list(Some(json!([{"type": "function", "function": {"name": "f", "parameters": []}}]))).unwrap_err();
         assert!(e.message.contains("tools[0]: function.'parameters'"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_tool_result_must_name_its_call() {
+        let e = messages(Some(json!([{"role": "user", "content": "hi"}, {"role": "tool", "content": "-3 C"}])))
+            .unwrap_err();
+        assert_eq!(e.param, "messages");
+        assert_eq!(
+            e.message,
+            "messages[1]: 'tool_call_id' is required on a tool message (the id of the call it answers)"
+        );
     }
 
     #[test]

@@ -32,10 +32,17 @@ impl std::fmt::Debug for ChatTemplate {
 
 const NAME: &str = "chat_template";
 
+/// minijinja instructions one render may run (a real template spends tens per message; the
+/// messages are already bounded by the context length).
+const RENDER_FUEL: u64 = 20_000_000;
+
 impl ChatTemplate {
     /// Compiles `source`; an invalid template is a load error of the model.
     pub fn new(source: &str, bos_token: String, eos_token: String) -> Result<Self, LlmError> {
         let mut env = Environment::new();
+        // A bound on the instructions one render may run: a template that loops over the
+        // messages inside a loop over the messages must not buy seconds of CPU per request.
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))

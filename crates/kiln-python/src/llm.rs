@@ -215,7 +215,7 @@ impl Llm {
         let mut sampling = sampling(max_tokens, temperature, top_p, seed, stop)?;
         let model = &self.model;
         let generation = py.detach(|| {
-            let tokens = model.text_prompt(prompt);
+            let tokens = model.text_prompt(prompt).map_err(kiln_err)?;
             sampling.params.constraint =
                 model.compile_answer(format.as_ref(), &[], &ToolChoice::None, false).map_err(param)?;
             model.generate(tokens, &sampling.params).map_err(kiln_err)

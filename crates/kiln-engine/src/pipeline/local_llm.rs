@@ -115,7 +115,7 @@ impl LocalLlmStep {
     #[cfg(feature = "llm")]
     async fn generate_rows(
         &self,
-        llm: &kiln_llm::LlmModel,
+        llm: &std::sync::Arc<kiln_llm::LlmModel>,
         prompts: Vec<String>,
         params: &kiln_llm::GenerateParams,
         deadline: Option<Instant>,
@@ -124,14 +124,25 @@ impl LocalLlmStep {
 
         use super::remote::llm_outputs;
 
+        // Rendering and tokenizing grow with the inputs: off the async executor.
+        let (tokenizer, system) = (llm.clone(), self.spec.system.clone());
+        let prompts = tokio::task::spawn_blocking(move || {
+            prompts
+                .into_iter()
+                .map(|prompt| {
+                    let mut messages = Vec::with_capacity(2);
+                    if let Some(system) = &system {
+                        messages.push(Message { role: "system".into(), content: system.clone() });
+                    }
+                    messages.push(Message { role: "user".into(), content: prompt });
+                    tokenizer.chat_prompt(&messages)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| EngineError::Backend(format!("{}: rendering the prompts failed: {e}", self.describe())))??;
         let mut generations = Vec::with_capacity(prompts.len());
-        for prompt in prompts {
-            let mut messages = Vec::with_capacity(2);
-            if let Some(system) = &self.spec.system {
-                messages.push(Message { role: "system".into(), content: system.clone() });
-            }
-            messages.push(Message { role: "user".into(), content: prompt });
-            let tokens = llm.chat_prompt(&messages)?;
+        for tokens in prompts {
             generations.push(llm.generate(tokens, params)?.complete());
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));

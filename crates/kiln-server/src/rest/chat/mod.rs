@@ -83,9 +83,16 @@ async fn chat(State(state): State<AppState>, request: axum::extract::Request) ->
     let messages = kiln_llm::request::messages(fields.take("messages")).map_err(param_error)?;
     let mut options = fields::options(&mut fields, Api::Chat)?;
     fields.finish()?;
-    let offered: &[Tool] = if options.tools_offered() { &options.tools } else { &[] };
-    let conversation = tools::conversation(messages.clone(), offered);
-    let prompt = llm.chat_prompt(&conversation).map_err(|e| llm_error(e, Api::Chat))?;
+    let offered: Vec<Tool> = if options.tools_offered() { options.tools.clone() } else { Vec::new() };
+    let conversation = tools::conversation(messages.clone(), &offered);
+    // Rendering and tokenizing grow with the messages: on the blocking pool, never on the
+    // executor that answers every other request (the cheap bounds in `chat_prompt` refuse what
+    // cannot fit before any of it runs).
+    let renderer = llm.clone();
+    let prompt = tokio::task::spawn_blocking(move || renderer.chat_prompt(&conversation))
+        .await
+        .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("rendering the prompt failed: {e}"))))?
+        .map_err(|e| llm_error(e, Api::Chat))?;
     options.params.constraint = constraint(&llm, &options).await?;
     respond(state, model, &llm, prompt, &messages_text(&messages), options, Api::Chat).await
 }
@@ -105,7 +112,11 @@ async fn completions(State(state): State<AppState>, request: axum::extract::Requ
     };
     let mut options = fields::options(&mut fields, Api::Completion)?;
     fields.finish()?;
-    let tokens = llm.text_prompt(&prompt);
+    let tokenizer = llm.clone();
+    let (tokens, prompt) = tokio::task::spawn_blocking(move || (tokenizer.text_prompt(&prompt), prompt))
+        .await
+        .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("tokenizing the prompt failed: {e}"))))?;
+    let tokens = tokens.map_err(|e| llm_error(e, Api::Completion))?;
     options.params.constraint = constraint(&llm, &options).await?;
     respond(state, model, &llm, tokens, &prompt, options, Api::Completion).await
 }
@@ -133,7 +144,10 @@ fn messages_text(messages: &[Message]) -> String {
 
 fn llm_error(e: LlmError, api: Api) -> OpenAiError {
     let param = match &e {
-        LlmError::PromptTooLong { .. } | LlmError::EmptyPrompt | LlmError::Template(_) => Some(api.prompt_param()),
+        LlmError::PromptTooLong { .. }
+        | LlmError::PromptTooLarge(_)
+        | LlmError::EmptyPrompt
+        | LlmError::Template(_) => Some(api.prompt_param()),
         _ => None,
     };
     OpenAiError { error: EngineError::from(e).into(), param }
@@ -141,7 +155,10 @@ fn llm_error(e: LlmError, api: Api) -> OpenAiError {
 
 fn outcome_of(e: &LlmError) -> Outcome {
     match e {
-        LlmError::PromptTooLong { .. } | LlmError::EmptyPrompt | LlmError::Template(_) => Outcome::Invalid,
+        LlmError::PromptTooLong { .. }
+        | LlmError::PromptTooLarge(_)
+        | LlmError::EmptyPrompt
+        | LlmError::Template(_) => Outcome::Invalid,
         LlmError::Overloaded { .. } => Outcome::Overloaded,
         _ => Outcome::Error,
     }
