@@ -217,6 +217,10 @@ struct ServeArgs {
     /// Longest string (one BYTES element or embeddings text), in bytes.
     #[arg(long, env = "KILN_MAX_STRING_BYTES", default_value_t = 1024 * 1024, help_heading = "Limits")]
     max_string_bytes: usize,
+    /// Largest payload of one vector-collection point (its JSON text), in bytes; larger points
+    /// are refused (413) — payloads are held in memory with every point.
+    #[arg(long, env = "KILN_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024, help_heading = "Limits")]
+    max_payload_bytes: usize,
     /// Open connections per port; more are closed at once (and counted in
     /// kiln_connections_rejected_total).
     #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 4096, help_heading = "Limits")]
@@ -228,6 +232,16 @@ struct ServeArgs {
     /// long a kept-alive HTTP/1 connection may sit idle before kiln closes it.
     #[arg(long, env = "KILN_HEADER_TIMEOUT_SECS", default_value_t = 10.0, help_heading = "Limits")]
     header_timeout_secs: f64,
+    /// Seconds a client has to send a request's whole body once its headers are in; past it
+    /// the request is refused (408) and its connection closed, so a stalled upload cannot hold
+    /// a connection. A gRPC ModelStreamInfer stream is timed by --idle-timeout-secs between
+    /// messages instead.
+    #[arg(long, env = "KILN_BODY_TIMEOUT_SECS", default_value_t = 30.0, help_heading = "Limits")]
+    body_timeout_secs: f64,
+    /// Seconds a connection (HTTP/1 or HTTP/2, gRPC included) may stay open with no request in
+    /// progress before kiln closes it gracefully (GOAWAY on HTTP/2).
+    #[arg(long, env = "KILN_IDLE_TIMEOUT_SECS", default_value_t = 300.0, help_heading = "Limits")]
+    idle_timeout_secs: f64,
     /// PEM certificate chain: serve REST, gRPC and metrics over TLS (needs --tls-key).
     #[arg(long, env = "KILN_TLS_CERT", requires = "tls_key", help_heading = "Security")]
     tls_cert: Option<PathBuf>,
@@ -456,6 +470,15 @@ fn seconds(value: f64, flag: &str) -> Result<Duration> {
     Ok(Duration::try_from_secs_f64(value)?)
 }
 
+/// Like [`seconds`], and more than zero (a zero deadline would refuse every request).
+fn positive_seconds(value: f64, flag: &str) -> Result<Duration> {
+    let d = seconds(value, flag)?;
+    if d.is_zero() {
+        bail!("{flag} must be more than 0");
+    }
+    Ok(d)
+}
+
 pub(crate) fn start_runtime(explicit: Option<&Path>) -> Result<()> {
     runtime::ensure(explicit)?;
     Ok(())
@@ -529,12 +552,15 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
             max_tensor_elements: args.max_tensor_elements,
             max_batch_rows: args.max_batch_rows,
             max_string_bytes: args.max_string_bytes,
+            max_payload_bytes: args.max_payload_bytes,
             ..Default::default()
         },
         connections: kiln_server::transport::ConnectionLimits {
             max_connections: args.max_connections,
             max_header_bytes: args.max_header_bytes,
             header_timeout: seconds(args.header_timeout_secs, "--header-timeout-secs")?,
+            body_timeout: positive_seconds(args.body_timeout_secs, "--body-timeout-secs")?,
+            idle_timeout: positive_seconds(args.idle_timeout_secs, "--idle-timeout-secs")?,
             ..Default::default()
         },
         tls,
@@ -558,7 +584,7 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         points_follow: Duration::from_millis(args.points_follow_ms.max(10)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-io").build()?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let server = BoundServer::bind(&config, engine).await?;
         let addr = server.local_addr()?;
         let grpc = server.grpc_addr()?;
@@ -584,7 +610,12 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         server.serve(shutdown).await?;
         tracing::info!("kiln stopped");
         Ok(())
-    })
+    });
+    // The drain deadline has passed or everything is answered: work still running on the
+    // blocking pool (a prompt being rendered for a client that is gone) must not keep the
+    // process alive; dropping the runtime would wait for it without limit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    served
 }
 
 /// Installs the Prometheus recorder behind the `metrics` facade the library crates use.

@@ -29,6 +29,8 @@ pub enum Kind {
     Unavailable,
     /// The request's deadline passed.
     Timeout,
+    /// The client did not send its body in time (`--body-timeout-secs`).
+    BodyTimeout,
     Internal,
 }
 
@@ -43,6 +45,7 @@ impl Kind {
             Kind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,7 +59,7 @@ impl Kind {
             Kind::TooLarge | Kind::Overloaded => tonic::Code::ResourceExhausted,
             Kind::Precondition => tonic::Code::FailedPrecondition,
             Kind::Unavailable => tonic::Code::Unavailable,
-            Kind::Timeout => tonic::Code::DeadlineExceeded,
+            Kind::Timeout | Kind::BodyTimeout => tonic::Code::DeadlineExceeded,
             Kind::Internal => tonic::Code::Internal,
         }
     }

@@ -8,6 +8,8 @@
 //! [`kiln_engine::Engine`] handle held in [`state::AppState`].
 
 pub mod auth;
+pub mod classification;
+pub mod deadlines;
 pub mod error;
 pub mod grpc;
 pub mod infer;

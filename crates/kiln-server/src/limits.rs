@@ -16,6 +16,8 @@ pub struct RequestLimits {
     pub max_string_bytes: usize,
     /// Most input tensors in one request.
     pub max_inputs: usize,
+    /// Largest payload of one collection point (its JSON text), in bytes.
+    pub max_payload_bytes: usize,
 }
 
 impl Default for RequestLimits {
@@ -26,6 +28,7 @@ impl Default for RequestLimits {
             max_batch_rows: 65_536,
             max_string_bytes: 1024 * 1024,
             max_inputs: 256,
+            max_payload_bytes: 64 * 1024,
         }
     }
 }

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+
+use crate::deadlines::{Activity, BodyDeadline, Busy, BusyBody, TimedBody};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -24,6 +26,11 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// Time a client has to send a request's headers (HTTP/1) and to finish the TLS handshake.
     pub header_timeout: Duration,
+    /// Time a request's whole body may take to arrive after its headers (a ModelStreamInfer
+    /// stream's messages are timed by `idle_timeout` instead).
+    pub body_timeout: Duration,
+    /// A connection with no request in progress this long is closed gracefully.
+    pub idle_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
 }
@@ -34,6 +41,8 @@ impl Default for ConnectionLimits {
             max_connections: 4096,
             max_header_bytes: 64 * 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
             max_concurrent_streams: 1024,
         }
     }
@@ -111,6 +120,60 @@ pub(crate) enum Drained {
     Cut,
 }
 
+/// The path of the one bidirectional streaming call, whose request body is a stream of messages
+/// that may pause between them.
+const STREAM_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+
+/// `app` for one connection: each request's body gets its deadline, and the request counts as
+/// in progress on the connection until its response body is dropped.
+#[derive(Clone)]
+struct TimedApp {
+    app: axum::Router,
+    activity: Arc<Activity>,
+    body_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for TimedApp {
+    type Response = hyper::Response<BusyBody<axum::body::Body>>;
+    type Error = std::convert::Infallible;
+    type Future = TimedCall;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> TimedCall {
+        use tower_service::Service as _;
+        let busy = self.activity.begin();
+        let deadline = if request.uri().path() == STREAM_INFER_PATH {
+            BodyDeadline::BetweenFrames(self.idle_timeout)
+        } else {
+            BodyDeadline::Total(self.body_timeout)
+        };
+        let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, deadline)));
+        // A Router is always ready (axum's Service::poll_ready answers Ready at once).
+        TimedCall { inner: self.app.clone().call(request), busy: Some(busy) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`TimedApp`]'s answer: the route's, with the connection's busy mark moved into the
+    /// response body.
+    struct TimedCall {
+        #[pin]
+        inner: axum::routing::future::RouteFuture<std::convert::Infallible>,
+        busy: Option<Busy>,
+    }
+}
+
+impl Future for TimedCall {
+    type Output = Result<hyper::Response<BusyBody<axum::body::Body>>, std::convert::Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let busy = this.busy.take().expect("TimedCall polled after it finished");
+        std::task::Poll::Ready(Ok(response.map(|body| BusyBody::new(body, busy))))
+    }
+}
+
 /// Serves `app` on `listener` until `stop` turns true, then stops accepting, asks every
 /// connection to finish (HTTP/1 closes after the response in progress, HTTP/2 sends GOAWAY)
 /// and waits up to `drain` for them.
@@ -143,7 +206,7 @@ pub(crate) async fn serve(
     let builder = Arc::new(builder);
     let acceptor = tls.as_ref().map(TlsFiles::acceptor);
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(Connections::default());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -168,15 +231,25 @@ pub(crate) async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
-        let service = TowerToHyperService::new(app.clone());
+        let activity = Activity::new();
+        let service = TimedApp {
+            app: app.clone(),
+            activity: activity.clone(),
+            body_timeout: limits.body_timeout,
+            idle_timeout: limits.idle_timeout,
+        };
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let open = connections.open();
+        let stop = stop.clone();
         let acceptor = acceptor.clone();
-        let handshake_timeout = limits.header_timeout;
+        let (handshake_timeout, idle_timeout) = (limits.header_timeout, limits.idle_timeout);
         tokio::spawn(async move {
-            let _permit = permit;
+            let (_permit, _open) = (permit, open);
             let result = match acceptor {
-                None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tcp), service)).await,
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                    until_closed(conn, stop, &activity, idle_timeout).await
+                }
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => stream,
@@ -189,7 +262,8 @@ pub(crate) async fn serve(
                             return;
                         }
                     };
-                    watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service)).await
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    until_closed(conn, stop, &activity, idle_timeout).await
                 }
             };
             if let Err(e) = result {
@@ -198,12 +272,100 @@ pub(crate) async fn serve(
         });
     }
     drop(listener);
-    let open = graceful.count();
+    let open = connections.count();
     if open > 0 {
         tracing::info!(port, connections = open, "draining connections");
     }
-    match tokio::time::timeout(drain, graceful.shutdown()).await {
+    match tokio::time::timeout(drain, connections.all_closed()).await {
         Ok(()) => Drained::Clean,
         Err(_) => Drained::Cut,
+    }
+}
+
+/// Serves one connection to its end. It is asked to close gracefully (HTTP/1: after the
+/// response in progress; HTTP/2: GOAWAY, streams in flight finish) when the server stops or when
+/// it has had no request in progress for `idle`.
+async fn until_closed<C, E>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    activity: &Activity,
+    idle: Duration,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>> + GracefulClose,
+{
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            _ = stop.wait_for(|&s| s), if !closing => {
+                closing = true;
+                conn.as_mut().close_gracefully();
+            }
+            () = activity.idle_for_at_least(idle), if !closing => {
+                tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle connection");
+                closing = true;
+                conn.as_mut().close_gracefully();
+            }
+        }
+    }
+}
+
+/// A connection that can be asked to finish what it is doing and close.
+trait GracefulClose {
+    fn close_gracefully(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulClose for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn close_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// The open connections of one port (RAII: each connection task holds an [`OpenConnection`]).
+#[derive(Default)]
+struct Connections {
+    count: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+impl Connections {
+    fn open(self: &Arc<Self>) -> OpenConnection {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        OpenConnection(self.clone())
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    async fn all_closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.count() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+struct OpenConnection(Arc<Connections>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
     }
 }

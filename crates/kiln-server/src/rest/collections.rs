@@ -148,6 +148,17 @@ async fn upsert(
         if p.payload.as_ref().is_some_and(|v| !v.is_object()) {
             return Err(ApiError::bad_request(format!("points[{i}]: payload must be a JSON object")));
         }
+        // Payloads live in memory with every point: each is capped.
+        let bytes = p.payload.as_ref().map_or(0, |v| v.to_string().len());
+        if bytes > state.limits.max_payload_bytes {
+            return Err(ApiError::new(
+                Kind::TooLarge,
+                format!(
+                    "points[{i}] ('{}'): payload is {bytes} bytes of JSON; the limit is {} (--max-payload-bytes)",
+                    p.id, state.limits.max_payload_bytes
+                ),
+            ));
+        }
         points.push(Point { id: p.id, vector, payload: p.payload });
     }
     if !texts.is_empty() {

@@ -55,12 +55,17 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize, flag: &str
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         // to_bytes reports both "too large" and transport errors; tell them apart.
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        let mut over = false;
+        let (mut over, mut late) = (false, None);
         while let Some(err) = source {
             over |= err.is::<http_body_util::LengthLimitError>();
+            late = late.or_else(|| err.downcast_ref::<crate::deadlines::BodyTimeout>());
             source = err.source();
         }
-        if over { too_large() } else { ApiError::bad_request(format!("cannot read the request body: {e}")) }
+        match (over, late) {
+            (true, _) => too_large(),
+            (false, Some(late)) => ApiError::new(Kind::BodyTimeout, late.to_string()),
+            (false, None) => ApiError::bad_request(format!("cannot read the request body: {e}")),
+        }
     })
 }
 
