@@ -218,6 +218,17 @@ impl ModelInstance for OrtInstance {
                             tensor.name
                         ))
                     })?;
+                    // The C API takes each string as a NUL-terminated C string: a NUL inside
+                    // one cannot be carried, and ort would fail the whole run.
+                    if let Some(at) = item.iter().position(|&b| b == 0) {
+                        let per_row = tensor.shape.iter().skip(1).product::<usize>().max(1);
+                        return Err(BackendError::InvalidInput(format!(
+                            "input '{}': row {} (element {i}) holds a NUL byte at byte {at}; ONNX Runtime string \
+                             tensors cannot carry NUL",
+                            tensor.name,
+                            i / per_row
+                        )));
+                    }
                     strs.push(text.to_owned());
                 }
             }

@@ -210,6 +210,32 @@ impl Engine {
         }
     }
 
+    /// The version [`Engine::model`] picks, if it can answer now: not only loaded, but every
+    /// model it calls (a pipeline's steps, a collection's embedder, and theirs) ready too, and
+    /// not refusing requests itself. The error names the chain down to what is missing.
+    pub fn ready_model(&self, name: &str, version: Option<&str>) -> Result<ModelHandle, EngineError> {
+        let handle = self.model(name, version)?;
+        let mut seen = vec![name.to_string()];
+        self.check_ready(&handle, &mut seen)
+            .map_err(|reason| EngineError::NotReady(format!("model '{name}' is not ready: {reason}")))?;
+        Ok(handle)
+    }
+
+    fn check_ready(&self, handle: &ModelHandle, seen: &mut Vec<String>) -> Result<(), String> {
+        if let Some(reason) = handle.refusal() {
+            return Err(reason);
+        }
+        for (name, version) in handle.dependencies() {
+            if seen.contains(&name) {
+                continue; // a cycle is the loader's error to report, not readiness'.
+            }
+            let dependency = self.model(&name, version.as_deref()).map_err(|e| format!("it calls '{name}': {e}"))?;
+            seen.push(name.clone());
+            self.check_ready(&dependency, seen).map_err(|reason| format!("it calls '{name}': {reason}"))?;
+        }
+        Ok(())
+    }
+
     /// Runs one request on a model.
     pub async fn infer(
         &self,
@@ -237,7 +263,13 @@ impl Engine {
             }
             for (&version, s) in &state.versions {
                 let (ready, reason) = match s {
-                    VersionState::Ready(_) => (true, state.error.clone().filter(|_| ready_any)),
+                    VersionState::Ready(handle) => {
+                        let mut seen = vec![state.name.clone()];
+                        match self.check_ready(handle, &mut seen) {
+                            Ok(()) => (true, state.error.clone().filter(|_| ready_any)),
+                            Err(reason) => (false, Some(reason)),
+                        }
+                    }
                     VersionState::Failed(r) => (false, Some(r.clone())),
                 };
                 rows.push(IndexEntry { name: state.name.clone(), version: Some(version), ready, reason });

@@ -249,6 +249,26 @@ impl ServedModel {
         false
     }
 
+    /// The models this one calls to answer (a pipeline's steps, a collection's embedder),
+    /// with the version asked for (None: the newest ready one); it is ready only when they are.
+    pub fn dependencies(&self) -> Vec<(String, Option<String>)> {
+        match &self.executor {
+            Executor::Pipeline(pipeline) => pipeline.dependencies(),
+            Executor::Collection(c, _) => c.config.embedder.iter().map(|e| (e.clone(), None)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Why this version refuses requests by itself (a collection still loading its points).
+    pub fn refusal(&self) -> Option<String> {
+        match &self.executor {
+            Executor::Collection(c, _) if !c.is_ready() => {
+                Some(format!("collection '{}' is loading its points", self.name))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether this is a pipeline.
     pub fn is_pipeline(&self) -> bool {
         matches!(self.executor, Executor::Pipeline(_))

@@ -56,6 +56,9 @@ struct OutputJson {
 pub struct RequestedOutput {
     pub name: String,
     pub binary: bool,
+    /// The classification extension's `classification` parameter, as sent (the server checks
+    /// it is a positive integer).
+    pub classification: Option<i128>,
 }
 
 /// A decoded inference request.
@@ -112,9 +115,18 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Decod
                 .and_then(|p| p.get("binary_data"))
                 .and_then(Value::as_bool)
                 .unwrap_or(binary_by_default);
-            RequestedOutput { name: o.name, binary }
+            let classification = match o.parameters.as_ref().and_then(|p| p.get("classification")) {
+                None => None,
+                Some(v) => Some(v.as_i64().map(i128::from).ok_or_else(|| {
+                    DecodeError(format!(
+                        "output '{}': parameter 'classification' must be a positive integer, got {v}",
+                        o.name
+                    ))
+                })?),
+            };
+            Ok(RequestedOutput { name: o.name, binary, classification })
         })
-        .collect();
+        .collect::<Result<Vec<_>, DecodeError>>()?;
     Ok(DecodedRequest { id, parameters: request.parameters, inputs, outputs, binary_by_default })
 }
 
@@ -282,22 +294,65 @@ fn decode_binary_strings(name: &str, count: usize, mut bytes: &[u8]) -> Result<T
     Ok(TensorData::Bytes(items))
 }
 
-/// Flattens nested JSON arrays (the protocol allows both flat and nested `data`).
+/// Flattens nested JSON arrays (the protocol allows both flat and nested `data`). Nested data
+/// must be a regular grid: every array at one depth holds as many elements, and every value sits
+/// at the same depth — `[[1, 2], [3, [4]]]` is refused, not read as four values.
 fn flatten<'a>(name: &str, value: &'a Value, count: usize, out: &mut Vec<&'a Value>) -> Result<(), DecodeError> {
-    match value {
-        Value::Array(items) => {
-            for item in items {
-                flatten(name, item, count, out)?;
+    let mut grid = Grid { lengths: Vec::new(), leaf_depth: None };
+    grid.walk(name, value, 0, count, out)
+}
+
+/// What [`flatten`] has seen of the nesting so far.
+struct Grid {
+    /// The length of the arrays at each depth.
+    lengths: Vec<usize>,
+    /// The depth of the values.
+    leaf_depth: Option<usize>,
+}
+
+impl Grid {
+    fn walk<'a>(
+        &mut self,
+        name: &str,
+        value: &'a Value,
+        depth: usize,
+        count: usize,
+        out: &mut Vec<&'a Value>,
+    ) -> Result<(), DecodeError> {
+        match value {
+            Value::Array(items) => {
+                match self.lengths.get(depth) {
+                    Some(&n) if n != items.len() => {
+                        return fail(format!(
+                            "input '{name}': 'data' is ragged: arrays at depth {depth} hold {n} and {} elements",
+                            items.len()
+                        ));
+                    }
+                    Some(_) => {}
+                    None => self.lengths.push(items.len()),
+                }
+                for item in items {
+                    self.walk(name, item, depth + 1, count, out)?;
+                }
+            }
+            scalar => {
+                match self.leaf_depth {
+                    Some(d) if d != depth => {
+                        return fail(format!(
+                            "input '{name}': 'data' is ragged: values at depths {d} and {depth} (element {})",
+                            out.len()
+                        ));
+                    }
+                    _ => self.leaf_depth = Some(depth),
+                }
+                if out.len() == count {
+                    return fail(format!("input '{name}': 'data' holds more elements than the shape's {count}"));
+                }
+                out.push(scalar);
             }
         }
-        scalar => {
-            if out.len() == count {
-                return fail(format!("input '{name}': 'data' holds more elements than the shape's {count}"));
-            }
-            out.push(scalar);
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// `data` as JSON text. The common case — a flat array of numbers that fit the datatype, as
@@ -309,7 +364,9 @@ fn decode_json_text(name: &str, datatype: DataType, count: usize, text: &str) ->
         serde_json::from_str::<Vec<T>>(text).ok().filter(|v| v.len() == count)
     }
     let fast = match datatype {
-        DataType::Fp32 => flat::<f32>(text, count).map(TensorData::Fp32),
+        // serde reads a number past f32's range as infinity: such data takes the slow path,
+        // which refuses it by position.
+        DataType::Fp32 => flat::<f32>(text, count).filter(|v| v.iter().all(|x| x.is_finite())).map(TensorData::Fp32),
         DataType::Fp64 => flat::<f64>(text, count).map(TensorData::Fp64),
         DataType::Int64 => flat::<i64>(text, count).map(TensorData::Int64),
         DataType::Int32 => flat::<i32>(text, count).map(TensorData::Int32),
@@ -349,7 +406,7 @@ fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Re
         };
     }
     macro_rules! floats {
-        ($conv:expr, $variant:ident) => {
+        ($conv:expr, $finite:expr, $variant:ident) => {
             TensorData::$variant(
                 flat.iter()
                     .enumerate()
@@ -361,7 +418,15 @@ fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Re
                             Value::String(s) => crate::nonfinite::from_marker(s),
                             _ => v.as_f64(),
                         };
-                        x.map($conv).ok_or_else(|| bad(i, v))
+                        let x = x.ok_or_else(|| bad(i, v))?;
+                        // A finite number that becomes infinite is out of the type's range.
+                        let y = $conv(x);
+                        if x.is_finite() && !$finite(&y) {
+                            return Err(DecodeError(format!(
+                                "input '{name}': element {i} ({v}) is out of range for {datatype}"
+                            )));
+                        }
+                        Ok(y)
                     })
                     .collect::<Result<_, _>>()?,
             )
@@ -379,9 +444,9 @@ fn decode_json(name: &str, datatype: DataType, count: usize, data: &Value) -> Re
         DataType::Int16 => ints!(i16, Int16),
         DataType::Int32 => ints!(i32, Int32),
         DataType::Int64 => ints!(i64, Int64),
-        DataType::Fp16 => floats!(|x: f64| f16::from_f64(x), Fp16),
-        DataType::Fp32 => floats!(|x: f64| x as f32, Fp32),
-        DataType::Fp64 => floats!(|x: f64| x, Fp64),
+        DataType::Fp16 => floats!(|x: f64| f16::from_f64(x), |y: &f16| y.is_finite(), Fp16),
+        DataType::Fp32 => floats!(|x: f64| x as f32, |y: &f32| y.is_finite(), Fp32),
+        DataType::Fp64 => floats!(|x: f64| x, |y: &f64| y.is_finite(), Fp64),
         DataType::Bytes => TensorData::Bytes(
             flat.iter()
                 .enumerate()
@@ -591,6 +656,29 @@ pub fn encode_response(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn out_of_range_floats_and_ragged_data_are_refused_by_position() {
+        let one = |data: &str, shape: &str, datatype: &str| {
+            let body =
+                format!(r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"{datatype}","data":{data}}}]}}"#);
+            decode_request(body.as_bytes(), None).map(|r| r.inputs[0].data.clone())
+        };
+        let e = one("[1.0, 1e39]", "[2]", "FP32").expect_err("out of range");
+        assert_eq!(e.0, "input 'x': element 1 (1e+39) is out of range for FP32");
+        let e = one("[[1.0], [-1e39]]", "[2, 1]", "FP32").expect_err("out of range");
+        assert_eq!(e.0, "input 'x': element 1 (-1e+39) is out of range for FP32");
+        let e = one("[70000.0]", "[1]", "FP16").expect_err("out of range");
+        assert_eq!(e.0, "input 'x': element 0 (70000.0) is out of range for FP16");
+        assert_eq!(one("[1e39]", "[1]", "FP64").expect("fits"), TensorData::Fp64(vec![1e39]));
+        assert_eq!(one("[Infinity]", "[1]", "FP32").expect("explicit"), TensorData::Fp32(vec![f32::INFINITY]));
+        let ragged = format!("[[{}], [{}, [1]]]", ["1"; 30].join(","), ["1"; 29].join(","));
+        let e = one(&ragged, "[2, 30]", "FP32").expect_err("ragged");
+        assert_eq!(e.0, "input 'x': 'data' is ragged: values at depths 2 and 3 (element 59)");
+        let e = one("[[1, 2], [3]]", "[3]", "INT64").expect_err("ragged");
+        assert_eq!(e.0, "input 'x': 'data' is ragged: arrays at depth 1 hold 2 and 1 elements");
+        assert_eq!(one("[[1, 2], [3, 4]]", "[2, 2]", "INT64").expect("grid"), TensorData::Int64(vec![1, 2, 3, 4]));
+    }
+
     use super::*;
     use serde_json::json;
 
@@ -650,7 +738,7 @@ mod tests {
         let req = decode_request(&binary_body(header, &data), Some(header.len())).expect("valid");
         assert_eq!(req.inputs[0].data, TensorData::Fp32(vec![1.5, -2.0]));
         assert_eq!(req.inputs[1].data, TensorData::Bytes(vec![b"abc".to_vec(), vec![]]));
-        assert_eq!(req.outputs, vec![RequestedOutput { name: "y".into(), binary: true }]);
+        assert_eq!(req.outputs, vec![RequestedOutput { name: "y".into(), binary: true, classification: None }]);
     }
 
     #[test]
@@ -742,7 +830,7 @@ mod tests {
         let req = decode_request(&body, Some(header_len)).expect("a server decodes it");
         assert_eq!(req.inputs[1], s);
         assert!(matches!(&req.inputs[0].data, TensorData::Fp32(v) if v[0] == 0.1 && v[1].is_nan()));
-        assert_eq!(req.outputs, vec![RequestedOutput { name: "y".into(), binary: true }]);
+        assert_eq!(req.outputs, vec![RequestedOutput { name: "y".into(), binary: true, classification: None }]);
         let r = encode_response("m", 1, None, None, &[(s.clone(), true), (x.clone(), false)]);
         let mut answer = r.json.clone();
         answer.extend_from_slice(&r.binary);

@@ -307,13 +307,17 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Whether a prediction with this request id or client key is stored.
-    pub async fn prediction_exists(&self, id: Option<&str>, key: Option<&str>) -> Result<bool, sqlx::Error> {
-        let sql =
-            format!("SELECT COUNT(*) AS n FROM predictions WHERE id = {} OR client_key = {}", self.ph(1), self.ph(2));
-        let row =
-            sqlx::query(&sql).bind(id.map(str::to_string)).bind(key.map(str::to_string)).fetch_one(&self.pool).await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
+    /// The row counts of the stored predictions with this request id or client key (empty:
+    /// none is stored, or not yet — the log is written behind the answers).
+    pub async fn prediction_rows(&self, id: Option<&str>, key: Option<&str>) -> Result<Vec<i64>, sqlx::Error> {
+        let sql = format!(
+            "SELECT DISTINCT rows_n FROM predictions WHERE id = {} OR client_key = {} ORDER BY rows_n",
+            self.ph(1),
+            self.ph(2)
+        );
+        let rows =
+            sqlx::query(&sql).bind(id.map(str::to_string)).bind(key.map(str::to_string)).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| r.try_get::<i64, _>("rows_n")).collect()
     }
 
     fn row(&self, r: &AnyRow, with_tensors: bool) -> Result<PredictionRow, sqlx::Error> {
@@ -432,7 +436,7 @@ impl Store {
     pub async fn scored(&self, model: &str, since_ms: i64, until_ms: i64) -> Result<Vec<Scored>, sqlx::Error> {
         let sql = format!(
             "SELECT p.id AS id, p.ts_ms AS ts_ms, p.latency_us AS latency_us, p.outcome AS outcome, p.labels AS labels, \
-             f1.labels AS by_id, f1.ts_ms AS by_id_ts, f2.labels AS by_key, f2.ts_ms AS by_key_ts \
+             p.rows_n AS rows_n, f1.labels AS by_id, f1.ts_ms AS by_id_ts, f2.labels AS by_key, f2.ts_ms AS by_key_ts \
              FROM predictions p \
              LEFT JOIN feedback f1 ON f1.prediction_id = p.id \
              LEFT JOIN feedback f2 ON p.client_key IS NOT NULL AND f2.client_key = p.client_key \
@@ -452,7 +456,14 @@ impl Store {
                 (r.try_get::<Option<i64>, _>("by_id_ts")?, r.try_get::<Option<String>, _>("by_id")?),
                 (r.try_get::<Option<i64>, _>("by_key_ts")?, r.try_get::<Option<String>, _>("by_key")?),
             ];
-            let newest = candidates.into_iter().filter_map(|(ts, l)| Some((ts?, l?))).max_by_key(|(ts, _)| *ts);
+            // Feedback whose label count is not the prediction's row count (it came before its
+            // prediction was logged, so it could not be refused) never replaces any.
+            let rows_n = r.try_get::<i64, _>("rows_n")?;
+            let newest = candidates
+                .into_iter()
+                .filter_map(|(ts, l)| Some((ts?, l?)))
+                .filter(|(_, l)| labels_of(Some(l.clone())).is_some_and(|l| l.len() as i64 == rows_n))
+                .max_by_key(|(ts, _)| *ts);
             if let Some((prev, prev_ts)) = &last
                 && *prev == id
             {

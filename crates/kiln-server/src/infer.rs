@@ -22,6 +22,8 @@ pub struct Inference {
     /// The request's own id (v2 `id`), which feedback may use to find it.
     pub client_key: Option<String>,
     pub protocol: Protocol,
+    /// Outputs to answer as their top classes (the classification extension).
+    pub classify: Vec<crate::classification::Classify>,
 }
 
 /// The engine's answer and, when the log kept the request, kiln's id for it.
@@ -42,6 +44,14 @@ fn protocol_label(protocol: Protocol) -> &'static str {
 /// even when the body is malformed).
 pub async fn run(state: &AppState, model: &ModelHandle, request: Inference) -> Result<Answer, ApiError> {
     state.limits.check(&request.inputs).map_err(ApiError::bad_request)?;
+    for classify in &request.classify {
+        if !model.signature.outputs.iter().any(|o| o.name == classify.output) {
+            return Err(ApiError::bad_request(format!(
+                "output '{}' (classification) is not an output of model '{}'",
+                classify.output, model.name
+            )));
+        }
+    }
     let records = state.records.as_ref();
     let capture = crate::records::begin(records, model, &request.inputs, request.client_key.as_deref());
     let result = model
@@ -53,8 +63,11 @@ pub async fn run(state: &AppState, model: &ModelHandle, request: Inference) -> R
             trace: request.trace,
         })
         .await;
+    let classify = request.classify;
     let request_id = crate::records::finish(records, capture, model, protocol_label(request.protocol), &result).await?;
-    Ok(Answer { response: result?, request_id })
+    let mut response = result?;
+    crate::classification::apply(&mut response.outputs, &classify, &model.labels)?;
+    Ok(Answer { response, request_id })
 }
 
 /// A pipeline's `kiln_trace` as response parameters: per step, `kiln_trace.<step>.start_us`,

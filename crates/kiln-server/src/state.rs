@@ -10,7 +10,7 @@ use kiln_engine::{Engine, EngineError, ModelControl, VersionState};
 use crate::error::ApiError;
 
 /// The protocol extensions kiln implements, as `GET /v2` and ServerMetadata list them.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "statistics"];
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "classification", "model_repository", "statistics"];
 
 /// Renders the current metrics as Prometheus text (installed by the binary).
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;

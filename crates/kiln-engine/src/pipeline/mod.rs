@@ -214,6 +214,19 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// The models the pipeline calls, each with the version its step names (None: the
+    /// newest ready one).
+    pub fn dependencies(&self) -> Vec<(String, Option<String>)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Model { name, version } => Some((name.clone(), version.clone())),
+                Action::LocalLlm(llm) => Some((llm.model().to_string(), None)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Names of the models the pipeline calls.
     pub fn models(&self) -> Vec<String> {
         self.steps

@@ -39,6 +39,11 @@ fn in_step(step: &str, e: EngineError) -> EngineError {
         EngineError::Overloaded(m) => EngineError::Overloaded(say(m)),
         EngineError::Timeout(m) => EngineError::Timeout(say(m)),
         EngineError::Unavailable(m) => EngineError::Unavailable(say(m)),
+        // A step's model unloaded, failed or not yet ready: the pipeline cannot answer now.
+        EngineError::NotReady(m) => EngineError::Unavailable(say(m)),
+        e @ (EngineError::ModelNotFound(_) | EngineError::LoadFailed { .. } | EngineError::VersionNotFound { .. }) => {
+            EngineError::Unavailable(say(e.to_string()))
+        }
         other => EngineError::Backend(format!("pipeline step '{step}' failed: {other}")),
     }
 }

@@ -31,7 +31,20 @@ struct Decoded {
 
 fn decode(request: ModelInferRequest) -> Result<Decoded, ApiError> {
     let ModelInferRequest { id, parameters, inputs, outputs, raw_input_contents, .. } = request;
+    let mut classify = Vec::new();
+    for o in &outputs {
+        if let Some(p) = o.parameters.get("classification") {
+            let n = match p.parameter_choice {
+                Some(Choice::Int64Param(n)) => Some(i128::from(n)),
+                Some(Choice::Uint64Param(n)) => Some(i128::from(n)),
+                _ => None,
+            };
+            let count = crate::classification::count(&o.name, n)?;
+            classify.push(crate::classification::Classify { output: o.name.clone(), count });
+        }
+    }
     let inference = Inference {
+        classify,
         inputs: kiln_protocol::grpc::decode_inputs(inputs, &raw_input_contents)?,
         outputs: outputs.into_iter().map(|o| o.name).collect(),
         timeout: kiln_protocol::grpc::timeout_parameter(&parameters)?,

@@ -66,7 +66,7 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let ready = self.state.engine.model(&r.name, Some(&r.version)).is_ok();
+        let ready = self.state.engine.ready_model(&r.name, Some(&r.version)).is_ok();
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
@@ -228,8 +228,9 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        let name = request.into_inner().model_name;
-        self.state.load_model(name).await.map_err(status)?;
+        let request = request.into_inner();
+        crate::rest::v2::refuse_overrides(Some(request.parameters.keys().map(String::as_str))).map_err(status)?;
+        self.state.load_model(request.model_name).await.map_err(status)?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 

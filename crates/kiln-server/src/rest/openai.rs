@@ -108,6 +108,7 @@ async fn embeddings(
         trace: false,
         client_key: None,
         protocol: Protocol::Rest,
+        classify: Vec::new(),
     };
     // The lifecycle applies the v2 limits (rows = texts, --max-string-bytes per text); a
     // request it refuses is about its one input, so the error names that field.

@@ -151,8 +151,24 @@ async fn feedback(
         }
         _ => return Err(bad("feedback carries exactly one of 'label' or a non-empty 'labels' array".into())),
     };
-    let matched =
-        recorder.store().prediction_exists(body.id.as_deref(), body.key.as_deref()).await.map_err(|e| db_error(&e))?;
+    let rows =
+        recorder.store().prediction_rows(body.id.as_deref(), body.key.as_deref()).await.map_err(|e| db_error(&e))?;
+    // Labels are per row: a count that fits no logged prediction would replace good labels
+    // with nothing that can be scored. Refused, and the earlier feedback stays.
+    if !rows.is_empty() && !rows.contains(&(labels.len() as i64)) {
+        let which = match (&body.id, &body.key) {
+            (Some(id), _) => format!("prediction '{id}'"),
+            (None, Some(key)) => format!("the predictions with key '{key}'"),
+            (None, None) => "the prediction".into(),
+        };
+        let counts: Vec<String> = rows.iter().map(i64::to_string).collect();
+        return Err(bad(format!(
+            "feedback has {} label(s); {which} has {} row(s): send one label per row",
+            labels.len(),
+            counts.join(" or ")
+        )));
+    }
+    let matched = !rows.is_empty();
     let id = format!("{:032x}", fastrand::u128(..));
     recorder
         .feedback(&Feedback {
@@ -193,6 +209,13 @@ async fn quality(
         return Err(ApiError::bad_request("bucket must be a positive number of seconds giving at most 10000 buckets"));
     }
     let scored = recorder.store().scored(&model, since, until).await.map_err(|e| db_error(&e))?;
+    // A name the repository does not hold and the log never saw is a typo, not a quiet model.
+    if scored.is_empty() && matches!(state.engine.model(&model, None), Err(kiln_engine::EngineError::ModelNotFound(_)))
+    {
+        return Err(ApiError::not_found(format!(
+            "unknown model '{model}': not in the repository and no predictions logged in this window"
+        )));
+    }
     let (buckets, total) = kiln_records::quality::report(&scored, since, bucket * 1000);
     Ok(axum::Json(json!({
         "model": model,

@@ -96,7 +96,7 @@ async fn model_metadata_version(
 }
 
 async fn model_ready(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode, ApiError> {
-    state.engine.model(&model, None)?;
+    state.engine.ready_model(&model, None)?;
     Ok(StatusCode::OK)
 }
 
@@ -104,7 +104,7 @@ async fn model_ready_version(
     State(state): State<AppState>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.model(&model, Some(&version))?;
+    state.engine.ready_model(&model, Some(&version))?;
     Ok(StatusCode::OK)
 }
 
@@ -130,9 +130,41 @@ async fn repository_index(State(state): State<AppState>) -> axum::Json<Value> {
     axum::Json(Value::Array(rows))
 }
 
-async fn load(State(state): State<AppState>, Path(model): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn load(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    request: Request,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = super::read_body(&parts.headers, body, state.limits.max_body_bytes, "--max-body-bytes").await?;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let request: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("malformed load request JSON: {e}")))?;
+        let parameters = match &request {
+            Value::Object(fields) => {
+                if let Some(other) = fields.keys().find(|k| *k != "parameters") {
+                    return Err(ApiError::bad_request(format!("unknown field '{other}' in the load request")));
+                }
+                fields.get("parameters")
+            }
+            other => return Err(ApiError::bad_request(format!("the load request must be a JSON object, got {other}"))),
+        };
+        refuse_overrides(parameters.and_then(Value::as_object).map(|p| p.keys().map(String::as_str)))?;
+    }
     state.load_model(model).await?;
     Ok(axum::Json(json!({})))
+}
+
+/// kiln loads what the repository folder holds: Triton's load-time overrides (`config`, and
+/// `file:` contents) would serve something no file describes, so they are refused by name.
+pub(crate) fn refuse_overrides<'a>(keys: Option<impl Iterator<Item = &'a str>>) -> Result<(), ApiError> {
+    if let Some(key) = keys.and_then(|mut k| k.next()) {
+        return Err(ApiError::bad_request(format!(
+            "load parameter '{key}' is not supported: kiln loads the model as its repository folder describes it \
+             (change config.toml or config.pbtxt there, then load)"
+        )));
+    }
+    Ok(())
 }
 
 async fn unload(State(state): State<AppState>, Path(model): Path<String>) -> Result<axum::Json<Value>, ApiError> {
@@ -182,6 +214,17 @@ async fn run_infer(
         trace: decoded.parameters.as_ref().and_then(|p| p.get("kiln_trace")).and_then(Value::as_bool) == Some(true),
         client_key: decoded.id.clone(),
         protocol: Protocol::Rest,
+        classify: decoded
+            .outputs
+            .iter()
+            .filter_map(|o| o.classification.map(|n| (o, n)))
+            .map(|(o, n)| {
+                Ok(crate::classification::Classify {
+                    output: o.name.clone(),
+                    count: crate::classification::count(&o.name, Some(n))?,
+                })
+            })
+            .collect::<Result<_, ApiError>>()?,
     };
     let answer = crate::infer::run(&state, &served, inference).await?;
     let response = answer.response;
