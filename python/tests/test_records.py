@@ -254,6 +254,46 @@ def test_feedback_and_quality_equal_a_hand_computation(tmp_path, database):
         assert server.stop() == 0
 
 
+def test_feedback_that_does_not_fit_its_prediction_never_replaces_good_labels(tmp_path, database):
+    """Labels are per row: a count that disagrees with the prediction's rows is a 400 naming both
+    counts and leaves the earlier feedback in place; feedback that came before its prediction was
+    logged (so it could not be checked) is kept but never scored."""
+    server = start(tmp_path, database)
+    try:
+        status, body, _ = infer(server, "fraud", rows(2, seed=5), key="two-rows")
+        assert status == 200
+        predicted = [str(v) for v in [o for o in body["outputs"] if o["name"] == "label"][0]["data"]]
+        [logged] = wait_for_rows(server, "&model=fraud", 1)
+        status, answer, _ = post(server, "/v1/feedback", {"id": logged["id"], "labels": [int(p) for p in predicted]})
+        assert status == 201 and answer["matched"] is True, answer
+        for bad in ([1, 0, 1], [1], [0] * 1000):
+            status, answer, _ = post(server, "/v1/feedback", {"id": logged["id"], "labels": bad})
+            assert status == 400, answer
+            assert answer["error"] == (f"feedback has {len(bad)} label(s); prediction '{logged['id']}' has 2 row(s): "
+                                       "send one label per row")
+        status, answer, _ = post(server, "/v1/feedback", {"key": "two-rows", "labels": [1, 0, 1]})
+        assert status == 400 and "the predictions with key 'two-rows' has 2 row(s)" in answer["error"], answer
+        status, q = get(server, "/v1/models/fraud/quality?bucket=86400")
+        assert q["total"]["labeled_rows"] == 2 and q["total"]["accuracy"] == 1.0, q
+        # Feedback for a prediction not logged yet cannot be checked: kept, and never scored when
+        # its count turns out wrong; later valid feedback replaces earlier (newest wins).
+        status, answer, _ = post(server, "/v1/feedback", {"key": "later", "labels": [1, 0, 1]})
+        assert status == 201 and answer["matched"] is False
+        assert infer(server, "fraud", rows(2, seed=6), key="later")[0] == 200
+        wait_for_rows(server, "&model=fraud", 2)
+        status, q = get(server, "/v1/models/fraud/quality?bucket=86400")
+        assert q["total"]["labeled_rows"] == 2, q
+        status, answer, _ = post(server, "/v1/feedback", {"id": logged["id"], "labels": [1 - int(p) for p in predicted]})
+        assert status == 201
+        status, q = get(server, "/v1/models/fraud/quality?bucket=86400")
+        assert q["total"]["labeled_rows"] == 2 and q["total"]["accuracy"] == 0.0, q
+        # A model the repository does not hold and the log never saw is a 404, not zeros.
+        status, answer = get(server, "/v1/models/nope/quality")
+        assert status == 404 and "unknown model 'nope'" in answer["error"], answer
+    finally:
+        assert server.stop() == 0
+
+
 def test_pagination_and_hostile_filters(tmp_path, database):
     server = start(tmp_path, database)
     try:
