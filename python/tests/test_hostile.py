@@ -75,11 +75,13 @@ def test_shutdown_deadline_holds_with_a_generation_running(tmp_path):
             "messages": [{"role": "user", "content": "Count from one to ten thousand, in words."}]}
     stream = requests.post(url(server, "/v1/chat/completions"), json=body, stream=True, timeout=60)
     assert stream.status_code == 200
-    next(stream.iter_lines())
+    lines = stream.iter_lines()  # kept: a collected iterator closes the connection
+    next(lines)
     server.proc.send_signal(signal.SIGTERM)
     # The drain deadline (1 s) cuts the stream and the process exits (1: something was cut).
     assert server.proc.wait(timeout=20) == 1
     server.log.close()
+    assert "the 1s drain deadline passed" in server.logs()
 
 
 # --- 3. A stalled body or an idle connection does not hold a connection for ever -----------
