@@ -320,7 +320,9 @@ def test_pagination_and_hostile_filters(tmp_path, database):
                     assert body["predictions"] == [], (field, value)
             for field in ("version", "since", "until", "limit"):
                 assert get(server, f"/v1/predictions?{field}={urllib.parse.quote(value)}")[0] == 400
-            assert get(server, f"/v1/models/{urllib.parse.quote(value, safe='')}/quality")[1]["total"]["requests"] == 0
+            # Names no model holds: 404 (neither in the repository nor in the log), never a 5xx.
+            status, body = get(server, f"/v1/models/{urllib.parse.quote(value, safe='')}/quality")
+            assert status == 404 and body["error"].startswith("unknown model"), (value, body)
             assert get(server, f"/v1/predictions/{urllib.parse.quote(value, safe='')}")[0] == 404
         assert len(all_rows(server, "&model=fraud")) == 25, "the table is intact"
         assert get(server, "/v1/predictions?limit=5000")[0] == 400

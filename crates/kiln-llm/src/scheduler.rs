@@ -460,6 +460,9 @@ impl<'m> Scheduler<'m> {
         }
         if let Some(reason) = reason {
             let usage = Usage { prompt_tokens: s.prompt.len(), completion_tokens: s.generated };
+            // Counted before the caller hears of it: a client that has its answer sees it in
+            // kiln_llm_sequences_total.
+            self.metrics.ended(SequenceOutcome::Finished(reason));
             let _ = s.sink.send(Event::Done { reason, usage });
         }
         reason
@@ -485,7 +488,10 @@ impl<'m> Scheduler<'m> {
         {
             tracing::warn!("cannot clear sequence {id}'s KV cache: {e}");
         }
-        self.metrics.ended(outcome);
+        // A finished sequence was counted when its caller was told (see above).
+        if !matches!(outcome, SequenceOutcome::Finished(_)) {
+            self.metrics.ended(outcome);
+        }
         // Lowest free id next (popped from the end), so running ids stay consecutive.
         let at = self.free.partition_point(|&id| id > sequence.id);
         self.free.insert(at, sequence.id);
