@@ -340,3 +340,76 @@ def test_text_points_and_queries_through_the_embedder(tmp_path):
         assert client.infer("faq", [t]).as_numpy("ids")[0][0].decode() == "shipping"
     finally:
         assert s.stop() == 0
+
+
+def test_a_pipeline_named_before_its_collection_loads_after_it(tmp_path):
+    """Load order comes from the dependency graph, not from names: `aa_search` searches
+    `zz_items`, which sorts after it."""
+    repo = tmp_path / "models"
+    collection(repo, "zz_items", 3, "l2", exact=True, points=[
+        {"id": "near", "vector": [1, 0, 0]}, {"id": "far", "vector": [9, 9, 9]}])
+    (repo / "aa_search").mkdir()
+    (repo / "aa_search" / "pipeline.toml").write_text(
+        '[[inputs]]\nname = "q"\ndatatype = "FP32"\nshape = [-1, 3]\n\n'
+        '[[steps]]\nname = "candidates"\nmodel = "zz_items"\ninputs = { query = "q" }\n\n'
+        '[[outputs]]\nname = "ids"\nfrom = "candidates.ids"\n')
+    s = KilnServer(repo, ["--records", "off", "--points", "off"])
+    try:
+        assert requests.get(f"http://{s.url}/v2/models/aa_search/ready", timeout=5).status_code == 200
+        r = requests.post(f"http://{s.url}/v2/models/aa_search/infer", timeout=10, json={
+            "inputs": [{"name": "q", "shape": [1, 3], "datatype": "FP32", "data": [1.1, 0, 0]}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"][0] == "near"
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_reloaded_collection_without_a_points_store_comes_back(tmp_path):
+    repo = tmp_path / "models"
+    collection(repo, "notes", 3, "l2", exact=True, points=[{"id": "a", "vector": [1, 0, 0]}])
+    s = KilnServer(repo, ["--records", "off", "--points", "off", "--model-control", "poll", "--poll-interval-secs", "0.1"])
+    try:
+        upsert(s, "notes", [{"id": "b", "vector": [0, 1, 0]}])
+        config = repo / "notes" / "config.toml"
+        config.write_text(config.read_text() + "max_k = 50\n")
+        deadline = time.time() + 20
+        while s.logs().count('"collection ready"') < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert s.logs().count('"collection ready"') == 2
+        # Memory only: the rebuilt collection holds its folder's points, and answers.
+        assert requests.get(f"http://{s.url}/v2/models/notes/ready", timeout=5).status_code == 200
+        assert [h["id"] for h in search(s, "notes", vector=[1, 0, 0], k=5)["results"]] == ["a"]
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.skipif(not (SHARED / "model.onnx").exists(), reason=f"all-MiniLM-L6-v2 is not at {SHARED} (team data in ../shared)")
+def test_reloading_an_embedder_rebuilds_the_collection_and_the_pipeline_that_use_it(tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(ROOT / "examples" / "models" / "all-minilm-l6-v2", repo / "all-minilm-l6-v2",
+                    ignore=lambda d, names: ["1"] if d.endswith("all-minilm-l6-v2") else [])
+    assert link_minilm(repo / "all-minilm-l6-v2")
+    shutil.copytree(ROOT / "examples" / "models" / "help_center", repo / "help_center")
+    (repo / "ask").mkdir()
+    (repo / "ask" / "pipeline.toml").write_text(
+        '[[inputs]]\nname = "question"\ndatatype = "BYTES"\nshape = [-1]\n\n'
+        '[[steps]]\nname = "search"\nmodel = "help_center"\ninputs = { text = "question" }\n\n'
+        '[[outputs]]\nname = "ids"\nfrom = "search.ids"\n')
+    s = KilnServer(repo, ["--records", "off", "--points", "off", "--model-control", "explicit", "--load-model", "*"])
+    body = {"inputs": [{"name": "question", "shape": [1], "datatype": "BYTES", "data": ["I lost my card"]}]}
+    try:
+        first = requests.post(f"http://{s.url}/v2/models/ask/infer", json=body, timeout=30).json()["outputs"][0]["data"]
+        assert first[0] == "card-lost"
+        config = repo / "all-minilm-l6-v2" / "config.toml"
+        config.write_text(config.read_text().replace("max_length = 256", "max_length = 128"))
+        assert requests.post(f"http://{s.url}/v2/repository/models/all-minilm-l6-v2/load", timeout=60).status_code == 200
+        rebuilt = [json.loads(line)["model"] for line in s.logs().splitlines()
+                   if "rebuilding: a model it calls changed" in line]
+        assert rebuilt == ["help_center", "ask"], rebuilt  # the collection first, then its pipeline
+        assert s.logs().count('"collection ready"') == 2
+        for name in ("help_center", "ask"):
+            assert requests.get(f"http://{s.url}/v2/models/{name}/ready", timeout=5).status_code == 200
+        again = requests.post(f"http://{s.url}/v2/models/ask/infer", json=body, timeout=30).json()["outputs"][0]["data"]
+        assert again == first
+    finally:
+        assert s.stop() == 0

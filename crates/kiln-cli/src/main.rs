@@ -510,6 +510,7 @@ fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         repository: args.repository.clone(),
         control,
         startup_models: args.load_models.clone(),
+        points_store: points_url(&args).is_some(),
     })?;
     let index = engine.index();
     let ready = index.iter().filter(|r| r.ready).count();

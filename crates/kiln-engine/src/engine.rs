@@ -37,7 +37,15 @@ pub struct EngineConfig {
     pub control: ModelControl,
     /// In explicit mode, the models to load at start (`*` = all); ignored otherwise.
     pub startup_models: Vec<String>,
+    /// Collections get their points from a store as well as their folder: a collection built
+    /// before [`Engine::on_new_collection`] is set refuses searches until it has caught up.
+    /// Without one, a collection is ready as soon as its folder's points are indexed.
+    pub points_store: bool,
 }
+
+/// What runs each newly built collection's catch-up (see [`Engine::on_new_collection`]). It must
+/// not block: it starts the work and returns.
+pub type CollectionHook = Arc<dyn Fn(Arc<crate::collection::Collection>) + Send + Sync>;
 
 /// The state of one version of a model.
 #[derive(Debug, Clone)]
@@ -96,6 +104,8 @@ struct EngineInner {
     models: RwLock<BTreeMap<String, Arc<ModelState>>>,
     /// Serializes loads and unloads so two reloads of one model cannot interleave.
     changes: Mutex<()>,
+    /// Brings each new collection from built to ready (the server's points store catch-up).
+    collection_hook: RwLock<Option<CollectionHook>>,
 }
 
 /// The cloneable handle to every served model.
@@ -111,6 +121,7 @@ impl Engine {
             repository: repository.to_path_buf(),
             control: ModelControl::None,
             startup_models: Vec::new(),
+            points_store: false,
         })
     }
 
@@ -134,18 +145,23 @@ impl Engine {
             }
         }
         let engine = Engine {
-            inner: Arc::new(EngineInner { config, models: RwLock::new(BTreeMap::new()), changes: Mutex::new(()) }),
+            inner: Arc::new(EngineInner {
+                config,
+                models: RwLock::new(BTreeMap::new()),
+                changes: Mutex::new(()),
+                collection_hook: RwLock::new(None),
+            }),
         };
-        // Models first, in parallel; then pipelines, which are validated against the models
-        // they call, and collections, which may embed with one.
-        let (pipelines, models): (Vec<&ModelDir>, Vec<&ModelDir>) = dirs
-            .iter()
-            .filter(|d| wanted(&d.name))
-            .partition(|d| is_pipeline_dir(&d.path) || is_collection_dir(&d.path));
+        // In dependency order, never by name: models first, in parallel; then collections,
+        // which may embed with a model; then pipelines, which call models and collections and
+        // are validated against them. (A pipeline cannot call a pipeline, nor embed a
+        // collection: the graph has these three levels and no cycle.)
+        let wanted: Vec<&ModelDir> = dirs.iter().filter(|d| wanted(&d.name)).collect();
+        let (models, collections, pipelines) = by_level(&wanted);
         for (name, state) in load_in_parallel(&models, load_parallelism()) {
             engine.write_models().insert(name, Arc::new(state));
         }
-        for dir in pipelines {
+        for dir in collections.into_iter().chain(pipelines) {
             let state = engine.build_state(dir, None);
             engine.write_models().insert(dir.name.clone(), Arc::new(state));
         }
@@ -305,8 +321,50 @@ impl Engine {
             Some(reason) => Err(EngineError::NotReady(reason)),
             None => Ok(()),
         };
+        let changed = previous.is_none_or(|p| !same_versions(&p, &state));
         self.write_models().insert(name.to_string(), Arc::new(state));
+        if changed {
+            self.rebuild_dependents(name);
+        }
         result
+    }
+
+    /// After `changed` was loaded, reloaded or unloaded: rebuilds, collections first, the
+    /// collections and pipelines that call it (a collection's embedder, a pipeline's steps) —
+    /// they are checked against what it is now, and a collection re-embeds its folder's points —
+    /// and retries those that failed naming it (a pipeline loaded before the collection it
+    /// searches). Then the same for what depends on those. Called with the changes lock held.
+    fn rebuild_dependents(&self, changed: &str) {
+        let Ok(dirs) = repository::scan(self.repository()) else { return };
+        let mut changed = vec![changed.to_string()];
+        let mut done: Vec<String> = Vec::new();
+        // Two levels at most (model → collection → pipeline); a third pass finds nothing.
+        for _ in 0..3 {
+            let current = self.models().clone();
+            let dependents: Vec<&ModelDir> = dirs
+                .iter()
+                .filter(|d| !changed.contains(&d.name) && !done.contains(&d.name))
+                .filter(|d| current.get(&d.name).is_some_and(|state| depends_on(state, &changed)))
+                .collect();
+            if dependents.is_empty() {
+                return;
+            }
+            let (_, collections, pipelines) = by_level(&dependents);
+            let mut next = Vec::new();
+            for dir in collections.into_iter().chain(pipelines) {
+                tracing::info!(model = %dir.name, after = ?changed, "rebuilding: a model it calls changed");
+                let previous = self.models().get(&dir.name).cloned();
+                let state = if is_collection_dir(&dir.path) {
+                    self.rebuild_collection(dir, previous.as_deref())
+                } else {
+                    self.build_state(dir, previous.as_deref())
+                };
+                self.write_models().insert(dir.name.clone(), Arc::new(state));
+                next.push(dir.name.clone());
+            }
+            done.append(&mut changed);
+            changed = next;
+        }
     }
 
     /// Stops serving a model. Requests in flight finish; the model stays in the index as
@@ -318,9 +376,10 @@ impl Engine {
         if !self.models().contains_key(name) && !on_disk() {
             return Err(EngineError::ModelNotFound(name.to_string()));
         }
-        let mut models = self.write_models();
-        models.insert(name.to_string(), Arc::new(ModelState::failed(name, "unloaded".into(), Fingerprint::default())));
+        self.write_models()
+            .insert(name.to_string(), Arc::new(ModelState::failed(name, "unloaded".into(), Fingerprint::default())));
         tracing::info!(model = name, "model unloaded");
+        self.rebuild_dependents(name);
         Ok(())
     }
 
@@ -355,6 +414,7 @@ impl Engine {
             let _guard = self.inner.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             self.write_models().remove(name);
             tracing::info!(model = %name, "model folder removed; model unloaded");
+            self.rebuild_dependents(name);
         }
     }
 
@@ -400,6 +460,13 @@ impl Engine {
         {
             return ModelState { fingerprint, ..previous.clone() };
         }
+        self.rebuild_collection(dir, previous)
+    }
+
+    /// A collection built anew from its folder (and, through the hook, its store), whatever
+    /// changed: its embedder did, say. Until the new copy is complete the old one serves.
+    fn rebuild_collection(&self, dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
+        let fingerprint = repository::fingerprint(&dir.path);
         let resolver = self.resolver();
         let built = repository::read_config(&dir.path).and_then(|config| {
             let index = config.index.clone().ok_or("kind = \"vector_index\" needs an [index] table")?;
@@ -424,12 +491,33 @@ impl Engine {
                     metric = collection.config.metric.as_str(), exact = collection.config.exact, "collection ready");
                 let mut settings = repository::default_settings();
                 settings.request_timeout = config.request_timeout_ms.map(Duration::from_millis);
-                let model = ServedModel::collection(Arc::new(collection), resolver, settings);
+                let collection = Arc::new(collection);
+                self.announce(&collection);
+                let model = ServedModel::collection(collection, resolver, settings);
                 let mut versions = BTreeMap::new();
                 versions.insert(1, VersionState::Ready(Arc::new(model)));
                 ModelState { name: dir.name.clone(), versions, error: None, fingerprint }
             }
             Err(e) => keep_previous_or_fail(dir, previous, e, fingerprint),
+        }
+    }
+
+    /// Sets what brings every collection built from now on — at a reload too — from built to
+    /// ready: the server's points-store catch-up, or, without a store, ready at once. Collections
+    /// built before it (at start) are the caller's to bring up (they are not ready yet when
+    /// `points_store` is set).
+    pub fn on_new_collection(&self, hook: CollectionHook) {
+        *self.inner.collection_hook.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hook);
+    }
+
+    /// A collection just built (its folder's points indexed): the hook takes it from here;
+    /// without a hook and without a store it is complete.
+    fn announce(&self, collection: &Arc<crate::collection::Collection>) {
+        let hook = self.inner.collection_hook.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        match hook {
+            Some(hook) => hook(collection.clone()),
+            None if !self.inner.config.points_store => collection.set_ready(),
+            None => {}
         }
     }
 
@@ -616,6 +704,48 @@ fn keep_previous_or_fail(dir: &ModelDir, previous: Option<&ModelState>, error: S
         },
         None => ModelState::failed(&dir.name, error, fp),
     }
+}
+
+/// Folders by level of the dependency graph: models, collections (may embed with a model),
+/// pipelines (call models and collections).
+fn by_level<'a>(dirs: &[&'a ModelDir]) -> (Vec<&'a ModelDir>, Vec<&'a ModelDir>, Vec<&'a ModelDir>) {
+    let (mut models, mut collections, mut pipelines) = (Vec::new(), Vec::new(), Vec::new());
+    for &dir in dirs {
+        if is_pipeline_dir(&dir.path) {
+            pipelines.push(dir);
+        } else if is_collection_dir(&dir.path) {
+            collections.push(dir);
+        } else {
+            models.push(dir);
+        }
+    }
+    (models, collections, pipelines)
+}
+
+/// Whether a model calls one of `changed` (its ready version's dependencies), or failed for
+/// want of one (its error names it) — not one an operator unloaded.
+fn depends_on(state: &ModelState, changed: &[String]) -> bool {
+    let ready = state.versions.values().find_map(|v| match v {
+        VersionState::Ready(handle) => Some(handle),
+        VersionState::Failed(_) => None,
+    });
+    match ready {
+        Some(handle) => handle.dependencies().iter().any(|(name, _)| changed.contains(name)),
+        None => {
+            let reason = state.unavailable_reason().unwrap_or_default();
+            state.error.as_deref() != Some("unloaded") && changed.iter().any(|c| reason.contains(&format!("'{c}'")))
+        }
+    }
+}
+
+/// Whether two states serve the very same versions (a reload that changed nothing).
+fn same_versions(a: &ModelState, b: &ModelState) -> bool {
+    a.versions.len() == b.versions.len()
+        && a.versions.iter().all(|(v, s)| match (s, b.versions.get(v)) {
+            (VersionState::Ready(x), Some(VersionState::Ready(y))) => Arc::ptr_eq(x, y),
+            (VersionState::Failed(x), Some(VersionState::Failed(y))) => x == y,
+            _ => false,
+        })
 }
 
 /// Lets pipelines find models at call time without keeping the engine alive.

@@ -154,6 +154,7 @@ impl BoundServer {
             _ => None,
         };
         points::load_all(points.as_ref(), &engine).await;
+        points::install(points.clone(), &engine);
         let http = bind(&config.host, config.http_port).await?;
         let grpc = bind(&config.host, config.grpc_port).await?;
         let metrics = match config.metrics_port {

@@ -62,21 +62,46 @@ fn apply(collection: &Collection, changes: Vec<Change>, whole: u64) -> Result<()
     Ok(())
 }
 
-/// Loads every collection's stored points, then marks it ready. A collection whose load fails
-/// stays not ready (searches answer 503) and is retried by the follower.
-pub async fn load_all(store: Option<&PointStore>, engine: &Engine) {
-    for collection in engine.collections() {
-        match store {
-            None => collection.set_ready(),
-            Some(store) => match catch_up(store, &collection).await {
-                Ok(n) => {
-                    tracing::info!(collection = %collection.name, changes = n, points = collection.info().count, "collection loaded from the points store");
-                    collection.set_ready();
-                }
-                Err(e) => tracing::error!(collection = %collection.name, "loading points failed: {e}"),
-            },
+/// Brings one collection from built (its folder's points indexed) to ready: it applies every
+/// change the store holds for it, then answers searches; without a store it is ready at once.
+/// The one place a collection becomes ready — at start ([`load_all`]) and on every reload (the
+/// engine's hook, [`install`]). A catch-up that fails leaves it not ready (searches answer 503,
+/// `ready` says why) until the follower's next pass succeeds.
+pub async fn bring_up(store: Option<&PointStore>, collection: &Arc<Collection>) {
+    let Some(store) = store else {
+        collection.set_ready();
+        return;
+    };
+    match catch_up(store, collection).await {
+        Ok(n) => {
+            tracing::info!(collection = %collection.name, changes = n, points = collection.info().count, "collection loaded from the points store");
+            collection.set_ready();
         }
+        Err(e) => tracing::error!(collection = %collection.name, "loading points failed: {e}"),
     }
+}
+
+/// Brings up the collections built before the server (at start), waiting for each.
+pub async fn load_all(store: Option<&PointStore>, engine: &Engine) {
+    for collection in engine.collections().iter().filter(|c| !c.is_ready()) {
+        bring_up(store, collection).await;
+    }
+}
+
+/// Makes [`bring_up`] run for every collection the engine builds from now on (reloads). The
+/// engine builds on blocking threads and waits here, so a reloaded collection replaces the old
+/// one only once it holds every stored point.
+pub fn install(store: Option<PointStore>, engine: &Engine) {
+    let runtime = tokio::runtime::Handle::current();
+    engine.on_new_collection(Arc::new(move |collection| {
+        let store = store.clone();
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            bring_up(store.as_ref(), &collection).await;
+            let _ = done.send(());
+        });
+        let _ = wait.recv();
+    }));
 }
 
 /// Follows the store: every `interval`, each collection applies what was committed since.
