@@ -64,9 +64,14 @@ def test_a_chat_that_cannot_fit_is_refused_before_rendering_and_probes_stay_fast
         assert error["param"] == "messages"
         assert error["message"] == "100000 messages cannot fit the model's context of 1024 tokens"
     r = answers["huge"]
-    assert r.status_code == 400 and " bytes of text; the model's context of 1024 tokens" in r.json()["error"]["message"], r.text
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"] == "messages[0]: 'content' is 20971520 bytes; the limit is 1048576 (--max-string-bytes)"
     r = requests.post(url(kiln, "/v1/completions"), json={"model": "smollm2", "prompt": "a" * (20 << 20)}, timeout=120)
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+    # Under the string limit but over what the context can hold: refused before tokenizing.
+    r = requests.post(url(kiln, "/v1/completions"), json={"model": "smollm2", "prompt": "a" * 1_000_000}, timeout=120)
+    assert r.status_code == 400, r.text
+    assert "bytes of text; the model's context of 1024 tokens holds at most" in r.json()["error"]["message"]
 
 
 def test_shutdown_deadline_holds_with_a_generation_running(tmp_path):

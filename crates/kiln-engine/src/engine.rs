@@ -479,18 +479,20 @@ impl Engine {
                 let collection = &collection;
                 move |texts: Vec<String>| crate::collection::serve::embed_blocking(collection, model, &texts)
             });
+            let records = config.records_policy(&crate::collection::serve::signature(&collection))?;
             let loaded = collection.load_points_file(
                 &dir.path,
                 embed.as_ref().map(|f| f as &dyn Fn(Vec<String>) -> Result<Vec<Vec<f32>>, String>),
             )?;
-            Ok((collection, loaded, config))
+            Ok((collection, loaded, config, records))
         });
         match built {
-            Ok((collection, loaded, config)) => {
+            Ok((collection, loaded, config, records)) => {
                 tracing::info!(collection = %dir.name, points = loaded, dim = collection.config.dim,
                     metric = collection.config.metric.as_str(), exact = collection.config.exact, "collection ready");
                 let mut settings = repository::default_settings();
                 settings.request_timeout = config.request_timeout_ms.map(Duration::from_millis);
+                settings.records = records;
                 let collection = Arc::new(collection);
                 self.announce(&collection);
                 let model = ServedModel::collection(collection, resolver, settings);

@@ -387,7 +387,17 @@ impl ServedModel {
     async fn infer_inner(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
         if let Executor::Collection(collection, resolver) = &self.executor {
             // Its inputs are alternatives (`query` or `text`, optional `k`/`filter`): checked there.
-            let outputs = crate::collection::serve::run(collection, resolver.as_ref(), request).await?;
+            // The request's deadline (or request_timeout_ms) bounds the embedding, the wait for a
+            // search slot and the search.
+            let limit = request.timeout.or(self.settings.request_timeout);
+            let deadline = limit.map(|l| std::time::Instant::now() + l);
+            let search = crate::collection::serve::run(collection, resolver.as_ref(), request, deadline);
+            let outputs = match limit {
+                Some(limit) => tokio::time::timeout(limit, search)
+                    .await
+                    .map_err(|_| timeout_error(&self.name, self.version, limit))??,
+                None => search.await?,
+            };
             self.stats.record_execution(outputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0) as u64);
             return Ok(self.response(outputs));
         }

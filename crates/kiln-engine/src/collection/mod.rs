@@ -42,6 +42,9 @@ pub enum CollectionError {
     Loading(String),
     #[error("index: {0}")]
     Index(String),
+    /// No search context came free before the request's deadline.
+    #[error("collection '{0}': no search slot came free before the request's deadline")]
+    Timeout(String),
 }
 
 /// One point as a caller sends it (the vector already computed).
@@ -112,13 +115,23 @@ struct SearchSlots {
 struct SearchSlot<'a>(&'a SearchSlots);
 
 impl SearchSlots {
-    fn take(&self) -> SearchSlot<'_> {
+    /// Waits for a free context, until `deadline` at most (`None`: as long as it takes).
+    fn take(&self, deadline: Option<std::time::Instant>) -> Option<SearchSlot<'_>> {
         let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(std::sync::PoisonError::into_inner);
+            free = match deadline {
+                None => self.freed.wait(free).unwrap_or_else(std::sync::PoisonError::into_inner),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    self.freed.wait_timeout(free, left).unwrap_or_else(std::sync::PoisonError::into_inner).0
+                }
+            };
         }
         *free -= 1;
-        SearchSlot(self)
+        Some(SearchSlot(self))
     }
 }
 
@@ -383,8 +396,15 @@ impl Collection {
         Ok(())
     }
 
-    /// The k nearest points to one prepared query that pass the filter, closest first.
-    pub fn search(&self, query: &[f32], k: usize, filter: Option<&Filter>) -> Result<Vec<Hit>, CollectionError> {
+    /// The k nearest points to one prepared query that pass the filter, closest first. A graph
+    /// search waits for a search context until `deadline` at most.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<Hit>, CollectionError> {
         if !self.is_ready() {
             return Err(CollectionError::Loading(self.name.clone()));
         }
@@ -396,7 +416,7 @@ impl Collection {
         };
         let hits: Vec<(u64, f32)> = match &state.index {
             Some(index) => {
-                let _context = self.slots.take();
+                let _context = self.slots.take(deadline).ok_or_else(|| CollectionError::Timeout(self.name.clone()))?;
                 let found = match filter {
                     Some(_) => index.filtered_search(query, k, passes),
                     None => index.search(query, k),

@@ -39,6 +39,7 @@ fn invalid(e: CollectionError) -> EngineError {
         CollectionError::Invalid(m) => EngineError::InvalidRequest(m),
         CollectionError::Loading(_) => EngineError::NotReady(e.to_string()),
         CollectionError::Index(m) => EngineError::Backend(m),
+        CollectionError::Timeout(_) => EngineError::Timeout(e.to_string()),
     }
 }
 
@@ -49,6 +50,7 @@ pub async fn embed(
     resolver: &dyn ModelResolver,
     texts: Vec<Vec<u8>>,
     protocol: Protocol,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Vec<Vec<f32>>, EngineError> {
     let Some(name) = &collection.config.embedder else {
         return Err(EngineError::InvalidRequest(format!(
@@ -62,7 +64,8 @@ pub async fn embed(
     let request = InferRequest {
         inputs: vec![input],
         outputs: vec![kiln_text::EMBEDDING_OUTPUT.to_string()],
-        timeout: None,
+        // The embedding is part of the search: it gets what is left of the search's deadline.
+        timeout: deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())),
         protocol,
         trace: false,
     };
@@ -115,11 +118,13 @@ fn vectors_of(
     Ok(values.chunks(dim).map(<[f32]>::to_vec).collect())
 }
 
-/// Answers one v2 request.
+/// Answers one v2 request; a graph search waits for a search context until `deadline` at most
+/// (the caller bounds the whole call by the same deadline).
 pub async fn run(
     collection: &Arc<Collection>,
     resolver: &dyn ModelResolver,
     request: InferRequest,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Vec<Tensor>, EngineError> {
     let mut query = None;
     let mut text = None;
@@ -173,7 +178,7 @@ pub async fn run(
             if shape.len() != 1 {
                 return Err(EngineError::InvalidRequest(format!("input 'text' has shape {shape:?}; it takes [N]")));
             }
-            embed(collection, resolver, texts, request.protocol).await?
+            embed(collection, resolver, texts, request.protocol, deadline).await?
         }
         (Some(_), Some(_)) => {
             return Err(EngineError::InvalidRequest("send 'query' or 'text', not both".into()));
@@ -198,7 +203,7 @@ pub async fn run(
             .enumerate()
             .map(|(row, vector)| {
                 let vector = searched.prepare_vector(&format!("query row {row}"), vector)?;
-                searched.search(&vector, k, filter.as_ref())
+                searched.search(&vector, k, filter.as_ref(), deadline)
             })
             .collect::<Result<Vec<_>, _>>()
     })

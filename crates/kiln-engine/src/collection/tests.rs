@@ -36,18 +36,18 @@ fn exact_and_hnsw_agree_and_filters_apply() {
             )
             .unwrap();
             let q = c.prepare_vector("q", vec![1.0, 0.05, 0.0]).unwrap();
-            let hits = c.search(&q, 2, None).unwrap();
+            let hits = c.search(&q, 2, None, None).unwrap();
             assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["a", "b"], "{metric:?} exact={exact}");
             let en = Filter::parse(&json!({"lang": "en"})).unwrap();
-            let hits = c.search(&q, 2, Some(&en)).unwrap();
+            let hits = c.search(&q, 2, Some(&en), None).unwrap();
             assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
             let some = Filter::parse(&json!({"n": {"in": [2, 3]}})).unwrap();
-            assert_eq!(c.search(&q, 5, Some(&some)).unwrap().len(), 2);
+            assert_eq!(c.search(&q, 5, Some(&some), None).unwrap().len(), 2);
             // Replace and delete.
             c.upsert(vec![point("a", [0.0, 0.0, 1.0], json!({}))], 2, true).unwrap();
             // Re-reading an older or the same change leaves the point as it is.
             assert_eq!(c.upsert(vec![point("a", [1.0, 0.0, 0.0], json!({}))], 2, true).unwrap(), 0);
-            assert_eq!(c.search(&q, 1, None).unwrap()[0].id, "b");
+            assert_eq!(c.search(&q, 1, None, None).unwrap()[0].id, "b");
             assert_eq!(c.delete(&["b".into(), "zz".into()], 3, true).unwrap(), 1);
             assert_eq!(c.info().count, 2);
             assert_eq!(c.info().applied_seq, 3);
@@ -85,7 +85,7 @@ fn bad_points_and_queries_are_named_and_nothing_half_applies() {
         assert!(err.contains(message), "{err}");
     }
     let loading = Collection::new("l", config(Metric::L2, true), false).unwrap();
-    assert!(matches!(loading.search(&[0.0; 3], 1, None), Err(CollectionError::Loading(_))));
+    assert!(matches!(loading.search(&[0.0; 3], 1, None, None), Err(CollectionError::Loading(_))));
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn many_threads_search_one_hnsw_index_at_once() {
         for _ in 0..16 {
             s.spawn(|| {
                 for _ in 0..50 {
-                    assert_eq!(c.search(&q, 5, None).unwrap().len(), 5);
+                    assert_eq!(c.search(&q, 5, None, None).unwrap().len(), 5);
                 }
             });
         }

@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post, put};
+use kiln_core::{Tensor, TensorData};
 use kiln_engine::collection::{Collection, CollectionError, Filter, Point};
 use kiln_engine::{ModelHandle, Protocol};
 use serde::Deserialize;
@@ -36,6 +37,7 @@ fn collection_error(e: CollectionError) -> ApiError {
         CollectionError::Invalid(m) => ApiError::bad_request(m),
         CollectionError::Loading(_) => ApiError::new(Kind::Unavailable, e.to_string()),
         CollectionError::Index(m) => ApiError::new(Kind::Internal, format!("index: {m}")),
+        CollectionError::Timeout(_) => ApiError::new(Kind::Timeout, e.to_string()),
     }
 }
 
@@ -117,7 +119,7 @@ struct UpsertPoint {
 async fn embed(model: &ModelHandle, collection: &Collection, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ApiError> {
     let resolver = model.collection_resolver().ok_or_else(|| ApiError::new(Kind::Internal, "no resolver"))?;
     let texts = texts.into_iter().map(String::into_bytes).collect();
-    kiln_engine::collection::serve::embed(collection, resolver.as_ref(), texts, Protocol::Rest)
+    kiln_engine::collection::serve::embed(collection, resolver.as_ref(), texts, Protocol::Rest, None)
         .await
         .map_err(ApiError::from)
 }
@@ -236,6 +238,9 @@ fn yes() -> bool {
     true
 }
 
+/// A search runs as a v2 request on the collection through the one lifecycle (`infer::run`):
+/// the request limits, its deadline (`request_timeout_ms`), statistics, metrics and the
+/// prediction log apply as to any model. What REST adds is checked first, with its own names.
 async fn search(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -246,24 +251,62 @@ async fn search(
     let request: SearchBody = body_json(&state, &headers, body).await?;
     let k = request.k.unwrap_or_else(|| collection.config.default_k());
     collection.check_k(k).map_err(collection_error)?;
-    let filter = request.filter.as_ref().map(Filter::parse).transpose().map_err(collection_error)?;
-    let vector = match (request.vector, request.text) {
-        (Some(v), None) => v,
-        (None, Some(t)) => embed(&model, &collection, vec![t]).await?.into_iter().next().unwrap_or_default(),
+    if let Some(filter) = &request.filter {
+        Filter::parse(filter).map_err(collection_error)?;
+    }
+    let query = match (request.vector, request.text) {
+        (Some(v), None) => {
+            let v = collection.prepare_vector("vector", v).map_err(collection_error)?;
+            Tensor::new("query", vec![1, v.len()], TensorData::Fp32(v))
+        }
+        (None, Some(t)) => Tensor::new("text", vec![1], TensorData::Bytes(vec![t.into_bytes()])),
         _ => return Err(ApiError::bad_request("give either \"vector\" or \"text\"")),
+    }
+    .map_err(ApiError::bad_request)?;
+    let mut inputs =
+        vec![query, Tensor::new("k", vec![1], TensorData::Int64(vec![k as i64])).map_err(ApiError::bad_request)?];
+    if let Some(filter) = &request.filter {
+        inputs.push(
+            Tensor::new("filter", vec![1], TensorData::Bytes(vec![filter.to_string().into_bytes()]))
+                .map_err(ApiError::bad_request)?,
+        );
+    }
+    let mut outputs = vec!["ids".to_string(), "scores".to_string()];
+    if request.with_payload {
+        outputs.push("payloads".to_string());
+    }
+    let inference = crate::infer::Inference {
+        inputs,
+        outputs,
+        timeout: None,
+        trace: false,
+        client_key: None,
+        protocol: Protocol::Rest,
+        classify: Vec::new(),
     };
-    let vector = collection.prepare_vector("vector", vector).map_err(collection_error)?;
-    let searched = Arc::clone(&collection);
-    let hits = tokio::task::spawn_blocking(move || searched.search(&vector, k, filter.as_ref()))
-        .await
-        .map_err(|_| ApiError::new(Kind::Internal, "the search panicked"))?
-        .map_err(collection_error)?;
-    let results: Vec<Value> = hits
+    let answer = crate::infer::run(&state, &model, inference).await?;
+    let mut tensors = answer.response.outputs.into_iter();
+    let (Some(ids), Some(scores)) = (tensors.next(), tensors.next()) else {
+        return Err(ApiError::new(Kind::Internal, "the search answered no ids and scores"));
+    };
+    let payloads = tensors.next();
+    let (TensorData::Bytes(ids), TensorData::Fp32(scores)) = (ids.data, scores.data) else {
+        return Err(ApiError::new(Kind::Internal, "the search answered ids and scores of other types"));
+    };
+    let payloads = match payloads.map(|t| t.data) {
+        Some(TensorData::Bytes(p)) => Some(p),
+        _ => None,
+    };
+    // A v2 answer pads a row short of k with id ""; REST lists only what was found.
+    let results: Vec<Value> = ids
         .into_iter()
-        .map(|h| {
-            let mut hit = json!({"id": h.id, "score": h.score});
-            if request.with_payload {
-                hit["payload"] = h.payload.map_or(Value::Null, |p| (*p).clone());
+        .zip(scores)
+        .enumerate()
+        .filter(|(_, (id, _))| !id.is_empty())
+        .map(|(i, (id, score))| {
+            let mut hit = json!({"id": String::from_utf8_lossy(&id), "score": score});
+            if let Some(payloads) = &payloads {
+                hit["payload"] = payloads.get(i).and_then(|p| serde_json::from_slice(p).ok()).unwrap_or(Value::Null);
             }
             hit
         })

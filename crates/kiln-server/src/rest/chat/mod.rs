@@ -81,6 +81,10 @@ async fn begin(
 async fn chat(State(state): State<AppState>, request: axum::extract::Request) -> Result<Response, OpenAiError> {
     let (mut fields, model, llm) = begin(&state, request).await?;
     let messages = kiln_llm::request::messages(fields.take("messages")).map_err(param_error)?;
+    // The same per-string limit as a v2 BYTES element.
+    for (i, m) in messages.iter().enumerate() {
+        check_string(&state, &format!("messages[{i}]: 'content'"), &m.content, "messages")?;
+    }
     let mut options = fields::options(&mut fields, Api::Chat)?;
     fields.finish()?;
     let offered: Vec<Tool> = if options.tools_offered() { options.tools.clone() } else { Vec::new() };
@@ -110,6 +114,7 @@ async fn completions(State(state): State<AppState>, request: axum::extract::Requ
         None => return Err(OpenAiError::invalid("'prompt' is required", "prompt")),
         Some(other) => return Err(OpenAiError::invalid(format!("'prompt' must be a string, got {other}"), "prompt")),
     };
+    check_string(&state, "'prompt'", &prompt, "prompt")?;
     let mut options = fields::options(&mut fields, Api::Completion)?;
     fields.finish()?;
     let tokenizer = llm.clone();
@@ -130,6 +135,18 @@ async fn constraint(llm: &Arc<kiln_llm::LlmModel>, options: &Options) -> Result<
         .await
         .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("grammar compilation failed: {e}"))))?
         .map_err(param_error)
+}
+
+/// Refuses a text over `--max-string-bytes`, as v2 refuses a BYTES element.
+fn check_string(state: &AppState, what: &str, text: &str, param: &'static str) -> Result<(), OpenAiError> {
+    let limit = state.limits.max_string_bytes;
+    if text.len() > limit {
+        return Err(OpenAiError::invalid(
+            format!("{what} is {} bytes; the limit is {limit} (--max-string-bytes)", text.len()),
+            param,
+        ));
+    }
+    Ok(())
 }
 
 /// A refused request parameter, with OpenAI's `param`.
