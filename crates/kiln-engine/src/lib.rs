@@ -26,7 +26,5 @@ pub mod triton_config;
 
 pub use engine::{Engine, EngineConfig, IndexEntry, ModelControl, ModelState, VersionState};
 pub use error::EngineError;
-#[cfg(feature = "llm")]
-pub use kiln_llm;
 pub use metrics::{Outcome, Protocol};
 pub use model::{InFlight, InferRequest, InferResponse, ModelHandle, ServedModel, ServingSettings};

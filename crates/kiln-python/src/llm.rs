@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use kiln_engine::kiln_llm::request::{self, ParamError};
-use kiln_engine::kiln_llm::tools::{self, ToolChoice};
-use kiln_engine::kiln_llm::{Completion, Event, FinishReason, GenerateParams, Generation, Grammar, LlmModel, Usage};
+use kiln_llm::request::{self, ParamError};
+use kiln_llm::tools::{self, ToolChoice};
+use kiln_llm::{Completion, Event, FinishReason, GenerateParams, Generation, Grammar, LlmModel, Usage};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use serde_json::Value;
@@ -39,7 +39,7 @@ fn param(e: ParamError) -> PyErr {
 /// state down under the running thread.
 #[pyfunction]
 pub fn stop_llms(py: Python<'_>) {
-    py.detach(kiln_engine::kiln_llm::stop_all);
+    py.detach(kiln_llm::stop_all);
 }
 
 /// A generative LLM loaded in this process.

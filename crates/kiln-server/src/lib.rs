@@ -265,7 +265,7 @@ impl BoundServer {
 /// Ends every LLM scheduler thread (see `kiln_llm::stop_all`); [`BoundServer::serve`] does it
 /// after draining. Blocking: at most one decode step.
 pub fn stop_llms() {
-    kiln_engine::kiln_llm::stop_all();
+    kiln_llm::stop_all();
 }
 
 /// The gRPC services (v2 inference, gRPC health, reflection) as one router.

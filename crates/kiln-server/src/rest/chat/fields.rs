@@ -2,9 +2,9 @@
 //! strings, streaming, the response format, tools and the messages. Whatever no parser took is
 //! an unknown parameter, refused by name.
 
-use kiln_engine::kiln_llm::request::{response_format, tool_choice, tool_list};
-use kiln_engine::kiln_llm::tools::{Tool, ToolChoice};
-use kiln_engine::kiln_llm::{GenerateParams, Grammar};
+use kiln_llm::request::{response_format, tool_choice, tool_list};
+use kiln_llm::tools::{Tool, ToolChoice};
+use kiln_llm::{GenerateParams, Grammar};
 use serde_json::{Map, Value, json};
 
 use super::{Api, param_error};

@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use kiln_core::{Tensor, TensorData};
-use kiln_engine::kiln_llm::tools::{self, CallStream, Tool, ToolCall};
-use kiln_engine::kiln_llm::{self, Completion, Constraint, FinishReason, LlmError, Message, Usage};
 use kiln_engine::{EngineError, InFlight, InferResponse, ModelHandle, Outcome, Protocol, ServedModel};
+use kiln_llm::tools::{self, CallStream, Tool, ToolCall};
+use kiln_llm::{self, Completion, Constraint, FinishReason, LlmError, Message, Usage};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, Kind, OpenAiError};

@@ -7,8 +7,8 @@ use std::convert::Infallible;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use kiln_engine::kiln_llm::tools::{CallStream, Delta};
-use kiln_engine::kiln_llm::{Completion, Event, Generation, LlmError};
+use kiln_llm::tools::{CallStream, Delta};
+use kiln_llm::{Completion, Event, Generation, LlmError};
 use serde_json::{Value, json};
 
 use super::{Api, Call, call_id, calls_finish, usage_json};
