@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use kiln_core::{Tensor, TensorSpec};
 
 use super::ModelResolver;
-use super::remote::{LlmSpec, Part, answer_schema, llm_output_specs, parse_template};
+use super::prompt::PromptTemplate;
+use super::remote::{LlmSpec, answer_schema, llm_output_specs};
 use crate::error::EngineError;
 use crate::metrics::Protocol;
 
@@ -18,7 +19,7 @@ use crate::metrics::Protocol;
 #[cfg_attr(not(feature = "llm"), allow(dead_code))]
 pub struct LocalLlmStep {
     spec: LlmSpec,
-    template: Vec<Part>,
+    template: PromptTemplate,
     /// The answer's schema when the step has `json_outputs`.
     schema: Option<serde_json::Value>,
     /// The step's own deadline (`timeout_ms`, else the LLM default).
@@ -36,7 +37,7 @@ impl LocalLlmStep {
                 "a local LLM step always holds json_outputs to their schema: leave out response_format".into(),
             ));
         }
-        let template = parse_template(&spec.prompt).map_err(here)?;
+        let template = PromptTemplate::new(&spec.prompt, step).map_err(here)?;
         let schema =
             if spec.json_outputs.is_empty() { None } else { Some(answer_schema(&spec.json_outputs).map_err(here)?) };
         Ok(LocalLlmStep { spec, template, schema, timeout })
@@ -81,13 +82,11 @@ impl LocalLlmStep {
     ) -> Result<Vec<Tensor>, EngineError> {
         use kiln_llm::{GenerateParams, Grammar};
 
-        use super::remote::row_prompts;
-
         let model = resolver.resolve(&self.spec.model, None)?;
         let llm = model.llm_model().cloned().ok_or_else(|| {
             EngineError::InvalidRequest(format!("model '{}' is not an LLM (kind = \"llm\")", self.spec.model))
         })?;
-        let prompts = row_prompts(&self.template, &args)?;
+        let prompts = self.template.rows(&args)?;
         let constraint = match &self.schema {
             None => None,
             Some(schema) => {

@@ -11,6 +11,7 @@
 //! `unless`) and may have a fallback (another step, or constants).
 
 pub mod ops;
+mod prompt;
 pub mod remote;
 pub mod resilience;
 pub mod retrieval_ops;

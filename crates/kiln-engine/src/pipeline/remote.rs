@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use super::prompt::PromptTemplate;
 use kiln_core::{DataType, Tensor, TensorData, TensorSpec};
 use kiln_protocol::client::{ChatRequest, KserveGrpcClient, KserveRestClient, OpenAiClient, texts};
 use serde::Deserialize;
@@ -137,69 +138,6 @@ pub struct EmbeddingsSpec {
     pub dim: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Part {
-    Text(String),
-    Var(String),
-}
-
-pub(super) fn parse_template(template: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut text = String::new();
-    let mut chars = template.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-                text.push('{');
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-                text.push('}');
-            }
-            '{' => {
-                let mut name = String::new();
-                loop {
-                    match chars.next() {
-                        Some('}') => break,
-                        Some(c) => name.push(c),
-                        None => return Err(format!("the prompt has an unclosed '{{{name}'")),
-                    }
-                }
-                if !text.is_empty() {
-                    parts.push(Part::Text(std::mem::take(&mut text)));
-                }
-                parts.push(Part::Var(name.trim().to_string()));
-            }
-            '}' => return Err("the prompt has a lone '}' (write '}}' for a brace)".into()),
-            c => text.push(c),
-        }
-    }
-    if !text.is_empty() {
-        parts.push(Part::Text(text));
-    }
-    Ok(parts)
-}
-
-/// Element `row` of a one-value-per-row tensor, as prompt text.
-fn row_text(t: &Tensor, row: usize) -> String {
-    match &t.data {
-        TensorData::Bool(v) => v[row].to_string(),
-        TensorData::Uint8(v) => v[row].to_string(),
-        TensorData::Uint16(v) => v[row].to_string(),
-        TensorData::Uint32(v) => v[row].to_string(),
-        TensorData::Uint64(v) => v[row].to_string(),
-        TensorData::Int8(v) => v[row].to_string(),
-        TensorData::Int16(v) => v[row].to_string(),
-        TensorData::Int32(v) => v[row].to_string(),
-        TensorData::Int64(v) => v[row].to_string(),
-        TensorData::Fp16(v) => v[row].to_string(),
-        TensorData::Fp32(v) => v[row].to_string(),
-        TensorData::Fp64(v) => v[row].to_string(),
-        TensorData::Bytes(v) => String::from_utf8_lossy(&v[row]).into_owned(),
-    }
-}
-
 fn one_per_row(spec: &TensorSpec) -> bool {
     matches!(spec.shape.as_slice(), [_] | [_, 1])
 }
@@ -211,7 +149,7 @@ enum Kserve {
 
 enum Endpoint {
     Kserve { client: Kserve, spec: RemoteSpec, outputs: Vec<TensorSpec> },
-    Llm { client: OpenAiClient, spec: LlmSpec, template: Vec<Part>, schema: Option<serde_json::Value> },
+    Llm { client: OpenAiClient, spec: LlmSpec, template: PromptTemplate, schema: Option<serde_json::Value> },
     Embeddings { client: OpenAiClient, spec: EmbeddingsSpec },
 }
 
@@ -291,7 +229,7 @@ impl RemoteStep {
         let here = |e: String| format!("step '{step}': {e}");
         let url = expand_env(spec.url.as_deref().unwrap_or_default()).map_err(here)?;
         spec.model = expand_env(&spec.model).map_err(here)?;
-        let template = parse_template(&spec.prompt).map_err(|e| format!("step '{step}': {e}"))?;
+        let template = PromptTemplate::new(&spec.prompt, step).map_err(|e| format!("step '{step}': {e}"))?;
         let client = OpenAiClient::new(&url, api_key(spec.api_key_env.as_ref(), step)?)
             .map_err(|e| format!("step '{step}': {e}"))?;
         let schema = match spec.response_format.as_deref() {
@@ -384,7 +322,7 @@ impl RemoteStep {
                 Ok(got)
             }
             Endpoint::Llm { client, spec, template, schema } => {
-                let prompts = row_prompts(template, &args)?;
+                let prompts = template.rows(&args)?;
                 let rows = prompts.len();
                 let calls = prompts.into_iter().map(|prompt| {
                     let request = ChatRequest {
@@ -442,7 +380,7 @@ impl RemoteStep {
 /// one value per row and its prompt names only them.
 pub(super) fn llm_output_specs(
     llm: &LlmSpec,
-    template: &[Part],
+    template: &PromptTemplate,
     step: &str,
     inputs: &[(String, TensorSpec)],
 ) -> Result<Vec<TensorSpec>, String> {
@@ -455,15 +393,11 @@ pub(super) fn llm_output_specs(
             ));
         }
     }
-    for part in template {
-        if let Part::Var(v) = part
-            && !inputs.iter().any(|(n, _)| n == v)
-        {
-            return Err(format!(
-                "step '{step}': the prompt uses '{{{v}}}', but the step's inputs are {:?}",
-                inputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
-            ));
-        }
+    if let Some(v) = template.reads().into_iter().find(|v| !inputs.iter().any(|(n, _)| n == v)) {
+        return Err(format!(
+            "step '{step}': the prompt uses '{v}', but the step's inputs are {:?}",
+            inputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        ));
     }
     let mut out = vec![spec("text", DataType::Bytes, vec![-1])];
     for field in &llm.json_outputs {
@@ -473,29 +407,6 @@ pub(super) fn llm_output_specs(
         out.push(spec(&field.name, field.datatype, vec![-1]));
     }
     Ok(out)
-}
-
-/// Each row's prompt: the template with the row's input values.
-pub(super) fn row_prompts(template: &[Part], args: &[Tensor]) -> Result<Vec<String>, EngineError> {
-    let rows = args.first().and_then(|t| t.shape.first().copied()).unwrap_or(0);
-    if let Some(t) = args.iter().find(|t| t.data.len() != rows) {
-        return Err(EngineError::InvalidRequest(format!(
-            "input '{}' has {} values for {rows} rows",
-            t.name,
-            t.data.len()
-        )));
-    }
-    Ok((0..rows)
-        .map(|row| {
-            template
-                .iter()
-                .map(|p| match p {
-                    Part::Text(t) => t.clone(),
-                    Part::Var(v) => args.iter().find(|t| &t.name == v).map(|t| row_text(t, row)).unwrap_or_default(),
-                })
-                .collect()
-        })
-        .collect())
 }
 
 /// An LLM step's tensors from each row's answer text and JSON field values.
@@ -612,21 +523,6 @@ fn json_column(field: &JsonField, column: &[serde_json::Value]) -> Result<Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn templates() {
-        assert_eq!(
-            parse_template("Hi {name}, {{literal}} {x}").expect("ok"),
-            vec![
-                Part::Text("Hi ".into()),
-                Part::Var("name".into()),
-                Part::Text(", {literal} ".into()),
-                Part::Var("x".into())
-            ]
-        );
-        assert!(parse_template("open {x").unwrap_err().contains("unclosed"));
-        assert!(parse_template("a } b").unwrap_err().contains("lone"));
-    }
 
     #[test]
     fn environment_in_endpoints() {

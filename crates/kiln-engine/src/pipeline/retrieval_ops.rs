@@ -59,8 +59,21 @@ impl FormatTemplate {
         Ok(vec![TensorSpec { name: "output".into(), datatype: DataType::Bytes, shape: vec![rows] }])
     }
 
+    /// The variables the template reads.
+    pub fn reads(&self) -> impl Iterator<Item = &str> {
+        self.reads.iter().map(String::as_str)
+    }
+
     /// Each row's text, BYTES `[N]`.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        let out = self.render_rows(inputs)?;
+        let rows = out.len();
+        Tensor::new("output", vec![rows], TensorData::Bytes(out.into_iter().map(String::into_bytes).collect()))
+            .map(|t| vec![t])
+    }
+
+    /// Each row's text.
+    pub fn render_rows(&self, inputs: &[Tensor]) -> Result<Vec<String>, String> {
         let rows = inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(0);
         if let Some(t) = inputs.iter().find(|t| t.shape.first() != Some(&rows)) {
             return Err(format!(
@@ -76,9 +89,9 @@ impl FormatTemplate {
             let text = template
                 .render(Value::from_iter(context))
                 .map_err(|e| format!("format: row {row}: {}", describe(&e)))?;
-            out.push(text.into_bytes());
+            out.push(text);
         }
-        Tensor::new("output", vec![rows], TensorData::Bytes(out)).map(|t| vec![t])
+        Ok(out)
     }
 }
 
