@@ -72,9 +72,9 @@ fn crates_depend_only_in_the_documented_order() {
     }
 }
 
-/// Module cycles that exist today, to be broken (never to grow): the engine's executor enum in
-/// `model` names every kind, and each kind imports `model` back.
-const KNOWN_CYCLES: &[(&str, &[&str])] = &[("kiln-engine", &["collection", "llm", "model", "pipeline"])];
+/// Module cycles that exist today, to be broken (never to grow). None: the engine's executors
+/// sit behind `model::Executor`, which `model` defines and never imports back.
+const KNOWN_CYCLES: &[(&str, &[&str])] = &[];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

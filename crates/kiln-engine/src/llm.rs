@@ -22,7 +22,7 @@ pub(crate) fn signature() -> ModelSignature {
 
 /// Runs every prompt row as its own sequence and waits for all (dropping this future cancels
 /// them all: their `Generation`s go with it).
-pub(crate) async fn run(
+async fn run(
     model: &ServedModel,
     llm: &Arc<LlmModel>,
     inputs: Vec<Tensor>,
@@ -81,5 +81,47 @@ fn row_error(i: usize, e: kiln_llm::LlmError) -> EngineError {
     match EngineError::from(e) {
         EngineError::InvalidRequest(m) => EngineError::InvalidRequest(format!("'{TEXT_INPUT}'[{i}]: {m}")),
         other => other,
+    }
+}
+
+/// An LLM as the executor of a served version: its own scheduler thread and sequence slots
+/// (continuous batching).
+struct LlmExecutor(Arc<LlmModel>);
+
+impl crate::model::Executor for LlmExecutor {
+    fn kind(&self) -> crate::model::ExecutorKind {
+        crate::model::ExecutorKind::Llm
+    }
+
+    fn run<'a>(
+        &'a self,
+        model: &'a ServedModel,
+        request: crate::model::InferRequest,
+    ) -> crate::model::BoxFuture<'a, Result<crate::model::InferResponse, EngineError>> {
+        Box::pin(async move {
+            let admitted = model.admit(&request)?;
+            let outputs = run(model, &self.0, request.inputs, admitted.timeout).await?;
+            Ok(model.response(outputs))
+        })
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.0.queue_depth()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl ServedModel {
+    /// Serves a generative LLM: `text_input` BYTES `[n]` → `text_output` BYTES `[n]` over v2.
+    pub fn llm(name: String, version: u64, llm: LlmModel, settings: crate::model::ServingSettings) -> Self {
+        ServedModel::with_executor(name, version, signature(), settings, LlmExecutor(Arc::new(llm)))
+    }
+
+    /// The LLM this model runs, when it is one (chat and completions go to it directly).
+    pub fn llm_model(&self) -> Option<&Arc<LlmModel>> {
+        self.executor::<LlmExecutor>().map(|e| &e.0)
     }
 }

@@ -1,5 +1,7 @@
 //! One served model version: its instances on their worker threads, the bounded queue that
-//! feeds them, and the dynamic batcher each worker runs.
+//! feeds them, and the dynamic batcher each worker runs — or an [`Executor`] of another kind
+//! (a pipeline, an LLM, a collection), which lives in its own module and depends on this one.
+//! This module knows none of them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,7 +39,67 @@ pub struct InferResponse {
     pub model_version: u64,
     pub outputs: Vec<Tensor>,
     /// Pipelines asked for a trace: each step's start, duration and outcome.
-    pub trace: Vec<crate::pipeline::StepTrace>,
+    pub trace: Vec<StepTrace>,
+}
+
+/// How long one pipeline step took, for `kiln_trace`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepTrace {
+    pub step: String,
+    /// From the pipeline's start.
+    pub start: Duration,
+    pub duration: Duration,
+    /// `success`, `error` (its fallback answered), `fallback` (it answered for a failed step),
+    /// `constant` (failed; constants answered) or `skipped` (its condition selected no row).
+    pub outcome: &'static str,
+}
+
+/// Finds models by name when a pipeline runs (and when it is validated), or when a collection
+/// embeds with its embedder.
+pub trait ModelResolver: Send + Sync {
+    fn resolve(&self, name: &str, version: Option<&str>) -> Result<ModelHandle, EngineError>;
+}
+
+/// A boxed future of an [`Executor`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What kind of executor runs a version (for callers that route by kind: OpenAI chat goes to
+/// LLMs, pipelines are not steps of pipelines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    Pipeline,
+    Llm,
+    Collection,
+}
+
+/// What runs a version's requests when it is not a pool of model instances.
+pub trait Executor: Send + Sync + 'static {
+    fn kind(&self) -> ExecutorKind;
+
+    /// Runs one request for `model` (the caller's [`InFlight`] guard counts it).
+    fn run<'a>(
+        &'a self,
+        model: &'a ServedModel,
+        request: InferRequest,
+    ) -> BoxFuture<'a, Result<InferResponse, EngineError>>;
+
+    /// The models it calls, each with the version asked for (None: the newest ready one).
+    fn dependencies(&self) -> Vec<(String, Option<String>)> {
+        Vec::new()
+    }
+
+    /// Why it refuses requests now, by itself.
+    fn refusal(&self, _model: &ServedModel) -> Option<String> {
+        None
+    }
+
+    /// Requests waiting in it now.
+    fn queue_depth(&self) -> usize {
+        0
+    }
+
+    /// For [`ServedModel::executor`].
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Settings a model version runs with, resolved from config.toml and defaults.
@@ -73,21 +135,15 @@ pub struct ServedModel {
     /// Request, queue and compute counters (Triton's statistics extension).
     pub stats: Arc<ModelStats>,
     metrics: Arc<ModelMetrics>,
-    executor: Executor,
+    executor: Runs,
 }
 
 /// What runs a served version's requests.
-enum Executor {
+enum Runs {
     /// A model: its instances on worker threads, fed by a bounded queue.
     Workers(WorkerPool),
-    /// A pipeline: its steps, which call other models' executors (it has no queue of its own).
-    Pipeline(Arc<crate::pipeline::Pipeline>),
-    /// A generative LLM: its own scheduler thread and sequence slots (continuous batching).
-    #[cfg(feature = "llm")]
-    Llm(Arc<kiln_llm::LlmModel>),
-    /// A vector collection: searched in memory on tokio's blocking pool; `resolver` finds its
-    /// embedder at call time.
-    Collection(Arc<crate::collection::Collection>, Arc<dyn crate::pipeline::ModelResolver>),
+    /// A pipeline, an LLM or a collection.
+    Other(Box<dyn Executor>),
 }
 
 /// One worker thread per instance, each running the dynamic batcher over the shared queue.
@@ -149,88 +205,42 @@ impl ServedModel {
                 .map_err(|e| EngineError::Backend(format!("cannot start a worker thread: {e}")))?;
             pool.workers.push(handle);
         }
-        Ok(ServedModel {
-            name,
-            version,
-            signature,
-            labels,
-            settings,
-            stats,
-            metrics,
-            executor: Executor::Workers(pool),
-        })
+        Ok(ServedModel { name, version, signature, labels, settings, stats, metrics, executor: Runs::Workers(pool) })
     }
 
-    /// Serves a pipeline under a model's name (version 1).
-    pub fn pipeline(name: String, pipeline: crate::pipeline::Pipeline, settings: ServingSettings) -> Self {
+    /// Serves a version with an executor of another kind (a pipeline, an LLM, a collection:
+    /// their modules' constructors call this).
+    pub(crate) fn with_executor(
+        name: String,
+        version: u64,
+        signature: ModelSignature,
+        settings: ServingSettings,
+        executor: impl Executor,
+    ) -> Self {
         ServedModel {
-            signature: pipeline.signature.clone(),
-            metrics: Arc::new(ModelMetrics::new(&name, 1)),
-            stats: Arc::new(ModelStats::default()),
-            labels: BTreeMap::new(),
-            name,
-            version: 1,
-            settings,
-            executor: Executor::Pipeline(Arc::new(pipeline)),
-        }
-    }
-
-    /// Serves a generative LLM: `text_input` BYTES `[n]` → `text_output` BYTES `[n]` over v2.
-    #[cfg(feature = "llm")]
-    pub fn llm(name: String, version: u64, llm: kiln_llm::LlmModel, settings: ServingSettings) -> Self {
-        ServedModel {
-            signature: crate::llm::signature(),
             metrics: Arc::new(ModelMetrics::new(&name, version)),
             stats: Arc::new(ModelStats::default()),
             labels: BTreeMap::new(),
+            signature,
             name,
             version,
             settings,
-            executor: Executor::Llm(Arc::new(llm)),
+            executor: Runs::Other(Box::new(executor)),
         }
     }
 
-    /// Serves a vector collection (version 1).
-    pub fn collection(
-        collection: Arc<crate::collection::Collection>,
-        resolver: Arc<dyn crate::pipeline::ModelResolver>,
-        settings: ServingSettings,
-    ) -> Self {
-        let name = collection.name.clone();
-        ServedModel {
-            signature: crate::collection::serve::signature(&collection),
-            metrics: Arc::new(ModelMetrics::new(&name, 1)),
-            stats: Arc::new(ModelStats::default()),
-            labels: BTreeMap::new(),
-            name,
-            version: 1,
-            settings,
-            executor: Executor::Collection(collection, resolver),
-        }
-    }
-
-    /// The collection this serves, when it is one.
-    pub fn collection_ref(&self) -> Option<&Arc<crate::collection::Collection>> {
+    /// The executor of kind `T`, when this version has one.
+    pub(crate) fn executor<T: 'static>(&self) -> Option<&T> {
         match &self.executor {
-            Executor::Collection(c, _) => Some(c),
-            _ => None,
+            Runs::Other(e) => e.as_any().downcast_ref::<T>(),
+            Runs::Workers(_) => None,
         }
     }
 
-    /// The resolver a collection embeds text with (its embedder is found at call time).
-    pub fn collection_resolver(&self) -> Option<&Arc<dyn crate::pipeline::ModelResolver>> {
+    fn kind(&self) -> Option<ExecutorKind> {
         match &self.executor {
-            Executor::Collection(_, r) => Some(r),
-            _ => None,
-        }
-    }
-
-    /// The LLM this model runs, when it is one (chat and completions go to it directly).
-    #[cfg(feature = "llm")]
-    pub fn llm_model(&self) -> Option<&Arc<kiln_llm::LlmModel>> {
-        match &self.executor {
-            Executor::Llm(llm) => Some(llm),
-            _ => None,
+            Runs::Other(e) => Some(e.kind()),
+            Runs::Workers(_) => None,
         }
     }
 
@@ -242,43 +252,28 @@ impl ServedModel {
 
     /// Whether this is a generative LLM (`kind = "llm"`).
     pub fn is_llm(&self) -> bool {
-        #[cfg(feature = "llm")]
-        if matches!(self.executor, Executor::Llm(_)) {
-            return true;
-        }
-        false
+        self.kind() == Some(ExecutorKind::Llm)
+    }
+
+    /// Whether this is a pipeline.
+    pub fn is_pipeline(&self) -> bool {
+        self.kind() == Some(ExecutorKind::Pipeline)
     }
 
     /// The models this one calls to answer (a pipeline's steps, a collection's embedder),
     /// with the version asked for (None: the newest ready one); it is ready only when they are.
     pub fn dependencies(&self) -> Vec<(String, Option<String>)> {
         match &self.executor {
-            Executor::Pipeline(pipeline) => pipeline.dependencies(),
-            Executor::Collection(c, _) => c.config.embedder.iter().map(|e| (e.clone(), None)).collect(),
-            _ => Vec::new(),
+            Runs::Other(e) => e.dependencies(),
+            Runs::Workers(_) => Vec::new(),
         }
     }
 
     /// Why this version refuses requests by itself (a collection still loading its points).
     pub fn refusal(&self) -> Option<String> {
         match &self.executor {
-            Executor::Collection(c, _) if !c.is_ready() => {
-                Some(format!("collection '{}' is loading its points", self.name))
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether this is a pipeline.
-    pub fn is_pipeline(&self) -> bool {
-        matches!(self.executor, Executor::Pipeline(_))
-    }
-
-    /// The pipeline this model runs, when it is one.
-    pub fn pipeline_graph(&self) -> Option<&crate::pipeline::Pipeline> {
-        match &self.executor {
-            Executor::Pipeline(pipeline) => Some(pipeline),
-            _ => None,
+            Runs::Other(e) => e.refusal(self),
+            Runs::Workers(_) => None,
         }
     }
 
@@ -311,7 +306,7 @@ impl ServedModel {
     }
 
     fn infer_blocking_inner(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
-        let Executor::Workers(pool) = &self.executor else {
+        let Runs::Workers(pool) = &self.executor else {
             return Err(EngineError::InvalidRequest(format!(
                 "'{}' is a pipeline or an LLM; it runs on the async engine (ServedModel::infer)",
                 self.name
@@ -346,7 +341,7 @@ impl ServedModel {
     }
 
     /// Checks a request against the model before it may queue.
-    fn admit(&self, request: &InferRequest) -> Result<Admitted, EngineError> {
+    pub(crate) fn admit(&self, request: &InferRequest) -> Result<Admitted, EngineError> {
         self.signature.validate_inputs(&request.inputs)?;
         let outputs = self.signature.resolve_outputs(&request.outputs)?;
         let rows = request.inputs.iter().find_map(|t| t.shape.first().copied()).unwrap_or(1);
@@ -380,40 +375,16 @@ impl ServedModel {
         EngineError::Backend(format!("model '{}' version {} dropped the request", self.name, self.version))
     }
 
-    fn response(&self, outputs: Vec<Tensor>) -> InferResponse {
+    pub(crate) fn response(&self, outputs: Vec<Tensor>) -> InferResponse {
         InferResponse { model_name: self.name.clone(), model_version: self.version, outputs, trace: Vec::new() }
     }
 
     async fn infer_inner(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
-        if let Executor::Collection(collection, resolver) = &self.executor {
-            // Its inputs are alternatives (`query` or `text`, optional `k`/`filter`): checked there.
-            // The request's deadline (or request_timeout_ms) bounds the embedding, the wait for a
-            // search slot and the search.
-            let limit = request.timeout.or(self.settings.request_timeout);
-            let deadline = limit.map(|l| std::time::Instant::now() + l);
-            let search = crate::collection::serve::run(collection, resolver.as_ref(), request, deadline);
-            let outputs = match limit {
-                Some(limit) => tokio::time::timeout(limit, search)
-                    .await
-                    .map_err(|_| timeout_error(&self.name, self.version, limit))??,
-                None => search.await?,
-            };
-            self.stats.record_execution(outputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0) as u64);
-            return Ok(self.response(outputs));
-        }
-        let admitted = self.admit(&request)?;
         let pool = match &self.executor {
-            Executor::Workers(pool) => pool,
-            Executor::Pipeline(pipeline) => {
-                return self.run_pipeline(pipeline, request, &admitted.outputs, admitted.rows, admitted.timeout).await;
-            }
-            Executor::Collection(..) => unreachable!("answered above"),
-            #[cfg(feature = "llm")]
-            Executor::Llm(llm) => {
-                let outputs = crate::llm::run(self, llm, request.inputs, admitted.timeout).await?;
-                return Ok(self.response(outputs));
-            }
+            Runs::Workers(pool) => pool,
+            Runs::Other(executor) => return executor.run(self, request).await,
         };
+        let admitted = self.admit(&request)?;
         let (reply, answer) = oneshot::channel();
         let timeout = admitted.timeout;
         self.enqueue(pool, admitted.job(request.inputs, Reply::Task(reply)))?;
@@ -430,63 +401,36 @@ impl ServedModel {
         Ok(self.response(answer.result?))
     }
 
-    /// Runs a pipeline's steps under the request's timeout.
-    async fn run_pipeline(
-        &self,
-        pipeline: &crate::pipeline::Pipeline,
-        request: InferRequest,
-        outputs: &[String],
-        rows: usize,
-        timeout: Option<Duration>,
-    ) -> Result<InferResponse, EngineError> {
-        let run = pipeline.run(request.inputs, outputs, request.protocol, timeout);
-        let (outputs, trace) = match timeout {
-            Some(limit) => {
-                tokio::time::timeout(limit, run).await.map_err(|_| timeout_error(&self.name, self.version, limit))??
-            }
-            None => run.await?,
-        };
-        self.stats.record_execution(rows as u64);
-        let trace = if request.trace { trace } else { Vec::new() };
-        Ok(InferResponse { model_name: self.name.clone(), model_version: self.version, outputs, trace })
-    }
-
     /// Number of worker threads (instances) running; 0 for a pipeline.
     pub fn instance_count(&self) -> usize {
         match &self.executor {
-            Executor::Workers(pool) => pool.workers.len(),
-            Executor::Pipeline(_) | Executor::Collection(..) => 0,
-            #[cfg(feature = "llm")]
-            Executor::Llm(_) => 0,
+            Runs::Workers(pool) => pool.workers.len(),
+            Runs::Other(_) => 0,
         }
     }
 
-    /// Requests waiting for an instance now; 0 for a pipeline.
+    /// Requests waiting for an instance (or an LLM's sequence slot) now; 0 for a pipeline.
     pub fn queue_depth(&self) -> usize {
         match &self.executor {
-            Executor::Workers(pool) => pool.queue.len(),
-            Executor::Pipeline(_) | Executor::Collection(..) => 0,
-            #[cfg(feature = "llm")]
-            Executor::Llm(llm) => llm.queue_depth(),
+            Runs::Workers(pool) => pool.queue.len(),
+            Runs::Other(e) => e.queue_depth(),
         }
     }
 
     /// The batching window workers use now (adaptive mode moves it); zero for a pipeline.
     pub fn batch_window(&self) -> Duration {
         match &self.executor {
-            Executor::Workers(pool) => pool.runner.window.current(),
-            Executor::Pipeline(_) | Executor::Collection(..) => Duration::ZERO,
-            #[cfg(feature = "llm")]
-            Executor::Llm(_) => Duration::ZERO,
+            Runs::Workers(pool) => pool.runner.window.current(),
+            Runs::Other(_) => Duration::ZERO,
         }
     }
 }
 
 /// A request that fits the model: what it asks for and how long it may wait.
-struct Admitted {
-    outputs: Vec<String>,
-    rows: usize,
-    timeout: Option<Duration>,
+pub(crate) struct Admitted {
+    pub(crate) outputs: Vec<String>,
+    pub(crate) rows: usize,
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl Admitted {

@@ -11,8 +11,7 @@ use kiln_core::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
 use super::{Collection, CollectionError, Filter};
 use crate::error::EngineError;
 use crate::metrics::Protocol;
-use crate::model::InferRequest;
-use crate::pipeline::ModelResolver;
+use crate::model::{InferRequest, ModelResolver, ServedModel};
 
 /// Rows one v2 request may search for.
 pub const MAX_ROWS: usize = 1024;
@@ -248,4 +247,74 @@ pub async fn run(
         outputs.push(Tensor::new(name, shape.clone(), data.clone()).map_err(EngineError::Backend)?);
     }
     Ok(outputs)
+}
+
+/// A collection as the executor of a served version: searched in memory on tokio's blocking
+/// pool; `resolver` finds its embedder at call time (so a reload of it applies).
+struct CollectionExecutor {
+    collection: Arc<Collection>,
+    resolver: Arc<dyn ModelResolver>,
+}
+
+impl crate::model::Executor for CollectionExecutor {
+    fn kind(&self) -> crate::model::ExecutorKind {
+        crate::model::ExecutorKind::Collection
+    }
+
+    fn run<'a>(
+        &'a self,
+        model: &'a ServedModel,
+        request: InferRequest,
+    ) -> crate::model::BoxFuture<'a, Result<crate::model::InferResponse, EngineError>> {
+        Box::pin(async move {
+            // Its inputs are alternatives (`query` or `text`, optional `k`/`filter`): checked in
+            // `run`. The request's deadline (or request_timeout_ms) bounds the embedding, the
+            // wait for a search slot and the search.
+            let limit = request.timeout.or(model.settings.request_timeout);
+            let deadline = limit.map(|l| std::time::Instant::now() + l);
+            let search = run(&self.collection, self.resolver.as_ref(), request, deadline);
+            let outputs = match limit {
+                Some(limit) => tokio::time::timeout(limit, search)
+                    .await
+                    .map_err(|_| crate::model::timeout_error(&model.name, model.version, limit))??,
+                None => search.await?,
+            };
+            model.stats.record_execution(outputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0) as u64);
+            Ok(model.response(outputs))
+        })
+    }
+
+    fn dependencies(&self) -> Vec<(String, Option<String>)> {
+        self.collection.config.embedder.iter().map(|e| (e.clone(), None)).collect()
+    }
+
+    fn refusal(&self, model: &ServedModel) -> Option<String> {
+        (!self.collection.is_ready()).then(|| format!("collection '{}' is loading its points", model.name))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl ServedModel {
+    /// Serves a vector collection (version 1).
+    pub fn collection(
+        collection: Arc<Collection>,
+        resolver: Arc<dyn ModelResolver>,
+        settings: crate::model::ServingSettings,
+    ) -> Self {
+        let (name, signature) = (collection.name.clone(), signature(&collection));
+        ServedModel::with_executor(name, 1, signature, settings, CollectionExecutor { collection, resolver })
+    }
+
+    /// The collection this serves, when it is one.
+    pub fn collection_ref(&self) -> Option<&Arc<Collection>> {
+        self.executor::<CollectionExecutor>().map(|e| &e.collection)
+    }
+
+    /// The resolver a collection embeds text with (its embedder is found at call time).
+    pub fn collection_resolver(&self) -> Option<&Arc<dyn ModelResolver>> {
+        self.executor::<CollectionExecutor>().map(|e| &e.resolver)
+    }
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 use kiln_core::{ModelSignature, TensorSpec};
 
 use crate::error::EngineError;
-use crate::model::ModelHandle;
+use crate::model::{InferRequest, InferResponse, ServedModel};
 pub use builder::PipelineBuilder;
 pub use file::FallbackSpec;
 use local_llm::LocalLlmStep;
@@ -44,10 +44,7 @@ use rows::Constant;
 /// The file that makes a repository folder a pipeline.
 pub const PIPELINE_FILE: &str = "pipeline.toml";
 
-/// Finds models by name when a pipeline runs (and when it is validated).
-pub trait ModelResolver: Send + Sync {
-    fn resolve(&self, name: &str, version: Option<&str>) -> Result<ModelHandle, EngineError>;
-}
+pub use crate::model::{ModelResolver, StepTrace};
 
 /// Where a value comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -115,18 +112,6 @@ impl Step {
     fn sources(&self) -> impl Iterator<Item = &Source> {
         self.inputs.iter().map(|(_, s)| s).chain(self.condition.iter().map(|(s, _)| s))
     }
-}
-
-/// How long one step took, for `kiln_trace`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepTrace {
-    pub step: String,
-    /// From the pipeline's start.
-    pub start: Duration,
-    pub duration: Duration,
-    /// `success`, `error` (its fallback answered), `fallback` (it answered for a failed step),
-    /// `constant` (failed; constants answered) or `skipped` (its condition selected no row).
-    pub outcome: &'static str,
 }
 
 /// A validated pipeline.
@@ -238,5 +223,57 @@ impl Pipeline {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// A pipeline as the executor of a served version: its steps call other models' executors (it
+/// has no queue of its own), all under the request's timeout.
+struct PipelineExecutor(std::sync::Arc<Pipeline>);
+
+impl crate::model::Executor for PipelineExecutor {
+    fn kind(&self) -> crate::model::ExecutorKind {
+        crate::model::ExecutorKind::Pipeline
+    }
+
+    fn run<'a>(
+        &'a self,
+        model: &'a ServedModel,
+        request: InferRequest,
+    ) -> crate::model::BoxFuture<'a, Result<InferResponse, EngineError>> {
+        Box::pin(async move {
+            let admitted = model.admit(&request)?;
+            let timeout = admitted.timeout;
+            let run = self.0.run(request.inputs, &admitted.outputs, request.protocol, timeout);
+            let (outputs, trace) = match timeout {
+                Some(limit) => tokio::time::timeout(limit, run)
+                    .await
+                    .map_err(|_| crate::model::timeout_error(&model.name, model.version, limit))??,
+                None => run.await?,
+            };
+            model.stats.record_execution(admitted.rows as u64);
+            let trace = if request.trace { trace } else { Vec::new() };
+            Ok(InferResponse { model_name: model.name.clone(), model_version: model.version, outputs, trace })
+        })
+    }
+
+    fn dependencies(&self) -> Vec<(String, Option<String>)> {
+        self.0.dependencies()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl ServedModel {
+    /// Serves a pipeline under a model's name (version 1).
+    pub fn pipeline(name: String, pipeline: Pipeline, settings: crate::model::ServingSettings) -> Self {
+        let signature = pipeline.signature.clone();
+        ServedModel::with_executor(name, 1, signature, settings, PipelineExecutor(std::sync::Arc::new(pipeline)))
+    }
+
+    /// The pipeline this model runs, when it is one.
+    pub fn pipeline_graph(&self) -> Option<&Pipeline> {
+        self.executor::<PipelineExecutor>().map(|e| &*e.0)
     }
 }

@@ -4,6 +4,7 @@ use kiln_core::{DataType, Tensor};
 
 use super::*;
 use crate::metrics::Protocol;
+use crate::model::ModelHandle;
 
 /// Pipelines made of transforms only: no model is ever resolved.
 struct NoModels;
