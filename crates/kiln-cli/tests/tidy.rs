@@ -216,3 +216,31 @@ fn no_source_file_is_longer_than_its_ceiling() {
         assert!(lines <= ceiling, "{name} has {lines} lines; split it (at most {ceiling})");
     }
 }
+
+/// What only the lifecycle (`kiln-server/src/infer.rs`) may do in the server: open a
+/// prediction-log capture, open an in-flight guard, run a model. The one other call allowed is an
+/// LLM's generation in `rest/chat` (a stream), which runs inside an `infer::Call`.
+#[test]
+fn every_model_running_route_goes_through_the_lifecycle() {
+    let src = workspace().join("crates/kiln-server/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let lifecycle_only = ["records::begin(", "records::finish(", "ServedModel::track(", ".infer(", ".infer_blocking("];
+    for file in files {
+        let name = file.strip_prefix(&src).expect("under src").to_string_lossy().replace('\\', "/");
+        if name == "infer.rs" || name == "records.rs" {
+            continue;
+        }
+        let text = read(&file);
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for needle in lifecycle_only {
+            assert!(!code.contains(needle), "kiln-server/src/{name} calls {needle} outside the lifecycle (infer.rs)");
+        }
+        if code.contains(".generate(") {
+            assert!(
+                name.starts_with("rest/chat/") && code.contains("crate::infer::Call::open("),
+                "{name} generates outside an infer::Call"
+            );
+        }
+    }
+}

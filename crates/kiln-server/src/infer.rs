@@ -1,11 +1,14 @@
-//! The one request lifecycle behind every inference route, whatever the transport: limits →
-//! prediction-log capture → engine → log finish. REST (v2 and OpenAI) and gRPC decode their
-//! wire format into an [`Inference`], call [`run`], and encode the [`Answer`].
+//! The one request lifecycle behind every route that runs a model, whatever the transport:
+//! limits → [`Call`] (prediction-log capture, and the in-flight guard) → engine → log finish.
+//! REST (v2, `/v1/embeddings`, collection search) and gRPC decode their wire format into an
+//! [`Inference`], call [`run`], and encode the [`Answer`]; OpenAI chat and completions drive an
+//! LLM's generation themselves (it may stream) inside the same [`Call`]. No other module opens
+//! a capture or an in-flight guard (`crates/kiln-cli/tests/tidy.rs` checks).
 
 use std::time::Duration;
 
 use kiln_core::Tensor;
-use kiln_engine::{InferRequest, InferResponse, ModelHandle, Protocol};
+use kiln_engine::{EngineError, InFlight, InferRequest, InferResponse, ModelHandle, Outcome, Protocol, ServedModel};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -52,8 +55,8 @@ pub async fn run(state: &AppState, model: &ModelHandle, request: Inference) -> R
             )));
         }
     }
-    let records = state.records.as_ref();
-    let capture = crate::records::begin(records, model, &request.inputs, request.client_key.as_deref());
+    // ServedModel::infer counts the request itself (its own in-flight guard).
+    let call = Call::open(state, model, &request.inputs, request.client_key.as_deref(), request.protocol, false);
     let result = model
         .infer(InferRequest {
             inputs: request.inputs,
@@ -64,10 +67,80 @@ pub async fn run(state: &AppState, model: &ModelHandle, request: Inference) -> R
         })
         .await;
     let classify = request.classify;
-    let request_id = crate::records::finish(records, capture, model, protocol_label(request.protocol), &result).await?;
+    let request_id = call.close(&result).await?;
     let mut response = result?;
     crate::classification::apply(&mut response.outputs, &classify, &model.labels)?;
     Ok(Answer { response, request_id })
+}
+
+/// One model-running request's bookkeeping, from its start to its end: the prediction log's
+/// capture of its inputs and, for a route that drives an executor itself (an LLM generation that
+/// may stream), the in-flight guard — metrics and statistics, with a dropped `Call` counted as
+/// cancelled.
+pub struct Call {
+    state: AppState,
+    model: ModelHandle,
+    protocol: Protocol,
+    capture: Option<crate::records::Capture>,
+    tracked: Option<InFlight<ModelHandle>>,
+}
+
+impl Call {
+    /// Opens a call; `inputs` are what the log keeps of the request. `track`: count it here
+    /// (not through `ServedModel::infer`, which counts its own).
+    pub fn open(
+        state: &AppState,
+        model: &ModelHandle,
+        inputs: &[Tensor],
+        client_key: Option<&str>,
+        protocol: Protocol,
+        track: bool,
+    ) -> Call {
+        Call {
+            state: state.clone(),
+            model: model.clone(),
+            protocol,
+            capture: crate::records::begin(state.records.as_ref(), model, inputs, client_key),
+            tracked: track.then(|| ServedModel::track(model, protocol)),
+        }
+    }
+
+    pub fn model(&self) -> &ModelHandle {
+        &self.model
+    }
+
+    /// kiln's id for the request, when the log keeps it.
+    pub fn request_id(&self) -> Option<&str> {
+        self.capture.as_ref().map(|c| c.request_id.as_str())
+    }
+
+    /// Closes the call: logs the result (when its policy keeps it) and counts it; returns kiln's
+    /// id for the logged request.
+    pub async fn close(self, result: &Result<InferResponse, EngineError>) -> Result<Option<String>, ApiError> {
+        let outcome = Outcome::of(result);
+        self.close_as(result, outcome).await
+    }
+
+    /// [`Call::close`] with the outcome said by the caller (a refusal before generation is
+    /// `Invalid` or `Overloaded`, not an error).
+    pub async fn close_as(
+        self,
+        result: &Result<InferResponse, EngineError>,
+        outcome: Outcome,
+    ) -> Result<Option<String>, ApiError> {
+        let logged = crate::records::finish(
+            self.state.records.as_ref(),
+            self.capture,
+            &self.model,
+            protocol_label(self.protocol),
+            result,
+        )
+        .await;
+        if let Some(tracked) = self.tracked {
+            tracked.end(outcome);
+        }
+        Ok(logged?)
+    }
 }
 
 /// A pipeline's `kiln_trace` as response parameters: per step, `kiln_trace.<step>.start_us`,

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use kiln_core::{Tensor, TensorData};
-use kiln_engine::{EngineError, InFlight, InferResponse, ModelHandle, Outcome, Protocol, ServedModel};
+use kiln_engine::{EngineError, InferResponse, ModelHandle, Outcome, Protocol};
 use kiln_llm::tools::{self, CallStream, Tool, ToolCall};
 use kiln_llm::{self, Completion, Constraint, FinishReason, LlmError, Message, Usage};
 use serde_json::{Map, Value, json};
@@ -181,16 +181,13 @@ fn outcome_of(e: &LlmError) -> Outcome {
     }
 }
 
-/// One generation's bookkeeping: metrics/statistics (the in-flight guard), the prediction
-/// log's capture, and what its JSON says.
+/// One generation: the lifecycle's [`crate::infer::Call`] (metrics, statistics, the prediction
+/// log's capture) and what its JSON says.
 struct Call {
     api: Api,
     id: String,
     created: u64,
-    model: ModelHandle,
-    state: AppState,
-    tracked: InFlight<ModelHandle>,
-    capture: Option<crate::records::Capture>,
+    call: crate::infer::Call,
 }
 
 impl Call {
@@ -199,7 +196,7 @@ impl Call {
         m.insert("id".into(), json!(self.id));
         m.insert("object".into(), json!(self.api.object(chunk)));
         m.insert("created".into(), json!(self.created));
-        m.insert("model".into(), json!(self.model.name));
+        m.insert("model".into(), json!(self.call.model().name));
         m.insert("choices".into(), choices);
         m
     }
@@ -210,21 +207,19 @@ impl Call {
             Ok(_) => Outcome::Success,
             Err(e) => outcome_of(e),
         };
+        let model = self.call.model().clone();
         let result: Result<InferResponse, EngineError> = match result {
             Ok(c) => Ok(InferResponse {
-                model_name: self.model.name.clone(),
-                model_version: self.model.version,
+                model_name: model.name.clone(),
+                model_version: model.version,
                 outputs: record_outputs(c),
                 trace: Vec::new(),
             }),
             Err(e) => Err(e.clone().into()),
         };
-        if let Err(e) =
-            crate::records::finish(self.state.records.as_ref(), self.capture, &self.model, "rest", &result).await
-        {
-            tracing::warn!(model = %self.model.name, "prediction log: {e}");
+        if let Err(e) = self.call.close_as(&result, outcome).await {
+            tracing::warn!(model = %model.name, "prediction log: {}", e.message);
         }
-        self.tracked.end(outcome);
     }
 }
 
@@ -256,29 +251,22 @@ async fn respond(
     options: Options,
     api: Api,
 ) -> Result<Response, OpenAiError> {
-    let tracked = ServedModel::track(&model, Protocol::Rest);
     let prompt_tensor =
         Tensor::new("text_input", vec![1], TensorData::Bytes(vec![recorded_prompt.as_bytes().to_vec()]))
             .map_err(|e| ApiError::new(Kind::Internal, e))?;
-    let capture = crate::records::begin(state.records.as_ref(), &model, &[prompt_tensor], None);
+    let lifecycle = crate::infer::Call::open(&state, &model, &[prompt_tensor], None, Protocol::Rest, true);
     let generation = match llm.generate(prompt, &options.params) {
         Ok(g) => g,
         Err(e) => {
-            tracked.end(outcome_of(&e));
+            let outcome = outcome_of(&e);
+            let _ = lifecycle.close_as(&Err(e.clone().into()), outcome).await;
             return Err(llm_error(e, api));
         }
     };
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let request_id = capture.as_ref().map(|c| c.request_id.clone());
-    let call = Call {
-        api,
-        id: format!("{}{:024x}", api.id_prefix(), fastrand::u128(..) >> 32),
-        created,
-        model,
-        state,
-        tracked,
-        capture,
-    };
+    let request_id = lifecycle.request_id().map(str::to_string);
+    let call =
+        Call { api, id: format!("{}{:024x}", api.id_prefix(), fastrand::u128(..) >> 32), created, call: lifecycle };
     let mut response = if options.stream {
         let calls = options.tools_offered().then(CallStream::new);
         stream::response(call, generation, options.include_usage, calls)
