@@ -59,3 +59,12 @@ impl From<kiln_llm::LlmError> for EngineError {
         }
     }
 }
+
+impl From<kiln_repository::RepositoryError> for EngineError {
+    fn from(e: kiln_repository::RepositoryError) -> Self {
+        match e {
+            kiln_repository::RepositoryError::InvalidName(m) => EngineError::InvalidRequest(m),
+            kiln_repository::RepositoryError::Unreadable(m) => EngineError::Repository(m),
+        }
+    }
+}

@@ -17,12 +17,12 @@ pub mod error;
 mod llm;
 pub mod metrics;
 mod model;
-pub mod pbtxt;
 pub mod pipeline;
 mod queue;
 pub mod repository;
 pub mod stats;
-pub mod triton_config;
+
+pub use kiln_repository::{pbtxt, triton_config};
 
 pub use engine::{Engine, EngineConfig, IndexEntry, ModelControl, ModelState, VersionState};
 pub use error::EngineError;

@@ -1,165 +1,18 @@
-//! The model repository on disk: `REPO/<model>/<version>/model.onnx` plus an optional
-//! `REPO/<model>/config.toml`, and loading one model version from it.
+//! Loading one model version from the repository (the folder layout, config.toml and
+//! config.pbtxt are kiln-repository's; re-exported here): ONNX models on ONNX Runtime, text
+//! embedding models, GGUF LLMs, with their serving settings.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_backend_ort::{PreparedModel, SessionOptions};
 use kiln_core::{ModelInstance, ModelSignature, Tensor, TensorData};
 
+pub use kiln_repository::layout::*;
+
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::model::{ServedModel, ServingSettings};
-
-/// The file each version folder holds.
-pub const MODEL_FILE: &str = "model.onnx";
-/// The optional per-model settings file.
-pub const CONFIG_FILE: &str = "config.toml";
-
-/// One model folder as found on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelDir {
-    pub name: String,
-    pub path: PathBuf,
-    /// Numeric version folders, ascending.
-    pub versions: Vec<u64>,
-}
-
-/// Checks a model name from a request or a folder: 1 to 128 characters of letters, digits,
-/// `_`, `-` and `.`, not starting with `.` — so it can never name a path outside the
-/// repository (`..`, `/`, `\\`) nor a hidden folder.
-pub fn validate_model_name(name: &str) -> Result<(), EngineError> {
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if valid {
-        Ok(())
-    } else {
-        let shown: String = name.chars().take(64).flat_map(char::escape_default).collect();
-        Err(EngineError::InvalidRequest(format!(
-            "invalid model name '{shown}': use 1 to 128 letters, digits, '_', '-' or '.', not starting with '.'"
-        )))
-    }
-}
-
-/// Errs when `path` resolves (symlinks followed) outside `root`.
-pub fn confine(root: &Path, path: &Path) -> Result<(), String> {
-    let root = root.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
-    let resolved = path.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
-    if resolved.starts_with(&root) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} resolves to {}, outside the model repository {}; kiln serves only files inside it",
-            path.display(),
-            resolved.display(),
-            root.display()
-        ))
-    }
-}
-
-/// Lists the model folders of a repository (hidden folders, plain files, folders whose names
-/// are not valid model names and symlinks leading outside the repository are skipped).
-pub fn scan(repository: &Path) -> Result<Vec<ModelDir>, EngineError> {
-    let entries = std::fs::read_dir(repository)
-        .map_err(|e| EngineError::Repository(format!("cannot read model repository {}: {e}", repository.display())))?;
-    let mut models = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
-        if name.starts_with('.') || !path.is_dir() {
-            continue;
-        }
-        if let Err(e) = validate_model_name(&name) {
-            tracing::warn!("model folder skipped: {e}");
-            continue;
-        }
-        if let Err(e) = confine(repository, &path) {
-            tracing::warn!("model folder '{name}' skipped: {e}");
-            continue;
-        }
-        let versions = scan_versions(&path);
-        models.push(ModelDir { name, path, versions });
-    }
-    models.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(models)
-}
-
-fn scan_versions(model_dir: &Path) -> Vec<u64> {
-    let mut versions: Vec<u64> = std::fs::read_dir(model_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
-        .collect();
-    versions.sort_unstable();
-    versions
-}
-
-/// Size and modification time of one file; `None` when it does not exist.
-pub type FileStamp = Option<(u64, std::time::SystemTime)>;
-
-/// What a model folder's files looked like, to tell whether anything changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fingerprint {
-    pub config: FileStamp,
-    /// Per numeric version folder, its model file (`model.onnx`, else `model.gguf`).
-    pub versions: BTreeMap<u64, FileStamp>,
-}
-
-fn stamp(path: &Path) -> FileStamp {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.len(), meta.modified().ok()?))
-}
-
-/// Reads the stamps of a model folder's config.toml and version files.
-pub fn fingerprint(model_dir: &Path) -> Fingerprint {
-    let pipeline = model_dir.join(crate::pipeline::PIPELINE_FILE);
-    Fingerprint {
-        config: if pipeline.is_file() {
-            stamp(&pipeline)
-        } else {
-            stamp(&model_dir.join(CONFIG_FILE)).or_else(|| stamp(&model_dir.join(crate::triton_config::FILE)))
-        },
-        versions: scan_versions(model_dir)
-            .into_iter()
-            .map(|v| {
-                let folder = model_dir.join(v.to_string());
-                (v, stamp(&folder.join(MODEL_FILE)).or_else(|| stamp(&folder.join(GGUF_FILE))))
-            })
-            .collect(),
-    }
-}
-
-/// Reads `config.toml` of a model folder (defaults when there is none).
-pub fn read_config(model_dir: &Path) -> Result<ModelConfig, String> {
-    let path = model_dir.join(CONFIG_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => ModelConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => read_triton_config(model_dir),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
-}
-
-/// A Triton `config.pbtxt` (read when there is no config.toml); the fields kiln does not apply
-/// are named in one warning.
-fn read_triton_config(model_dir: &Path) -> Result<ModelConfig, String> {
-    let path = model_dir.join(crate::triton_config::FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let parsed = crate::triton_config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            if !parsed.ignored.is_empty() {
-                let model = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                tracing::warn!(model, "config.pbtxt: kiln does not apply {}", parsed.ignored.join(", "));
-            }
-            Ok(parsed.config)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelConfig::default()),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
-}
 
 /// Loads one model file with its config: prepares it, applies the overrides and starts
 /// its instances. Blocking: call it off the async executor.
@@ -309,8 +162,8 @@ fn prepare_text_model(
             confine(repository, path).map_err(|e| format!("[text] {field}: {e}"))?;
         }
     }
-    let model =
-        kiln_text::TextModel::load(&encoder, &tokenizer, text.settings(config.threads())).map_err(|e| e.to_string())?;
+    let model = kiln_text::TextModel::load(&encoder, &tokenizer, crate::config::text_settings(text, config.threads()))
+        .map_err(|e| e.to_string())?;
     let signature = model.signature();
     let mut settings = serving_settings(config);
     settings.records = config.records_policy(&signature)?;
@@ -391,9 +244,6 @@ pub fn load_version(dir: &ModelDir, version: u64, config: &ModelConfig) -> Resul
     load_model_file(&dir.name, version, &file, config)
 }
 
-/// The file name of an LLM's weights in its version folder.
-pub const GGUF_FILE: &str = "model.gguf";
-
 /// Loads `REPO/<model>/<version>/model.gguf` on llama.cpp and starts its scheduler.
 #[cfg(feature = "llm")]
 fn load_llm(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<ServedModel, EngineError> {
@@ -405,7 +255,7 @@ fn load_llm(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<Served
     if let Some(repository) = dir.path.parent() {
         confine(repository, &file).map_err(load_error)?;
     }
-    let llm = kiln_llm::LlmModel::load(&dir.name, version, &file, config.llm_settings())
+    let llm = kiln_llm::LlmModel::load(&dir.name, version, &file, crate::config::llm_settings(config))
         .map_err(|e| load_error(e.to_string()))?;
     let mut settings = serving_settings(config);
     settings.records = config.records_policy(&crate::llm::signature()).map_err(load_error)?;
@@ -468,7 +318,7 @@ pub fn prepare_path(
 pub fn load_llm_path(path: &Path, version: Option<u64>) -> Result<ServedModel, EngineError> {
     let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("llm").to_string();
     if path.is_file() {
-        let settings = ModelConfig::default().llm_settings();
+        let settings = crate::config::llm_settings(&ModelConfig::default());
         let llm = kiln_llm::LlmModel::load(&name, 1, path, settings).map_err(|e| EngineError::LoadFailed {
             model: name.clone(),
             version: 1,

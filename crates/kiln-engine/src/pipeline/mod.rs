@@ -41,8 +41,7 @@ use remote::{EmbeddingsSpec, LlmSpec, RemoteSpec, RemoteStep};
 use resilience::Policy;
 use rows::Constant;
 
-/// The file that makes a repository folder a pipeline.
-pub const PIPELINE_FILE: &str = "pipeline.toml";
+pub use kiln_repository::layout::PIPELINE_FILE;
 
 pub use crate::model::{ModelResolver, StepTrace};
 

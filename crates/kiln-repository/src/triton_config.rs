@@ -324,7 +324,7 @@ optimization { execution_accelerators { cpu_execution_accelerator: [ { name: "op
 /// Whether a model folder is a Triton ensemble: no config.toml, and a config.pbtxt with
 /// `platform: "ensemble"`.
 pub fn is_ensemble(model_dir: &std::path::Path) -> bool {
-    if model_dir.join(crate::repository::CONFIG_FILE).is_file() {
+    if model_dir.join(crate::layout::CONFIG_FILE).is_file() {
         return false;
     }
     let Ok(text) = std::fs::read_to_string(model_dir.join(FILE)) else { return false };
