@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# CMake and libclang (and ccache), for llama.cpp (kiln's LLM engine), compiled from source.
+bash scripts/install-build-deps.sh
+source scripts/ccache-env.sh
+
 bash scripts/setup-venv.sh --test
 # The real-LLM pipeline test needs llama.cpp's server, built from source once (pip caches the
 # wheel). KILN_SKIP_LLM=1 skips it; if it cannot be built here, that one test reports a skip.
@@ -13,9 +17,6 @@ if [[ "${KILN_SKIP_LLM:-0}" != 1 ]] && ! bash scripts/setup-venv.sh --llm; then
 fi
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
 export ORT_DYLIB_PATH
-
-# CMake and libclang, for llama.cpp (kiln's LLM engine), compiled from source.
-bash scripts/install-build-deps.sh
 
 # The prediction-log tests run against a real PostgreSQL server, which they start on loopback;
 # install Debian's package when it is missing (root only; otherwise those tests say they skip).
