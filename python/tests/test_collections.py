@@ -258,6 +258,21 @@ def test_two_processes_sharing_postgres_see_each_others_writes(tmp_path, postgre
         assert b.stop() == 0
 
 
+def add_minilm(repo):
+    """all-MiniLM-L6-v2's folder (config from examples, weights linked from ../shared)."""
+    shutil.copytree(ROOT / "examples" / "models" / "all-minilm-l6-v2", repo / "all-minilm-l6-v2",
+                    ignore=shutil.ignore_patterns("1"))
+    assert link_minilm(repo / "all-minilm-l6-v2")
+
+
+def wait_for_builds(server, n, seconds=20):
+    """Waits until the log says a collection was built `n` times (at start, then each rebuild)."""
+    deadline = time.time() + seconds
+    while server.logs().count('"collection ready"') < n and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.logs().count('"collection ready"') == n, server.logs()[-3000:]
+
+
 def wait_for_count(server, name, want, seconds=20):
     deadline = time.time() + seconds
     info = {}
@@ -298,10 +313,7 @@ def test_batches_that_straddle_store_pages_load_whole(tmp_path, backend, request
         # the store.
         config = repos[1] / "items" / "config.toml"
         config.write_text(config.read_text().replace("exact = true", "exact = true\nk = 7"))
-        deadline = time.time() + 20
-        while follower.logs().count('"collection ready"') < 2 and time.time() < deadline:
-            time.sleep(0.05)
-        assert follower.logs().count('"collection ready"') == 2, follower.logs()[-3000:]
+        wait_for_builds(follower, 2)
         wait_for_count(follower, "items", total)
         hit = search(follower, "items", vector=[9, 9, 9, 9], k=1)["results"][0]
         assert hit["id"] == "shipped"
@@ -321,9 +333,7 @@ def test_batches_that_straddle_store_pages_load_whole(tmp_path, backend, request
 @pytest.mark.skipif(not (SHARED / "model.onnx").exists(), reason=f"all-MiniLM-L6-v2 is not at {SHARED} (team data in ../shared)")
 def test_text_points_and_queries_through_the_embedder(tmp_path):
     repo = tmp_path / "models"
-    shutil.copytree(ROOT / "examples" / "models" / "all-minilm-l6-v2", repo / "all-minilm-l6-v2",
-                    ignore=shutil.ignore_patterns("1"))
-    assert link_minilm(repo / "all-minilm-l6-v2")
+    add_minilm(repo)
     collection(repo, "faq", 384, "cosine", exact=True, extra='embedder = "all-minilm-l6-v2"\n', points=[
         {"id": "refund", "text": "How do I get my money back for an order?", "payload": {"topic": "billing"}},
         {"id": "password", "text": "I forgot my password and cannot log in.", "payload": {"topic": "account"}},
@@ -372,10 +382,7 @@ def test_a_reloaded_collection_without_a_points_store_comes_back(tmp_path):
         upsert(s, "notes", [{"id": "b", "vector": [0, 1, 0]}])
         config = repo / "notes" / "config.toml"
         config.write_text(config.read_text() + "max_k = 50\n")
-        deadline = time.time() + 20
-        while s.logs().count('"collection ready"') < 2 and time.time() < deadline:
-            time.sleep(0.05)
-        assert s.logs().count('"collection ready"') == 2
+        wait_for_builds(s, 2)
         # Memory only: the rebuilt collection holds its folder's points, and answers.
         assert requests.get(f"http://{s.url}/v2/models/notes/ready", timeout=5).status_code == 200
         assert [h["id"] for h in search(s, "notes", vector=[1, 0, 0], k=5)["results"]] == ["a"]
@@ -386,9 +393,7 @@ def test_a_reloaded_collection_without_a_points_store_comes_back(tmp_path):
 @pytest.mark.skipif(not (SHARED / "model.onnx").exists(), reason=f"all-MiniLM-L6-v2 is not at {SHARED} (team data in ../shared)")
 def test_reloading_an_embedder_rebuilds_the_collection_and_the_pipeline_that_use_it(tmp_path):
     repo = tmp_path / "models"
-    shutil.copytree(ROOT / "examples" / "models" / "all-minilm-l6-v2", repo / "all-minilm-l6-v2",
-                    ignore=lambda d, names: ["1"] if d.endswith("all-minilm-l6-v2") else [])
-    assert link_minilm(repo / "all-minilm-l6-v2")
+    add_minilm(repo)
     shutil.copytree(ROOT / "examples" / "models" / "help_center", repo / "help_center")
     (repo / "ask").mkdir()
     (repo / "ask" / "pipeline.toml").write_text(
