@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(config) = kiln_engine::config::ModelConfig::parse(text) {
+    if let Ok(config) = kiln_repository::config::ModelConfig::parse(text) {
         let _ = config.max_queue_delay();
         assert!(config.max_queue_size() > 0);
         if config.dynamic_batching() {

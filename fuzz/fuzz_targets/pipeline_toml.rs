@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use kiln_engine::pipeline::{ModelResolver, Pipeline};
-use kiln_engine::{EngineError, ModelHandle};
+use kiln_pipeline::{ModelResolver, Pipeline};
+use kiln_serving::{EngineError, ModelHandle};
 use libfuzzer_sys::fuzz_target;
 
 struct Examples(HashMap<String, ModelHandle>);

@@ -105,3 +105,34 @@ def test_a_search_behind_slow_ones_answers_504_by_its_deadline(tmp_path):
         assert set(answers) <= {200, 504}
     finally:
         assert s.stop() == 0
+
+
+def test_collection_writes_are_counted_and_held_to_the_limits(tmp_path):
+    """Upserts and deletes run inside the lifecycle too: each is counted in the collection's
+    statistics and `kiln_requests_total` with its outcome, a text point over --max-string-bytes is
+    refused like a v2 string, and no write lands in the prediction log (writes are not
+    predictions)."""
+    repo = tmp_path / "models"
+    (repo / "notes").mkdir(parents=True)
+    (repo / "notes" / "config.toml").write_text('kind = "vector_index"\n[index]\ndim = 3\nmetric = "l2"\nexact = true\n')
+    s = KilnServer(repo, ["--points", "off", "--max-string-bytes", "100"])
+    try:
+        url = f"http://{s.url}/v1/collections/notes"
+        ok = {"points": [{"id": f"n{i}", "vector": [i, 0, 0]} for i in range(4)]}
+        assert requests.put(f"{url}/points", json=ok, timeout=10).status_code == 200
+        r = requests.put(f"{url}/points", json={"points": [{"id": "t", "text": "x" * 101}]}, timeout=10)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "points[0] ('t'): text is 101 bytes; the limit is 100 (--max-string-bytes)"
+        r = requests.put(f"{url}/points", json={"points": [{"id": "bad", "vector": [1, 2]}]}, timeout=10)
+        assert r.status_code == 400, r.text
+        assert requests.post(f"{url}/points/delete", json={"ids": ["n0"]}, timeout=10).status_code == 200
+        assert stats(s, "notes") == 4
+        text = s.metrics()
+        assert metric(text, "kiln_requests_total", model="notes", outcome="success") == 2
+        assert metric(text, "kiln_requests_total", model="notes", outcome="invalid") == 2
+        r = requests.get(f"http://{s.url}/v1/collections/notes", timeout=10)
+        assert r.json()["count"] == 3
+        time.sleep(0.5)
+        assert requests.get(f"http://{s.url}/v1/predictions?model=notes", timeout=10).json()["predictions"] == []
+    finally:
+        assert s.stop() == 0

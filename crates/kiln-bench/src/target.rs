@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kiln_core::{DataType, Tensor, TensorData, TensorSpec};
-use kiln_engine::{InferRequest, ModelHandle};
 use kiln_protocol::proto::ModelInferRequest;
 use kiln_protocol::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use kiln_protocol::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use kiln_protocol::v2;
+use kiln_serving::{InferRequest, ModelHandle};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -327,7 +327,7 @@ impl Target {
     }
 
     /// One request from a thread that may block: in-process targets run it on an idle
-    /// instance right here ([`kiln_engine::ServedModel::infer_blocking`]); network targets
+    /// instance right here ([`kiln_serving::ServedModel::infer_blocking`]); network targets
     /// are not for this.
     pub fn call_blocking(&self) -> Result<(), String> {
         match self {

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_backend_ort::{onnx_proto, runtime};
-use kiln_engine::{Engine, EngineConfig, InferRequest, ModelControl, repository};
+use kiln_engine::{Engine, EngineConfig, ModelControl, repository};
 use kiln_server::{BoundServer, ServerConfig, v2};
+use kiln_serving::InferRequest;
 
 /// kiln serves ONNX models exported from Python (scikit-learn, PyTorch) over the KServe v2 /
 /// Open Inference Protocol, on the same ONNX Runtime build that the `onnxruntime` Python

@@ -198,7 +198,6 @@ const TOO_LONG: &[(&str, usize)] = &[
     ("crates/kiln-cli/src/main.rs", 900),
     ("crates/kiln-protocol/src/v2.rs", 850),
     ("crates/kiln-engine/src/engine.rs", 800),
-    ("crates/kiln-engine/src/model.rs", 650),
     ("crates/kiln-python/src/lib.rs", 640),
     ("crates/kiln-repository/src/config.rs", 620),
 ];

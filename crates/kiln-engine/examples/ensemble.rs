@@ -8,9 +8,10 @@
 use std::path::PathBuf;
 
 use kiln_core::{DataType, Tensor, TensorData};
-use kiln_engine::pipeline::PipelineBuilder;
-use kiln_engine::pipeline::ops::Op;
-use kiln_engine::{Engine, Protocol};
+use kiln_engine::Engine;
+use kiln_pipeline::PipelineBuilder;
+use kiln_pipeline::ops::Op;
+use kiln_serving::Protocol;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let repo = std::env::args()

@@ -1,7 +1,7 @@
-//! config.toml as the engine applies it: kiln-repository's parsed [`ModelConfig`] (re-exported)
+//! config.toml as the engine applies it: kiln-repository's parsed [`ModelConfig`]
 //! and the settings it gives the engines it names — kiln-text's and kiln-llm's.
 
-pub use kiln_repository::config::*;
+use kiln_repository::config::{ModelConfig, Pooling, TextConfig};
 
 /// The settings of a `text_embedding` model's `[text]` table, on `threads` intra-op threads.
 pub fn text_settings(text: &TextConfig, threads: usize) -> kiln_text::TextSettings {

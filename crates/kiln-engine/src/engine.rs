@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::config::ModelConfig;
-use crate::error::EngineError;
-use crate::model::{InferRequest, InferResponse, ModelHandle, ServedModel};
-use crate::pipeline::{ModelResolver, PIPELINE_FILE, Pipeline};
-use crate::repository::{self, Fingerprint, ModelDir};
+use crate::repository;
+use kiln_pipeline::{ModelResolver, PIPELINE_FILE, Pipeline};
+use kiln_repository::config::ModelConfig;
+use kiln_repository::layout::{self, Fingerprint, ModelDir};
+use kiln_serving::EngineError;
+use kiln_serving::{InferRequest, InferResponse, ModelHandle, ServedModel};
 
 /// How the set of served models may change after start (Triton's `--model-control-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub struct EngineConfig {
 
 /// What runs each newly built collection's catch-up (see [`Engine::on_new_collection`]). It must
 /// not block: it starts the work and returns.
-pub type CollectionHook = Arc<dyn Fn(Arc<crate::collection::Collection>) + Send + Sync>;
+pub type CollectionHook = Arc<dyn Fn(Arc<kiln_collection::Collection>) + Send + Sync>;
 
 /// The state of one version of a model.
 #[derive(Debug, Clone)]
@@ -130,7 +131,7 @@ impl Engine {
     /// its reason and does not stop the others; only an unreadable repository is an error.
     /// Blocking; ONNX Runtime must be initialised first (`kiln_backend_ort::runtime`).
     pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
-        let dirs = repository::scan(&config.repository)?;
+        let dirs = layout::scan(&config.repository)?;
         let explicit = config.control == ModelControl::Explicit;
         let startup = config.startup_models.clone();
         let wanted = |name: &str| !explicit || startup.iter().any(|m| m == "*" || m == name);
@@ -291,7 +292,7 @@ impl Engine {
                 rows.push(IndexEntry { name: state.name.clone(), version: Some(version), ready, reason });
             }
         }
-        if let Ok(dirs) = repository::scan(self.repository()) {
+        if let Ok(dirs) = layout::scan(self.repository()) {
             for dir in dirs.into_iter().filter(|d| !models.contains_key(&d.name)) {
                 rows.push(IndexEntry {
                     name: dir.name,
@@ -309,9 +310,9 @@ impl Engine {
     /// changed versions are loaded and warmed up before they replace the serving ones;
     /// unchanged versions keep serving untouched. Blocking: call it off the executor.
     pub fn load_model(&self, name: &str) -> Result<(), EngineError> {
-        repository::validate_model_name(name)?;
+        layout::validate_model_name(name)?;
         let _guard = self.inner.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let dir = repository::scan(self.repository())?
+        let dir = layout::scan(self.repository())?
             .into_iter()
             .find(|d| d.name == name)
             .ok_or_else(|| EngineError::ModelNotFound(format!("{name}' (no such folder in the model repository)")))?;
@@ -335,7 +336,7 @@ impl Engine {
     /// and retries those that failed naming it (a pipeline loaded before the collection it
     /// searches). Then the same for what depends on those. Called with the changes lock held.
     fn rebuild_dependents(&self, changed: &str) {
-        let Ok(dirs) = repository::scan(self.repository()) else { return };
+        let Ok(dirs) = layout::scan(self.repository()) else { return };
         let mut changed = vec![changed.to_string()];
         let mut done: Vec<String> = Vec::new();
         // Two levels at most (model → collection → pipeline); a third pass finds nothing.
@@ -370,9 +371,9 @@ impl Engine {
     /// Stops serving a model. Requests in flight finish; the model stays in the index as
     /// unavailable ("unloaded").
     pub fn unload_model(&self, name: &str) -> Result<(), EngineError> {
-        repository::validate_model_name(name)?;
+        layout::validate_model_name(name)?;
         let _guard = self.inner.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let on_disk = || repository::scan(self.repository()).is_ok_and(|dirs| dirs.iter().any(|d| d.name == name));
+        let on_disk = || layout::scan(self.repository()).is_ok_and(|dirs| dirs.iter().any(|d| d.name == name));
         if !self.models().contains_key(name) && !on_disk() {
             return Err(EngineError::ModelNotFound(name.to_string()));
         }
@@ -386,7 +387,7 @@ impl Engine {
     /// One pass of poll mode: applies new, changed and removed models. A model whose files
     /// are still changing (a copy in progress) is left for the next pass. Blocking.
     pub fn poll_once(&self, settle: Duration) {
-        let dirs = match repository::scan(self.repository()) {
+        let dirs = match layout::scan(self.repository()) {
             Ok(dirs) => dirs,
             Err(e) => {
                 tracing::warn!("repository poll failed: {e}");
@@ -395,13 +396,13 @@ impl Engine {
         };
         let current = self.models().clone();
         for dir in &dirs {
-            let fingerprint = repository::fingerprint(&dir.path);
+            let fingerprint = layout::fingerprint(&dir.path);
             let changed = current.get(&dir.name).is_none_or(|s| s.fingerprint != fingerprint);
             if !changed {
                 continue;
             }
             std::thread::sleep(settle);
-            if repository::fingerprint(&dir.path) != fingerprint {
+            if layout::fingerprint(&dir.path) != fingerprint {
                 tracing::debug!(model = %dir.name, "files still changing; trying again next poll");
                 continue;
             }
@@ -419,7 +420,7 @@ impl Engine {
     }
 
     /// Finds this engine's models by name, for pipelines built in code
-    /// ([`crate::pipeline::PipelineBuilder::build`]). It does not keep the engine alive.
+    /// ([`kiln_pipeline::PipelineBuilder::build`]). It does not keep the engine alive.
     pub fn resolver(&self) -> Arc<dyn ModelResolver> {
         Arc::new(EngineResolver(Arc::downgrade(&self.inner)))
     }
@@ -432,15 +433,15 @@ impl Engine {
         if !is_pipeline_dir(&dir.path) {
             return build_state(dir, previous);
         }
-        let fingerprint = repository::fingerprint(&dir.path);
+        let fingerprint = layout::fingerprint(&dir.path);
         let resolver = self.resolver();
         let built = pipeline_text(dir).and_then(|text| Pipeline::parse(&dir.name, &text, resolver));
         match built {
             Ok(pipeline) => {
                 tracing::info!(pipeline = %dir.name, models = ?pipeline.models(), "pipeline ready");
-                let mut settings = repository::default_settings();
-                settings.records = pipeline.records.clone();
-                let model = ServedModel::pipeline(dir.name.clone(), pipeline, settings);
+                let settings =
+                    kiln_serving::ServingSettings { records: pipeline.records.clone(), ..Default::default() };
+                let model = kiln_pipeline::serve(dir.name.clone(), pipeline, settings);
                 let mut versions = BTreeMap::new();
                 versions.insert(1, VersionState::Ready(Arc::new(model)));
                 ModelState { name: dir.name.clone(), versions, error: None, fingerprint }
@@ -453,7 +454,7 @@ impl Engine {
     /// A reload with an unchanged config.toml keeps the collection as it is — its points include
     /// what clients upserted since, which the folder does not hold.
     fn build_collection(&self, dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
-        let fingerprint = repository::fingerprint(&dir.path);
+        let fingerprint = layout::fingerprint(&dir.path);
         if let Some(previous) = previous
             && previous.fingerprint.config == fingerprint.config
             && !previous.ready_versions().is_empty()
@@ -466,11 +467,11 @@ impl Engine {
     /// A collection built anew from its folder (and, through the hook, its store), whatever
     /// changed: its embedder did, say. Until the new copy is complete the old one serves.
     fn rebuild_collection(&self, dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
-        let fingerprint = repository::fingerprint(&dir.path);
+        let fingerprint = layout::fingerprint(&dir.path);
         let resolver = self.resolver();
-        let built = repository::read_config(&dir.path).and_then(|config| {
+        let built = layout::read_config(&dir.path).and_then(|config| {
             let index = config.index.clone().ok_or("kind = \"vector_index\" needs an [index] table")?;
-            let collection = crate::collection::Collection::new(&dir.name, index, false).map_err(|e| e.to_string())?;
+            let collection = kiln_collection::Collection::new(&dir.name, index, false).map_err(|e| e.to_string())?;
             let embedder = match &collection.config.embedder {
                 Some(name) => Some(resolver.resolve(name, None).map_err(|e| format!("[index] embedder: {e}"))?),
                 None => None,
@@ -490,12 +491,14 @@ impl Engine {
             Ok((collection, loaded, config, records)) => {
                 tracing::info!(collection = %dir.name, points = loaded, dim = collection.config.dim,
                     metric = collection.config.metric.as_str(), exact = collection.config.exact, "collection ready");
-                let mut settings = repository::default_settings();
-                settings.request_timeout = config.request_timeout_ms.map(Duration::from_millis);
-                settings.records = records;
+                let settings = kiln_serving::ServingSettings {
+                    request_timeout: config.request_timeout_ms.map(Duration::from_millis),
+                    records,
+                    ..Default::default()
+                };
                 let collection = Arc::new(collection);
                 self.announce(&collection);
-                let model = ServedModel::collection(collection, resolver, settings);
+                let model = crate::collection::serve::served(collection, resolver, settings);
                 let mut versions = BTreeMap::new();
                 versions.insert(1, VersionState::Ready(Arc::new(model)));
                 ModelState { name: dir.name.clone(), versions, error: None, fingerprint }
@@ -514,7 +517,7 @@ impl Engine {
 
     /// A collection just built (its folder's points indexed): the hook takes it from here;
     /// without a hook and without a store it is complete.
-    fn announce(&self, collection: &Arc<crate::collection::Collection>) {
+    fn announce(&self, collection: &Arc<kiln_collection::Collection>) {
         let hook = self.inner.collection_hook.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         match hook {
             Some(hook) => hook(collection.clone()),
@@ -524,11 +527,11 @@ impl Engine {
     }
 
     /// Every collection served now.
-    pub fn collections(&self) -> Vec<Arc<crate::collection::Collection>> {
+    pub fn collections(&self) -> Vec<Arc<kiln_collection::Collection>> {
         self.models()
             .values()
             .filter_map(|state| match state.versions.get(&1) {
-                Some(VersionState::Ready(model)) => model.collection_ref().cloned(),
+                Some(VersionState::Ready(model)) => model.runs::<Arc<kiln_collection::Collection>>().cloned(),
                 _ => None,
             })
             .collect()
@@ -590,8 +593,8 @@ fn load_in_parallel(dirs: &[&ModelDir], threads: usize) -> Vec<(String, ModelSta
 /// Builds a model's state from its folder, reusing the versions of `previous` whose files
 /// and config did not change, and keeping a serving copy when its replacement fails.
 fn build_state(dir: &ModelDir, previous: Option<&ModelState>) -> ModelState {
-    let fingerprint = repository::fingerprint(&dir.path);
-    let config = match repository::read_config(&dir.path) {
+    let fingerprint = layout::fingerprint(&dir.path);
+    let config = match layout::read_config(&dir.path) {
         Ok(config) => config,
         Err(e) => return keep_previous_or_fail(dir, previous, e, fingerprint),
     };
@@ -766,12 +769,12 @@ impl ModelResolver for EngineResolver {
 
 /// A folder that holds a pipeline: a pipeline.toml, or a Triton ensemble's config.pbtxt.
 fn is_pipeline_dir(path: &std::path::Path) -> bool {
-    path.join(PIPELINE_FILE).is_file() || crate::triton_config::is_ensemble(path)
+    path.join(PIPELINE_FILE).is_file() || kiln_repository::triton_config::is_ensemble(path)
 }
 
 /// A folder that holds a vector collection (`kind = "vector_index"` in its config.toml).
 fn is_collection_dir(path: &std::path::Path) -> bool {
-    repository::read_config(path).is_ok_and(|c| c.is_vector_index())
+    layout::read_config(path).is_ok_and(|c| c.is_vector_index())
 }
 
 /// The pipeline.toml text of a pipeline folder (a Triton ensemble's, translated; the fields kiln
@@ -782,10 +785,10 @@ fn pipeline_text(dir: &ModelDir) -> Result<String, String> {
         return std::fs::read_to_string(&pipeline_file)
             .map_err(|e| format!("cannot read {}: {e}", pipeline_file.display()));
     }
-    let file = dir.path.join(crate::triton_config::FILE);
+    let file = dir.path.join(kiln_repository::triton_config::FILE);
     let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let (pipeline, ignored) =
-        crate::triton_config::ensemble_pipeline(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        kiln_repository::triton_config::ensemble_pipeline(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     if !ignored.is_empty() {
         tracing::warn!(model = %dir.name, "config.pbtxt: kiln does not apply {}", ignored.join(", "));
     }

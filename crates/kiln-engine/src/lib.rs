@@ -1,30 +1,20 @@
-//! kiln-engine: everything between a transport and a backend.
+//! kiln-engine: the registry of served models — the one crate that knows every model kind.
 //!
-//! It owns the model repository on disk ([`repository`]), per-model settings
-//! ([`config::ModelConfig`]), the served model versions with their worker threads and
-//! bounded queues ([`ServedModel`]), and the cloneable [`Engine`] handle that every
-//! transport (REST, gRPC, the CLI, Python) calls.
+//! It owns loading ([`repository`]: a version of each kind — ONNX on kiln-backend-ort, `[text]`
+//! on kiln-text, GGUF on kiln-llm, a collection, a pipeline — turned into a
+//! `kiln_serving::ServedModel`), the executors of the kinds no other crate runs (LLM rows over
+//! v2, collection search), and the cloneable [`Engine`] handle every transport calls: versions,
+//! the repository index, the dependency-ordered load and reloads, readiness by dependency.
 //!
-//! It knows nothing of HTTP, gRPC or JSON: errors are typed ([`EngineError`]) and the server
-//! maps them to status codes.
+//! It must not know HTTP, gRPC or JSON (the server maps `kiln_serving::EngineError` to status
+//! codes), nor run a request's lifecycle (kiln-server does), nor parse the repository's files
+//! (kiln-repository does).
 
-mod batcher;
 pub mod collection;
 pub mod config;
 mod engine;
-pub mod error;
 #[cfg(feature = "llm")]
 mod llm;
-pub mod metrics;
-mod model;
-pub mod pipeline;
-mod queue;
 pub mod repository;
-pub mod stats;
-
-pub use kiln_repository::{pbtxt, triton_config};
 
 pub use engine::{Engine, EngineConfig, IndexEntry, ModelControl, ModelState, VersionState};
-pub use error::EngineError;
-pub use metrics::{Outcome, Protocol};
-pub use model::{InFlight, InferRequest, InferResponse, ModelHandle, ServedModel, ServingSettings};

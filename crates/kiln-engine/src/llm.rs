@@ -9,8 +9,8 @@ use std::time::Duration;
 use kiln_core::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
 use kiln_llm::{GenerateParams, LlmModel};
 
-use crate::error::EngineError;
-use crate::model::ServedModel;
+use kiln_serving::EngineError;
+use kiln_serving::ServedModel;
 
 pub const TEXT_INPUT: &str = "text_input";
 pub const TEXT_OUTPUT: &str = "text_output";
@@ -68,7 +68,7 @@ async fn run(
     let completions = match timeout {
         Some(limit) => tokio::time::timeout(limit, all)
             .await
-            .map_err(|_| crate::model::timeout_error(&model.name, model.version, limit))??,
+            .map_err(|_| kiln_serving::timeout_error(&model.name, model.version, limit))??,
         None => all.await?,
     };
     let rows = completions.len();
@@ -88,16 +88,16 @@ fn row_error(i: usize, e: kiln_llm::LlmError) -> EngineError {
 /// (continuous batching).
 struct LlmExecutor(Arc<LlmModel>);
 
-impl crate::model::Executor for LlmExecutor {
-    fn kind(&self) -> crate::model::ExecutorKind {
-        crate::model::ExecutorKind::Llm
+impl kiln_serving::Executor for LlmExecutor {
+    fn kind(&self) -> kiln_serving::ExecutorKind {
+        kiln_serving::ExecutorKind::Llm
     }
 
     fn run<'a>(
         &'a self,
         model: &'a ServedModel,
-        request: crate::model::InferRequest,
-    ) -> crate::model::BoxFuture<'a, Result<crate::model::InferResponse, EngineError>> {
+        request: kiln_serving::InferRequest,
+    ) -> kiln_serving::BoxFuture<'a, Result<kiln_serving::InferResponse, EngineError>> {
         Box::pin(async move {
             let admitted = model.admit(&request)?;
             let outputs = run(model, &self.0, request.inputs, admitted.timeout).await?;
@@ -109,19 +109,13 @@ impl crate::model::Executor for LlmExecutor {
         self.0.queue_depth()
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn runs(&self) -> Option<&dyn std::any::Any> {
+        Some(&self.0)
     }
 }
 
-impl ServedModel {
-    /// Serves a generative LLM: `text_input` BYTES `[n]` → `text_output` BYTES `[n]` over v2.
-    pub fn llm(name: String, version: u64, llm: LlmModel, settings: crate::model::ServingSettings) -> Self {
-        ServedModel::with_executor(name, version, signature(), settings, LlmExecutor(Arc::new(llm)))
-    }
-
-    /// The LLM this model runs, when it is one (chat and completions go to it directly).
-    pub fn llm_model(&self) -> Option<&Arc<LlmModel>> {
-        self.executor::<LlmExecutor>().map(|e| &e.0)
-    }
+/// Serves a generative LLM: `text_input` BYTES `[n]` → `text_output` BYTES `[n]` over v2;
+/// chat and completions find the `Arc<LlmModel>` with `ServedModel::runs`.
+pub fn serve(name: String, version: u64, llm: LlmModel, settings: kiln_serving::ServingSettings) -> ServedModel {
+    ServedModel::with_executor(name, version, signature(), settings, LlmExecutor(Arc::new(llm)))
 }

@@ -1,5 +1,5 @@
 //! Loading one model version from the repository (the folder layout, config.toml and
-//! config.pbtxt are kiln-repository's; re-exported here): ONNX models on ONNX Runtime, text
+//! config.pbtxt are kiln-repository's): ONNX models on ONNX Runtime, text
 //! embedding models, GGUF LLMs, with their serving settings.
 
 use std::collections::BTreeMap;
@@ -8,11 +8,11 @@ use std::path::Path;
 use kiln_backend_ort::{PreparedModel, SessionOptions};
 use kiln_core::{ModelInstance, ModelSignature, Tensor, TensorData};
 
-pub use kiln_repository::layout::*;
+use kiln_repository::layout::*;
 
-use crate::config::ModelConfig;
-use crate::error::EngineError;
-use crate::model::{ServedModel, ServingSettings};
+use kiln_repository::config::ModelConfig;
+use kiln_serving::EngineError;
+use kiln_serving::{ServedModel, ServingSettings};
 
 /// Loads one model file with its config: prepares it, applies the overrides and starts
 /// its instances. Blocking: call it off the async executor.
@@ -64,7 +64,7 @@ pub fn prepare_model_file(
     let mut signature = prepared.signature.clone();
     let mut labels = prepared.labels.clone();
     config.apply(&mut signature, &mut labels).map_err(load_error)?;
-    let mut settings = serving_settings(config);
+    let mut settings = ServingSettings::of(config);
     settings.records = config.records_policy(&signature).map_err(load_error)?;
     if settings.dynamic_batching
         && let Some(fixed) = signature.outputs.iter().find(|s| s.shape.first().is_none_or(|&d| d >= 0))
@@ -144,7 +144,7 @@ fn prepare_text_model(
     version: u64,
     file: &Path,
     config: &ModelConfig,
-    text: &crate::config::TextConfig,
+    text: &kiln_repository::config::TextConfig,
 ) -> Result<LoadedVersion, String> {
     let version_dir = file.parent().unwrap_or(Path::new("."));
     let model_dir = version_dir.parent().unwrap_or(Path::new("."));
@@ -165,7 +165,7 @@ fn prepare_text_model(
     let model = kiln_text::TextModel::load(&encoder, &tokenizer, crate::config::text_settings(text, config.threads()))
         .map_err(|e| e.to_string())?;
     let signature = model.signature();
-    let mut settings = serving_settings(config);
+    let mut settings = ServingSettings::of(config);
     settings.records = config.records_policy(&signature)?;
     let warmup = vec![Tensor::new(kiln_text::TEXT_INPUT, vec![1], TensorData::Bytes(vec![b"warm up".to_vec()]))?];
     let outputs = signature.output_names();
@@ -177,26 +177,6 @@ fn prepare_text_model(
     }
     tracing::info!(model = name, version, encoder = %encoder.display(), "text embedding model loaded");
     Ok(LoadedVersion { name: name.to_string(), version, signature, labels: BTreeMap::new(), settings, instances })
-}
-
-/// The serving settings of a model without a config.toml.
-pub fn default_settings() -> ServingSettings {
-    serving_settings(&ModelConfig::default())
-}
-
-/// config.toml's values, with kiln's defaults where it says nothing.
-pub fn serving_settings(config: &ModelConfig) -> ServingSettings {
-    ServingSettings {
-        instances: config.instances(),
-        threads: config.threads(),
-        max_batch_size: config.max_batch_size(),
-        max_queue_size: config.max_queue_size(),
-        dynamic_batching: config.dynamic_batching(),
-        max_queue_delay: config.max_queue_delay(),
-        latency_target: config.latency_target(),
-        request_timeout: config.request_timeout(),
-        records: config.records.as_ref().and_then(|r| r.policy().ok()).unwrap_or_default(),
-    }
 }
 
 /// Zero-valued inputs of the declared shapes: a dynamic first dimension set to `rows`, other
@@ -257,11 +237,11 @@ fn load_llm(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<Served
     }
     let llm = kiln_llm::LlmModel::load(&dir.name, version, &file, crate::config::llm_settings(config))
         .map_err(|e| load_error(e.to_string()))?;
-    let mut settings = serving_settings(config);
+    let mut settings = ServingSettings::of(config);
     settings.records = config.records_policy(&crate::llm::signature()).map_err(load_error)?;
     settings.max_queue_size = llm.settings().max_queue_size;
     settings.threads = llm.settings().threads;
-    Ok(ServedModel::llm(dir.name.clone(), version, llm, settings))
+    Ok(crate::llm::serve(dir.name.clone(), version, llm, settings))
 }
 
 /// Without the `llm` feature an LLM folder is a load error that says so.
@@ -324,7 +304,7 @@ pub fn load_llm_path(path: &Path, version: Option<u64>) -> Result<ServedModel, E
             version: 1,
             reason: e.to_string(),
         })?;
-        return Ok(ServedModel::llm(name, 1, llm, default_settings()));
+        return Ok(crate::llm::serve(name, 1, llm, ServingSettings::default()));
     }
     if !path.is_dir() {
         return Err(EngineError::Repository(format!("{} is neither a GGUF file nor a model folder", path.display())));

@@ -15,7 +15,7 @@ fn model_config_inputs() {
             let bytes = std::fs::read(entry.path()).expect("readable fuzz input");
             seen += 1;
             let Ok(text) = std::str::from_utf8(&bytes) else { continue };
-            if let Ok(config) = kiln_engine::config::ModelConfig::parse(text) {
+            if let Ok(config) = kiln_repository::config::ModelConfig::parse(text) {
                 let _ = config.max_queue_delay();
                 assert!(config.max_queue_size() > 0);
                 if config.dynamic_batching() {

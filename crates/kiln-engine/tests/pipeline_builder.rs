@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 
 use kiln_core::{DataType, Tensor, TensorData, TensorSpec};
-use kiln_engine::pipeline::ops::Op;
-use kiln_engine::pipeline::remote::{RemoteSpec, Transport};
-use kiln_engine::pipeline::resilience::Policy;
-use kiln_engine::pipeline::{FallbackSpec, PipelineBuilder, RemoteDraft};
-use kiln_engine::{Engine, InferRequest, Protocol};
+use kiln_engine::Engine;
+use kiln_pipeline::ops::Op;
+use kiln_pipeline::remote::{RemoteSpec, Transport};
+use kiln_pipeline::resilience::Policy;
+use kiln_pipeline::{FallbackSpec, PipelineBuilder, RemoteDraft};
+use kiln_serving::{InferRequest, Protocol};
 
 fn rows() -> Tensor {
     let text =

@@ -563,11 +563,11 @@ impl Pipeline {
                 _ => return Err(kiln_err(format!("timeout must be a positive number of seconds, got {t}"))),
             },
         };
-        let request = kiln_engine::InferRequest {
+        let request = kiln_serving::InferRequest {
             inputs: tensors,
             outputs: outputs.unwrap_or_default(),
             timeout,
-            protocol: kiln_engine::Protocol::InProcess,
+            protocol: kiln_serving::Protocol::InProcess,
             trace,
         };
         let model = self.engine.model(&self.name, None).map_err(kiln_err)?;

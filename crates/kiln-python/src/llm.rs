@@ -48,7 +48,7 @@ pub struct Llm {
     name: String,
     model: Arc<LlmModel>,
     /// Keeps the loaded version (and its scheduler) alive.
-    _served: kiln_engine::ModelHandle,
+    _served: kiln_serving::ModelHandle,
 }
 
 /// Sampling and stop settings from keyword arguments.
@@ -104,7 +104,10 @@ impl Llm {
             None => path,
         };
         let served = py.detach(|| kiln_engine::repository::load_llm_path(&path, version)).map_err(kiln_err)?;
-        let model = served.llm_model().cloned().ok_or_else(|| kiln_err(format!("{} is not an LLM", path.display())))?;
+        let model = served
+            .runs::<std::sync::Arc<kiln_llm::LlmModel>>()
+            .cloned()
+            .ok_or_else(|| kiln_err(format!("{} is not an LLM", path.display())))?;
         Ok(Llm { name: served.name.clone(), model, _served: Arc::new(served) })
     }
 

@@ -5,8 +5,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kiln_engine::EngineError;
 use kiln_records::RecordsError;
+use kiln_serving::EngineError;
 use serde_json::json;
 
 /// What went wrong, independent of the transport that reports it.
@@ -75,6 +75,17 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
         ApiError { kind, message: message.into() }
+    }
+
+    /// How a request that failed with this error ended, for statistics and metrics.
+    pub fn outcome(&self) -> kiln_serving::Outcome {
+        use kiln_serving::Outcome;
+        match self.kind {
+            Kind::BadRequest | Kind::TooLarge | Kind::NotFound | Kind::Precondition => Outcome::Invalid,
+            Kind::Overloaded => Outcome::Overloaded,
+            Kind::Timeout | Kind::BodyTimeout => Outcome::Timeout,
+            Kind::Unauthenticated | Kind::Forbidden | Kind::Unavailable | Kind::Internal => Outcome::Error,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {

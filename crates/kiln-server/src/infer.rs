@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use kiln_core::Tensor;
-use kiln_engine::{EngineError, InFlight, InferRequest, InferResponse, ModelHandle, Outcome, Protocol, ServedModel};
+use kiln_serving::{EngineError, InFlight, InferRequest, InferResponse, ModelHandle, Outcome, Protocol, ServedModel};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -105,6 +105,30 @@ impl Call {
         }
     }
 
+    /// Opens a write on a collection (an upsert or a delete through REST): counted like any
+    /// request (in flight, statistics, `kiln_requests_total`), never a prediction to log.
+    pub fn write(state: &AppState, model: &ModelHandle, protocol: Protocol) -> Call {
+        Call {
+            state: state.clone(),
+            model: model.clone(),
+            protocol,
+            capture: None,
+            tracked: Some(ServedModel::track(model, protocol)),
+        }
+    }
+
+    /// The deadline of a request opened now, from the model's `request_timeout_ms`.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.model.settings.request_timeout.map(|t| std::time::Instant::now() + t)
+    }
+
+    /// Ends a write with its outcome (a dropped `Call` counts as cancelled).
+    pub fn end(self, outcome: Outcome) {
+        if let Some(tracked) = self.tracked {
+            tracked.end(outcome);
+        }
+    }
+
     pub fn model(&self) -> &ModelHandle {
         &self.model
     }
@@ -145,7 +169,7 @@ impl Call {
 
 /// A pipeline's `kiln_trace` as response parameters: per step, `kiln_trace.<step>.start_us`,
 /// `.duration_us` (numbers) and `.outcome` (a string) — parameters hold scalars only.
-pub fn trace_parameters(trace: &[kiln_engine::pipeline::StepTrace]) -> Vec<(String, TraceValue)> {
+pub fn trace_parameters(trace: &[kiln_serving::StepTrace]) -> Vec<(String, TraceValue)> {
     let mut out = Vec::with_capacity(trace.len() * 3);
     for t in trace {
         out.push((format!("kiln_trace.{}.start_us", t.step), TraceValue::Micros(t.start.as_micros() as u64)));

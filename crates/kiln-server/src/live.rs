@@ -1,5 +1,5 @@
 //! Live per-model figures for the dashboard: a sampler reads every served version's
-//! [`kiln_engine::stats::ModelStats`] every interval and keeps, per model, a window of points
+//! [`kiln_serving::stats::ModelStats`] every interval and keeps, per model, a window of points
 //! (requests/s, errors/s, p50/p99 latency, rows per execution). Fed by kiln's own counters —
 //! the same ones behind the statistics extension — not by parsing the Prometheus text.
 
@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln_engine::stats::{LatencyBuckets, StatsSnapshot};
 use kiln_engine::{Engine, VersionState};
+use kiln_serving::stats::{LatencyBuckets, StatsSnapshot};
 use serde::Serialize;
 
 /// One interval of one model (all its versions together).
@@ -82,7 +82,7 @@ impl LiveStats {
             let mut rows = 0u64;
             let mut executions = 0u64;
             let mut total = 0u64;
-            let mut buckets = vec![0u64; kiln_engine::stats::LATENCY_BUCKETS];
+            let mut buckets = vec![0u64; kiln_serving::stats::LATENCY_BUCKETS];
             for (version, vs) in &state.versions {
                 let VersionState::Ready(model) = vs else { continue };
                 let key = (state.name.clone(), *version);

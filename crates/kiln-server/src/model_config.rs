@@ -1,7 +1,7 @@
 //! Triton's model configuration of a served version (`GET .../config` over REST, the
 //! `ModelConfig` RPC over gRPC), worked out once for both transports.
 
-use kiln_engine::ServedModel;
+use kiln_serving::ServedModel;
 
 /// What kiln runs models with, in Triton's words.
 pub(crate) const PLATFORM: &str = "onnxruntime_onnx";

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_collection::Collection;
 use kiln_engine::Engine;
-use kiln_engine::collection::Collection;
 use kiln_records::points::{Change, Cursor, PointStore};
 
 /// Changes read per query.

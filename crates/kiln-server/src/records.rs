@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use kiln_core::{DataType, Tensor};
-use kiln_engine::{EngineError, InferResponse, ServedModel};
 use kiln_records::{Captured, Labels, PendingRecord, Record, Recorder, RecordsError};
+use kiln_serving::{EngineError, InferResponse, ServedModel};
 
 /// The header (REST) and metadata key (gRPC) carrying kiln's id of a logged request.
 pub const REQUEST_ID: &str = "kiln-request-id";

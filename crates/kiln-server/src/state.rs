@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kiln_engine::stats::DurationSnapshot;
-use kiln_engine::{Engine, EngineError, ModelControl, VersionState};
+use kiln_engine::{Engine, ModelControl, VersionState};
+use kiln_serving::EngineError;
+use kiln_serving::stats::DurationSnapshot;
 
 use crate::error::ApiError;
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use kiln_core::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
 
-use super::{Collection, CollectionError, Filter};
-use crate::error::EngineError;
-use crate::metrics::Protocol;
-use crate::model::{InferRequest, ModelResolver, ServedModel};
+use kiln_collection::{Collection, CollectionError, Filter};
+use kiln_serving::EngineError;
+use kiln_serving::metrics::Protocol;
+use kiln_serving::{InferRequest, ModelResolver, ServedModel};
 
 /// Rows one v2 request may search for.
 pub const MAX_ROWS: usize = 1024;
@@ -76,7 +76,7 @@ pub async fn embed(
 /// The same, on the calling thread (loading a folder's points file at start).
 pub fn embed_blocking(
     collection: &Collection,
-    model: &crate::model::ModelHandle,
+    model: &kiln_serving::ModelHandle,
     texts: &[String],
 ) -> Result<Vec<Vec<f32>>, String> {
     let name = collection.config.embedder.clone().unwrap_or_default();
@@ -256,16 +256,16 @@ struct CollectionExecutor {
     resolver: Arc<dyn ModelResolver>,
 }
 
-impl crate::model::Executor for CollectionExecutor {
-    fn kind(&self) -> crate::model::ExecutorKind {
-        crate::model::ExecutorKind::Collection
+impl kiln_serving::Executor for CollectionExecutor {
+    fn kind(&self) -> kiln_serving::ExecutorKind {
+        kiln_serving::ExecutorKind::Collection
     }
 
     fn run<'a>(
         &'a self,
         model: &'a ServedModel,
         request: InferRequest,
-    ) -> crate::model::BoxFuture<'a, Result<crate::model::InferResponse, EngineError>> {
+    ) -> kiln_serving::BoxFuture<'a, Result<kiln_serving::InferResponse, EngineError>> {
         Box::pin(async move {
             // Its inputs are alternatives (`query` or `text`, optional `k`/`filter`): checked in
             // `run`. The request's deadline (or request_timeout_ms) bounds the embedding, the
@@ -276,7 +276,7 @@ impl crate::model::Executor for CollectionExecutor {
             let outputs = match limit {
                 Some(limit) => tokio::time::timeout(limit, search)
                     .await
-                    .map_err(|_| crate::model::timeout_error(&model.name, model.version, limit))??,
+                    .map_err(|_| kiln_serving::timeout_error(&model.name, model.version, limit))??,
                 None => search.await?,
             };
             model.stats.record_execution(outputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0) as u64);
@@ -292,29 +292,18 @@ impl crate::model::Executor for CollectionExecutor {
         (!self.collection.is_ready()).then(|| format!("collection '{}' is loading its points", model.name))
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn runs(&self) -> Option<&dyn std::any::Any> {
+        Some(&self.collection)
     }
 }
 
-impl ServedModel {
-    /// Serves a vector collection (version 1).
-    pub fn collection(
-        collection: Arc<Collection>,
-        resolver: Arc<dyn ModelResolver>,
-        settings: crate::model::ServingSettings,
-    ) -> Self {
-        let (name, signature) = (collection.name.clone(), signature(&collection));
-        ServedModel::with_executor(name, 1, signature, settings, CollectionExecutor { collection, resolver })
-    }
-
-    /// The collection this serves, when it is one.
-    pub fn collection_ref(&self) -> Option<&Arc<Collection>> {
-        self.executor::<CollectionExecutor>().map(|e| &e.collection)
-    }
-
-    /// The resolver a collection embeds text with (its embedder is found at call time).
-    pub fn collection_resolver(&self) -> Option<&Arc<dyn ModelResolver>> {
-        self.executor::<CollectionExecutor>().map(|e| &e.resolver)
-    }
+/// Serves a vector collection (version 1); REST upserts find the `Arc<Collection>` with
+/// `ServedModel::runs`.
+pub fn served(
+    collection: Arc<Collection>,
+    resolver: Arc<dyn ModelResolver>,
+    settings: kiln_serving::ServingSettings,
+) -> ServedModel {
+    let (name, signature) = (collection.name.clone(), signature(&collection));
+    ServedModel::with_executor(name, 1, signature, settings, CollectionExecutor { collection, resolver })
 }

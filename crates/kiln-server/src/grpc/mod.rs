@@ -7,7 +7,7 @@ mod service;
 
 use std::collections::HashMap;
 
-use kiln_engine::Protocol;
+use kiln_serving::Protocol;
 use prost::bytes::Bytes;
 
 use crate::error::ApiError;
@@ -106,7 +106,7 @@ pub async fn auth_layer(
     }
 }
 
-fn duration(d: kiln_engine::stats::DurationSnapshot) -> Option<StatisticDuration> {
+fn duration(d: kiln_serving::stats::DurationSnapshot) -> Option<StatisticDuration> {
     Some(StatisticDuration { count: d.count, ns: d.ns })
 }
 

@@ -11,9 +11,9 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post, put};
+use kiln_collection::{Collection, CollectionError, Filter, Point};
 use kiln_core::{Tensor, TensorData};
-use kiln_engine::collection::{Collection, CollectionError, Filter, Point};
-use kiln_engine::{ModelHandle, Protocol};
+use kiln_serving::{ModelHandle, Outcome, Protocol};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -43,18 +43,18 @@ fn collection_error(e: CollectionError) -> ApiError {
 
 fn find(state: &AppState, name: &str) -> Result<(ModelHandle, Arc<Collection>), ApiError> {
     let unknown = || ApiError::not_found(format!("unknown collection '{name}'"));
-    if kiln_engine::repository::validate_model_name(name).is_err() {
+    if kiln_repository::layout::validate_model_name(name).is_err() {
         return Err(unknown());
     }
     if let Ok(model) = state.engine.model(name, None)
-        && let Some(collection) = model.collection_ref().cloned()
+        && let Some(collection) = model.runs::<Arc<Collection>>().cloned()
     {
         return Ok((model, collection));
     }
     // Not serving: a collection that failed to load says why (503); anything else is no
     // collection at all (404), whatever state a model of that name is in.
     let folder = state.engine.repository().join(name);
-    let is_collection = kiln_engine::repository::read_config(&folder).is_ok_and(|c| c.is_vector_index());
+    let is_collection = kiln_repository::layout::read_config(&folder).is_ok_and(|c| c.is_vector_index());
     match state.engine.model_state(name) {
         Ok(model) if is_collection => Err(ApiError::new(
             Kind::Unavailable,
@@ -115,15 +115,24 @@ struct UpsertPoint {
     payload: Option<Value>,
 }
 
-/// Texts → vectors through the collection's embedder.
-async fn embed(model: &ModelHandle, collection: &Collection, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ApiError> {
-    let resolver = model.collection_resolver().ok_or_else(|| ApiError::new(Kind::Internal, "no resolver"))?;
+/// Texts → vectors through the collection's embedder, by the write's deadline.
+async fn embed(
+    state: &AppState,
+    collection: &Collection,
+    texts: Vec<String>,
+    deadline: Option<std::time::Instant>,
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    let resolver = state.engine.resolver();
     let texts = texts.into_iter().map(String::into_bytes).collect();
-    kiln_engine::collection::serve::embed(collection, resolver.as_ref(), texts, Protocol::Rest, None)
+    kiln_engine::collection::serve::embed(collection, resolver.as_ref(), texts, Protocol::Rest, deadline)
         .await
         .map_err(ApiError::from)
 }
 
+/// An upsert or a delete runs inside a write [`Call`](crate::infer::Call): counted in flight, in
+/// the collection's statistics and `kiln_requests_total`, its embedding bounded by the
+/// collection's `request_timeout_ms`. The store commit is never cut short: a write the store
+/// acknowledged is applied.
 async fn upsert(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -131,7 +140,28 @@ async fn upsert(
     body: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
     let (model, collection) = find(&state, &name)?;
-    let request: UpsertBody = body_json(&state, &headers, body).await?;
+    let call = crate::infer::Call::write(&state, &model, Protocol::Rest);
+    let result = upsert_points(&state, &call, collection, headers, body).await;
+    call.end(outcome_of(&result));
+    result
+}
+
+/// How a write ended, for its statistics and metrics.
+fn outcome_of<T>(result: &Result<T, ApiError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(e) => e.outcome(),
+    }
+}
+
+async fn upsert_points(
+    state: &AppState,
+    call: &crate::infer::Call,
+    collection: Arc<Collection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<Value>, ApiError> {
+    let request: UpsertBody = body_json(state, &headers, body).await?;
     let n = request.points.len();
     if n == 0 || n > MAX_POINTS {
         return Err(ApiError::bad_request(format!("an upsert takes 1 to {MAX_POINTS} points, not {n}")));
@@ -142,6 +172,14 @@ async fn upsert(
         let vector = match (p.vector, p.text) {
             (Some(v), None) => v,
             (None, Some(t)) => {
+                if t.len() > state.limits.max_string_bytes {
+                    return Err(ApiError::bad_request(format!(
+                        "points[{i}] ('{}'): text is {} bytes; the limit is {} (--max-string-bytes)",
+                        p.id,
+                        t.len(),
+                        state.limits.max_string_bytes
+                    )));
+                }
                 texts.push((i, t));
                 Vec::new()
             }
@@ -165,7 +203,7 @@ async fn upsert(
     }
     if !texts.is_empty() {
         let (slots, texts): (Vec<usize>, Vec<String>) = texts.into_iter().unzip();
-        for (slot, vector) in slots.into_iter().zip(embed(&model, &collection, texts).await?) {
+        for (slot, vector) in slots.into_iter().zip(embed(state, &collection, texts, call.deadline()).await?) {
             points[slot].vector = vector;
         }
     }
@@ -210,8 +248,20 @@ async fn delete(
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let (_, collection) = find(&state, &name)?;
-    let request: DeleteBody = body_json(&state, &headers, body).await?;
+    let (model, collection) = find(&state, &name)?;
+    let call = crate::infer::Call::write(&state, &model, Protocol::Rest);
+    let result = delete_points(&state, collection, headers, body).await;
+    call.end(outcome_of(&result));
+    result
+}
+
+async fn delete_points(
+    state: &AppState,
+    collection: Arc<Collection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<Value>, ApiError> {
+    let request: DeleteBody = body_json(state, &headers, body).await?;
     if request.ids.is_empty() || request.ids.len() > MAX_POINTS {
         return Err(ApiError::bad_request(format!("a delete takes 1 to {MAX_POINTS} ids, not {}", request.ids.len())));
     }

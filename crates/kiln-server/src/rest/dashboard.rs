@@ -102,7 +102,7 @@ async fn models(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiE
                 "instances": model.settings.instances,
                 "dynamic_batching": model.settings.dynamic_batching,
             });
-            if let Some(llm) = model.llm_model() {
+            if let Some(llm) = model.runs::<std::sync::Arc<kiln_llm::LlmModel>>() {
                 let info = llm.info();
                 entry["kind"] = json!("llm");
                 entry["llm"] = json!({
@@ -116,7 +116,7 @@ async fn models(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiE
                     "chat": info.has_chat_template,
                 });
             }
-            if let Some(pipeline) = model.pipeline_graph() {
+            if let Some(pipeline) = model.runs::<std::sync::Arc<kiln_pipeline::Pipeline>>() {
                 entry["kind"] = json!("pipeline");
                 entry["steps"] = json!(pipeline.steps_view());
                 entry["pipeline_outputs"] = json!(

@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use kiln_core::{DataType, Tensor, TensorData};
-use kiln_engine::{Protocol, ServedModel};
+use kiln_serving::{Protocol, ServedModel};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -160,7 +160,7 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
         .filter_map(|s| state.engine.model(&s.name, None).ok())
         .filter_map(|m| {
             let mut entry = json!({"id": m.name, "object": "model", "created": 0, "owned_by": "kiln"});
-            if let Some(llm) = m.llm_model() {
+            if let Some(llm) = m.runs::<std::sync::Arc<kiln_llm::LlmModel>>() {
                 entry["kind"] = json!("llm");
                 entry["context_length"] = json!(llm.info().context_length);
             } else if embedding_dim(&m).is_some() {

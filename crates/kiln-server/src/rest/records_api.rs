@@ -210,7 +210,7 @@ async fn quality(
     }
     let scored = recorder.store().scored(&model, since, until).await.map_err(|e| db_error(&e))?;
     // A name the repository does not hold and the log never saw is a typo, not a quiet model.
-    if scored.is_empty() && matches!(state.engine.model(&model, None), Err(kiln_engine::EngineError::ModelNotFound(_)))
+    if scored.is_empty() && matches!(state.engine.model(&model, None), Err(kiln_serving::EngineError::ModelNotFound(_)))
     {
         return Err(ApiError::not_found(format!(
             "unknown model '{model}': not in the repository and no predictions logged in this window"

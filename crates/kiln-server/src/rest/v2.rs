@@ -6,7 +6,8 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kiln_engine::{Engine, Protocol, ServedModel};
+use kiln_engine::Engine;
+use kiln_serving::{Protocol, ServedModel};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -277,7 +278,7 @@ async fn run_infer(
 }
 
 fn stats_json(rows: Vec<VersionStats>) -> Value {
-    let duration = |d: kiln_engine::stats::DurationSnapshot| json!({ "count": d.count, "ns": d.ns });
+    let duration = |d: kiln_serving::stats::DurationSnapshot| json!({ "count": d.count, "ns": d.ns });
     let zero = json!({"count": 0, "ns": 0});
     let rows: Vec<Value> = rows
         .into_iter()

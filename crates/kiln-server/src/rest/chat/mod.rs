@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use kiln_core::{Tensor, TensorData};
-use kiln_engine::{EngineError, InferResponse, ModelHandle, Outcome, Protocol};
 use kiln_llm::tools::{self, CallStream, Tool, ToolCall};
-use kiln_llm::{self, Completion, Constraint, FinishReason, LlmError, Message, Usage};
+use kiln_llm::{self, Completion, Constraint, FinishReason, LlmError, LlmModel, Message, Usage};
+use kiln_serving::{EngineError, InferResponse, ModelHandle, Outcome, Protocol};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, Kind, OpenAiError};
@@ -72,7 +72,7 @@ async fn begin(
     let mut fields = Fields::parse(&body)?;
     let name = fields.string("model")?.ok_or_else(|| OpenAiError::invalid("'model' is required", "model"))?;
     let model = state.engine.model(&name, None)?;
-    let llm = model.llm_model().cloned().ok_or_else(|| {
+    let llm = model.runs::<Arc<LlmModel>>().cloned().ok_or_else(|| {
         OpenAiError::invalid(format!("model '{name}' is not an LLM (kind = \"llm\"); it cannot generate text"), "model")
     })?;
     Ok((fields, model, llm))

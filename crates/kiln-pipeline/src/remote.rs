@@ -10,7 +10,7 @@ use kiln_protocol::client::{ChatRequest, KserveGrpcClient, KserveRestClient, Ope
 use serde::Deserialize;
 
 use super::resilience::{CallError, Guard};
-use crate::error::EngineError;
+use kiln_serving::EngineError;
 
 /// How a `remote` step reaches its server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -6,7 +6,7 @@
 use kiln_core::{Tensor, TensorData};
 
 use super::retrieval_ops::FormatTemplate;
-use crate::error::EngineError;
+use kiln_serving::EngineError;
 
 /// A compiled prompt.
 #[derive(Debug)]

@@ -3,8 +3,8 @@
 use kiln_core::{DataType, Tensor};
 
 use super::*;
-use crate::metrics::Protocol;
-use crate::model::ModelHandle;
+use kiln_serving::ModelHandle;
+use kiln_serving::metrics::Protocol;
 
 /// Pipelines made of transforms only: no model is ever resolved.
 struct NoModels;

@@ -9,9 +9,9 @@ use kiln_core::Tensor;
 use tracing::Instrument;
 
 use super::{Action, Fallback, Pipeline, Source, Step, StepTrace, ops, rows};
-use crate::error::EngineError;
-use crate::metrics::Protocol;
-use crate::model::InferRequest;
+use kiln_serving::EngineError;
+use kiln_serving::InferRequest;
+use kiln_serving::metrics::Protocol;
 
 /// The value a source names, renamed to what its reader calls it. Sources are validated at
 /// load time and steps run in dependency order; a model reloaded since with other outputs is

@@ -55,10 +55,10 @@ impl Pipeline {
         match_fallback_outputs(&mut steps, &fallback_of, &produced)?;
         check_step_outputs(&mut steps, &produced)?;
         let (steps, outputs) = in_order(&steps, outputs, &order);
-        let metrics = steps.iter().map(|s| crate::metrics::StepMetrics::new(&draft.name, &s.name)).collect();
+        let metrics = steps.iter().map(|s| kiln_serving::metrics::StepMetrics::new(&draft.name, &s.name)).collect();
         Ok(Pipeline {
             name: draft.name.clone(),
-            records: crate::config::RecordsPolicy::default(),
+            records: kiln_repository::config::RecordsPolicy::default(),
             steps,
             metrics,
             outputs,
@@ -300,8 +300,8 @@ fn model_step_outputs(
     resolver: &dyn ModelResolver,
 ) -> Result<Vec<TensorSpec>, String> {
     let model = resolver.resolve(name, version).map_err(|e| format!("step '{}': model '{name}': {e}", step.name))?;
-    if let Some(collection) = model.collection_ref() {
-        return collection_step_outputs(step, name, input_specs, collection, &model.signature);
+    if model.is_collection() {
+        return collection_step_outputs(step, name, input_specs, &model.signature);
     }
     for want in &model.signature.inputs {
         let Some(((_, _), got)) = step.inputs.iter().zip(input_specs).find(|((k, _), _)| k == &want.name) else {
@@ -329,21 +329,25 @@ fn collection_step_outputs(
     step: &Step,
     name: &str,
     input_specs: &[TensorSpec],
-    collection: &crate::collection::Collection,
     signature: &kiln_core::ModelSignature,
 ) -> Result<Vec<TensorSpec>, String> {
+    // Its signature declares `query` [-1, dim], and `text` only when it has an embedder.
+    let declared = |key: &str| signature.inputs.iter().find(|s| s.name == key);
+    let embeds = declared("text").is_some();
     let mut queries = 0;
     for ((key, _), got) in step.inputs.iter().zip(input_specs) {
         let fits = match key.as_str() {
-            "query" => got.datatype == DataType::Fp32 && shapes_fit(&[-1, collection.config.dim as i64], &got.shape),
-            "text" if collection.config.embedder.is_some() => got.datatype == DataType::Bytes && got.shape.len() == 1,
+            "query" => {
+                declared("query").is_some_and(|q| got.datatype == q.datatype && shapes_fit(&q.shape, &got.shape))
+            }
+            "text" if embeds => got.datatype == DataType::Bytes && got.shape.len() == 1,
             "k" => matches!(got.datatype, DataType::Int64 | DataType::Int32),
             "filter" => got.datatype == DataType::Bytes,
             other => {
                 return Err(format!(
                     "step '{}': collection '{name}' takes 'query'{}, 'k' and 'filter', not '{other}'",
                     step.name,
-                    if collection.config.embedder.is_some() { " or 'text'" } else { "" }
+                    if embeds { " or 'text'" } else { "" }
                 ));
             }
         };

@@ -31,10 +31,10 @@ use std::time::Duration;
 
 use kiln_core::{ModelSignature, TensorSpec};
 
-use crate::error::EngineError;
-use crate::model::{InferRequest, InferResponse, ServedModel};
 pub use builder::PipelineBuilder;
 pub use file::FallbackSpec;
+use kiln_serving::EngineError;
+use kiln_serving::{InferRequest, InferResponse, ServedModel};
 use local_llm::LocalLlmStep;
 use ops::Op;
 use remote::{EmbeddingsSpec, LlmSpec, RemoteSpec, RemoteStep};
@@ -43,7 +43,7 @@ use rows::Constant;
 
 pub use kiln_repository::layout::PIPELINE_FILE;
 
-pub use crate::model::{ModelResolver, StepTrace};
+pub use kiln_serving::{ModelResolver, StepTrace};
 
 /// Where a value comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -117,10 +117,10 @@ impl Step {
 pub struct Pipeline {
     name: String,
     /// The `[records]` policy of pipeline.toml (the default for pipelines built in code).
-    pub records: crate::config::RecordsPolicy,
+    pub records: kiln_repository::config::RecordsPolicy,
     steps: Vec<Step>,
     /// Each step's metric handles, registered at load (same index as `steps`).
-    metrics: Vec<crate::metrics::StepMetrics>,
+    metrics: Vec<kiln_serving::metrics::StepMetrics>,
     outputs: Vec<(String, Source)>,
     pub signature: ModelSignature,
     resolver: Arc<dyn ModelResolver>,
@@ -229,16 +229,16 @@ impl Pipeline {
 /// has no queue of its own), all under the request's timeout.
 struct PipelineExecutor(std::sync::Arc<Pipeline>);
 
-impl crate::model::Executor for PipelineExecutor {
-    fn kind(&self) -> crate::model::ExecutorKind {
-        crate::model::ExecutorKind::Pipeline
+impl kiln_serving::Executor for PipelineExecutor {
+    fn kind(&self) -> kiln_serving::ExecutorKind {
+        kiln_serving::ExecutorKind::Pipeline
     }
 
     fn run<'a>(
         &'a self,
         model: &'a ServedModel,
         request: InferRequest,
-    ) -> crate::model::BoxFuture<'a, Result<InferResponse, EngineError>> {
+    ) -> kiln_serving::BoxFuture<'a, Result<InferResponse, EngineError>> {
         Box::pin(async move {
             let admitted = model.admit(&request)?;
             let timeout = admitted.timeout;
@@ -246,7 +246,7 @@ impl crate::model::Executor for PipelineExecutor {
             let (outputs, trace) = match timeout {
                 Some(limit) => tokio::time::timeout(limit, run)
                     .await
-                    .map_err(|_| crate::model::timeout_error(&model.name, model.version, limit))??,
+                    .map_err(|_| kiln_serving::timeout_error(&model.name, model.version, limit))??,
                 None => run.await?,
             };
             model.stats.record_execution(admitted.rows as u64);
@@ -259,20 +259,14 @@ impl crate::model::Executor for PipelineExecutor {
         self.0.dependencies()
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn runs(&self) -> Option<&dyn std::any::Any> {
+        Some(&self.0)
     }
 }
 
-impl ServedModel {
-    /// Serves a pipeline under a model's name (version 1).
-    pub fn pipeline(name: String, pipeline: Pipeline, settings: crate::model::ServingSettings) -> Self {
-        let signature = pipeline.signature.clone();
-        ServedModel::with_executor(name, 1, signature, settings, PipelineExecutor(std::sync::Arc::new(pipeline)))
-    }
-
-    /// The pipeline this model runs, when it is one.
-    pub fn pipeline_graph(&self) -> Option<&Pipeline> {
-        self.executor::<PipelineExecutor>().map(|e| &*e.0)
-    }
+/// Serves a pipeline under a model's name (version 1); the dashboard finds the
+/// `Arc<Pipeline>` with `ServedModel::runs`.
+pub fn serve(name: String, pipeline: Pipeline, settings: kiln_serving::ServingSettings) -> ServedModel {
+    let signature = pipeline.signature.clone();
+    ServedModel::with_executor(name, 1, signature, settings, PipelineExecutor(std::sync::Arc::new(pipeline)))
 }

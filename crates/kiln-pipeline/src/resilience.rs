@@ -165,7 +165,7 @@ impl Guard {
             } else {
                 tracing::info!(step = %self.step, "circuit breaker closed");
             }
-            crate::metrics::breaker_state(&self.pipeline, &self.step, is_open);
+            kiln_serving::metrics::breaker_state(&self.pipeline, &self.step, is_open);
         }
     }
 
@@ -220,7 +220,7 @@ impl Guard {
                     if !error.retryable() || attempts > self.policy.retries {
                         return Err(CallError::Failed { error, attempts });
                     }
-                    crate::metrics::pipeline_retry(&self.pipeline, &self.step);
+                    kiln_serving::metrics::pipeline_retry(&self.pipeline, &self.step);
                     let ceiling =
                         self.policy.backoff.saturating_mul(1 << (attempts - 1).min(16)).min(self.policy.max_backoff);
                     let pause = ceiling.mul_f64(fastrand::f64());

@@ -10,8 +10,8 @@ use kiln_core::{Tensor, TensorSpec};
 use super::ModelResolver;
 use super::prompt::PromptTemplate;
 use super::remote::{LlmSpec, answer_schema, llm_output_specs};
-use crate::error::EngineError;
-use crate::metrics::Protocol;
+use kiln_serving::EngineError;
+use kiln_serving::metrics::Protocol;
 
 /// A local LLM step, validated.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ impl LocalLlmStep {
         use kiln_llm::{GenerateParams, Grammar};
 
         let model = resolver.resolve(&self.spec.model, None)?;
-        let llm = model.llm_model().cloned().ok_or_else(|| {
+        let llm = model.runs::<std::sync::Arc<kiln_llm::LlmModel>>().cloned().ok_or_else(|| {
             EngineError::InvalidRequest(format!("model '{}' is not an LLM (kind = \"llm\")", self.spec.model))
         })?;
         let prompts = self.template.rows(&args)?;
@@ -104,9 +104,9 @@ impl LocalLlmStep {
             ..GenerateParams::default()
         };
         // Counted on the model however it ends (a dropped future counts as cancelled).
-        let tracked = crate::model::ServedModel::track(&model, protocol);
+        let tracked = kiln_serving::ServedModel::track(&model, protocol);
         let result = self.generate_rows(&llm, prompts, &params, deadline).await;
-        tracked.end(crate::metrics::Outcome::of(&result));
+        tracked.end(kiln_serving::metrics::Outcome::of(&result));
         result
     }
 

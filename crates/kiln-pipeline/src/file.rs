@@ -27,7 +27,7 @@ struct PipelineFile {
     outputs: Vec<OutputFile>,
     steps: Vec<StepFile>,
     /// What the prediction log keeps of the pipeline's requests (as in a model's config.toml).
-    records: Option<crate::config::RecordsConfig>,
+    records: Option<kiln_repository::config::RecordsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,7 +232,7 @@ impl Pipeline {
             draft.steps.push(DraftStep { name: s.name, action, inputs, condition, fallback: s.fallback, timeout });
         }
         let mut pipeline = Pipeline::assemble(&draft, resolver)?;
-        let config = crate::config::ModelConfig { records, ..Default::default() };
+        let config = kiln_repository::config::ModelConfig { records, ..Default::default() };
         pipeline.records = config.records_policy(&pipeline.signature)?;
         Ok(pipeline)
     }

@@ -9,50 +9,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kiln_core::{ModelInstance, ModelSignature, Tensor};
+use kiln_repository::config::{ModelConfig, RecordsPolicy};
 use tokio::sync::oneshot;
 
 use crate::batcher::{self, BatchWindow, Runner, Slot};
 use crate::error::EngineError;
 use crate::metrics::{ModelMetrics, Outcome, Phase, Protocol};
 use crate::queue::{Answer, Job, JobQueue, Refused, Reply};
+use crate::request::{InferRequest, InferResponse};
 use crate::stats::ModelStats;
-
-/// What a caller asks of a model.
-#[derive(Debug, Clone, Default)]
-pub struct InferRequest {
-    pub inputs: Vec<Tensor>,
-    /// Outputs wanted, in this order; empty = all, in model order.
-    pub outputs: Vec<String>,
-    /// Give up (and answer "deadline exceeded") after this long; `None` = the model's
-    /// `request_timeout_ms`, if any.
-    pub timeout: Option<Duration>,
-    /// Which transport the request came by (for metrics).
-    pub protocol: Protocol,
-    /// Pipelines: report each step's timing in the response (`kiln_trace`).
-    pub trace: bool,
-}
-
-/// What a model answers.
-#[derive(Debug, Clone)]
-pub struct InferResponse {
-    pub model_name: String,
-    pub model_version: u64,
-    pub outputs: Vec<Tensor>,
-    /// Pipelines asked for a trace: each step's start, duration and outcome.
-    pub trace: Vec<StepTrace>,
-}
-
-/// How long one pipeline step took, for `kiln_trace`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepTrace {
-    pub step: String,
-    /// From the pipeline's start.
-    pub start: Duration,
-    pub duration: Duration,
-    /// `success`, `error` (its fallback answered), `fallback` (it answered for a failed step),
-    /// `constant` (failed; constants answered) or `skipped` (its condition selected no row).
-    pub outcome: &'static str,
-}
 
 /// Finds models by name when a pipeline runs (and when it is validated), or when a collection
 /// embeds with its embedder.
@@ -98,8 +63,12 @@ pub trait Executor: Send + Sync + 'static {
         0
     }
 
-    /// For [`ServedModel::executor`].
-    fn as_any(&self) -> &dyn std::any::Any;
+    /// What it runs, for callers that use that directly (OpenAI chat an LLM, REST upserts a
+    /// collection): found with [`ServedModel::runs`] by the type's owner, so this crate names
+    /// no kind.
+    fn runs(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// Settings a model version runs with, resolved from config.toml and defaults.
@@ -120,7 +89,31 @@ pub struct ServingSettings {
     /// Default per-request timeout.
     pub request_timeout: Option<Duration>,
     /// What the prediction log keeps of this model's requests.
-    pub records: crate::config::RecordsPolicy,
+    pub records: RecordsPolicy,
+}
+
+impl ServingSettings {
+    /// config.toml's values, with kiln's defaults where it says nothing.
+    pub fn of(config: &ModelConfig) -> Self {
+        ServingSettings {
+            instances: config.instances(),
+            threads: config.threads(),
+            max_batch_size: config.max_batch_size(),
+            max_queue_size: config.max_queue_size(),
+            dynamic_batching: config.dynamic_batching(),
+            max_queue_delay: config.max_queue_delay(),
+            latency_target: config.latency_target(),
+            request_timeout: config.request_timeout(),
+            records: config.records.as_ref().and_then(|r| r.policy().ok()).unwrap_or_default(),
+        }
+    }
+}
+
+impl Default for ServingSettings {
+    /// The settings of a model without a config.toml.
+    fn default() -> Self {
+        ServingSettings::of(&ModelConfig::default())
+    }
 }
 
 /// A loaded, ready model version. Dropping the last handle stops its workers once the
@@ -210,7 +203,7 @@ impl ServedModel {
 
     /// Serves a version with an executor of another kind (a pipeline, an LLM, a collection:
     /// their modules' constructors call this).
-    pub(crate) fn with_executor(
+    pub fn with_executor(
         name: String,
         version: u64,
         signature: ModelSignature,
@@ -229,10 +222,11 @@ impl ServedModel {
         }
     }
 
-    /// The executor of kind `T`, when this version has one.
-    pub(crate) fn executor<T: 'static>(&self) -> Option<&T> {
+    /// What this version's executor runs, when it is a `T` (an `Arc<LlmModel>`, an
+    /// `Arc<Collection>`: see [`Executor::runs`]).
+    pub fn runs<T: 'static>(&self) -> Option<&T> {
         match &self.executor {
-            Runs::Other(e) => e.as_any().downcast_ref::<T>(),
+            Runs::Other(e) => e.runs().and_then(|r| r.downcast_ref::<T>()),
             Runs::Workers(_) => None,
         }
     }
@@ -256,6 +250,10 @@ impl ServedModel {
     }
 
     /// Whether this is a pipeline.
+    pub fn is_collection(&self) -> bool {
+        self.kind() == Some(ExecutorKind::Collection)
+    }
+
     pub fn is_pipeline(&self) -> bool {
         self.kind() == Some(ExecutorKind::Pipeline)
     }
@@ -341,7 +339,7 @@ impl ServedModel {
     }
 
     /// Checks a request against the model before it may queue.
-    pub(crate) fn admit(&self, request: &InferRequest) -> Result<Admitted, EngineError> {
+    pub fn admit(&self, request: &InferRequest) -> Result<Admitted, EngineError> {
         self.signature.validate_inputs(&request.inputs)?;
         let outputs = self.signature.resolve_outputs(&request.outputs)?;
         let rows = request.inputs.iter().find_map(|t| t.shape.first().copied()).unwrap_or(1);
@@ -375,7 +373,7 @@ impl ServedModel {
         EngineError::Backend(format!("model '{}' version {} dropped the request", self.name, self.version))
     }
 
-    pub(crate) fn response(&self, outputs: Vec<Tensor>) -> InferResponse {
+    pub fn response(&self, outputs: Vec<Tensor>) -> InferResponse {
         InferResponse { model_name: self.name.clone(), model_version: self.version, outputs, trace: Vec::new() }
     }
 
@@ -427,10 +425,10 @@ impl ServedModel {
 }
 
 /// A request that fits the model: what it asks for and how long it may wait.
-pub(crate) struct Admitted {
-    pub(crate) outputs: Vec<String>,
-    pub(crate) rows: usize,
-    pub(crate) timeout: Option<Duration>,
+pub struct Admitted {
+    pub outputs: Vec<String>,
+    pub rows: usize,
+    pub timeout: Option<Duration>,
 }
 
 impl Admitted {
@@ -499,7 +497,7 @@ impl<M: std::ops::Deref<Target = ServedModel>> Drop for InFlight<M> {
     }
 }
 
-pub(crate) fn timeout_error(model: &str, version: u64, limit: Duration) -> EngineError {
+pub fn timeout_error(model: &str, version: u64, limit: Duration) -> EngineError {
     EngineError::Timeout(format!(
         "model '{model}' version {version} did not answer within the request timeout of {} µs",
         limit.as_micros()
@@ -510,133 +508,5 @@ pub(crate) fn timeout_error(model: &str, version: u64, limit: Duration) -> Engin
 pub type ModelHandle = Arc<ServedModel>;
 
 #[cfg(test)]
-mod tests {
-    use std::sync::mpsc;
-
-    use kiln_core::{BackendError, DataType, TensorData, TensorSpec};
-
-    use super::*;
-
-    /// Doubles FP32 input `x` into `y`, noting the thread it ran on; an input starting with
-    /// 99 holds the instance until the test lets go.
-    struct Doubler {
-        threads: mpsc::Sender<String>,
-        entered: mpsc::Sender<()>,
-        gate: Arc<std::sync::Mutex<mpsc::Receiver<()>>>,
-    }
-
-    impl ModelInstance for Doubler {
-        fn run(&mut self, inputs: &[Tensor], _outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
-            let name = std::thread::current().name().unwrap_or("").to_string();
-            let _ = self.threads.send(name);
-            let x = &inputs[0];
-            let TensorData::Fp32(v) = &x.data else { return Err(BackendError::Run("not fp32".into())) };
-            if v.first() == Some(&99.0) {
-                let _ = self.entered.send(());
-                let _ = self.gate.lock().expect("gate").recv();
-            }
-            let y = v.iter().map(|f| f * 2.0).collect();
-            Ok(vec![Tensor::new("y", x.shape.clone(), TensorData::Fp32(y)).map_err(BackendError::Run)?])
-        }
-    }
-
-    struct Fixture {
-        model: Arc<ServedModel>,
-        threads: mpsc::Receiver<String>,
-        entered: mpsc::Receiver<()>,
-        release: mpsc::Sender<()>,
-    }
-
-    fn serve(instances: usize) -> Fixture {
-        let (threads_tx, threads) = mpsc::channel();
-        let (entered_tx, entered) = mpsc::channel();
-        let (release, gate) = mpsc::channel();
-        let gate = Arc::new(std::sync::Mutex::new(gate));
-        let spec = |name: &str| TensorSpec { name: name.into(), datatype: DataType::Fp32, shape: vec![-1, -1] };
-        let signature = ModelSignature { inputs: vec![spec("x")], outputs: vec![spec("y")] };
-        let mut settings = crate::repository::default_settings();
-        settings.instances = instances;
-        settings.max_batch_size = 16;
-        settings.dynamic_batching = true;
-        settings.max_queue_size = 64;
-        let boxed: Vec<Box<dyn ModelInstance>> = (0..instances)
-            .map(|_| {
-                Box::new(Doubler { threads: threads_tx.clone(), entered: entered_tx.clone(), gate: gate.clone() })
-                    as Box<dyn ModelInstance>
-            })
-            .collect();
-        let model = ServedModel::start("t".into(), 1, signature, BTreeMap::new(), settings, boxed).expect("starts");
-        Fixture { model: Arc::new(model), threads, entered, release }
-    }
-
-    fn request(values: Vec<f32>, cols: usize, timeout: Option<Duration>) -> InferRequest {
-        let x = Tensor::new("x", vec![values.len() / cols, cols], TensorData::Fp32(values)).expect("tensor");
-        InferRequest { inputs: vec![x], timeout, ..InferRequest::default() }
-    }
-
-    fn doubled(response: &InferResponse) -> Vec<f32> {
-        let TensorData::Fp32(y) = &response.outputs[0].data else { panic!("fp32 output") };
-        y.clone()
-    }
-
-    #[test]
-    fn a_blocking_call_runs_on_the_callers_thread_when_an_instance_is_idle() {
-        let f = serve(1);
-        let caller = std::thread::current().name().unwrap_or("").to_string();
-        let answer = f.model.infer_blocking(request(vec![1.0, 2.0], 2, None)).expect("answer");
-        assert_eq!(doubled(&answer), vec![2.0, 4.0]);
-        assert_eq!(f.threads.recv().expect("ran"), caller, "no hop to the worker thread");
-        assert_eq!(f.model.stats.snapshot().execution_count, 1);
-    }
-
-    #[test]
-    fn a_blocking_call_queues_behind_a_busy_instance_and_keeps_its_deadline() {
-        let f = serve(1);
-        let model = f.model.clone();
-        let holder = std::thread::spawn(move || model.infer_blocking(request(vec![99.0], 1, None)));
-        f.entered.recv().expect("the instance is busy");
-        let refused = f.model.infer_blocking(request(vec![5.0], 1, Some(Duration::from_millis(20))));
-        assert!(matches!(refused, Err(EngineError::Timeout(_))), "{refused:?}");
-        f.release.send(()).expect("release");
-        assert_eq!(doubled(&holder.join().expect("joined").expect("answer")), vec![198.0]);
-        // The worker saw the timed-out job only after its deadline: it answers it unrun.
-        let again = f.model.infer_blocking(request(vec![3.0], 1, None)).expect("answer");
-        assert_eq!(doubled(&again), vec![6.0]);
-        let ran: Vec<String> = f.threads.try_iter().collect();
-        assert_eq!(ran.len(), 2, "the timed-out request never ran: {ran:?}");
-    }
-
-    #[test]
-    fn concurrent_callers_of_both_kinds_get_exactly_their_rows() {
-        let f = serve(2);
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
-        std::thread::scope(|scope| {
-            for caller in 0..6usize {
-                let model = f.model.clone();
-                let handle = runtime.handle().clone();
-                scope.spawn(move || {
-                    for i in 0..60usize {
-                        // Widths 1..3 cannot merge with each other: they wait their turn in place.
-                        let (rows, cols) = (1 + (caller + i) % 4, 1 + i % 3);
-                        let values: Vec<f32> =
-                            (0..rows * cols).map(|k| (caller * 10_000 + i * 10 + k) as f32).collect();
-                        let want: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
-                        let req = request(values, cols, None);
-                        let answer = if caller % 2 == 0 {
-                            model.infer_blocking(req)
-                        } else {
-                            let model = model.clone();
-                            handle.block_on(async move { model.infer(req).await })
-                        }
-                        .expect("answer");
-                        assert_eq!(doubled(&answer), want, "caller {caller} request {i}");
-                        assert_eq!(answer.outputs[0].shape, vec![rows, cols]);
-                    }
-                });
-            }
-        });
-        let stats = f.model.stats.snapshot();
-        assert_eq!(stats.success.count, 360);
-        assert_eq!(f.model.queue_depth(), 0);
-    }
-}
+#[path = "model_tests.rs"]
+mod tests;
