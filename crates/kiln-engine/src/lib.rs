@@ -15,6 +15,9 @@ pub mod config;
 mod engine;
 #[cfg(feature = "llm")]
 mod llm;
+mod load;
 pub mod repository;
+mod state;
 
-pub use engine::{Engine, EngineConfig, IndexEntry, ModelControl, ModelState, VersionState};
+pub use engine::{Engine, EngineConfig, IndexEntry, ModelControl};
+pub use state::{ModelState, VersionState};
