@@ -196,7 +196,7 @@ fn output_tensor(name: &str, value: &DynValue) -> Result<Tensor, BackendError> {
         }
         other => return Err(BackendError::Unsupported(format!("output '{name}' has element type {other:?}"))),
     };
-    Tensor::new(name, shape, data).map_err(BackendError::Run)
+    Ok(Tensor::new(name, shape, data)?)
 }
 
 impl ModelInstance for OrtInstance {

@@ -136,7 +136,7 @@ pub fn random_inputs(specs: &[TensorSpec], batch: usize) -> Result<Vec<Tensor>, 
                 DataType::Fp64 => TensorData::Fp64((0..n).map(|_| noise.unit()).collect()),
                 DataType::Bytes => TensorData::Bytes(vec![b"kiln".to_vec(); n]),
             };
-            Tensor::new(s.name.clone(), shape, data).map_err(setup)
+            Tensor::new(s.name.clone(), shape, data).map_err(|e| setup(e.to_string()))
         })
         .collect()
 }

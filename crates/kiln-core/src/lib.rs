@@ -14,7 +14,7 @@ mod tensor;
 
 pub use datatype::DataType;
 pub use signature::{ModelSignature, TensorSpec, ValidationError};
-pub use tensor::{Tensor, TensorData, TensorDataRef, TensorLike, TensorView, element_count};
+pub use tensor::{ShapeError, Tensor, TensorData, TensorDataRef, TensorLike, TensorView, element_count};
 
 /// A failure inside a backend while loading or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,9 @@ pub enum BackendError {
     /// The model uses a type kiln cannot carry over the v2 protocol.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// An output the backend made whose elements do not match its shape.
+    #[error("inference failed: {0}")]
+    Shape(#[from] ShapeError),
 }
 
 /// One loaded copy of a model that can run inferences.

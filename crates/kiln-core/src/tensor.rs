@@ -137,6 +137,24 @@ impl TensorData {
 }
 
 /// A named tensor with a concrete shape, as carried by an inference request or response.
+/// A tensor whose shape and elements disagree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("tensor '{name}': shape {shape:?} holds more elements than fit in memory")]
+    TooLarge { name: String, shape: Vec<usize> },
+    #[error("tensor '{name}': shape {shape:?} needs {expected} elements, but {given} were given")]
+    Count { name: String, shape: Vec<usize>, expected: usize, given: usize },
+}
+
+fn check_count(name: &str, shape: &[usize], given: usize) -> Result<(), ShapeError> {
+    let expected =
+        element_count(shape).ok_or_else(|| ShapeError::TooLarge { name: name.to_string(), shape: shape.to_vec() })?;
+    if expected != given {
+        return Err(ShapeError::Count { name: name.to_string(), shape: shape.to_vec(), expected, given });
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
     pub name: String,
@@ -146,16 +164,9 @@ pub struct Tensor {
 
 impl Tensor {
     /// Builds a tensor after checking that `shape` holds exactly as many elements as `data`.
-    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: TensorData) -> Result<Self, String> {
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: TensorData) -> Result<Self, ShapeError> {
         let name = name.into();
-        let expected = element_count(&shape)
-            .ok_or_else(|| format!("tensor '{name}': shape {shape:?} holds more elements than fit in memory"))?;
-        if expected != data.len() {
-            return Err(format!(
-                "tensor '{name}': shape {shape:?} needs {expected} elements, but {} were given",
-                data.len()
-            ));
-        }
+        check_count(&name, &shape, data.len())?;
         Ok(Tensor { name, shape, data })
     }
 
@@ -258,15 +269,8 @@ pub struct TensorView<'a> {
 
 impl<'a> TensorView<'a> {
     /// Builds a view after checking that `shape` holds exactly as many elements as `data`.
-    pub fn new(name: &'a str, shape: Vec<usize>, data: TensorDataRef<'a>) -> Result<Self, String> {
-        let expected = element_count(&shape)
-            .ok_or_else(|| format!("tensor '{name}': shape {shape:?} holds more elements than fit in memory"))?;
-        if expected != data.len() {
-            return Err(format!(
-                "tensor '{name}': shape {shape:?} needs {expected} elements, but {} were given",
-                data.len()
-            ));
-        }
+    pub fn new(name: &'a str, shape: Vec<usize>, data: TensorDataRef<'a>) -> Result<Self, ShapeError> {
+        check_count(name, &shape, data.len())?;
         Ok(TensorView { name, shape, data })
     }
 }
@@ -350,8 +354,9 @@ mod tests {
         let t = Tensor::new("x", vec![2, 3], TensorData::Fp32(vec![0.0; 6])).expect("valid");
         assert_eq!(t.datatype(), DataType::Fp32);
         let err = Tensor::new("x", vec![2, 3], TensorData::Fp32(vec![0.0; 5])).unwrap_err();
-        assert_eq!(err, "tensor 'x': shape [2, 3] needs 6 elements, but 5 were given");
+        assert_eq!(err, ShapeError::Count { name: "x".into(), shape: vec![2, 3], expected: 6, given: 5 });
+        assert_eq!(err.to_string(), "tensor 'x': shape [2, 3] needs 6 elements, but 5 were given");
         let err = Tensor::new("x", vec![usize::MAX, 3], TensorData::Fp32(vec![])).unwrap_err();
-        assert!(err.contains("more elements than fit"), "{err}");
+        assert!(matches!(err, ShapeError::TooLarge { .. }), "{err}");
     }
 }

@@ -193,24 +193,32 @@ impl Engine {
     pub fn ready_model(&self, name: &str, version: Option<&str>) -> Result<ModelHandle, EngineError> {
         let handle = self.model(name, version)?;
         let mut seen = vec![name.to_string()];
-        self.check_ready(&handle, &mut seen)
-            .map_err(|reason| EngineError::NotReady(format!("model '{name}' is not ready: {reason}")))?;
-        Ok(handle)
+        match self.unready_reason(&handle, &mut seen) {
+            Some(reason) => Err(EngineError::NotReady(format!("model '{name}' is not ready: {reason}"))),
+            None => Ok(handle),
+        }
     }
 
-    fn check_ready(&self, handle: &ModelHandle, seen: &mut Vec<String>) -> Result<(), String> {
+    /// Why `handle` (or a model it calls, named along the chain) refuses requests now; None
+    /// when it is ready.
+    fn unready_reason(&self, handle: &ModelHandle, seen: &mut Vec<String>) -> Option<String> {
         if let Some(reason) = handle.refusal() {
-            return Err(reason);
+            return Some(reason);
         }
         for (name, version) in handle.dependencies() {
             if seen.contains(&name) {
                 continue; // a cycle is the loader's error to report, not readiness'.
             }
-            let dependency = self.model(&name, version.as_deref()).map_err(|e| format!("it calls '{name}': {e}"))?;
+            let dependency = match self.model(&name, version.as_deref()) {
+                Ok(dependency) => dependency,
+                Err(e) => return Some(format!("it calls '{name}': {e}")),
+            };
             seen.push(name.clone());
-            self.check_ready(&dependency, seen).map_err(|reason| format!("it calls '{name}': {reason}"))?;
+            if let Some(reason) = self.unready_reason(&dependency, seen) {
+                return Some(format!("it calls '{name}': {reason}"));
+            }
         }
-        Ok(())
+        None
     }
 
     /// Runs one request on a model.
@@ -242,9 +250,9 @@ impl Engine {
                 let (ready, reason) = match s {
                     VersionState::Ready(handle) => {
                         let mut seen = vec![state.name.clone()];
-                        match self.check_ready(handle, &mut seen) {
-                            Ok(()) => (true, state.error.clone().filter(|_| ready_any)),
-                            Err(reason) => (false, Some(reason)),
+                        match self.unready_reason(handle, &mut seen) {
+                            None => (true, state.error.clone().filter(|_| ready_any)),
+                            Some(reason) => (false, Some(reason)),
                         }
                     }
                     VersionState::Failed(r) => (false, Some(r.clone())),

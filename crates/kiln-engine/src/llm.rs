@@ -73,7 +73,10 @@ async fn run(
     };
     let rows = completions.len();
     let texts = completions.into_iter().map(|c| c.text.into_bytes()).collect();
-    Ok(vec![Tensor::new(TEXT_OUTPUT, vec![rows], TensorData::Bytes(texts)).map_err(EngineError::Backend)?])
+    Ok(vec![
+        Tensor::new(TEXT_OUTPUT, vec![rows], TensorData::Bytes(texts))
+            .map_err(|e| EngineError::Backend(e.to_string()))?,
+    ])
 }
 
 /// A row's refusal, naming the row.

@@ -167,7 +167,10 @@ fn prepare_text_model(
     let signature = model.signature();
     let mut settings = ServingSettings::of(config);
     settings.records = config.records_policy(&signature)?;
-    let warmup = vec![Tensor::new(kiln_text::TEXT_INPUT, vec![1], TensorData::Bytes(vec![b"warm up".to_vec()]))?];
+    let warmup = vec![
+        Tensor::new(kiln_text::TEXT_INPUT, vec![1], TensorData::Bytes(vec![b"warm up".to_vec()]))
+            .map_err(|e| e.to_string())?,
+    ];
     let outputs = signature.output_names();
     let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(settings.instances);
     for _ in 0..settings.instances {

@@ -283,13 +283,14 @@ pub fn messages(value: Option<Value>) -> Result<Vec<Message>, ParamError> {
 }
 
 /// An assistant's earlier call, as the model wrote it.
-fn earlier_call(call: &Value) -> Result<String, String> {
-    let function = call.get("function").ok_or("'function' is required")?;
-    let name = function.get("name").and_then(Value::as_str).ok_or("'function.name' is required")?;
+fn earlier_call(call: &Value) -> Result<String, tools::ToolError> {
+    use tools::ToolError;
+    let function = call.get("function").ok_or(ToolError::Missing("function"))?;
+    let name = function.get("name").and_then(Value::as_str).ok_or(ToolError::Missing("function.name"))?;
     let arguments = match function.get("arguments") {
         Some(Value::String(a)) => a.clone(),
         None | Some(Value::Null) => "{}".to_string(),
-        Some(other) => return Err(format!("'function.arguments' is a JSON string, got {other}")),
+        Some(other) => return Err(ToolError::ArgumentsNotText(other.clone())),
     };
     Ok(tools::render_call(name, &arguments))
 }

@@ -58,25 +58,40 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// A tool or an earlier tool call that a request describes wrongly (the caller prefixes where).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    #[error("'{0}' is not a function name (1 to 64 of a-z, A-Z, 0-9, _ and -)")]
+    BadName(String),
+    #[error("'parameters' must describe an object (\"type\": \"object\"), not {0}")]
+    NotAnObject(Value),
+    #[error("'parameters' must be a JSON schema object, got {0}")]
+    NotASchema(Value),
+    #[error("'{0}' is required")]
+    Missing(&'static str),
+    #[error("'function.arguments' is a JSON string, got {0}")]
+    ArgumentsNotText(Value),
+}
+
 /// OpenAI's rule for function names, which keeps them safe inside the grammar's literals.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), ToolError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok { Ok(()) } else { Err(format!("'{name}' is not a function name (1 to 64 of a-z, A-Z, 0-9, _ and -)")) }
+    if ok { Ok(()) } else { Err(ToolError::BadName(name.to_string())) }
 }
 
 /// A tool's parameters as the grammar uses them: no schema is an object without fields; a
 /// schema must describe an object.
-pub fn parameters_schema(parameters: Option<Value>) -> Result<Value, String> {
+pub fn parameters_schema(parameters: Option<Value>) -> Result<Value, ToolError> {
     match parameters {
         None => Ok(json!({"type": "object", "properties": {}, "additionalProperties": false})),
         Some(Value::Object(schema)) => match schema.get("type") {
             None => Ok(Value::Object(schema)),
             Some(Value::String(t)) if t == "object" => Ok(Value::Object(schema)),
-            Some(other) => Err(format!("'parameters' must describe an object (\"type\": \"object\"), not {other}")),
+            Some(other) => Err(ToolError::NotAnObject(other.clone())),
         },
-        Some(other) => Err(format!("'parameters' must be a JSON schema object, got {other}")),
+        Some(other) => Err(ToolError::NotASchema(other)),
     }
 }
 

@@ -10,6 +10,7 @@
 //! [`resilience::Policy`]; any step may run on the rows a condition selects (`when` /
 //! `unless`) and may have a fallback (another step, or constants).
 
+pub mod error;
 pub mod ops;
 mod prompt;
 pub mod remote;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use kiln_core::{ModelSignature, TensorSpec};
 
 pub use builder::PipelineBuilder;
+pub use error::StepError;
 pub use file::FallbackSpec;
 use kiln_serving::EngineError;
 use kiln_serving::{InferRequest, InferResponse, ServedModel};

@@ -1,6 +1,7 @@
 //! Built-in transforms of pipeline steps: small tensor functions over FP32/INT64 data,
 //! row-wise along the first dimension.
 
+use crate::error::StepError;
 use kiln_core::{DataType, Tensor, TensorData, TensorSpec};
 
 /// A transform and its parameters.
@@ -70,33 +71,33 @@ pub fn output_names(op: &Op) -> Vec<&'static str> {
     }
 }
 
-fn fp32_rows<'a>(t: &'a Tensor, what: &str) -> Result<(&'a [f32], usize, usize), String> {
+fn fp32_rows<'a>(t: &'a Tensor, what: &str) -> Result<(&'a [f32], usize, usize), StepError> {
     let TensorData::Fp32(v) = &t.data else {
-        return Err(format!("{what} needs FP32 input, '{}' is {}", t.name, t.datatype()));
+        return Err(StepError::Input(format!("{what} needs FP32 input, '{}' is {}", t.name, t.datatype())));
     };
     match t.shape.as_slice() {
         [n, c] => Ok((v, *n, *c)),
         [n] => Ok((v, *n, 1)),
-        other => Err(format!("{what} needs [N, C] or [N], '{}' has shape {other:?}", t.name)),
+        other => Err(StepError::Input(format!("{what} needs [N, C] or [N], '{}' has shape {other:?}", t.name))),
     }
 }
 
-fn tensor(name: &str, shape: Vec<usize>, data: TensorData) -> Result<Tensor, String> {
-    Tensor::new(name, shape, data)
+fn tensor(name: &str, shape: Vec<usize>, data: TensorData) -> Result<Tensor, StepError> {
+    Ok(Tensor::new(name, shape, data)?)
 }
 
 /// Runs an op on its inputs.
-pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
-    let first = inputs.first().ok_or("an op needs at least one input")?;
+pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, StepError> {
+    let first = inputs.first().ok_or(StepError::Input("an op needs at least one input".into()))?;
     match op {
         Op::Format(template) => template.run(inputs),
         Op::JsonField(path) => super::retrieval_ops::json_field(path, inputs),
         Op::Gather => super::retrieval_ops::gather(inputs),
         Op::Where => {
-            let [cond, a, b] = inputs else { return Err("where takes [condition, a, b]".into()) };
+            let [cond, a, b] = inputs else { return Err(StepError::Input("where takes [condition, a, b]".into())) };
             let mask = super::rows::selected_rows(cond, false)?;
             if a.shape != b.shape || a.datatype() != b.datatype() {
-                return Err(format!(
+                return Err(StepError::Input(format!(
                     "where needs '{}' and '{}' alike: {} {:?} vs {} {:?}",
                     a.name,
                     b.name,
@@ -104,15 +105,15 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
                     a.shape,
                     b.datatype(),
                     b.shape
-                ));
+                )));
             }
             if a.shape.first() != Some(&mask.len()) {
-                return Err(format!(
+                return Err(StepError::Input(format!(
                     "where: '{}' has {:?} rows, but the condition has {}",
                     a.name,
                     a.shape.first(),
                     mask.len()
-                ));
+                )));
             }
             let w: usize = a.shape.iter().skip(1).product();
             let parts: Vec<TensorData> = mask
@@ -171,7 +172,7 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
             let (v, n, c) = fp32_rows(first, "threshold")?;
             let col = column.unwrap_or(c - 1);
             if col >= c {
-                return Err(format!("threshold column {col} is out of range for {c} columns"));
+                return Err(StepError::Input(format!("threshold column {col} is out of range for {c} columns")));
             }
             let out = v.chunks(c.max(1)).map(|row| i64::from(f64::from(row[col]) >= *value)).collect();
             Ok(vec![tensor("output", vec![n], TensorData::Int64(out))?])
@@ -183,7 +184,7 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
                 TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
                 TensorData::Int32(v) => v.iter().map(|&x| f64::from(x)).collect(),
                 TensorData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
-                other => return Err(format!("cast cannot read {}", other.datatype())),
+                other => return Err(StepError::Input(format!("cast cannot read {}", other.datatype()))),
             };
             let data = match to {
                 DataType::Fp32 => TensorData::Fp32(values.iter().map(|&x| x as f32).collect()),
@@ -191,7 +192,7 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
                 DataType::Int64 => TensorData::Int64(values.iter().map(|&x| x as i64).collect()),
                 DataType::Int32 => TensorData::Int32(values.iter().map(|&x| x as i32).collect()),
                 DataType::Bool => TensorData::Bool(values.iter().map(|&x| x != 0.0).collect()),
-                other => return Err(format!("cast cannot produce {other}")),
+                other => return Err(StepError::Input(format!("cast cannot produce {other}"))),
             };
             Ok(vec![tensor("output", first.shape.clone(), data)?])
         }
@@ -200,7 +201,7 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
                 inputs.iter().map(|t| fp32_rows(t, "concat")).collect::<Result<_, _>>()?;
             let n = parts[0].1;
             if parts.iter().any(|p| p.1 != n) {
-                return Err("concat inputs have different numbers of rows".into());
+                return Err(StepError::Input("concat inputs have different numbers of rows".into()));
             }
             let width: usize = parts.iter().map(|p| p.2).sum();
             let mut out = Vec::with_capacity(n * width);
@@ -214,7 +215,7 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
         Op::Select(columns) => {
             let (v, n, c) = fp32_rows(first, "select")?;
             if let Some(bad) = columns.iter().find(|&&i| i >= c) {
-                return Err(format!("select column {bad} is out of range for {c} columns"));
+                return Err(StepError::Input(format!("select column {bad} is out of range for {c} columns")));
             }
             let out = v.chunks(c.max(1)).flat_map(|row| columns.iter().map(move |&i| row[i])).collect();
             Ok(vec![tensor("output", vec![n, columns.len()], TensorData::Fp32(out))?])
@@ -225,16 +226,16 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
                 _ => vec![1.0; inputs.len()],
             };
             if weights.len() != inputs.len() {
-                return Err(format!("{} weights for {} inputs", weights.len(), inputs.len()));
+                return Err(StepError::Input(format!("{} weights for {} inputs", weights.len(), inputs.len())));
             }
             let total: f64 = weights.iter().sum();
             let mut out = vec![0f64; first.data.len()];
             for (t, w) in inputs.iter().zip(&weights) {
                 let TensorData::Fp32(v) = &t.data else {
-                    return Err(format!("mean needs FP32, '{}' is {}", t.name, t.datatype()));
+                    return Err(StepError::Input(format!("mean needs FP32, '{}' is {}", t.name, t.datatype())));
                 };
                 if t.shape != first.shape {
-                    return Err(format!("mean needs one shape: {:?} vs {:?}", first.shape, t.shape));
+                    return Err(StepError::Input(format!("mean needs one shape: {:?} vs {:?}", first.shape, t.shape)));
                 }
                 for (o, x) in out.iter_mut().zip(v) {
                     *o += f64::from(*x) * w / total;
@@ -247,17 +248,17 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
                 .iter()
                 .map(|t| match &t.data {
                     TensorData::Int64(v) if t.shape.len() == 1 => Ok(v.as_slice()),
-                    _ => Err(format!(
+                    _ => Err(StepError::Input(format!(
                         "majority_vote needs INT64 [N] labels, '{}' is {} {:?}",
                         t.name,
                         t.datatype(),
                         t.shape
-                    )),
+                    ))),
                 })
                 .collect::<Result<_, _>>()?;
             let n = columns[0].len();
             if columns.iter().any(|c| c.len() != n) {
-                return Err("majority_vote inputs have different numbers of rows".into());
+                return Err(StepError::Input("majority_vote inputs have different numbers of rows".into()));
             }
             let out = (0..n)
                 .map(|r| {
@@ -428,7 +429,8 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let labels = Tensor::new("l", vec![2], TensorData::Int64(vec![1, 0])).expect("t");
-        assert!(run(&Op::Softmax, std::slice::from_ref(&labels)).expect_err("int").contains("needs FP32"));
+        let err = run(&Op::Softmax, std::slice::from_ref(&labels)).expect_err("int");
+        assert!(matches!(err, StepError::Input(_)) && err.to_string().contains("needs FP32"), "{err}");
         let spec = TensorSpec { name: "l".into(), datatype: DataType::Int64, shape: vec![-1] };
         let err = output_specs(&Op::Mean, "avg", &[spec]).expect_err("int");
         assert_eq!(err, "step 'avg': mean needs FP32, input 'l' is INT64");

@@ -50,7 +50,7 @@ impl PromptTemplate {
     /// Each row's prompt, from the row's input values.
     pub(super) fn rows(&self, args: &[Tensor]) -> Result<Vec<String>, EngineError> {
         match self {
-            PromptTemplate::Jinja(t) => t.render_rows(args).map_err(EngineError::InvalidRequest),
+            PromptTemplate::Jinja(t) => t.render_rows(args).map_err(EngineError::from),
             PromptTemplate::Legacy(parts) => row_prompts(parts, args),
         }
     }

@@ -2,6 +2,7 @@
 //! OpenAI-compatible chat completions endpoint (`llm`) and an embeddings endpoint. Every call
 //! goes through the step's [`Guard`] (timeout, retries, breaker, concurrency limit).
 
+use crate::error::StepError;
 use std::time::Instant;
 
 use super::prompt::PromptTemplate;
@@ -370,7 +371,9 @@ impl RemoteStep {
                 }
                 let rows = vectors.len();
                 let data = TensorData::Fp32(vectors.into_iter().flatten().collect());
-                Ok(vec![Tensor::new("embedding", vec![rows, dim], data).map_err(EngineError::Backend)?])
+                Ok(vec![
+                    Tensor::new("embedding", vec![rows, dim], data).map_err(|e| EngineError::Backend(e.to_string()))?,
+                ])
             }
         }
     }
@@ -424,10 +427,12 @@ pub(super) fn llm_outputs(
             column.push(value);
         }
     }
-    let mut out = vec![Tensor::new("text", vec![rows], TensorData::Bytes(text)).map_err(EngineError::Backend)?];
+    let mut out = vec![
+        Tensor::new("text", vec![rows], TensorData::Bytes(text)).map_err(|e| EngineError::Backend(e.to_string()))?,
+    ];
     for (field, column) in fields.iter().zip(columns) {
         let data = json_column(field, &column).map_err(|m| EngineError::Unavailable(format!("{describe}: {m}")))?;
-        out.push(Tensor::new(field.name.clone(), vec![rows], data).map_err(EngineError::Backend)?);
+        out.push(Tensor::new(field.name.clone(), vec![rows], data).map_err(|e| EngineError::Backend(e.to_string()))?);
     }
     Ok(out)
 }
@@ -496,8 +501,10 @@ pub(super) fn parse_fields(
         .collect()
 }
 
-fn json_column(field: &JsonField, column: &[serde_json::Value]) -> Result<TensorData, String> {
-    let num = |v: &serde_json::Value| v.as_f64().ok_or_else(|| format!("field '{}': {v} is not a number", field.name));
+fn json_column(field: &JsonField, column: &[serde_json::Value]) -> Result<TensorData, StepError> {
+    let num = |v: &serde_json::Value| {
+        v.as_f64().ok_or_else(|| StepError::Input(format!("field '{}': {v} is not a number", field.name)))
+    };
     Ok(match field.datatype {
         DataType::Bytes => TensorData::Bytes(
             column.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string).into_bytes()).collect(),
@@ -512,10 +519,10 @@ fn json_column(field: &JsonField, column: &[serde_json::Value]) -> Result<Tensor
             TensorData::Int32(column.iter().map(|v| num(v).map(|x| x as i32)).collect::<Result<_, _>>()?)
         }
         other => {
-            return Err(format!(
+            return Err(StepError::Input(format!(
                 "field '{}': JSON outputs are BYTES, BOOL, FP32, FP64, INT32 or INT64, not {other}",
                 field.name
-            ));
+            )));
         }
     })
 }

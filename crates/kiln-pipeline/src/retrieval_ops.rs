@@ -4,6 +4,7 @@
 //! model) and `gather` (each row's values at the positions another step chose: the ids of the
 //! top-ranked candidates).
 
+use crate::error::StepError;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
@@ -65,30 +66,32 @@ impl FormatTemplate {
     }
 
     /// Each row's text, BYTES `[N]`.
-    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, StepError> {
         let out = self.render_rows(inputs)?;
         let rows = out.len();
         Tensor::new("output", vec![rows], TensorData::Bytes(out.into_iter().map(String::into_bytes).collect()))
             .map(|t| vec![t])
+            .map_err(StepError::from)
     }
 
     /// Each row's text.
-    pub fn render_rows(&self, inputs: &[Tensor]) -> Result<Vec<String>, String> {
+    pub fn render_rows(&self, inputs: &[Tensor]) -> Result<Vec<String>, StepError> {
         let rows = inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(0);
         if let Some(t) = inputs.iter().find(|t| t.shape.first() != Some(&rows)) {
-            return Err(format!(
+            return Err(StepError::Input(format!(
                 "format: input '{}' has {:?} rows, the first input has {rows}",
                 t.name,
                 t.shape.first()
-            ));
+            )));
         }
-        let template = self.env.get_template(TEMPLATE).map_err(|e| format!("format: {}", describe(&e)))?;
+        let template =
+            self.env.get_template(TEMPLATE).map_err(|e| StepError::Input(format!("format: {}", describe(&e))))?;
         let mut out = Vec::with_capacity(rows);
         for row in 0..rows {
             let context: Vec<(&str, Value)> = inputs.iter().map(|t| (t.name.as_str(), row_value(t, row))).collect();
             let text = template
                 .render(Value::from_iter(context))
-                .map_err(|e| format!("format: row {row}: {}", describe(&e)))?;
+                .map_err(|e| StepError::Input(format!("format: row {row}: {}", describe(&e))))?;
             out.push(text);
         }
         Ok(out)
@@ -160,10 +163,10 @@ fn element(data: &TensorData, i: usize) -> Value {
 /// `json_field`: the number at `path` (dots for nested objects) in each BYTES JSON value, FP32
 /// of the same shape. `null`, a missing field and the padding payload of a short search result
 /// give NaN; a field that is there but not a number fails the request.
-pub fn json_field(path: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
-    let [t] = inputs else { return Err("json_field takes one input".into()) };
+pub fn json_field(path: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, StepError> {
+    let [t] = inputs else { return Err(StepError::Input("json_field takes one input".into())) };
     let TensorData::Bytes(values) = &t.data else {
-        return Err(format!("json_field needs BYTES JSON, '{}' is {}", t.name, t.datatype()));
+        return Err(StepError::Input(format!("json_field needs BYTES JSON, '{}' is {}", t.name, t.datatype())));
     };
     let keys: Vec<&str> = path.split('.').collect();
     let mut out = Vec::with_capacity(values.len());
@@ -171,8 +174,9 @@ pub fn json_field(path: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> 
         let parsed = match field_fast(raw, &keys) {
             Some(found) => found,
             None => {
-                let doc: serde_json::Value = serde_json::from_slice(raw)
-                    .map_err(|e| format!("json_field: value {i} of '{}' is not JSON ({e})", t.name))?;
+                let doc: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
+                    StepError::Input(format!("json_field: value {i} of '{}' is not JSON ({e})", t.name))
+                })?;
                 keys.iter().try_fold(&doc, |v, key| v.get(*key)).cloned()
             }
         };
@@ -186,11 +190,14 @@ pub fn json_field(path: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> 
                     serde_json::Value::Array(_) => "an array",
                     _ => "an object",
                 };
-                return Err(format!("json_field '{path}': value {i} of '{}' is {kind}, not a number", t.name));
+                return Err(StepError::Input(format!(
+                    "json_field '{path}': value {i} of '{}' is {kind}, not a number",
+                    t.name
+                )));
             }
         });
     }
-    Tensor::new("output", t.shape.clone(), TensorData::Fp32(out)).map(|t| vec![t])
+    Tensor::new("output", t.shape.clone(), TensorData::Fp32(out)).map(|t| vec![t]).map_err(StepError::from)
 }
 
 /// The value at `keys` of an object, reading only the objects on the path (the other fields
@@ -219,39 +226,42 @@ pub fn json_field_specs(step: &str, inputs: &[TensorSpec]) -> Result<Vec<TensorS
 
 /// `gather`: inputs `[values [N, k], positions [N, m]]` (INT64 or INT32, 0-based, as `top_k`'s
 /// `indices`): each row's values at its positions, `[N, m]`, of the values' type.
-pub fn gather(inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
-    let [values, positions] = inputs else { return Err("gather takes [values, positions]".into()) };
+pub fn gather(inputs: &[Tensor]) -> Result<Vec<Tensor>, StepError> {
+    let [values, positions] = inputs else { return Err(StepError::Input("gather takes [values, positions]".into())) };
     let ([n, k], [pn, m]) = (values.shape.as_slice(), positions.shape.as_slice()) else {
-        return Err(format!(
+        return Err(StepError::Input(format!(
             "gather needs values [N, k] and positions [N, m], got {:?} and {:?}",
             values.shape, positions.shape
-        ));
+        )));
     };
     if n != pn {
-        return Err(format!("gather: '{}' has {n} rows, '{}' has {pn}", values.name, positions.name));
+        return Err(StepError::Input(format!("gather: '{}' has {n} rows, '{}' has {pn}", values.name, positions.name)));
     }
     let at: Vec<i64> = match &positions.data {
         TensorData::Int64(v) => v.clone(),
         TensorData::Int32(v) => v.iter().map(|&p| i64::from(p)).collect(),
         other => {
-            return Err(format!(
+            return Err(StepError::Input(format!(
                 "gather's positions must be INT64 or INT32, '{}' is {}",
                 positions.name,
                 other.datatype()
-            ));
+            )));
         }
     };
     let mut parts = Vec::with_capacity(n * m);
     for (i, &p) in at.iter().enumerate() {
         let Some(col) = usize::try_from(p).ok().filter(|&c| c < *k) else {
-            return Err(format!("gather: position {p} (row {}) is out of range for {k} columns", i / m));
+            return Err(StepError::Input(format!(
+                "gather: position {p} (row {}) is out of range for {k} columns",
+                i / m
+            )));
         };
         let start = (i / m) * k + col;
         parts.push(values.data.slice(start, start + 1));
     }
     let data = TensorData::concat(&parts.iter().collect::<Vec<_>>())
         .unwrap_or_else(|| TensorData::zeros(values.datatype(), 0));
-    Tensor::new("output", vec![*n, *m], data).map(|t| vec![t])
+    Tensor::new("output", vec![*n, *m], data).map(|t| vec![t]).map_err(StepError::from)
 }
 
 pub fn gather_specs(step: &str, inputs: &[TensorSpec]) -> Result<Vec<TensorSpec>, String> {
@@ -310,20 +320,20 @@ mod tests {
     #[test]
     fn format_says_what_is_wrong_at_load_and_at_run_time() {
         let err = FormatTemplate::new("{% for p in passages %}").expect_err("unclosed");
-        assert!(err.contains("syntax error") && err.contains("line 1"), "{err}");
+        assert!(err.to_string().contains("syntax error") && err.to_string().contains("line 1"), "{err}");
         let t = FormatTemplate::new("{{ questoin }} {{ range(2) | length }}").expect("template");
         let err = t.output_specs("prompt", &[spec("question", DataType::Bytes, vec![-1])]).expect_err("typo");
-        assert!(err.contains("reads 'questoin'") && err.contains("[\"question\"]"), "{err}");
+        assert!(err.to_string().contains("reads 'questoin'") && err.to_string().contains("[\"question\"]"), "{err}");
         let t = FormatTemplate::new("{{ x }}").expect("template");
         let err = t.output_specs("prompt", &[spec("x", DataType::Fp32, vec![-1, 2, 3])]).expect_err("rank 3");
-        assert!(err.contains("'x' must be [N]"), "{err}");
+        assert!(err.to_string().contains("'x' must be [N]"), "{err}");
         let ok = t.output_specs("prompt", &[spec("x", DataType::Fp32, vec![-1, 2])]).expect("ok");
         assert_eq!((ok[0].datatype, ok[0].shape.clone()), (DataType::Bytes, vec![-1]));
         let t = FormatTemplate::new("{{ (p | from_json).txet }}").expect("template");
         let err = t.run(&[bytes("p", vec![1], &[r#"{"text":"x"}"#])]).expect_err("strict");
-        assert!(err.contains("row 0") && err.contains("undefined"), "{err}");
+        assert!(err.to_string().contains("row 0") && err.to_string().contains("undefined"), "{err}");
         let err = t.run(&[bytes("p", vec![1], &["{not json"])]).expect_err("json");
-        assert!(err.contains("from_json: not JSON"), "{err}");
+        assert!(err.to_string().contains("from_json: not JSON"), "{err}");
     }
 
     #[test]
@@ -342,7 +352,7 @@ mod tests {
         // An escaped key (the borrowed fast path cannot hold it) and a path through a number.
         let odd = bytes("p", vec![3], &[r#"{"pr\u0069ce": 3}"#, r#"{"price": {"eur": 4}}"#, r#"{"meta": 1}"#]);
         let out = json_field("price", std::slice::from_ref(&odd)).expect_err("object");
-        assert!(out.contains("value 1 of 'p' is an object"), "{out}");
+        assert!(out.to_string().contains("value 1 of 'p' is an object"), "{out}");
         let euro = json_field("price.eur", std::slice::from_ref(&odd)).expect("run");
         let TensorData::Fp32(v) = &euro[0].data else { panic!("fp32") };
         assert!(v[0].is_nan() && v[1] == 4.0 && v[2].is_nan());
@@ -350,7 +360,7 @@ mod tests {
         assert_eq!(first[0].data, TensorData::Fp32(vec![3.0]));
         assert!(json_field("meta.rank", &[odd]).expect("run")[0].data.slice(2, 3) != TensorData::Fp32(vec![1.0]));
         let err = json_field("price", &[bytes("payloads", vec![1], &[r#"{"price": "cheap"}"#])]).expect_err("string");
-        assert!(err.contains("value 0 of 'payloads' is a string, not a number"), "{err}");
+        assert!(err.to_string().contains("value 0 of 'payloads' is a string, not a number"), "{err}");
     }
 
     #[test]
@@ -362,6 +372,6 @@ mod tests {
         assert_eq!(out[0].data, TensorData::Bytes(vec![b"c".to_vec(), b"a".to_vec(), b"e".to_vec(), b"e".to_vec()]));
         let bad = Tensor::new("indices", vec![2, 1], TensorData::Int64(vec![0, 3])).expect("t");
         let err = gather(&[ids, bad]).expect_err("range");
-        assert!(err.contains("position 3 (row 1) is out of range for 3 columns"), "{err}");
+        assert!(err.to_string().contains("position 3 (row 1) is out of range for 3 columns"), "{err}");
     }
 }

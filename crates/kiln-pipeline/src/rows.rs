@@ -1,6 +1,7 @@
 //! Row plumbing for conditional steps and constant fallbacks: which rows a predicate selects,
 //! taking those rows out of a tensor and putting a step's answers back among filler rows.
 
+use crate::error::StepError;
 use kiln_core::{DataType, Tensor, TensorData, TensorSpec};
 use serde::Deserialize;
 
@@ -15,9 +16,12 @@ pub enum Constant {
 
 /// One value per row: `true` where the predicate selects the row. The predicate is BOOL or an
 /// integer type (non-zero = true, what `threshold` produces), shaped `[N]` or `[N, 1]`.
-pub fn selected_rows(pred: &Tensor, negate: bool) -> Result<Vec<bool>, String> {
+pub fn selected_rows(pred: &Tensor, negate: bool) -> Result<Vec<bool>, StepError> {
     if !matches!(pred.shape.as_slice(), [_] | [_, 1]) {
-        return Err(format!("the condition '{}' must be [N] or [N, 1], not {:?}", pred.name, pred.shape));
+        return Err(StepError::Input(format!(
+            "the condition '{}' must be [N] or [N, 1], not {:?}",
+            pred.name, pred.shape
+        )));
     }
     let truth: Vec<bool> = match &pred.data {
         TensorData::Bool(v) => v.clone(),
@@ -26,7 +30,11 @@ pub fn selected_rows(pred: &Tensor, negate: bool) -> Result<Vec<bool>, String> {
         TensorData::Uint8(v) => v.iter().map(|&x| x != 0).collect(),
         TensorData::Int8(v) => v.iter().map(|&x| x != 0).collect(),
         other => {
-            return Err(format!("the condition '{}' must be BOOL or an integer, not {}", pred.name, other.datatype()));
+            return Err(StepError::Input(format!(
+                "the condition '{}' must be BOOL or an integer, not {}",
+                pred.name,
+                other.datatype()
+            )));
         }
     };
     Ok(truth.into_iter().map(|t| t != negate).collect())
@@ -43,10 +51,10 @@ fn row_width(t: &Tensor) -> usize {
 }
 
 /// The selected rows of `t`, in order.
-pub fn take_rows(t: &Tensor, mask: &[bool]) -> Result<Tensor, String> {
+pub fn take_rows(t: &Tensor, mask: &[bool]) -> Result<Tensor, StepError> {
     let rows = t.shape.first().copied().unwrap_or(0);
     if rows != mask.len() {
-        return Err(format!("'{}' has {rows} rows, but the condition has {}", t.name, mask.len()));
+        return Err(StepError::Input(format!("'{}' has {rows} rows, but the condition has {}", t.name, mask.len())));
     }
     let w = row_width(t);
     let parts: Vec<TensorData> =
@@ -56,20 +64,22 @@ pub fn take_rows(t: &Tensor, mask: &[bool]) -> Result<Tensor, String> {
         TensorData::concat(&parts.iter().collect::<Vec<_>>()).unwrap_or_else(|| TensorData::zeros(t.datatype(), 0));
     let mut shape = t.shape.clone();
     shape[0] = kept;
-    Tensor::new(t.name.clone(), shape, data)
+    Tensor::new(t.name.clone(), shape, data).map_err(StepError::from)
 }
 
 /// The full-height output of a step that ran on the selected rows only: its rows where the
 /// mask is true, filler (zeros / empty strings) elsewhere. `spec` gives the row shape when the
 /// step did not run at all (`part` is `None`).
-pub fn put_rows(part: Option<&Tensor>, spec: &TensorSpec, mask: &[bool]) -> Result<Tensor, String> {
+pub fn put_rows(part: Option<&Tensor>, spec: &TensorSpec, mask: &[bool]) -> Result<Tensor, StepError> {
     let mut shape: Vec<usize> = match part {
         Some(p) => p.shape.clone(),
         None => std::iter::once(Ok(0))
             .chain(spec.shape.iter().skip(1).map(|&d| {
-                usize::try_from(d).map_err(|_| format!("'{}' has no fixed row shape {:?}", spec.name, spec.shape))
+                usize::try_from(d).map_err(|_| {
+                    StepError::Pipeline(format!("'{}' has no fixed row shape {:?}", spec.name, spec.shape))
+                })
             }))
-            .collect::<Result<_, String>>()?,
+            .collect::<Result<_, StepError>>()?,
     };
     let w: usize = shape.iter().skip(1).product();
     let blank = TensorData::zeros(spec.datatype, w);
@@ -79,7 +89,10 @@ pub fn put_rows(part: Option<&Tensor>, spec: &TensorSpec, mask: &[bool]) -> Resu
         match (keep, part) {
             (true, Some(p)) => {
                 if (next + 1) * w > p.data.len() {
-                    return Err(format!("'{}' has fewer rows than the condition selects", spec.name));
+                    return Err(StepError::Pipeline(format!(
+                        "'{}' has fewer rows than the condition selects",
+                        spec.name
+                    )));
                 }
                 parts.push(p.data.slice(next * w, (next + 1) * w));
                 next += 1;
@@ -90,17 +103,22 @@ pub fn put_rows(part: Option<&Tensor>, spec: &TensorSpec, mask: &[bool]) -> Resu
     let data =
         TensorData::concat(&parts.iter().collect::<Vec<_>>()).unwrap_or_else(|| TensorData::zeros(spec.datatype, 0));
     shape[0] = mask.len();
-    Tensor::new(part.map_or_else(|| spec.name.clone(), |p| p.name.clone()), shape, data)
+    Tensor::new(part.map_or_else(|| spec.name.clone(), |p| p.name.clone()), shape, data).map_err(StepError::from)
 }
 
 /// A constant output for `rows` rows shaped like `spec` (whose non-first dimensions are fixed).
-pub fn constant(spec: &TensorSpec, value: &Constant, rows: usize) -> Result<Tensor, String> {
+pub fn constant(spec: &TensorSpec, value: &Constant, rows: usize) -> Result<Tensor, StepError> {
     let mut shape = vec![rows];
     for &d in spec.shape.iter().skip(1) {
-        shape.push(usize::try_from(d).map_err(|_| format!("'{}' has no fixed row shape {:?}", spec.name, spec.shape))?);
+        shape
+            .push(usize::try_from(d).map_err(|_| {
+                StepError::Pipeline(format!("'{}' has no fixed row shape {:?}", spec.name, spec.shape))
+            })?);
     }
     let n: usize = shape.iter().product();
-    let bad = || format!("the constant {value:?} does not fit output '{}' ({})", spec.name, spec.datatype);
+    let bad = || {
+        StepError::Pipeline(format!("the constant {value:?} does not fit output '{}' ({})", spec.name, spec.datatype))
+    };
     let data = match (spec.datatype, value) {
         (DataType::Bytes, Constant::Text(s)) => TensorData::Bytes(vec![s.as_bytes().to_vec(); n]),
         (DataType::Bool, Constant::Bool(b)) => TensorData::Bool(vec![*b; n]),
@@ -123,7 +141,7 @@ pub fn constant(spec: &TensorSpec, value: &Constant, rows: usize) -> Result<Tens
         }
         _ => return Err(bad()),
     };
-    Tensor::new(spec.name.clone(), shape, data)
+    Tensor::new(spec.name.clone(), shape, data).map_err(StepError::from)
 }
 
 #[cfg(test)]
@@ -150,7 +168,8 @@ mod tests {
     fn constants_fit_their_outputs() {
         let spec = TensorSpec { name: "label".into(), datatype: DataType::Int64, shape: vec![-1] };
         assert_eq!(constant(&spec, &Constant::Number(3.0), 2).expect("c").data, TensorData::Int64(vec![3, 3]));
-        assert!(constant(&spec, &Constant::Text("x".into()), 2).unwrap_err().contains("does not fit"));
+        let err = constant(&spec, &Constant::Text("x".into()), 2).unwrap_err();
+        assert!(matches!(err, StepError::Pipeline(_)) && err.to_string().contains("does not fit"), "{err}");
         let s = TensorSpec { name: "t".into(), datatype: DataType::Bytes, shape: vec![-1] };
         assert_eq!(
             constant(&s, &Constant::Text("hi".into()), 1).expect("c").data,

@@ -166,13 +166,13 @@ impl Pipeline {
                 // request limit) would hold an executor thread for milliseconds: blocking pool.
                 let elements: usize = args.iter().map(|t| t.data.len()).sum();
                 if elements <= INLINE_OP_ELEMENTS {
-                    return ops::run(op, &args).map_err(EngineError::InvalidRequest);
+                    return ops::run(op, &args).map_err(EngineError::from);
                 }
                 let op = op.clone();
                 tokio::task::spawn_blocking(move || ops::run(&op, &args))
                     .await
                     .map_err(|e| EngineError::Backend(format!("pipeline op task failed: {e}")))?
-                    .map_err(EngineError::InvalidRequest)
+                    .map_err(EngineError::from)
             }
             Action::Remote(remote) => remote.call(args, &step.wanted, deadline).await,
             Action::LocalLlm(llm) => llm.call(&*self.resolver, args, protocol, deadline).await,
@@ -209,7 +209,7 @@ impl Pipeline {
             let mask = match &condition {
                 None => None,
                 Some((pred, negate)) => {
-                    let mask = rows::selected_rows(pred, *negate).map_err(EngineError::InvalidRequest)?;
+                    let mask = rows::selected_rows(pred, *negate).map_err(EngineError::from)?;
                     (!mask.iter().all(|&m| m)).then_some(mask)
                 }
             };
@@ -228,7 +228,7 @@ impl Pipeline {
                     .iter()
                     .map(|t| rows::take_rows(t, &mask))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(EngineError::InvalidRequest)?;
+                    .map_err(EngineError::from)?;
                 let got = self
                     .execute(step, taken, protocol, deadline)
                     .await
@@ -240,7 +240,7 @@ impl Pipeline {
                 .filter(|spec| step.wanted.contains(&spec.name))
                 .map(|spec| {
                     let part = answered.as_ref().and_then(|a| a.iter().find(|t| t.name == spec.name));
-                    rows::put_rows(part, spec, &mask).map_err(EngineError::Backend)
+                    rows::put_rows(part, spec, &mask).map_err(EngineError::from)
                 })
                 .collect()
         }
@@ -264,7 +264,7 @@ impl Pipeline {
         step.produces
             .iter()
             .filter(|spec| step.wanted.contains(&spec.name))
-            .map(|spec| rows::constant(spec, &values[&spec.name], rows).map_err(EngineError::Backend))
+            .map(|spec| rows::constant(spec, &values[&spec.name], rows).map_err(EngineError::from))
             .collect()
     }
 }

@@ -130,7 +130,7 @@ pub fn decode_tensor(
             data.len()
         )));
     }
-    Tensor::new(name, shape, data).map_err(DecodeError)
+    Ok(Tensor::new(name, shape, data)?)
 }
 
 /// The input tensors of a `ModelInferRequest`: `raw_input_contents`, when sent, holds one

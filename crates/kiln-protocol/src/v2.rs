@@ -15,6 +15,12 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 #[error("{0}")]
 pub struct DecodeError(pub String);
 
+impl From<kiln_core::ShapeError> for DecodeError {
+    fn from(e: kiln_core::ShapeError) -> Self {
+        DecodeError(e.to_string())
+    }
+}
+
 fn fail<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError(msg.into()))
 }
@@ -166,7 +172,7 @@ fn decode_tensor(input: InputJson<'_>, binary: &mut &[u8]) -> Result<Tensor, Dec
         (Some(_), Some(_)) => return fail(format!("input '{}' has both 'data' and binary_data_size", input.name)),
         (None, None) => return fail(format!("input '{}' has neither 'data' nor binary_data_size", input.name)),
     };
-    Tensor::new(input.name, shape, data).map_err(DecodeError)
+    Ok(Tensor::new(input.name, shape, data)?)
 }
 
 #[derive(Debug, Deserialize)]

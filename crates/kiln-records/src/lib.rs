@@ -36,7 +36,18 @@ pub enum RecordsError {
     Database(String),
     /// Durable mode: the row was not committed in time.
     #[error("the prediction log did not commit the record within {0:?}: {1}")]
-    NotCommitted(Duration, String),
+    NotCommitted(Duration, Uncommitted),
+}
+
+/// Why a durable row was not committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Uncommitted {
+    #[error("the prediction log's backlog is full")]
+    BacklogFull,
+    #[error("the writer has stopped")]
+    WriterStopped,
+    #[error("the database did not answer in time")]
+    NoAnswer,
 }
 
 /// One prediction, as the server saw it.
@@ -182,7 +193,7 @@ impl RecorderConfig {
     }
 }
 
-type Ack = oneshot::Sender<Result<(), String>>;
+type Ack = oneshot::Sender<Result<(), Uncommitted>>;
 
 enum Item {
     Row(Box<PendingRecord>, Option<Ack>),
@@ -291,13 +302,13 @@ impl Recorder {
                 let (ack, done) = oneshot::channel();
                 let wait = self.config.commit_wait;
                 if self.handoff.push(Item::Row(Box::new(record), Some(ack))).is_err() {
-                    return Err(RecordsError::NotCommitted(wait, "the prediction log's backlog is full".into()));
+                    return Err(RecordsError::NotCommitted(wait, Uncommitted::BacklogFull));
                 }
                 match tokio::time::timeout(wait, done).await {
                     Ok(Ok(Ok(()))) => Ok(()),
                     Ok(Ok(Err(why))) => Err(RecordsError::NotCommitted(wait, why)),
-                    Ok(Err(_)) => Err(RecordsError::NotCommitted(wait, "the writer has stopped".into())),
-                    Err(_) => Err(RecordsError::NotCommitted(wait, "the database did not answer in time".into())),
+                    Ok(Err(_)) => Err(RecordsError::NotCommitted(wait, Uncommitted::WriterStopped)),
+                    Err(_) => Err(RecordsError::NotCommitted(wait, Uncommitted::NoAnswer)),
                 }
             }
         }
@@ -355,7 +366,7 @@ async fn writer(
                         dropped.fetch_add(1, Ordering::Relaxed);
                         counter!("kiln_records_dropped_total").increment(1);
                         if let Some(ack) = ack {
-                            let _ = ack.send(Err("the prediction log's backlog is full".into()));
+                            let _ = ack.send(Err(Uncommitted::BacklogFull));
                         }
                     } else {
                         backlog.push_back((record.finish(), ack));

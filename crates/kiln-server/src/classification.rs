@@ -92,7 +92,7 @@ pub fn apply(
         }
         let shape = if tensor.shape.len() <= 1 { vec![top] } else { vec![rows, top] };
         *tensor = Tensor::new(tensor.name.clone(), shape, TensorData::Bytes(out))
-            .map_err(|e| ApiError::new(crate::error::Kind::Internal, e))?;
+            .map_err(|e| ApiError::new(crate::error::Kind::Internal, e.to_string()))?;
     }
     Ok(())
 }

@@ -215,7 +215,7 @@ fn split_outputs(batch: Vec<Job>, outputs: &[Tensor], rows: usize) {
                 let data = out.data.slice(offset * per_row, (offset + job.rows) * per_row);
                 let mut shape = out.shape.clone();
                 shape[0] = job.rows;
-                Tensor::new(out.name.clone(), shape, data).map_err(EngineError::Backend)
+                Tensor::new(out.name.clone(), shape, data).map_err(|e| EngineError::Backend(e.to_string()))
             })
             .collect();
         offset += job.rows;
@@ -246,7 +246,7 @@ mod tests {
                 panic!("NaN");
             }
             let y = Tensor::new("y", x.shape.clone(), TensorData::Fp32(v.iter().map(|f| f * 2.0).collect()))
-                .map_err(BackendError::Run)?;
+                .map_err(BackendError::from)?;
             assert_eq!(outputs, ["y"]);
             Ok(vec![y])
         }

@@ -25,7 +25,7 @@ impl ModelInstance for Doubler {
             let _ = self.gate.lock().expect("gate").recv();
         }
         let y = v.iter().map(|f| f * 2.0).collect();
-        Ok(vec![Tensor::new("y", x.shape.clone(), TensorData::Fp32(y)).map_err(BackendError::Run)?])
+        Ok(vec![Tensor::new("y", x.shape.clone(), TensorData::Fp32(y)).map_err(|e| BackendError::Run(e.to_string()))?])
     }
 }
 

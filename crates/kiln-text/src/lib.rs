@@ -295,10 +295,10 @@ impl ModelInstance for TextEmbedder {
             .map(|name| match name.as_str() {
                 EMBEDDING_OUTPUT => {
                     Tensor::new(name.clone(), vec![texts.len(), self.dim], TensorData::Fp32(embeddings.clone()))
-                        .map_err(BackendError::Run)
+                        .map_err(BackendError::from)
                 }
                 TOKEN_COUNT_OUTPUT => Tensor::new(name.clone(), vec![texts.len()], TensorData::Int64(counts.clone()))
-                    .map_err(BackendError::Run),
+                    .map_err(BackendError::from),
                 other => Err(BackendError::Run(format!("a text model has no output '{other}'"))),
             })
             .collect()

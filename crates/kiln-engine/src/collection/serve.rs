@@ -59,7 +59,8 @@ pub async fn embed(
     };
     let model = resolver.resolve(name, None)?;
     let rows = texts.len();
-    let input = Tensor::new("text", vec![rows], TensorData::Bytes(texts)).map_err(EngineError::InvalidRequest)?;
+    let input = Tensor::new("text", vec![rows], TensorData::Bytes(texts))
+        .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
     let request = InferRequest {
         inputs: vec![input],
         outputs: vec![kiln_text::EMBEDDING_OUTPUT.to_string()],
@@ -84,7 +85,7 @@ pub fn embed_blocking(
     for chunk in texts.chunks(256) {
         let rows = chunk.len();
         let bytes = chunk.iter().map(|t| t.as_bytes().to_vec()).collect();
-        let input = Tensor::new("text", vec![rows], TensorData::Bytes(bytes))?;
+        let input = Tensor::new("text", vec![rows], TensorData::Bytes(bytes)).map_err(|e| e.to_string())?;
         let request = InferRequest {
             inputs: vec![input],
             outputs: vec![kiln_text::EMBEDDING_OUTPUT.to_string()],
@@ -244,7 +245,7 @@ pub async fn run(
                 collection.name
             )));
         };
-        outputs.push(Tensor::new(name, shape.clone(), data.clone()).map_err(EngineError::Backend)?);
+        outputs.push(Tensor::new(name, shape.clone(), data.clone()).map_err(|e| EngineError::Backend(e.to_string()))?);
     }
     Ok(outputs)
 }

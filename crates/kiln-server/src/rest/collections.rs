@@ -312,13 +312,16 @@ async fn search(
         (None, Some(t)) => Tensor::new("text", vec![1], TensorData::Bytes(vec![t.into_bytes()])),
         _ => return Err(ApiError::bad_request("give either \"vector\" or \"text\"")),
     }
-    .map_err(ApiError::bad_request)?;
-    let mut inputs =
-        vec![query, Tensor::new("k", vec![1], TensorData::Int64(vec![k as i64])).map_err(ApiError::bad_request)?];
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut inputs = vec![
+        query,
+        Tensor::new("k", vec![1], TensorData::Int64(vec![k as i64]))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+    ];
     if let Some(filter) = &request.filter {
         inputs.push(
             Tensor::new("filter", vec![1], TensorData::Bytes(vec![filter.to_string().into_bytes()]))
-                .map_err(ApiError::bad_request)?,
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
         );
     }
     let mut outputs = vec!["ids".to_string(), "scores".to_string()];

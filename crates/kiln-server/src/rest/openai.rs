@@ -100,7 +100,7 @@ async fn embeddings(
         vec![n],
         TensorData::Bytes(texts.into_iter().map(String::into_bytes).collect()),
     )
-    .map_err(|e| OpenAiError::invalid(e, "input"))?;
+    .map_err(|e| OpenAiError::invalid(e.to_string(), "input"))?;
     let inference = Inference {
         inputs: vec![input],
         outputs: Vec::new(),

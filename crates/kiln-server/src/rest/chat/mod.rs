@@ -253,7 +253,7 @@ async fn respond(
 ) -> Result<Response, OpenAiError> {
     let prompt_tensor =
         Tensor::new("text_input", vec![1], TensorData::Bytes(vec![recorded_prompt.as_bytes().to_vec()]))
-            .map_err(|e| ApiError::new(Kind::Internal, e))?;
+            .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
     let lifecycle = crate::infer::Call::open(&state, &model, &[prompt_tensor], None, Protocol::Rest, true);
     let generation = match llm.generate(prompt, &options.params) {
         Ok(g) => g,
