@@ -14,6 +14,7 @@
 
 pub mod constraint;
 pub mod metrics;
+mod outbox;
 mod prompt;
 pub mod request;
 mod scheduler;
@@ -30,7 +31,6 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
-use tokio::sync::mpsc;
 
 pub use constraint::{Constraint, Grammar};
 pub use llama_cpp_2::token::LlamaToken as Token;
@@ -165,7 +165,7 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Generation {
     pub prompt_tokens: usize,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: outbox::Events,
 }
 
 impl Generation {
@@ -236,7 +236,7 @@ struct Pending {
     sampling: scheduler::Sampling,
     stop: Vec<String>,
     constraint: Option<Constraint>,
-    sink: mpsc::UnboundedSender<Event>,
+    sink: outbox::Sink,
     queued_at: Instant,
     _waiting: metrics::Waiting,
 }
@@ -437,7 +437,7 @@ impl LlmModel {
         if self.metrics.waiting() + self.metrics.active() >= capacity {
             return Err(LlmError::Overloaded { waiting: self.settings.max_queue_size });
         }
-        let (sink, events) = mpsc::unbounded_channel();
+        let (sink, events) = outbox::outbox();
         let prompt_tokens = prompt.len();
         let pending = Pending {
             prompt,

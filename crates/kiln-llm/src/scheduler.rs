@@ -23,7 +23,6 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::constraint::Constraint;
 use crate::metrics::{Active, LlmMetrics, SequenceOutcome};
@@ -158,7 +157,7 @@ struct Sequence {
     text: TextStream,
     max_tokens: usize,
     generated: usize,
-    sink: UnboundedSender<Event>,
+    sink: crate::outbox::Sink,
     queued_at: Instant,
     last_token_at: Option<Instant>,
     _active: Active,
@@ -201,7 +200,7 @@ impl<'m> Scheduler<'m> {
         loop {
             if stop.load(Ordering::Relaxed) {
                 for sequence in std::mem::take(&mut self.running) {
-                    let _ = sequence.sink.send(Event::Failed(LlmError::ShuttingDown));
+                    sequence.sink.send(Event::Failed(LlmError::ShuttingDown));
                     self.retire(sequence, SequenceOutcome::Failed);
                 }
                 return;
@@ -251,7 +250,7 @@ impl<'m> Scheduler<'m> {
         }
         let Some((id, reused)) = self.take_slot(&pending.prompt) else {
             // `run` admits only while a slot is free.
-            let _ = pending.sink.send(Event::Failed(LlmError::Engine("no free sequence slot".into())));
+            pending.sink.send(Event::Failed(LlmError::Engine("no free sequence slot".into())));
             return;
         };
         self.metrics.prompt_tokens.increment(pending.prompt.len() as u64);
@@ -389,7 +388,7 @@ impl<'m> Scheduler<'m> {
         if let Err(e) = self.context.decode(&mut self.batch) {
             tracing::error!("llama.cpp decode failed: {e}");
             for s in self.running.iter_mut().filter(|s| s.logits_at.is_some() || s.next.is_none()) {
-                let _ = s.sink.send(Event::Failed(LlmError::Engine(e.to_string())));
+                s.sink.send(Event::Failed(LlmError::Engine(e.to_string())));
                 s.logits_at = None;
                 s.finished = Some(SequenceOutcome::Failed);
             }
@@ -415,7 +414,7 @@ impl<'m> Scheduler<'m> {
                 Ok(token) => token,
                 Err(error) => {
                     tracing::warn!("constrained decoding failed: {error}");
-                    let _ = s.sink.send(Event::Failed(error));
+                    s.sink.send(Event::Failed(error));
                     s.finished = Some(SequenceOutcome::Failed);
                     return None;
                 }
@@ -463,7 +462,7 @@ impl<'m> Scheduler<'m> {
             // Counted before the caller hears of it: a client that has its answer sees it in
             // kiln_llm_sequences_total.
             self.metrics.ended(SequenceOutcome::Finished(reason));
-            let _ = s.sink.send(Event::Done { reason, usage });
+            s.sink.send(Event::Done { reason, usage });
         }
         reason
     }
@@ -532,8 +531,8 @@ fn constrained_sample(
     Ok(token)
 }
 
-fn send_text(sink: &UnboundedSender<Event>, text: String) {
+fn send_text(sink: &crate::outbox::Sink, text: String) {
     if !text.is_empty() {
-        let _ = sink.send(Event::Text(text));
+        sink.send(Event::Text(text));
     }
 }
