@@ -19,17 +19,20 @@ esac
 # llama-cpp-python is the reference kiln's greedy texts must equal, so its llama.cpp must
 # compute as kiln's does: the same SIMD (x86-64-v3, as .cargo/config.toml sets for kiln), not
 # -march=native — on a CPU with AVX-512 a native build sums in another order and its greedy
-# texts differ. Built once per machine into a wheel folder of its own (pip's cache would hand
-# back a native build), then installed from there.
-llama_flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+# texts differ — and without weight repacking (GGML_CPU_REPACK=OFF, as kiln: repacked K-quants
+# take other kernels for 4-row blocks than for single rows, so a sequence's text would depend
+# on how many others share its step). Built once per machine into a wheel folder named after
+# these flags (pip's cache would hand back a native build), then installed from there.
+llama_flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_CPU_REPACK=OFF"
 reference_llama() {
-  local pin wheels
+  local pin wheels launcher=""
   pin=$(grep -oE '^llama-cpp-python[^=]*==[0-9.]+' python/requirements-llm.txt | sed -E 's/\[[a-z]+\]//')
-  wheels=${KILN_WHEELS:-$HOME/.cache/kiln/wheels}/x86-64-v3
+  wheels=${KILN_WHEELS:-$HOME/.cache/kiln/wheels}/x86-64-v3-$(echo "$llama_flags" | sha256sum | cut -c1-8)
+  command -v ccache >/dev/null && launcher="-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
   if ! ls "$wheels"/llama_cpp_python-"${pin##*==}"-*.whl >/dev/null 2>&1; then
     echo "setup-venv: building $pin for x86-64-v3 (once per machine, ~8 min on 2 cores)"
     mkdir -p "$wheels"
-    CMAKE_ARGS="$llama_flags ${CMAKE_ARGS:-}" .venv/bin/python -m pip wheel --quiet --disable-pip-version-check \
+    CMAKE_ARGS="$llama_flags $launcher ${CMAKE_ARGS:-}" .venv/bin/python -m pip wheel --quiet --disable-pip-version-check \
       --no-deps --no-cache-dir -w "$wheels" "$pin"
   fi
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \

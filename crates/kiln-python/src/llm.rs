@@ -80,6 +80,7 @@ fn sampling(
             seed,
             stop: stop.unwrap_or_default(),
             constraint: None,
+            shaping: Default::default(),
         },
     })
 }

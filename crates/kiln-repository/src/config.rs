@@ -203,6 +203,9 @@ pub struct LlmConfig {
     /// Parse special-token text inside message content as control tokens, as llama.cpp's
     /// server does (default false: content is plain text, so user text cannot open a turn).
     pub special_tokens_in_content: Option<bool>,
+    /// The chat template instead of the GGUF's (or where it has none): a built-in name
+    /// (`chatml`, `llama3`, `gemma`, `mistral`, `phi3`) or a `.jinja` file in the model folder.
+    pub chat_template: Option<String>,
 }
 
 impl ModelConfig {
@@ -360,6 +363,14 @@ impl ModelConfig {
         }
         if llm.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
             return Err("[llm] top_p must be in (0, 1]".into());
+        }
+        if let Some(t) = &llm.chat_template {
+            let bare = !t.is_empty() && !t.starts_with('.') && !t.contains(['/', '\\']);
+            if !bare {
+                return Err(format!(
+                    "[llm] chat_template must be a built-in name or a .jinja file in the model folder, not '{t}'"
+                ));
+            }
         }
         Ok(())
     }

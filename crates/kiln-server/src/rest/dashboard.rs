@@ -114,6 +114,7 @@ async fn models(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiE
                     "active_sequences": llm.active_sequences(),
                     "queue_depth": llm.queue_depth(),
                     "chat": info.has_chat_template,
+                    "chat_template": info.chat_template,
                 });
             }
             if let Some(pipeline) = model.runs::<std::sync::Arc<kiln_pipeline::Pipeline>>() {

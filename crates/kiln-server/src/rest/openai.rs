@@ -163,6 +163,7 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
             if let Some(llm) = m.runs::<std::sync::Arc<kiln_llm::LlmModel>>() {
                 entry["kind"] = json!("llm");
                 entry["context_length"] = json!(llm.info().context_length);
+                entry["chat_template"] = json!(llm.info().chat_template);
             } else if embedding_dim(&m).is_some() {
                 entry["kind"] = json!("text_embedding");
             } else {

@@ -26,7 +26,12 @@ use crate::state::AppState;
 use fields::{Fields, Options};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/chat/completions", post(chat)).route("/v1/completions", post(completions))
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/apply-template", post(apply_template))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
 }
 
 /// Which endpoint a request came by: it decides the JSON shapes.
@@ -87,6 +92,7 @@ async fn chat(State(state): State<AppState>, request: axum::extract::Request) ->
     }
     let mut options = fields::options(&mut fields, Api::Chat)?;
     fields.finish()?;
+    fields::check_logit_bias(&options, llm.vocab_size())?;
     let offered: Vec<Tool> = if options.tools_offered() { options.tools.clone() } else { Vec::new() };
     let conversation = tools::conversation(messages.clone(), &offered);
     // Rendering and tokenizing grow with the messages: on the blocking pool, never on the
@@ -99,6 +105,76 @@ async fn chat(State(state): State<AppState>, request: axum::extract::Request) ->
         .map_err(|e| llm_error(e, Api::Chat))?;
     options.params.constraint = constraint(&llm, &options).await?;
     respond(state, model, &llm, prompt, &messages_text(&messages), options, Api::Chat).await
+}
+
+/// llama-server's `POST /apply-template`: the prompt text the model's chat template makes of
+/// `messages`, without generating (a template is checked against its reference this way).
+async fn apply_template(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Json<Value>, OpenAiError> {
+    let (mut fields, _, llm) = begin(&state, request).await?;
+    let messages = kiln_llm::request::messages(fields.take("messages")).map_err(param_error)?;
+    for (i, m) in messages.iter().enumerate() {
+        check_string(&state, &format!("messages[{i}]: 'content'"), &m.content, "messages")?;
+    }
+    fields.finish()?;
+    let prompt = tokio::task::spawn_blocking(move || llm.apply_template(&messages))
+        .await
+        .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("rendering the prompt failed: {e}"))))?
+        .map_err(|e| llm_error(e, Api::Chat))?;
+    Ok(Json(json!({ "prompt": prompt })))
+}
+
+/// llama-server's `POST /tokenize` (`content`, `add_special`, `parse_special`, `with_pieces`),
+/// with `model` naming the LLM: `{"tokens": [...]}`, or `[{"id", "piece"}]` with pieces.
+async fn tokenize(State(state): State<AppState>, request: axum::extract::Request) -> Result<Json<Value>, OpenAiError> {
+    let (mut fields, _, llm) = begin(&state, request).await?;
+    let content = fields.string("content")?.ok_or_else(|| OpenAiError::invalid("'content' is required", "content"))?;
+    check_string(&state, "'content'", &content, "content")?;
+    let add_special = fields.boolean("add_special")?.unwrap_or(false);
+    let parse_special = fields.boolean("parse_special")?.unwrap_or(true);
+    let with_pieces = fields.boolean("with_pieces")?.unwrap_or(false);
+    fields.finish()?;
+    let tokenizer = llm.clone();
+    let tokens = tokio::task::spawn_blocking(move || tokenizer.tokenize(&content, add_special, parse_special))
+        .await
+        .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("tokenizing failed: {e}"))))?
+        .map_err(|e| llm_error(e, Api::Completion))?;
+    if !with_pieces {
+        return Ok(Json(json!({ "tokens": tokens })));
+    }
+    let pieces: Vec<Value> =
+        tokens.iter().map(|&t| json!({"id": t, "piece": llm.detokenize(&[t]).unwrap_or_default()})).collect();
+    Ok(Json(json!({ "tokens": pieces })))
+}
+
+/// llama-server's `POST /detokenize` (`tokens`), with `model`: `{"content": "..."}`.
+async fn detokenize(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Json<Value>, OpenAiError> {
+    let (mut fields, _, llm) = begin(&state, request).await?;
+    let tokens: Vec<i32> = match fields.take("tokens") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_i64().and_then(|t| i32::try_from(t).ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| OpenAiError::invalid("'tokens' must be a list of token ids", "tokens"))?,
+        Some(other) => return Err(OpenAiError::invalid(format!("'tokens' must be a list, got {other}"), "tokens")),
+        None => return Err(OpenAiError::invalid("'tokens' is required", "tokens")),
+    };
+    fields.finish()?;
+    if tokens.len() > llm.info().context_length * 4 {
+        return Err(OpenAiError::invalid("'tokens' holds more ids than four contexts", "tokens"));
+    }
+    let content = llm.detokenize(&tokens).ok_or_else(|| {
+        OpenAiError::invalid(
+            format!("'tokens' holds an id outside the vocabulary of {} tokens", llm.vocab_size()),
+            "tokens",
+        )
+    })?;
+    Ok(Json(json!({ "content": content })))
 }
 
 async fn completions(State(state): State<AppState>, request: axum::extract::Request) -> Result<Response, OpenAiError> {
@@ -117,6 +193,7 @@ async fn completions(State(state): State<AppState>, request: axum::extract::Requ
     check_string(&state, "'prompt'", &prompt, "prompt")?;
     let mut options = fields::options(&mut fields, Api::Completion)?;
     fields.finish()?;
+    fields::check_logit_bias(&options, llm.vocab_size())?;
     let tokenizer = llm.clone();
     let (tokens, prompt) = tokio::task::spawn_blocking(move || (tokenizer.text_prompt(&prompt), prompt))
         .await
