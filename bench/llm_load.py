@@ -33,10 +33,10 @@ PROMPTS = [
 WARM_UP = "Say hello."
 
 
-def stream_http(url, model, prompt, max_tokens, out):
+def stream_http(url, model, prompt, max_tokens, out, system=SYSTEM):
     parsed = urllib.parse.urlparse(url)
     conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=600)
-    body = json.dumps({"model": model, "messages": [SYSTEM, {"role": "user", "content": prompt}], "max_tokens": max_tokens,
+    body = json.dumps({"model": model, "messages": [system, {"role": "user", "content": prompt}], "max_tokens": max_tokens,
                        "temperature": 0, "stream": True, "stream_options": {"include_usage": True}})
     started = time.perf_counter()
     conn.request("POST", parsed.path + "/chat/completions", body, {"Content-Type": "application/json"})
@@ -76,7 +76,12 @@ def run(args):
         llm = llama_cpp.Llama(args.in_process, n_ctx=2048, n_threads=args.threads, verbose=False)
         go = lambda p: stream_in_process(llm, p, args.max_tokens, results)
     else:
-        go = lambda p: stream_http(args.url, args.model, p, args.max_tokens, results)
+        system = SYSTEM
+        if args.long_system:
+            # A ~300-token system prompt every request shares (an assistant's instructions).
+            system = {"role": "system", "content": " ".join(
+                f"Rule {i}: answer clearly, cite the source, keep it short and polite." for i in range(1, 26))}
+        go = lambda p: stream_http(args.url, args.model, p, args.max_tokens, results, system)
     # Warm-up with a prompt the run does not use: llama-cpp-python keeps the last prompt's KV
     # cache and would skip a repeated prompt's prefill (the shared system prefix it may reuse).
     go(WARM_UP)
@@ -123,4 +128,5 @@ if __name__ == "__main__":
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the median round's")
+    p.add_argument("--long-system", action="store_true", help="a ~300-token system prompt shared by every request")
     run(p.parse_args())

