@@ -276,6 +276,9 @@ pub struct LlmInfo {
     /// Where the chat template comes from: `gguf`, `builtin:<name>` or `file:<name>`; empty
     /// when there is none.
     pub chat_template: String,
+    /// Whether generating sequences share decode steps; a model with a sliding window (Gemma 3),
+    /// whose greedy texts changed when they did, has each decoded alone.
+    pub batched_steps: bool,
 }
 
 /// A request on its way to the scheduler.
@@ -393,6 +396,7 @@ impl LlmModel {
             max_sequences: settings.max_sequences,
             has_chat_template: template.is_some(),
             chat_template: origin,
+            batched_steps: false,
         };
         let sliding_window = model
             .meta_val_str(&format!("{}.attention.sliding_window", info.architecture))
@@ -401,7 +405,7 @@ impl LlmModel {
             .unwrap_or(0);
         let model = Arc::new(model);
         let metrics = Arc::new(metrics::LlmMetrics::new(name, version));
-        let queue = scheduler::start(
+        let (queue, batched) = scheduler::start(
             backend,
             model.clone(),
             scheduler::Limits {
@@ -416,6 +420,14 @@ impl LlmModel {
             metrics.clone(),
             format!("kiln-llm-{name}-v{version}"),
         )?;
+        if !batched && settings.max_sequences > 1 {
+            tracing::info!(
+                model = name,
+                "a sliding-window model: each generating sequence is decoded alone (its greedy texts change when \
+                 sequences share a decode step)"
+            );
+        }
+        let info = LlmInfo { batched_steps: batched, ..info };
         tracing::info!(
             model = name,
             version,

@@ -164,6 +164,7 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
                 entry["kind"] = json!("llm");
                 entry["context_length"] = json!(llm.info().context_length);
                 entry["chat_template"] = json!(llm.info().chat_template);
+                entry["batched_steps"] = json!(llm.info().batched_steps);
             } else if embedding_dim(&m).is_some() {
                 entry["kind"] = json!("text_embedding");
             } else {
