@@ -151,3 +151,23 @@ def test_exiting_during_a_generation_is_clean(repo):
     )
     done = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_penalties_and_llama_cpp_filters_equal_the_servers(llm, server):
+    """The sampling extensions take the same values, checked by the same code, as the server's."""
+    c = server
+    shaped = {"frequency_penalty": 1.5, "repeat_penalty": 1.3, "top_k": 20, "min_p": 0.05, "logit_bias": {"13": -5}}
+    ours = llm.complete("1, 2, 3, 1, 2, 3, 1, 2,", max_tokens=16, temperature=0, **shaped)["text"]
+    theirs = c.completions.create(model="smollm2", prompt="1, 2, 3, 1, 2, 3, 1, 2,", max_tokens=16, temperature=0,
+                                  extra_body={k: v for k, v in shaped.items() if k != "frequency_penalty"},
+                                  frequency_penalty=1.5).choices[0].text
+    assert ours == theirs
+    assert ours != llm.complete("1, 2, 3, 1, 2, 3, 1, 2,", max_tokens=16, temperature=0)["text"]
+    chat = llm.chat([{"role": "user", "content": "Say hi."}], max_tokens=8, temperature=0, presence_penalty=1.0)
+    assert chat["finish_reason"] in ("stop", "length")
+    with pytest.raises(kiln.KilnError, match="presence_penalty"):
+        llm.complete("x", presence_penalty=5)
+    with pytest.raises(kiln.KilnError, match="logit_bias"):
+        llm.complete("x", logit_bias={"99999999": 1})
+    with pytest.raises(TypeError, match="frequency_penalties"):
+        llm.complete("x", frequency_penalties=1)

@@ -282,6 +282,83 @@ pub fn messages(value: Option<Value>) -> Result<Vec<Message>, ParamError> {
         .collect()
 }
 
+/// The names [`shaping`] reads.
+pub const SHAPING: [&str; 6] =
+    ["presence_penalty", "frequency_penalty", "repeat_penalty", "top_k", "min_p", "logit_bias"];
+
+/// OpenAI's `presence_penalty`, `frequency_penalty` and `logit_bias`, and llama.cpp's
+/// `repeat_penalty`, `top_k` and `min_p`, as the server and the Python bridge take them (`None`
+/// or JSON null: not set). Token ids are checked against the vocabulary by [`check_logit_bias`].
+pub fn shaping(mut get: impl FnMut(&'static str) -> Option<Value>) -> Result<crate::Shaping, ParamError> {
+    let mut number = |name: &'static str, low: f64, high: f64| -> Result<Option<f32>, ParamError> {
+        match get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(x) if (low..=high).contains(&x) => Ok(Some(x as f32)),
+                _ => Err(ParamError::invalid(format!("'{name}' must be between {low} and {high}, got {n}"), name)),
+            },
+            Some(other) => Err(ParamError::invalid(format!("'{name}' must be a number, got {other}"), name)),
+        }
+    };
+    let presence_penalty = number("presence_penalty", -2.0, 2.0)?;
+    let frequency_penalty = number("frequency_penalty", -2.0, 2.0)?;
+    let repeat_penalty = number("repeat_penalty", 0.0, 10.0)?;
+    if repeat_penalty == Some(0.0) {
+        return Err(ParamError::invalid("'repeat_penalty' must be greater than 0 (1 = none)", "repeat_penalty"));
+    }
+    let min_p = number("min_p", 0.0, 1.0)?;
+    let top_k = match get("top_k") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(k) => Some(u32::try_from(k).unwrap_or(u32::MAX)),
+            None => {
+                return Err(ParamError::invalid(format!("'top_k' must be an integer of at least 0, got {n}"), "top_k"));
+            }
+        },
+        Some(other) => return Err(ParamError::invalid(format!("'top_k' must be an integer, got {other}"), "top_k")),
+    };
+    let logit_bias = match get("logit_bias") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(map)) => {
+            if map.len() > 1024 {
+                return Err(ParamError::invalid("'logit_bias' holds at most 1024 tokens", "logit_bias"));
+            }
+            let mut out = Vec::with_capacity(map.len());
+            for (key, value) in map {
+                let token = key.parse::<i32>().ok().filter(|t| *t >= 0).ok_or_else(|| {
+                    ParamError::invalid(format!("'logit_bias' keys are token ids, not '{key}'"), "logit_bias")
+                })?;
+                let bias = value.as_f64().filter(|b| (-100.0..=100.0).contains(b)).ok_or_else(|| {
+                    ParamError::invalid(
+                        format!("'logit_bias.{key}' must be a number from -100 to 100, got {value}"),
+                        "logit_bias",
+                    )
+                })?;
+                out.push((token, bias as f32));
+            }
+            out
+        }
+        Some(other) => {
+            return Err(ParamError::invalid(
+                format!("'logit_bias' must be an object of token ids to biases, got {other}"),
+                "logit_bias",
+            ));
+        }
+    };
+    Ok(crate::Shaping { presence_penalty, frequency_penalty, repeat_penalty, top_k, min_p, logit_bias })
+}
+
+/// Refuses `logit_bias` token ids outside a vocabulary of `vocab_size` tokens.
+pub fn check_logit_bias(shaping: &crate::Shaping, vocab_size: usize) -> Result<(), ParamError> {
+    match shaping.logit_bias.iter().find(|(t, _)| usize::try_from(*t).is_ok_and(|t| t >= vocab_size)) {
+        Some((token, _)) => Err(ParamError::invalid(
+            format!("'logit_bias': token {token} is not in the model's vocabulary of {vocab_size} tokens"),
+            "logit_bias",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// An assistant's earlier call, as the model wrote it.
 fn earlier_call(call: &Value) -> Result<String, tools::ToolError> {
     use tools::ToolError;

@@ -30,6 +30,24 @@ fn format_of(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Grammar>> {
     }
 }
 
+/// The penalties, `logit_bias` and llama.cpp's `top_k`/`min_p`/`repeat_penalty` given as
+/// keyword arguments — parsed and checked by the same code as the server's JSON fields.
+fn shaping_of(options: Option<&Bound<'_, PyDict>>, model: &LlmModel) -> PyResult<kiln_llm::Shaping> {
+    let mut given = serde_json::Map::new();
+    if let Some(options) = options {
+        for (key, value) in options.iter() {
+            let key: String = key.extract()?;
+            let Some(&name) = request::SHAPING.iter().find(|n| **n == key) else {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!("unexpected keyword argument '{key}'")));
+            };
+            given.insert(name.to_string(), to_json(&value, name)?);
+        }
+    }
+    let shaping = request::shaping(|name| given.remove(name)).map_err(param)?;
+    request::check_logit_bias(&shaping, model.vocab_size()).map_err(param)?;
+    Ok(shaping)
+}
+
 fn param(e: ParamError) -> PyErr {
     kiln_err(format!("{}: {}", e.param, e.message))
 }
@@ -127,7 +145,8 @@ impl Llm {
     /// included). Returns {"role", "content", "tool_calls" (when the model called tools),
     /// "finish_reason", "usage"}; with `stream=True` an iterator of text pieces instead.
     #[pyo3(signature = (messages, *, max_tokens=None, temperature=None, top_p=None, seed=None, stop=None,
-                        response_format=None, tools=None, tool_choice=None, parallel_tool_calls=false, stream=false))]
+                        response_format=None, tools=None, tool_choice=None, parallel_tool_calls=false, stream=false,
+                        **options))]
     #[allow(clippy::too_many_arguments)]
     fn chat<'py>(
         &self,
@@ -143,6 +162,7 @@ impl Llm {
         tool_choice: Option<&Bound<'py, PyAny>>,
         parallel_tool_calls: bool,
         stream: bool,
+        options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let messages = request::messages(Some(to_json(messages, "messages")?)).map_err(param)?;
         let format = format_of(response_format)?;
@@ -156,6 +176,7 @@ impl Llm {
         };
         let offered = !tools.is_empty() && choice != ToolChoice::None;
         let mut sampling = sampling(max_tokens, temperature, top_p, seed, stop)?;
+        sampling.params.shaping = shaping_of(options, &self.model)?;
         let model = &self.model;
         let generation = py.detach(|| {
             let conversation = tools::conversation(messages, if offered { &tools } else { &[] });
@@ -201,7 +222,7 @@ impl Llm {
     /// Continues a raw `prompt` (no chat template). Returns {"text", "finish_reason", "usage"};
     /// with `stream=True` an iterator of text pieces.
     #[pyo3(signature = (prompt, *, max_tokens=None, temperature=None, top_p=None, seed=None, stop=None,
-                        response_format=None, stream=false))]
+                        response_format=None, stream=false, **options))]
     #[allow(clippy::too_many_arguments)]
     fn complete<'py>(
         &self,
@@ -214,9 +235,11 @@ impl Llm {
         stop: Option<Vec<String>>,
         response_format: Option<&Bound<'py, PyAny>>,
         stream: bool,
+        options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let format = format_of(response_format)?;
         let mut sampling = sampling(max_tokens, temperature, top_p, seed, stop)?;
+        sampling.params.shaping = shaping_of(options, &self.model)?;
         let model = &self.model;
         let generation = py.detach(|| {
             let tokens = model.text_prompt(prompt).map_err(kiln_err)?;

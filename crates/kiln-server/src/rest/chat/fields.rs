@@ -111,59 +111,15 @@ impl Options {
     }
 }
 
-/// OpenAI's `presence_penalty`, `frequency_penalty` and `logit_bias`, and llama.cpp's
-/// `repeat_penalty`, `top_k` and `min_p` (as its server takes them). Token ids in `logit_bias`
-/// are checked against the model's vocabulary by [`check_logit_bias`].
+/// The penalties, biases and llama.cpp's filters (kiln-llm's one parser, shared with the Python
+/// bridge).
 fn shaping(fields: &mut Fields) -> Result<Shaping, OpenAiError> {
-    let as_f32 = |x: Option<f64>| x.map(|v| v as f32);
-    let presence_penalty = as_f32(fields.number("presence_penalty", -2.0..=2.0)?);
-    let frequency_penalty = as_f32(fields.number("frequency_penalty", -2.0..=2.0)?);
-    let repeat_penalty = as_f32(fields.number("repeat_penalty", 0.0..=10.0)?);
-    if repeat_penalty == Some(0.0) {
-        return Err(OpenAiError::invalid("'repeat_penalty' must be greater than 0 (1 = none)", "repeat_penalty"));
-    }
-    let top_k = fields.integer("top_k", 0)?.map(|k| u32::try_from(k).unwrap_or(u32::MAX));
-    let min_p = as_f32(fields.number("min_p", 0.0..=1.0)?);
-    let logit_bias = match fields.take("logit_bias") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(map)) => {
-            if map.len() > 1024 {
-                return Err(OpenAiError::invalid("'logit_bias' holds at most 1024 tokens", "logit_bias"));
-            }
-            let mut out = Vec::with_capacity(map.len());
-            for (key, value) in map {
-                let token = key.parse::<i32>().ok().filter(|t| *t >= 0).ok_or_else(|| {
-                    OpenAiError::invalid(format!("'logit_bias' keys are token ids, not '{key}'"), "logit_bias")
-                })?;
-                let bias = value.as_f64().filter(|b| (-100.0..=100.0).contains(b)).ok_or_else(|| {
-                    OpenAiError::invalid(
-                        format!("'logit_bias.{key}' must be a number from -100 to 100, got {value}"),
-                        "logit_bias",
-                    )
-                })?;
-                out.push((token, bias as f32));
-            }
-            out
-        }
-        Some(other) => {
-            return Err(OpenAiError::invalid(
-                format!("'logit_bias' must be an object of token ids to biases, got {other}"),
-                "logit_bias",
-            ));
-        }
-    };
-    Ok(Shaping { presence_penalty, frequency_penalty, repeat_penalty, top_k, min_p, logit_bias })
+    kiln_llm::request::shaping(|name| fields.take(name)).map_err(param_error)
 }
 
 /// Refuses `logit_bias` token ids outside the model's vocabulary.
 pub(super) fn check_logit_bias(options: &Options, vocab_size: usize) -> Result<(), OpenAiError> {
-    match options.params.shaping.logit_bias.iter().find(|(t, _)| usize::try_from(*t).is_ok_and(|t| t >= vocab_size)) {
-        Some((token, _)) => Err(OpenAiError::invalid(
-            format!("'logit_bias': token {token} is not in the model's vocabulary of {vocab_size} tokens"),
-            "logit_bias",
-        )),
-        None => Ok(()),
-    }
+    kiln_llm::request::check_logit_bias(&options.params.shaping, vocab_size).map_err(param_error)
 }
 
 pub(super) fn options(fields: &mut Fields, api: Api) -> Result<Options, OpenAiError> {
