@@ -109,12 +109,7 @@ def link_gguf(target):
     link, not a 93 MB copy per test repository. Tests never write to it."""
     if not DEMO_GGUF.is_file():
         pytest.fail(f"{DEMO_GGUF} is missing: run `bash scripts/setup-venv.sh` (it places SmolLM2's GGUF)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(DEMO_GGUF, target)
-    except OSError:
-        shutil.copyfile(DEMO_GGUF, target)
-    return target
+    return link_file(DEMO_GGUF, target)
 
 
 def gemma_gguf():

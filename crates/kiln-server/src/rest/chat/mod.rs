@@ -85,11 +85,7 @@ async fn begin(
 
 async fn chat(State(state): State<AppState>, request: axum::extract::Request) -> Result<Response, OpenAiError> {
     let (mut fields, model, llm) = begin(&state, request).await?;
-    let messages = kiln_llm::request::messages(fields.take("messages")).map_err(param_error)?;
-    // The same per-string limit as a v2 BYTES element.
-    for (i, m) in messages.iter().enumerate() {
-        check_string(&state, &format!("messages[{i}]: 'content'"), &m.content, "messages")?;
-    }
+    let messages = messages(&state, &mut fields)?;
     let mut options = fields::options(&mut fields, Api::Chat)?;
     fields.finish()?;
     fields::check_logit_bias(&options, llm.vocab_size())?;
@@ -114,10 +110,7 @@ async fn apply_template(
     request: axum::extract::Request,
 ) -> Result<Json<Value>, OpenAiError> {
     let (mut fields, _, llm) = begin(&state, request).await?;
-    let messages = kiln_llm::request::messages(fields.take("messages")).map_err(param_error)?;
-    for (i, m) in messages.iter().enumerate() {
-        check_string(&state, &format!("messages[{i}]: 'content'"), &m.content, "messages")?;
-    }
+    let messages = messages(&state, &mut fields)?;
     fields.finish()?;
     let prompt = tokio::task::spawn_blocking(move || llm.apply_template(&messages))
         .await
@@ -212,6 +205,16 @@ async fn constraint(llm: &Arc<kiln_llm::LlmModel>, options: &Options) -> Result<
         .await
         .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("grammar compilation failed: {e}"))))?
         .map_err(param_error)
+}
+
+/// The request's `messages`, each content held to the same per-string limit as a v2 BYTES
+/// element.
+fn messages(state: &AppState, fields: &mut Fields) -> Result<Vec<Message>, OpenAiError> {
+    let messages = kiln_llm::request::messages(fields.take("messages")).map_err(param_error)?;
+    for (i, m) in messages.iter().enumerate() {
+        check_string(state, &format!("messages[{i}]: 'content'"), &m.content, "messages")?;
+    }
+    Ok(messages)
 }
 
 /// Refuses a text over `--max-string-bytes`, as v2 refuses a BYTES element.
