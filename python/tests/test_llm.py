@@ -209,7 +209,10 @@ def test_bad_requests_get_openai_shaped_errors(server):
         ({"messages": ask("hi"), "temperature": 5}, "temperature"),
         ({"messages": ask("hi"), "top_p": "high"}, "top_p"),
         ({"messages": ask("hi"), "max_tokens": 0}, "max_tokens"),
-        ({"messages": ask("hi"), "n": 2}, "n"),
+        ({"messages": ask("hi"), "n": 9}, "n"),  # more than max_sequences
+        ({"messages": ask("hi"), "n": 0}, "n"),
+        ({"messages": ask("hi"), "top_logprobs": 2}, "top_logprobs"),  # needs logprobs
+        ({"messages": ask("hi"), "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
         ({"messages": [{"role": "user"}]}, "messages"),

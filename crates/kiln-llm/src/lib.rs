@@ -143,6 +143,32 @@ pub struct GenerateParams {
     pub constraint: Option<Constraint>,
     /// Penalties, biases and llama.cpp's extra filters.
     pub shaping: Shaping,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// ([`Event::Logprobs`]); `None` reports none.
+    pub logprobs: Option<usize>,
+}
+
+/// Most alternatives a request may ask for per token (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// One generated token's log-probability (natural log, under the model's raw distribution:
+/// before biases, penalties and filters) and the most likely alternatives at its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text (lossy where a token is part of a UTF-8 character: see `bytes`).
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// Most likely first, as many as asked.
+    pub top: Vec<TopLogprob>,
+}
+
+/// An alternative token at a place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }
 
 /// What changes the token distribution beyond temperature and top-p (OpenAI's penalties and
@@ -173,9 +199,10 @@ impl Shaping {
 }
 
 /// Why a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FinishReason {
     /// The model ended its answer, or a stop string came.
+    #[default]
     Stop,
     /// `max_tokens` or the context ran out.
     Length,
@@ -202,7 +229,13 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Text(String),
-    Done { reason: FinishReason, usage: Usage },
+    /// The log-probabilities of the tokens whose text comes next (only when asked for); they
+    /// come before that text.
+    Logprobs(Vec<TokenLogprob>),
+    Done {
+        reason: FinishReason,
+        usage: Usage,
+    },
     Failed(LlmError),
 }
 
@@ -212,9 +245,15 @@ pub enum Event {
 pub struct Generation {
     pub prompt_tokens: usize,
     events: outbox::Events,
+    logprobs: bool,
 }
 
 impl Generation {
+    /// Whether it reports [`Event::Logprobs`] (the request asked for them).
+    pub fn reports_logprobs(&self) -> bool {
+        self.logprobs
+    }
+
     /// The next event; `None` only after `Done`/`Failed` was taken.
     pub async fn next(&mut self) -> Option<Event> {
         self.events.recv().await
@@ -228,12 +267,10 @@ impl Generation {
 
     /// [`Generation::complete`], blocking the calling thread.
     pub fn complete_blocking(mut self) -> Result<Completion, LlmError> {
-        let mut text = String::new();
+        let mut completion = Completion::default();
         while let Some(event) = self.next_blocking() {
-            match event {
-                Event::Text(piece) => text.push_str(&piece),
-                Event::Done { reason, usage } => return Ok(Completion { text, reason, usage }),
-                Event::Failed(error) => return Err(error),
+            if let Some(end) = completion.take(event) {
+                return end;
             }
         }
         Err(LlmError::ShuttingDown)
@@ -241,12 +278,10 @@ impl Generation {
 
     /// Waits for the whole text.
     pub async fn complete(mut self) -> Result<Completion, LlmError> {
-        let mut text = String::new();
+        let mut completion = Completion::default();
         while let Some(event) = self.next().await {
-            match event {
-                Event::Text(piece) => text.push_str(&piece),
-                Event::Done { reason, usage } => return Ok(Completion { text, reason, usage }),
-                Event::Failed(error) => return Err(error),
+            if let Some(end) = completion.take(event) {
+                return end;
             }
         }
         Err(LlmError::ShuttingDown)
@@ -254,11 +289,30 @@ impl Generation {
 }
 
 /// A finished request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Completion {
     pub text: String,
     pub reason: FinishReason,
     pub usage: Usage,
+    /// Per generated token, when the request asked ([`GenerateParams::logprobs`]).
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+impl Completion {
+    /// Adds an event to what is gathered; the end gives the whole completion (or the error).
+    pub fn take(&mut self, event: Event) -> Option<Result<Completion, LlmError>> {
+        match event {
+            Event::Text(piece) => self.text.push_str(&piece),
+            Event::Logprobs(tokens) => self.logprobs.extend(tokens),
+            Event::Done { reason, usage } => {
+                self.reason = reason;
+                self.usage = usage;
+                return Some(Ok(std::mem::take(self)));
+            }
+            Event::Failed(error) => return Some(Err(error)),
+        }
+        None
+    }
 }
 
 /// What the model file says about itself.
@@ -288,6 +342,7 @@ struct Pending {
     sampling: scheduler::Sampling,
     stop: Vec<String>,
     constraint: Option<Constraint>,
+    logprobs: Option<usize>,
     sink: outbox::Sink,
     queued_at: Instant,
     _waiting: metrics::Waiting,
@@ -567,18 +622,20 @@ impl LlmModel {
         }
         let (sink, events) = outbox::outbox();
         let prompt_tokens = prompt.len();
+        let logprobs = params.logprobs.is_some();
         let pending = Pending {
             prompt,
             max_tokens,
             sampling,
             stop: params.stop.clone(),
             constraint: params.constraint.clone(),
+            logprobs: params.logprobs.map(|k| k.min(MAX_TOP_LOGPROBS)),
             sink,
             queued_at: Instant::now(),
             _waiting: self.metrics.wait(),
         };
         match self.queue.try_send(pending) {
-            Ok(()) => Ok(Generation { prompt_tokens, events }),
+            Ok(()) => Ok(Generation { prompt_tokens, events, logprobs }),
             Err(TrySendError::Full(_)) => Err(LlmError::Overloaded { waiting: self.settings.max_queue_size }),
             Err(TrySendError::Disconnected(_)) => Err(LlmError::ShuttingDown),
         }

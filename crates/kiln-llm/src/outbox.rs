@@ -14,6 +14,9 @@ use crate::Event;
 #[derive(Default)]
 struct Outbox {
     text: String,
+    /// Log-probabilities of the tokens behind `text` (and of tokens whose text is held back),
+    /// when the request asked: at most one per generated token.
+    logprobs: Vec<crate::TokenLogprob>,
     end: Option<Event>,
     /// The end was taken: the reader has seen everything.
     finished: bool,
@@ -60,6 +63,7 @@ impl Sink {
             let mut outbox = self.0.lock();
             match event {
                 Event::Text(piece) => outbox.text.push_str(&piece),
+                Event::Logprobs(tokens) => outbox.logprobs.extend(tokens),
                 end if outbox.end.is_none() && !outbox.finished => outbox.end = Some(end),
                 _ => return,
             }
@@ -92,6 +96,9 @@ impl std::fmt::Debug for Events {
 /// What a reader takes now: the text waiting, else the end, else nothing yet (`None`) or
 /// nothing ever again (`Some(None)`).
 fn take(outbox: &mut Outbox) -> Option<Option<Event>> {
+    if !outbox.logprobs.is_empty() {
+        return Some(Some(Event::Logprobs(std::mem::take(&mut outbox.logprobs))));
+    }
     if !outbox.text.is_empty() {
         return Some(Some(Event::Text(std::mem::take(&mut outbox.text))));
     }

@@ -62,3 +62,40 @@ impl Sampling {
         LlamaSampler::chain_simple(chain)
     }
 }
+
+/// The log-probability of `chosen` under `logits` (a log-softmax of the model's raw logits, as
+/// llama.cpp's server and llama-cpp-python report them: before biases, penalties or filters),
+/// and the `top` most likely tokens with theirs, most likely first.
+pub(crate) fn logprobs(logits: &[f32], chosen: usize, top: usize) -> (f32, Vec<(usize, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let norm = f64::from(max) + sum.ln();
+    let lp = |l: f32| (f64::from(l) - norm) as f32;
+    let chosen_lp = logits.get(chosen).map_or(f32::NEG_INFINITY, |&l| lp(l));
+    let mut best: Vec<usize> = (0..logits.len()).collect();
+    let top = top.min(best.len());
+    if top > 0 && top < best.len() {
+        best.select_nth_unstable_by(top - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+    }
+    best.truncate(top);
+    best.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    (chosen_lp, best.into_iter().map(|t| (t, lp(logits[t]))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logprobs;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_top_tokens_first() {
+        let logits = [1.0_f32, 3.0, 2.0, -1.0];
+        let (chosen, top) = logprobs(&logits, 2, 2);
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        assert!((f64::from(chosen) - (2.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((f64::from(top[0].1) - (3.0 - z.ln())).abs() < 1e-6);
+        let total: f64 = (0..4).map(|i| f64::from(logprobs(&logits, i, 0).0).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert_eq!(logprobs(&logits, 0, 10).1.len(), 4);
+    }
+}

@@ -26,6 +26,7 @@ use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 
 use crate::constraint::Constraint;
 use crate::metrics::{Active, LlmMetrics, SequenceOutcome};
+use crate::sampling;
 pub(crate) use crate::sampling::Sampling;
 use crate::text::{Piece, TextStream};
 use crate::{Event, FinishReason, LlmError, Pending, Usage};
@@ -141,6 +142,8 @@ struct Sequence {
     sampler: LlamaSampler,
     /// The grammar the text must follow, if any.
     constraint: Option<Constraint>,
+    /// Alternatives to report per token, when log-probabilities were asked for.
+    logprobs: Option<usize>,
     text: TextStream,
     max_tokens: usize,
     generated: usize,
@@ -264,6 +267,7 @@ impl<'m> Scheduler<'m> {
             finished: None,
             sampler,
             constraint: pending.constraint,
+            logprobs: pending.logprobs,
             text: TextStream::new(pending.stop),
             max_tokens: pending.max_tokens,
             generated: 0,
@@ -459,6 +463,26 @@ impl<'m> Scheduler<'m> {
             self.metrics.generated_tokens.increment(1);
             self.piece.clear();
             vocab.token_to_piece_into(token, &mut self.piece, false, None);
+            if let Some(top) = s.logprobs {
+                // The raw distribution, as llama.cpp's server reports it (sampling copies the
+                // logits; they are as decoded).
+                let chosen = usize::try_from(token.0).unwrap_or(usize::MAX);
+                let (logprob, top) = sampling::logprobs(self.context.get_logits_ith(at), chosen, top);
+                let top = top
+                    .into_iter()
+                    .map(|(t, logprob)| {
+                        let bytes = vocab.token_to_piece(LlamaToken(i32::try_from(t).unwrap_or_default()), false, None);
+                        crate::TopLogprob { token: String::from_utf8_lossy(&bytes).into_owned(), bytes, logprob }
+                    })
+                    .collect();
+                let bytes = self.piece.clone();
+                s.sink.send(Event::Logprobs(vec![crate::TokenLogprob {
+                    token: String::from_utf8_lossy(&bytes).into_owned(),
+                    bytes,
+                    logprob,
+                    top,
+                }]));
+            }
             match s.text.push(&self.piece) {
                 Piece::Stopped(text) => {
                     send_text(&s.sink, text);

@@ -99,6 +99,7 @@ fn sampling(
             stop: stop.unwrap_or_default(),
             constraint: None,
             shaping: Default::default(),
+            logprobs: None,
         },
     })
 }
@@ -292,7 +293,16 @@ impl TextStream {
     fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<String>> {
         let generation = self.generation.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(g) = generation.as_mut() else { return Ok(None) };
-        match py.detach(|| g.next_blocking()) {
+        // The bridge asks for no log-probabilities: the events are text and one end.
+        let next = py.detach(|| {
+            let mut next = g.next_blocking();
+            while let Some(Event::Logprobs(_)) = next {
+                next = g.next_blocking();
+            }
+            next
+        });
+        match next {
+            Some(Event::Logprobs(_)) => Ok(None),
             Some(Event::Text(piece)) => Ok(Some(piece)),
             Some(Event::Done { reason, usage }) => {
                 *generation = None;

@@ -8,7 +8,13 @@ use kiln_llm::{GenerateParams, Grammar, Shaping};
 use serde_json::{Map, Value, json};
 
 use super::{Api, param_error};
+
+/// Most choices one request may ask for (`n`); a model serves at most `max_sequences` at once.
+const MAX_CHOICES: i64 = 16;
+/// OpenAI's limit for the completions API's `logprobs`.
+const MAX_COMPLETION_LOGPROBS: i64 = 5;
 use crate::error::{ApiError, OpenAiError};
+use kiln_llm::MAX_TOP_LOGPROBS;
 
 /// A request body's fields, taken one by one so that whatever is left is an unknown
 /// parameter, refused by name.
@@ -102,6 +108,8 @@ pub(super) struct Options {
     pub tools: Vec<Tool>,
     pub tool_choice: ToolChoice,
     pub parallel_tool_calls: bool,
+    /// Choices to generate (`n`), each in a sequence slot of its own.
+    pub n: usize,
 }
 
 impl Options {
@@ -181,11 +189,41 @@ pub(super) fn options(fields: &mut Fields, api: Api) -> Result<Options, OpenAiEr
             ));
         }
     };
-    fields.only("n", &[json!(1)], "kiln generates one choice per request; send several requests")?;
+    let n = fields.integer("n", 1)?.unwrap_or(1);
+    if n > MAX_CHOICES {
+        return Err(OpenAiError::invalid(format!("'n' must be at most {MAX_CHOICES}, got {n}"), "n"));
+    }
     let shaping = shaping(fields)?;
+    let logprobs = match api {
+        Api::Chat => {
+            let wanted = fields.boolean("logprobs")?.unwrap_or(false);
+            let top = fields.integer("top_logprobs", 0)?;
+            match (wanted, top) {
+                (_, Some(k)) if k > MAX_TOP_LOGPROBS as i64 => {
+                    return Err(OpenAiError::invalid(
+                        format!("'top_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+                        "top_logprobs",
+                    ));
+                }
+                (false, Some(_)) => {
+                    return Err(OpenAiError::invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs"));
+                }
+                (true, top) => Some(top.unwrap_or(0) as usize),
+                (false, None) => None,
+            }
+        }
+        Api::Completion => match fields.integer("logprobs", 0)? {
+            Some(k) if k > MAX_COMPLETION_LOGPROBS => {
+                return Err(OpenAiError::invalid(
+                    format!("'logprobs' must be between 0 and {MAX_COMPLETION_LOGPROBS}, got {k}"),
+                    "logprobs",
+                ));
+            }
+            k => k.map(|k| k as usize),
+        },
+    };
     match api {
         Api::Chat => {
-            fields.only("logprobs", &[json!(false)], "log probabilities are not returned")?;
             for name in ["functions", "function_call"] {
                 if fields.take(name).is_some() {
                     return Err(OpenAiError::invalid(
@@ -196,7 +234,6 @@ pub(super) fn options(fields: &mut Fields, api: Api) -> Result<Options, OpenAiEr
             }
         }
         Api::Completion => {
-            fields.only("logprobs", &[json!(0)], "log probabilities are not returned")?;
             fields.only("echo", &[json!(false)], "the prompt is not repeated")?;
             fields.only("best_of", &[json!(1)], "kiln generates one choice per request")?;
             fields.only("suffix", &[], "insertion is not supported")?;
@@ -225,6 +262,7 @@ pub(super) fn options(fields: &mut Fields, api: Api) -> Result<Options, OpenAiEr
             stop,
             constraint: None,
             shaping,
+            logprobs,
         },
         stream,
         include_usage,
@@ -232,5 +270,6 @@ pub(super) fn options(fields: &mut Fields, api: Api) -> Result<Options, OpenAiEr
         tools,
         tool_choice,
         parallel_tool_calls,
+        n: n as usize,
     })
 }

@@ -16,8 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use kiln_core::{Tensor, TensorData};
-use kiln_llm::tools::{self, CallStream, Tool, ToolCall};
-use kiln_llm::{self, Completion, Constraint, FinishReason, LlmError, LlmModel, Message, Usage};
+use kiln_llm::tools::{self, Tool, ToolCall};
+use kiln_llm::{
+    self, Completion, Constraint, FinishReason, Generation, LlmError, LlmModel, Message, TokenLogprob, Usage,
+};
 use kiln_serving::{EngineError, InferResponse, ModelHandle, Outcome, Protocol};
 use serde_json::{Map, Value, json};
 
@@ -268,6 +270,8 @@ struct Call {
     id: String,
     created: u64,
     call: crate::infer::Call,
+    /// The prompt's length in characters (where the completions API's `text_offset` starts).
+    text_offset: usize,
 }
 
 impl Call {
@@ -279,6 +283,25 @@ impl Call {
         m.insert("model".into(), json!(self.call.model().name));
         m.insert("choices".into(), choices);
         m
+    }
+
+    /// One finished choice, in the endpoint's shape.
+    fn choice(&self, index: usize, c: &Completion, tools_offered: bool, with_logprobs: bool) -> Value {
+        let logprobs = match (with_logprobs, self.api) {
+            (false, _) => Value::Null,
+            (true, Api::Chat) => chat_logprobs(&c.logprobs),
+            (true, Api::Completion) => completion_logprobs(&c.logprobs, self.text_offset),
+        };
+        let calls = if tools_offered { tools::parse(&c.text) } else { None };
+        match (self.api, calls) {
+            (Api::Chat, Some(calls)) => json!({"index": index,
+                "message": {"role": "assistant", "content": null, "tool_calls": tool_calls_json(&calls)},
+                "logprobs": logprobs, "finish_reason": calls_finish(c.reason)}),
+            (Api::Chat, None) => json!({"index": index, "message": {"role": "assistant", "content": c.text},
+                                "logprobs": logprobs, "finish_reason": c.reason.as_str()}),
+            (Api::Completion, _) => json!({"index": index, "text": c.text, "logprobs": logprobs,
+                                      "finish_reason": c.reason.as_str()}),
+        }
     }
 
     /// Logs the finished request (when its policy keeps it) and counts it.
@@ -335,52 +358,117 @@ async fn respond(
         Tensor::new("text_input", vec![1], TensorData::Bytes(vec![recorded_prompt.as_bytes().to_vec()]))
             .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
     let lifecycle = crate::infer::Call::open(&state, &model, &[prompt_tensor], None, Protocol::Rest, true);
-    let generation = match llm.generate(prompt, &options.params) {
-        Ok(g) => g,
-        Err(e) => {
-            let outcome = outcome_of(&e);
-            let _ = lifecycle.close_as(&Err(e.clone().into()), outcome).await;
-            return Err(llm_error(e, api));
+    let slots = llm.info().max_sequences;
+    if options.n > slots {
+        let message = format!("'n' = {} is more than the model's {slots} sequence slots (max_sequences)", options.n);
+        let _ = lifecycle.close_as(&Err(EngineError::InvalidRequest(message.clone())), Outcome::Invalid).await;
+        return Err(OpenAiError::invalid(message, "n"));
+    }
+    // One generation per choice, each in its own slot; with a seed, choice i draws with seed + i
+    // (choices differ when sampled, and repeat with the same seed).
+    let mut generations = Vec::with_capacity(options.n);
+    for i in 0..options.n {
+        let mut params = options.params.clone();
+        params.seed = params.seed.map(|seed| seed.wrapping_add(i as u32));
+        match llm.generate(prompt.clone(), &params) {
+            Ok(g) => generations.push(g),
+            Err(e) => {
+                let outcome = outcome_of(&e);
+                let _ = lifecycle.close_as(&Err(e.clone().into()), outcome).await;
+                return Err(llm_error(e, api));
+            }
         }
-    };
+    }
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let request_id = lifecycle.request_id().map(str::to_string);
-    let call =
-        Call { api, id: format!("{}{:024x}", api.id_prefix(), fastrand::u128(..) >> 32), created, call: lifecycle };
+    let call = Call {
+        api,
+        id: format!("{}{:024x}", api.id_prefix(), fastrand::u128(..) >> 32),
+        created,
+        call: lifecycle,
+        text_offset: recorded_prompt.chars().count(),
+    };
     let mut response = if options.stream {
-        let calls = options.tools_offered().then(CallStream::new);
-        stream::response(call, generation, options.include_usage, calls)
+        stream::response(call, generations, options.include_usage, options.tools_offered())
     } else {
-        let result = generation.complete().await;
-        let body = match &result {
-            Ok(c) => {
-                let calls = if options.tools_offered() { tools::parse(&c.text) } else { None };
-                let choice = match (api, calls) {
-                    (Api::Chat, Some(calls)) => json!({"index": 0,
-                        "message": {"role": "assistant", "content": null, "tool_calls": tool_calls_json(&calls)},
-                        "logprobs": null, "finish_reason": calls_finish(c.reason)}),
-                    (Api::Chat, None) => json!({"index": 0, "message": {"role": "assistant", "content": c.text},
-                                        "logprobs": null, "finish_reason": c.reason.as_str()}),
-                    (Api::Completion, _) => json!({"index": 0, "text": c.text, "logprobs": null,
-                                              "finish_reason": c.reason.as_str()}),
-                };
-                let mut m = call.envelope(false, json!([choice]));
-                m.insert("usage".into(), usage_json(c.usage));
-                Some(Value::Object(m))
+        let results = futures_util::future::join_all(generations.into_iter().map(Generation::complete)).await;
+        let mut completions = Vec::with_capacity(results.len());
+        let mut failure = None;
+        for result in results {
+            match result {
+                Ok(c) => completions.push(c),
+                Err(e) => failure = failure.or(Some(e)),
             }
-            Err(_) => None,
-        };
-        call.finish(result.as_ref()).await;
-        match (body, result) {
-            (Some(body), _) => Json(body).into_response(),
-            (None, Err(e)) => return Err(llm_error(e, api)),
-            (None, Ok(_)) => return Err(ApiError::new(Kind::Internal, "no completion").into()),
+        }
+        match failure {
+            Some(e) => {
+                call.finish(Err(&e)).await;
+                return Err(llm_error(e, api));
+            }
+            None => {
+                let choices: Vec<Value> = completions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| call.choice(i, c, options.tools_offered(), options.params.logprobs.is_some()))
+                    .collect();
+                let usage = total_usage(completions.iter().map(|c| c.usage));
+                let mut m = call.envelope(false, Value::Array(choices));
+                m.insert("usage".into(), usage_json(usage));
+                let first = completions.into_iter().next().map(|c| Completion { usage, ..c }).unwrap_or_default();
+                call.finish(Ok(&first)).await;
+                Json(Value::Object(m)).into_response()
+            }
         }
     };
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         response.headers_mut().insert(crate::records::REQUEST_ID, id);
     }
     Ok(response)
+}
+
+/// The usage of a request's choices: the prompt once, the completions summed.
+fn total_usage(usages: impl Iterator<Item = Usage>) -> Usage {
+    usages.fold(Usage::default(), |total, u| Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: total.completion_tokens + u.completion_tokens,
+    })
+}
+
+/// OpenAI's `logprobs` of a chat choice (or chunk): per token, its text, log-probability,
+/// UTF-8 bytes and the alternatives asked for.
+fn chat_logprobs(tokens: &[TokenLogprob]) -> Value {
+    let entry = |token: &str, bytes: &[u8], logprob: f32| json!({"token": token, "logprob": logprob, "bytes": bytes});
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(&t.token, &t.bytes, t.logprob);
+            let top: Vec<Value> = t.top.iter().map(|a| entry(&a.token, &a.bytes, a.logprob)).collect();
+            e["top_logprobs"] = Value::Array(top);
+            e
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// The completions API's `logprobs`: parallel lists, `text_offset` in characters from the
+/// prompt's start (as OpenAI counts); the chosen token is among each place's top entries.
+fn completion_logprobs(tokens: &[TokenLogprob], mut offset: usize) -> Value {
+    let mut offsets = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        offsets.push(offset);
+        offset += t.token.chars().count();
+    }
+    let top: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut m: Map<String, Value> = t.top.iter().map(|a| (a.token.clone(), json!(a.logprob))).collect();
+            m.insert(t.token.clone(), json!(t.logprob));
+            Value::Object(m)
+        })
+        .collect();
+    json!({"tokens": tokens.iter().map(|t| &t.token).collect::<Vec<_>>(),
+           "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+           "top_logprobs": top, "text_offset": offsets})
 }
 
 /// A call's id, unique enough for a client to match results to calls.
