@@ -125,7 +125,7 @@ def test_gemma_chats_through_a_built_in_template(gemma):
     assert "[llm] chat_template" in r.json()["error"]["message"]
 
 
-def jinja2_render(source, messages, bos, eos):
+def jinja2_render(source, messages, bos, eos, tools=None, **kwargs):
     """What Hugging Face's apply_chat_template renders (its jinja2 environment and globals)."""
     import jinja2.sandbox
 
@@ -136,8 +136,8 @@ def jinja2_render(source, messages, bos, eos):
     env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda f: __import__("datetime").datetime.now().strftime(f)
-    return env.from_string(source).render(messages=messages, add_generation_prompt=True, tools=None,
-                                          bos_token=bos, eos_token=eos)
+    return env.from_string(source).render(messages=messages, add_generation_prompt=True, tools=tools,
+                                          bos_token=bos, eos_token=eos, **kwargs)
 
 
 @pytest.mark.skipif(not TEMPLATES.is_dir(), reason="../shared/llm-templates is team material, not in this checkout")
@@ -259,3 +259,167 @@ def test_tokenize_and_detokenize_round_trip(gemma):
     assert tokens == vocab.tokenize(text.encode(), add_bos=False, special=True)
     r = post(server, "/detokenize", {"model": "gemma", "tokens": [10**8]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tokens", r.text
+
+
+# Templates that take tools, and the call syntax kiln reads from each.
+TOOL_FAMILIES = {
+    "llama31": ("meta-llama-Llama-3.1-8B-Instruct.jinja", "llama3"),
+    "llama32": ("meta-llama-Llama-3.2-3B-Instruct.jinja", "llama3"),
+    "qwen25": ("Qwen-Qwen2.5-7B-Instruct.jinja", "hermes"),
+    "qwen3": ("Qwen-Qwen3-0.6B.jinja", "hermes"),
+    "hermes3": ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", "hermes"),
+    "mistral": ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral"),
+    "granite": ("ibm-granite-granite-3.3-2B-Instruct.jinja", "granite"),
+}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city now",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}},
+                   "required": ["city"]}}}
+# A template of the newer kind, which reads OpenAI content-part lists as Hugging Face passes them.
+PARTS_TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{% if m.content is string %}{{ m.content }}"
+                  "{% else %}{% for p in m.content %}[{{ p.type }}:{{ p.text }}]{% endfor %}{% endif %}\n"
+                  "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def hf_messages(messages):
+    """OpenAI messages as Hugging Face templates take them: call arguments as dicts, no null content."""
+    out = []
+    for m in messages:
+        m = dict(m)
+        if m.get("content", "") is None:
+            m["content"] = ""
+        if m.get("tool_calls"):
+            m["tool_calls"] = [{**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}}
+                               for c in m["tool_calls"]]
+        out.append(m)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tool_server(tmp_path_factory):
+    if not TEMPLATES.is_dir():
+        pytest.skip("../shared/llm-templates is team material, not in this checkout")
+    repo = tmp_path_factory.mktemp("tools") / "models"
+    for name, (file, _) in TOOL_FAMILIES.items():
+        folder = llm_folder(repo, name, DEMO_GGUF, f'chat_template = "{file}"\n')
+        shutil.copyfile(TEMPLATES / file, folder / file)
+    r1 = "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"
+    shutil.copyfile(TEMPLATES / r1, llm_folder(repo, "r1", DEMO_GGUF, f'chat_template = "{r1}"\n') / r1)
+    (llm_folder(repo, "parts", DEMO_GGUF, 'chat_template = "parts.jinja"\n') / "parts.jinja").write_text(
+        PARTS_TEMPLATE)
+    s = KilnServer(repo, ["--points", "off", "--records", "off"])
+    yield s
+    assert s.stop() == 0
+
+
+def test_templates_render_tools_calls_results_and_content_parts_as_jinja2_does(tool_server):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (requirements-llm.txt)")
+    vocab = llama_cpp.Llama(str(DEMO_GGUF), vocab_only=True, verbose=False)
+    piece = lambda t: vocab.detokenize([t], special=True).decode()
+    bos, eos = piece(vocab.token_bos()), piece(vocab.token_eos())
+    call = {"id": "abcDEF123", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    conversations = [
+        [{"role": "user", "content": "Weather in Oslo?"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Oslo?"},
+         {"role": "assistant", "content": None, "tool_calls": [call]},
+         {"role": "tool", "tool_call_id": "abcDEF123", "content": "-3 C"}],
+    ]
+    models = {m["id"]: m for m in requests.get(f"http://{tool_server.url}/v1/models", timeout=10).json()["data"]}
+    for name, (file, syntax) in TOOL_FAMILIES.items():
+        assert models[name]["tool_syntax"] == syntax, name
+        source = (TEMPLATES / file).read_text()
+        for messages in conversations:
+            theirs = hf_messages(messages)
+            try:
+                want = jinja2_render(source, theirs, bos, eos, tools=[WEATHER])
+            except Exception as e:
+                want = e
+            r = post(tool_server, "/apply-template", {"model": name, "messages": messages, "tools": [WEATHER]})
+            if isinstance(want, Exception):
+                assert r.status_code == 400 and str(want) in r.text, (name, want, r.text)
+            else:
+                assert r.status_code == 200, (name, r.text)
+                assert r.json()["prompt"] == want, (name, messages)
+                assert "get_weather" in want and "The city" in want, name  # the template wrote the tool
+    # Content parts reach a template as the list of parts.
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]}]
+    r = post(tool_server, "/apply-template", {"model": "parts", "messages": parts})
+    assert r.json()["prompt"] == jinja2_render(PARTS_TEMPLATE, parts, bos, eos) == "<user>[text:Hello ][text:there]<assistant>"
+    # chat_template_kwargs reach the template (DeepSeek R1's opens its thoughts with enable_thinking).
+    ask = [{"role": "user", "content": "2+2?"}]
+    r1 = (TEMPLATES / "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja").read_text()
+    for kwargs in ({}, {"enable_thinking": True}):
+        r = post(tool_server, "/apply-template", {"model": "r1", "messages": ask, "chat_template_kwargs": kwargs})
+        assert r.status_code == 200 and r.json()["prompt"] == jinja2_render(r1, ask, bos, eos, **kwargs), r.text
+    r = post(tool_server, "/apply-template", {"model": "r1", "messages": ask, "chat_template_kwargs": {"messages": 1}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs"
+
+
+@pytest.mark.parametrize("name", ["llama31", "qwen25", "mistral", "granite"])
+def test_tool_calls_in_each_familys_native_syntax_parsed_and_streamed(tool_server, name):
+    import openai
+    client = openai.OpenAI(base_url=f"http://{tool_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    ask = dict(model=name, messages=[{"role": "user", "content": "What is the weather in Oslo?"}], tools=[WEATHER],
+               tool_choice="required", temperature=0, max_tokens=60)
+    r = client.chat.completions.create(**ask)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None, choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
+    if name == "mistral":  # Mistral's template accepts only 9-character ids in the next turn
+        assert len(call.id) == 9 and call.id.isalnum()
+    # The model wrote the family's syntax: the same prompt completed under no grammar with the call's
+    # text as a stop shows the opening the grammar allowed (what the text must start with).
+    opening = {"llama31": '{"name": "get_weather", "parameters": ', "qwen25": '<tool_call>\n{"name": "get_weather"',
+               "mistral": '[TOOL_CALLS][{"name": "get_weather"', "granite": '<|tool_call|>[{"name": "get_weather"'}
+    logged = client.chat.completions.create(**ask, logprobs=True)
+    assert "".join(t.token for t in logged.choices[0].logprobs.content).startswith(opening[name])
+    # Streamed: the deltas assemble to the same call.
+    name_seen, arguments, finish = None, "", None
+    for chunk in client.chat.completions.create(**ask, stream=True):
+        for ch in chunk.choices:
+            for d in ch.delta.tool_calls or []:
+                name_seen = d.function.name or name_seen
+                arguments += d.function.arguments or ""
+            finish = ch.finish_reason or finish
+    assert (name_seen, arguments, finish) == ("get_weather", call.function.arguments, "tool_calls")
+    # The call goes back through the template as the family writes it, and the model answers.
+    follow = ask["messages"] + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                                {"role": "tool", "tool_call_id": call.id, "content": "-3 C and snow"}]
+    r = post(tool_server, "/apply-template", {"model": name, "messages": follow, "tools": [WEATHER]})
+    assert r.status_code == 200, r.text
+    source = (TEMPLATES / TOOL_FAMILIES[name][0]).read_text()
+    bos, eos = "<|im_start|>", "<|im_end|>"  # SmolLM2's
+    assert r.json()["prompt"] == jinja2_render(source, hf_messages(follow), bos, eos, tools=[WEATHER])
+    r = client.chat.completions.create(**{**ask, "messages": follow, "tool_choice": "none", "max_tokens": 8})
+    assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_reasoning_models_thoughts_go_to_reasoning_content(tool_server):
+    """DeepSeek R1's template opens `<think>` with enable_thinking: what the model writes until
+    `</think>` is reasoning_content, whole and streamed (SmolLM2 never closes it in 12 tokens)."""
+    models = {m["id"]: m for m in requests.get(f"http://{tool_server.url}/v1/models", timeout=10).json()["data"]}
+    assert models["r1"]["reasoning"] is True and models["qwen25"]["reasoning"] is False
+    body = {"model": "r1", "messages": [{"role": "user", "content": "What is 2+2?"}], "temperature": 0,
+            "max_tokens": 12, "chat_template_kwargs": {"enable_thinking": True}}
+    r = post(tool_server, "/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    message = r.json()["choices"][0]["message"]
+    prompt = post(tool_server, "/apply-template", {k: body[k] for k in ("model", "messages", "chat_template_kwargs")})
+    assert prompt.json()["prompt"].endswith("<think>\n")
+    tokens = post(tool_server, "/tokenize", {"model": "r1", "content": prompt.json()["prompt"]}).json()["tokens"]
+    plain = post(tool_server, "/v1/completions", {"model": "r1", "prompt": prompt.json()["prompt"], "max_tokens": 12,
+                                                  "temperature": 0}).json()["choices"][0]["text"]
+    assert tokens and message["reasoning_content"] == plain.strip() and message["content"] == ""
+    streamed = {"reasoning_content": "", "content": ""}
+    with requests.post(f"http://{tool_server.url}/v1/chat/completions", json={**body, "stream": True},
+                       stream=True, timeout=120) as s:
+        for line in s.iter_lines():
+            if line.startswith(b"data: {"):
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                for key in streamed:
+                    streamed[key] += delta.get(key) or ""
+    assert streamed == {"reasoning_content": message["reasoning_content"], "content": ""}
+    # Without enable_thinking the template closes the thoughts itself: all of it is the answer.
+    r = post(tool_server, "/v1/chat/completions", {**body, "chat_template_kwargs": {}})
+    assert "reasoning_content" not in r.json()["choices"][0]["message"]

@@ -82,9 +82,8 @@ mod tests {
     fn render(name: &str, messages: &[(&str, &str)]) -> String {
         let source = source(name).expect("built in");
         let t = ChatTemplate::new(source, "<bos>".into(), "<eos>".into()).expect("compiles");
-        let messages: Vec<Message> =
-            messages.iter().map(|(r, c)| Message { role: (*r).into(), content: (*c).into() }).collect();
-        t.render(&messages).expect("renders")
+        let messages: Vec<Message> = messages.iter().map(|(r, c)| Message::new(*r, *c)).collect();
+        t.render(&messages, &[]).expect("renders")
     }
 
     const CHAT: [(&str, &str); 4] =

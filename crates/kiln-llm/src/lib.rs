@@ -17,11 +17,13 @@ pub mod constraint;
 pub mod metrics;
 mod outbox;
 mod prompt;
+pub mod reasoning;
 pub mod request;
 mod sampling;
 mod scheduler;
 pub mod template;
 pub mod text;
+mod tool_syntax;
 pub mod tools;
 
 use std::path::Path;
@@ -384,6 +386,24 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
         .map_err(|e| LlmError::Load(format!("cannot initialize llama.cpp: {e}")))
 }
 
+/// The messages and tools a template renders: as they are for a template that takes tools; for
+/// one that does not, kiln's Hermes conversation (tools described in the system prompt, earlier
+/// calls and results as text) and no tools.
+fn conversation<'m, 't>(
+    template: &ChatTemplate,
+    messages: &'m [Message],
+    tools: &'t [tools::Tool],
+) -> (std::borrow::Cow<'m, [Message]>, &'t [tools::Tool]) {
+    let plain = |m: &Message| m.role != "tool" && m.tool_calls.is_empty();
+    if template.takes_tools() {
+        (std::borrow::Cow::Borrowed(messages), tools)
+    } else if tools.is_empty() && messages.iter().all(plain) {
+        (std::borrow::Cow::Borrowed(messages), &[])
+    } else {
+        (std::borrow::Cow::Owned(tools::conversation(messages.to_vec(), tools)), &[])
+    }
+}
+
 /// The refusal of a chat request to a model without a chat template.
 fn no_template() -> LlmError {
     LlmError::Template(format!(
@@ -528,10 +548,34 @@ impl LlmModel {
 
     /// The prompt text the chat template makes of `messages` (what [`LlmModel::chat_prompt`]
     /// tokenizes), within the same bounds; for checking a template (`POST /apply-template`).
-    pub fn apply_template(&self, messages: &[Message]) -> Result<String, LlmError> {
+    pub fn apply_template(
+        &self,
+        messages: &[Message],
+        tools: &[tools::Tool],
+        kwargs: &template::TemplateKwargs,
+    ) -> Result<String, LlmError> {
         let template = self.template.as_ref().ok_or_else(no_template)?;
         self.bounds.check_messages(messages)?;
-        template.render(messages)
+        let (messages, tools) = conversation(template, messages, tools);
+        template.render_with(&messages, tools, kwargs)
+    }
+
+    /// The syntax this model writes tool calls in (its template's; Hermes otherwise).
+    pub fn tool_syntax(&self) -> tools::ToolSyntax {
+        self.template.as_ref().map(ChatTemplate::syntax).unwrap_or_default()
+    }
+
+    /// Whether the chat template marks thoughts with `<think>` (a reasoning model).
+    pub fn reasons(&self) -> bool {
+        self.template.as_ref().is_some_and(ChatTemplate::reasoning)
+    }
+
+    /// Whether a chat prompt ends inside `<think>` (the template opened the thoughts): the
+    /// answer then starts with them.
+    pub fn opens_thinking(&self, prompt: &[LlamaToken]) -> bool {
+        let tail = &prompt[prompt.len().saturating_sub(4)..];
+        let text = self.model.vocab().detokenize(tail, false, true);
+        String::from_utf8_lossy(&text).trim_end().ends_with("<think>")
     }
 
     /// Renders chat messages with the model's template and tokenizes the prompt (special
@@ -540,12 +584,24 @@ impl LlmModel {
     /// A request that cannot fit the context is refused before any rendering: more messages
     /// than context tokens, or more text than the context's tokens can hold. CPU work that
     /// grows with the messages: call it off the async executor.
-    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<LlamaToken>, LlmError> {
+    pub fn chat_prompt(&self, messages: &[Message], tools: &[tools::Tool]) -> Result<Vec<LlamaToken>, LlmError> {
+        self.chat_prompt_with(messages, tools, &template::TemplateKwargs::new())
+    }
+
+    /// [`LlmModel::chat_prompt`] with extra template variables (`chat_template_kwargs`).
+    pub fn chat_prompt_with(
+        &self,
+        messages: &[Message],
+        tools: &[tools::Tool],
+        kwargs: &template::TemplateKwargs,
+    ) -> Result<Vec<LlamaToken>, LlmError> {
         let template = self.template.as_ref().ok_or_else(no_template)?;
         self.bounds.check_messages(messages)?;
         let vocab = self.model.vocab();
+        let (messages, tools) = conversation(template, messages, tools);
+        let messages = &messages[..];
         if !self.settings.special_tokens_in_content && self.bounds.holds_special_text(messages) {
-            let marked = template.render(&prompt::mark_contents(messages))?;
+            let marked = template.render_with(&prompt::mark_contents(messages), tools, kwargs)?;
             self.bounds.check_text(&marked)?;
             let mut tokens = Vec::new();
             for (text, is_content) in prompt::split_marked(&marked) {
@@ -553,7 +609,7 @@ impl LlmModel {
             }
             return Ok(tokens);
         }
-        let text = template.render(messages)?;
+        let text = template.render_with(messages, tools, kwargs)?;
         self.bounds.check_text(&text)?;
         Ok(vocab.tokenize(text.as_bytes(), false, true))
     }

@@ -55,7 +55,7 @@ impl Bounds {
                 self.context
             )));
         }
-        let bytes: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        let bytes: usize = messages.iter().map(|m| m.texts().map(str::len).sum::<usize>() + m.role.len()).sum();
         if bytes > self.max_text_bytes() {
             return Err(self.too_much_text(bytes, "the messages hold"));
         }
@@ -82,7 +82,7 @@ impl Bounds {
 
     /// Whether any message's content holds a control token's text.
     pub(crate) fn holds_special_text(&self, messages: &[Message]) -> bool {
-        messages.iter().any(|m| self.special_texts.iter().any(|s| m.content.contains(s.as_str())))
+        messages.iter().any(|m| m.texts().any(|text| self.special_texts.iter().any(|s| text.contains(s.as_str()))))
     }
 }
 
@@ -92,8 +92,8 @@ pub(crate) fn mark_contents(messages: &[Message]) -> Vec<Message> {
     messages
         .iter()
         .map(|m| {
-            let clean = m.content.replace([OPEN, CLOSE], "\u{FFFD}");
-            Message { role: m.role.clone(), content: format!("{OPEN}{clean}{CLOSE}") }
+            let mark = |text: &str| format!("{OPEN}{}{CLOSE}", text.replace([OPEN, CLOSE], "\u{FFFD}"));
+            Message { content: mark(&m.content), parts: m.parts.iter().map(|p| mark(p)).collect(), ..m.clone() }
         })
         .collect()
 }
@@ -128,7 +128,7 @@ mod tests {
     use super::*;
 
     fn message(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into() }
+        Message::new(role, content)
     }
 
     fn bounds(context: usize, longest_token: usize) -> Bounds {

@@ -30,6 +30,7 @@ pub fn answer_grammar(
     tools: &[Tool],
     choice: &ToolChoice,
     parallel: bool,
+    syntax: tools::ToolSyntax,
 ) -> Option<Grammar> {
     if tools.is_empty() || *choice == ToolChoice::None {
         return format.cloned();
@@ -39,7 +40,7 @@ pub fn answer_grammar(
         Some(Grammar::JsonSchema(schema)) => Some(schema.clone()),
         _ => None,
     };
-    tools::grammar(tools, choice, parallel, answer.as_ref())
+    tools::grammar(tools, choice, parallel, answer.as_ref(), syntax)
 }
 
 impl LlmModel {
@@ -53,7 +54,9 @@ impl LlmModel {
         choice: &ToolChoice,
         parallel: bool,
     ) -> Result<Option<Constraint>, ParamError> {
-        let Some(grammar) = answer_grammar(format, tools, choice, parallel) else { return Ok(None) };
+        let Some(grammar) = answer_grammar(format, tools, choice, parallel, self.tool_syntax()) else {
+            return Ok(None);
+        };
         let offered = !tools.is_empty() && *choice != ToolChoice::None;
         let invalid = |param: &'static str, at: String, e: LlmError| {
             ParamError::invalid(format!("{at} cannot be enforced: {e}"), param)
@@ -241,24 +244,31 @@ pub fn messages(value: Option<Value>) -> Result<Vec<Message>, ParamError> {
                     .collect::<Result<_, _>>()?,
                 Some(_) => return Err(bad("'tool_calls' is a list, on assistant messages only".into())),
             };
-            let content = match m.remove("content") {
-                Some(Value::String(s)) => s,
-                Some(Value::Array(parts)) => parts
-                    .into_iter()
-                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                        (Some("text"), Some(text)) => Ok(text.to_string()),
-                        _ => Err(bad(format!("only text content parts are supported, got {p}"))),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-                    .join(""),
-                None | Some(Value::Null) if !calls.is_empty() => String::new(),
+            let (content, parts) = match m.remove("content") {
+                Some(Value::String(s)) => (s, Vec::new()),
+                Some(Value::Array(parts)) => {
+                    let parts = parts
+                        .into_iter()
+                        .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                            (Some("text"), Some(text)) => Ok(text.to_string()),
+                            _ => Err(bad(format!("only text content parts are supported, got {p}"))),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (parts.concat(), parts)
+                }
+                None | Some(Value::Null) if !calls.is_empty() => (String::new(), Vec::new()),
                 None | Some(Value::Null) => return Err(bad("'content' is required".into())),
                 Some(other) => return Err(bad(format!("'content' must be a string, got {other}"))),
             };
-            m.remove("name");
+            let name = match m.remove("name") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(n)) => Some(n),
+                Some(other) => return Err(bad(format!("'name' must be a string, got {other}"))),
+            };
+            let mut tool_call_id = None;
             if role == "tool" {
                 match m.remove("tool_call_id") {
-                    Some(Value::String(_)) => {}
+                    Some(Value::String(id)) => tool_call_id = Some(id),
                     // OpenAI refuses a tool result that does not say which call it answers.
                     None | Some(Value::Null) => {
                         return Err(bad(
@@ -271,15 +281,27 @@ pub fn messages(value: Option<Value>) -> Result<Vec<Message>, ParamError> {
             if let Some(key) = m.keys().next() {
                 return Err(bad(format!("'{key}' is not supported")));
             }
-            let content = if calls.is_empty() {
-                content
-            } else {
-                let calls = calls.join("\n");
-                if content.is_empty() { calls } else { format!("{content}\n{calls}") }
-            };
-            Ok(Message { role, content })
+            Ok(Message { role, content, parts, tool_calls: calls, tool_call_id, name })
         })
         .collect()
+}
+
+/// `chat_template_kwargs` (llama.cpp's server and vLLM's extension): more variables for the chat
+/// template, such as `enable_thinking`; the ones kiln sets cannot be replaced.
+pub fn template_kwargs(value: Option<Value>) -> Result<crate::template::TemplateKwargs, ParamError> {
+    let param = "chat_template_kwargs";
+    match value {
+        None | Some(Value::Null) => Ok(Default::default()),
+        Some(Value::Object(map)) => {
+            match map.keys().find(|k| crate::template::RESERVED_VARIABLES.contains(&k.as_str())) {
+                Some(key) => {
+                    Err(ParamError::invalid(format!("'{param}.{key}' is set by kiln and cannot be replaced"), param))
+                }
+                None => Ok(map),
+            }
+        }
+        Some(other) => Err(ParamError::invalid(format!("'{param}' must be an object, got {other}"), param)),
+    }
 }
 
 /// The names [`shaping`] reads.
@@ -359,8 +381,8 @@ pub fn check_logit_bias(shaping: &crate::Shaping, vocab_size: usize) -> Result<(
     }
 }
 
-/// An assistant's earlier call, as the model wrote it.
-fn earlier_call(call: &Value) -> Result<String, tools::ToolError> {
+/// An assistant's earlier call.
+fn earlier_call(call: &Value) -> Result<tools::ToolCall, tools::ToolError> {
     use tools::ToolError;
     let function = call.get("function").ok_or(ToolError::Missing("function"))?;
     let name = function.get("name").and_then(Value::as_str).ok_or(ToolError::Missing("function.name"))?;
@@ -369,7 +391,8 @@ fn earlier_call(call: &Value) -> Result<String, tools::ToolError> {
         None | Some(Value::Null) => "{}".to_string(),
         Some(other) => return Err(ToolError::ArgumentsNotText(other.clone())),
     };
-    Ok(tools::render_call(name, &arguments))
+    let id = call.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    Ok(tools::ToolCall { name: name.to_string(), arguments, id, source: Some(call.clone()) })
 }
 
 #[cfg(test)]
@@ -448,7 +471,10 @@ mod tests {
         .expect("messages");
         assert_eq!(m[0].role, "system");
         assert_eq!(m[1].content, "Weather in Oslo?");
-        assert_eq!(m[2].content, tools::render_call("w", "{\"city\": \"Oslo\"}"));
+        assert_eq!(m[1].parts, ["Weather ", "in Oslo?"]);
+        assert_eq!(m[2].tool_calls[0].name, "w");
+        assert_eq!(m[2].tool_calls[0].id, "c1");
+        assert_eq!(m[3].tool_call_id.as_deref(), Some("c1"));
         assert_eq!(m[3].role, "tool");
         for bad in [
             json!([]),

@@ -2,16 +2,76 @@
 //! template (GGUF metadata `tokenizer.chat_template`), rendered by minijinja with Python's
 //! string methods (`.strip()`, `.startswith()`…) that Hugging Face templates use.
 
-use minijinja::{Environment, ErrorKind, context};
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{Environment, ErrorKind, Value, context};
 use serde::Serialize;
+use serde::ser::SerializeMap;
 
 use crate::LlmError;
+use crate::tools::{Tool, ToolCall, ToolSyntax};
 
-/// One chat message, as OpenAI's API carries it (text content only).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Extra template variables a request passes (`chat_template_kwargs`).
+pub type TemplateKwargs = serde_json::Map<String, serde_json::Value>;
+
+/// The variables kiln sets for every render, which `chat_template_kwargs` may not replace.
+pub const RESERVED_VARIABLES: [&str; 5] = ["messages", "add_generation_prompt", "tools", "bos_token", "eos_token"];
+
+/// One chat message, as OpenAI's API carries it (text content parts only). A template sees it
+/// as Hugging Face's `apply_chat_template` does: `content` a string or the list of text parts
+/// it came as, `tool_calls` with their arguments as objects, `tool_call_id`, `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
     pub role: String,
+    /// The text (the parts joined, when it came as parts).
     pub content: String,
+    /// The content's text parts, when it came as OpenAI's list of parts.
+    pub parts: Vec<String>,
+    /// An assistant's earlier calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool result answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
+        Message { role: role.into(), content: content.into(), ..Message::default() }
+    }
+
+    /// Every text a template may write out of it (for the bounds and content marking).
+    pub(crate) fn texts(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.content.as_str())
+            .chain(self.tool_calls.iter().flat_map(|c| [c.name.as_str(), c.arguments.as_str()]))
+    }
+}
+
+impl Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Part<'a> {
+            r#type: &'static str,
+            text: &'a str,
+        }
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("role", &self.role)?;
+        if self.parts.is_empty() {
+            map.serialize_entry("content", &self.content)?;
+        } else {
+            let parts: Vec<Part<'_>> = self.parts.iter().map(|text| Part { r#type: "text", text }).collect();
+            map.serialize_entry("content", &parts)?;
+        }
+        if !self.tool_calls.is_empty() {
+            let calls: Vec<serde_json::Value> = self.tool_calls.iter().map(call_json).collect();
+            map.serialize_entry("tool_calls", &calls)?;
+        }
+        if let Some(id) = &self.tool_call_id {
+            map.serialize_entry("tool_call_id", id)?;
+        }
+        if let Some(name) = &self.name {
+            map.serialize_entry("name", name)?;
+        }
+        map.end()
+    }
 }
 
 /// The roles a chat template is written for.
@@ -22,6 +82,13 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The template renders `tools` itself (it names them); otherwise kiln describes them in the
+    /// system prompt.
+    takes_tools: bool,
+    /// The call syntax the template writes and teaches.
+    syntax: ToolSyntax,
+    /// The template knows `<think>` (a reasoning model's thoughts before its answer).
+    reasoning: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -57,23 +124,68 @@ impl ChatTemplate {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             strftime(&format, now.as_secs())
         });
+        // Hugging Face's `tojson`: Python's json.dumps (", " and ": ", keys in their order,
+        // non-ASCII as is), not minijinja's HTML-safe compact form.
+        env.add_filter(
+            "tojson",
+            |value: Value, indent: Option<usize>, kwargs: Kwargs| -> Result<String, minijinja::Error> {
+                let indent = match indent {
+                    Some(n) => Some(n),
+                    None => kwargs.get::<Option<usize>>("indent")?,
+                };
+                let mut out = String::new();
+                python_json(&value, indent, 0, &mut out)?;
+                Ok(out)
+            },
+        );
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| LlmError::Load(format!("it does not compile: {e}")))?;
-        Ok(ChatTemplate { env, bos_token, eos_token })
+        let takes_tools = source.contains("tools");
+        let syntax = if takes_tools { ToolSyntax::of_template(source) } else { ToolSyntax::Hermes };
+        let reasoning = source.contains("<think>");
+        Ok(ChatTemplate { env, bos_token, eos_token, takes_tools, syntax, reasoning })
     }
 
-    /// The prompt for `messages`, ending where the assistant's answer starts.
-    pub fn render(&self, messages: &[Message]) -> Result<String, LlmError> {
+    /// Whether the template renders the request's tools itself.
+    pub fn takes_tools(&self) -> bool {
+        self.takes_tools
+    }
+
+    /// The syntax the model writes calls in.
+    pub fn syntax(&self) -> ToolSyntax {
+        self.syntax
+    }
+
+    /// Whether the template marks a reasoning model's thoughts with `<think>`.
+    pub fn reasoning(&self) -> bool {
+        self.reasoning
+    }
+
+    /// The prompt for `messages`, ending where the assistant's answer starts; `tools` (OpenAI's
+    /// function list) go to a template that takes them — none is `tools = none`, as
+    /// apply_chat_template passes it.
+    pub fn render(&self, messages: &[Message], tools: &[Tool]) -> Result<String, LlmError> {
+        self.render_with(messages, tools, &TemplateKwargs::new())
+    }
+
+    /// [`ChatTemplate::render`] with more variables for the template (`chat_template_kwargs`,
+    /// e.g. `enable_thinking`); they cannot replace the ones apply_chat_template sets.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        tools: &[Tool],
+        kwargs: &TemplateKwargs,
+    ) -> Result<String, LlmError> {
         let template = self.env.get_template(NAME).map_err(|e| LlmError::Template(e.to_string()))?;
+        let tools: Option<Vec<serde_json::Value>> = (!tools.is_empty()).then(|| tools.iter().map(tool_json).collect());
         template
             .render(context! {
                 messages => messages,
                 add_generation_prompt => true,
-                // As apply_chat_template without tools: defined and none, so `tools is not none`
-                // and `if tools` are false.
-                tools => Option::<()>::None,
+                tools => tools,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
+                ..Value::from_serialize(kwargs)
             })
             .map_err(|e| {
                 // raise_exception's message is the template's own refusal: pass it on as is.
@@ -81,6 +193,122 @@ impl ChatTemplate {
                 LlmError::Template(detail)
             })
     }
+}
+
+/// An earlier call as a template sees it: the request's object, keys in their order, with the
+/// arguments as an object (templates write `arguments | tojson`, as Hugging Face passes them).
+fn call_json(call: &ToolCall) -> serde_json::Value {
+    let arguments =
+        serde_json::from_str(&call.arguments).unwrap_or_else(|_| serde_json::Value::String(call.arguments.clone()));
+    let mut value = call.source.clone().unwrap_or_else(
+        || serde_json::json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}),
+    );
+    if let Some(function) = value.get_mut("function").and_then(serde_json::Value::as_object_mut) {
+        function.insert("arguments".into(), arguments);
+    }
+    value
+}
+
+/// A tool as OpenAI's request carries it (and Hugging Face templates expect).
+fn tool_json(tool: &Tool) -> serde_json::Value {
+    let mut function = serde_json::Map::new();
+    function.insert("name".into(), tool.name.clone().into());
+    if let Some(d) = &tool.description {
+        function.insert("description".into(), d.clone().into());
+    }
+    function.insert("parameters".into(), tool.parameters.clone());
+    serde_json::json!({"type": "function", "function": function})
+}
+
+/// `value` as Python's `json.dumps(value, ensure_ascii=False, indent=indent)` writes it.
+fn python_json(value: &Value, indent: Option<usize>, depth: usize, out: &mut String) -> Result<(), minijinja::Error> {
+    let line = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * depth));
+        }
+    };
+    let item_separator = if indent.is_some() { "," } else { ", " };
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+        ValueKind::Number => {
+            if let Some(f) = value.as_i64().is_none().then(|| f64::try_from(value.clone()).ok()).flatten() {
+                // Python writes floats with a fraction part (1.0), and inf / nan by name.
+                if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 {
+                    out.push_str(&format!("{f:.1}"));
+                } else if f.is_nan() {
+                    out.push_str("NaN");
+                } else if f.is_infinite() {
+                    out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
+                } else {
+                    out.push_str(&f.to_string());
+                }
+            } else {
+                out.push_str(&value.to_string());
+            }
+        }
+        ValueKind::String | ValueKind::Bytes => python_string(value.as_str().unwrap_or_default(), out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = value.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_separator);
+                }
+                line(out, depth + 1);
+                python_json(item, indent, depth + 1, out)?;
+            }
+            line(out, depth);
+            out.push(']');
+        }
+        ValueKind::Map => {
+            let keys: Vec<Value> = value.try_iter()?.collect();
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_separator);
+                }
+                line(out, depth + 1);
+                python_string(&key.to_string(), out);
+                out.push_str(": ");
+                python_json(&value.get_item(key)?, indent, depth + 1, out)?;
+            }
+            line(out, depth);
+            out.push('}');
+        }
+        _ => {
+            return Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: cannot write {value}")));
+        }
+    }
+    Ok(())
+}
+
+/// A JSON string as Python writes it with `ensure_ascii=False`.
+fn python_string(text: &str, out: &mut String) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 const MONTHS: [&str; 12] = [
@@ -174,7 +402,7 @@ mod tests {
             String::new(),
         )
         .unwrap();
-        assert_eq!(t.render(&[message("user", "a"), message("user", "b")]).unwrap(), "[a]\n[b]\n");
+        assert_eq!(t.render(&[message("user", "a"), message("user", "b")], &[]).unwrap(), "[a]\n[b]\n");
     }
 
     #[test]
@@ -185,11 +413,40 @@ mod tests {
             String::new(),
         )
         .unwrap();
-        assert_eq!(t.render(&[message("user", "x")]).unwrap(), "N|4");
+        assert_eq!(t.render(&[message("user", "x")], &[]).unwrap(), "N|4");
     }
 
     fn message(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into() }
+        Message::new(role, content)
+    }
+
+    #[test]
+    fn tojson_writes_what_pythons_json_dumps_writes() {
+        let t = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}", String::new(), String::new()).unwrap();
+        let env_value = serde_json::json!({"b": [1, 2.5, 3.0], "a": "é\"<\n", "c": {}, "d": null, "e": true});
+        let rendered = t.env.get_template(NAME).unwrap().render(context! { x => env_value }).unwrap();
+        assert_eq!(
+            rendered,
+            "{\"b\": [1, 2.5, 3.0], \"a\": \"é\\\"<\\n\", \"c\": {}, \"d\": null, \"e\": true}|{\n  \"b\": [\n    1,\n    2.5,\n    3.0\n  ],\n  \"a\": \"é\\\"<\\n\",\n  \"c\": {},\n  \"d\": null,\n  \"e\": true\n}"
+        );
+    }
+
+    #[test]
+    fn messages_reach_templates_as_hugging_face_passes_them() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}{% for p in m.content %}[{{ p.text }}]{% endfor %}{% endif %}\
+             {% for c in m.tool_calls or [] %}<{{ c.function.name }} {{ c.function.arguments | tojson }} {{ c.id }}>{% endfor %}{% endfor %}\
+             {% for tool in tools %}{{ tool.function.name }}{% endfor %}",
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        assert!(t.takes_tools() && t.syntax() == ToolSyntax::Hermes && !t.reasoning());
+        let parts = Message { parts: vec!["a".into(), "b".into()], ..message("user", "ab") };
+        let call = ToolCall { name: "f".into(), arguments: "{\"x\": 1}".into(), id: "c1".into(), source: None };
+        let calls = Message { tool_calls: vec![call], ..message("assistant", "") };
+        let tool = Tool { name: "g".into(), description: None, parameters: serde_json::json!({"type": "object"}) };
+        assert_eq!(t.render(&[parts, calls], &[tool]).unwrap(), "[a][b]<f {\"x\": 1} c1>g");
     }
 
     const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}\
@@ -200,7 +457,7 @@ mod tests {
     #[test]
     fn renders_chatml_with_a_default_system_prompt() {
         let t = ChatTemplate::new(CHATML, "<s>".into(), "</s>".into()).unwrap();
-        let prompt = t.render(&[message("user", "Hi")]).unwrap();
+        let prompt = t.render(&[message("user", "Hi")], &[]).unwrap();
         assert_eq!(
             prompt,
             "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -212,8 +469,8 @@ mod tests {
         let source = "{% if messages[0].role != 'user' %}{{ raise_exception('roles must start with user') }}{% endif %}\
             {{ bos_token }}{{ messages[0].content.strip() }}";
         let t = ChatTemplate::new(source, "<s>".into(), "</s>".into()).unwrap();
-        assert_eq!(t.render(&[message("user", "  hello ")]).unwrap(), "<s>hello");
-        let err = t.render(&[message("system", "x")]).unwrap_err().to_string();
+        assert_eq!(t.render(&[message("user", "  hello ")], &[]).unwrap(), "<s>hello");
+        let err = t.render(&[message("system", "x")], &[]).unwrap_err().to_string();
         assert!(err.contains("roles must start with user"), "{err}");
     }
 

@@ -1,5 +1,7 @@
-//! Tool calling: the tools a request offers are described to the model in its system prompt,
-//! and a call is text in one fixed shape (the Hermes format many open models are trained on):
+//! Tool calling. A chat template that takes `tools` renders them (and earlier calls and results)
+//! itself, and the model answers in its family's call syntax ([`ToolSyntax`]); for a template
+//! that does not, the tools are described in the system prompt and a call is text in the Hermes
+//! form many open models are trained on:
 //!
 //! ```text
 //! <tool_call>
@@ -7,25 +9,20 @@
 //! </tool_call>
 //! ```
 //!
-//! [`grammar`] builds the Lark grammar that makes a call well-formed — a declared name, arguments
-//! valid against that tool's parameters schema — so a call always parses. The model decides
-//! whether to call (`auto`); kiln never runs a tool. [`parse`] reads a finished answer and
-//! [`CallStream`] a streamed one, piece by piece, as OpenAI's tool-call deltas.
+//! [`grammar`] builds the Lark grammar that makes a call well-formed in the syntax — a declared
+//! name, arguments valid against that tool's parameters schema — so a call always parses. The
+//! model decides whether to call (`auto`); kiln never runs a tool. [`parse`] reads a finished
+//! answer and [`CallStream`] a streamed one, piece by piece, as OpenAI's tool-call deltas.
 
 use serde_json::{Value, json};
 
 use crate::constraint::{Grammar, json_layout};
+pub use crate::tool_syntax::ToolSyntax;
 use crate::{LlmError, Message};
 
-/// Opens a call in the model's text.
-pub const CALL_OPEN: &str = "<tool_call>\n";
-/// Closes it.
-pub const CALL_CLOSE: &str = "\n</tool_call>";
 /// Most calls in one answer with `parallel_tool_calls`: a small model that repeats a call stops
 /// there, not at `max_tokens` in the middle of one.
 pub const MAX_CALLS: usize = 8;
-const NAME_KEY: &str = "{\"name\": \"";
-const ARGUMENTS_KEY: &str = "\", \"arguments\": ";
 
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,12 +47,16 @@ pub enum ToolChoice {
     Function(String),
 }
 
-/// A call found in the model's answer.
-#[derive(Debug, Clone, PartialEq)]
+/// A call found in the model's answer, or an assistant's earlier call in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ToolCall {
     pub name: String,
     /// The arguments as JSON text (what OpenAI's `function.arguments` carries).
     pub arguments: String,
+    /// The caller's id of an earlier call (empty for a new one).
+    pub id: String,
+    /// An earlier call as the request wrote it (a template sees its keys in their order).
+    pub source: Option<Value>,
 }
 
 /// A tool or an earlier tool call that a request describes wrongly (the caller prefixes where).
@@ -129,10 +130,17 @@ pub fn conversation(messages: Vec<Message>, tools: &[Tool]) -> Vec<Message> {
             Some(system) => format!("{}\n\n{offer}", system.content),
             None => offer,
         };
-        out.push(Message { role: "system".into(), content });
+        out.push(Message::new("system", content));
     }
     let mut previous_was_tool = false;
-    for message in messages {
+    for mut message in messages {
+        if !message.tool_calls.is_empty() {
+            let calls: Vec<String> =
+                std::mem::take(&mut message.tool_calls).iter().map(|c| render_call(&c.name, &c.arguments)).collect();
+            let calls = calls.join("\n");
+            message.content = if message.content.is_empty() { calls } else { format!("{}\n{calls}", message.content) };
+            message.parts.clear();
+        }
         let is_tool = message.role == "tool";
         if is_tool {
             let block = format!("<tool_response>\n{}\n</tool_response>", message.content);
@@ -141,7 +149,7 @@ pub fn conversation(messages: Vec<Message>, tools: &[Tool]) -> Vec<Message> {
                     last.content.push('\n');
                     last.content.push_str(&block);
                 }
-                _ => out.push(Message { role: "user".into(), content: block }),
+                _ => out.push(Message::new("user", block)),
             }
         } else {
             out.push(message);
@@ -151,12 +159,13 @@ pub fn conversation(messages: Vec<Message>, tools: &[Tool]) -> Vec<Message> {
     out
 }
 
-/// An earlier call, as the assistant's text in the conversation.
+/// An earlier call, as the assistant's text in the conversation (Hermes form).
 pub fn render_call(name: &str, arguments: &str) -> String {
     let arguments = serde_json::from_str::<Value>(arguments)
         .map(|v| crate::constraint::to_layout(&v))
         .unwrap_or_else(|_| arguments.to_string());
-    format!("{CALL_OPEN}{NAME_KEY}{name}{ARGUMENTS_KEY}{arguments}}}{CALL_CLOSE}")
+    let p = ToolSyntax::Hermes.parts();
+    format!("{}{name}{}{arguments}{}", p.call_open, p.args_key, p.call_close)
 }
 
 /// Lark string literal (JSON string syntax).
@@ -164,10 +173,16 @@ fn literal(text: &str) -> String {
     Value::String(text.to_string()).to_string()
 }
 
-/// The grammar of an answer under `choice`: `None` when the model answers freely. `answer` is
-/// the grammar of a text answer when `auto` lets the model choose (a response format's JSON
-/// schema), `None` for free text.
-pub fn grammar(tools: &[Tool], choice: &ToolChoice, parallel: bool, answer: Option<&Value>) -> Option<Grammar> {
+/// The grammar of an answer under `choice`, calls in `syntax`: `None` when the model answers
+/// freely. `answer` is the grammar of a text answer when `auto` lets the model choose (a
+/// response format's JSON schema), `None` for free text.
+pub fn grammar(
+    tools: &[Tool],
+    choice: &ToolChoice,
+    parallel: bool,
+    answer: Option<&Value>,
+    syntax: ToolSyntax,
+) -> Option<Grammar> {
     let offered: Vec<&Tool> = match choice {
         ToolChoice::None => return None,
         ToolChoice::Function(name) => tools.iter().filter(|t| &t.name == name).collect(),
@@ -176,36 +191,45 @@ pub fn grammar(tools: &[Tool], choice: &ToolChoice, parallel: bool, answer: Opti
     if offered.is_empty() {
         return None;
     }
+    let p = syntax.parts();
     let mut lark = String::new();
-    // Up to MAX_CALLS calls, one per line (nested optionals: plain Lark).
-    let calls = if parallel {
-        let more = MAX_CALLS - 1;
-        format!("call{}{}", " (\"\\n\" call".repeat(more), ")?".repeat(more))
-    } else {
-        "call".to_string()
-    };
+    // Up to MAX_CALLS calls, separated (nested optionals: plain Lark).
+    let more = if parallel { MAX_CALLS - 1 } else { 0 };
+    let separated = format!(" ({} call", literal(p.separator));
+    let mut calls = format!("call{}{}", separated.repeat(more), ")?".repeat(more));
+    for (edge, before) in [(p.open, true), (p.close, false)] {
+        if !edge.is_empty() {
+            calls = if before { format!("{} {calls}", literal(edge)) } else { format!("{calls} {}", literal(edge)) };
+        }
+    }
     match (choice, answer) {
         (ToolChoice::Auto, None) => {
             // Text that does not open like a call: the first character decides.
-            lark.push_str(&format!("start: TEXT | {calls}\nTEXT: /[^<][\\s\\S]*/\n"));
+            let first = regex_class_char(syntax.first_char());
+            lark.push_str(&format!("start: TEXT | calls\ncalls: {calls}\nTEXT: /[^{first}][\\s\\S]*/\n"));
         }
         (ToolChoice::Auto, Some(schema)) => {
-            lark.push_str(&format!("start: answer | {calls}\nanswer: %json {}\n", layout(schema)));
+            lark.push_str(&format!("start: answer | calls\ncalls: {calls}\nanswer: %json {}\n", layout(schema)));
         }
         _ => lark.push_str(&format!("start: {calls}\n")),
     }
     let alternatives: Vec<String> = (0..offered.len()).map(|i| format!("call_{i}")).collect();
     lark.push_str(&format!("call: {}\n", alternatives.join(" | ")));
     for (i, tool) in offered.iter().enumerate() {
-        let open = format!("{CALL_OPEN}{NAME_KEY}{}{ARGUMENTS_KEY}", tool.name);
+        let open = format!("{}{}{}", p.call_open, tool.name, p.args_key);
         lark.push_str(&format!(
             "call_{i}: {} args_{i} {}\nargs_{i}: %json {}\n",
             literal(&open),
-            literal(&format!("}}{CALL_CLOSE}")),
+            literal(p.call_close),
             layout(&tool.parameters)
         ));
     }
     Some(Grammar::Lark(lark))
+}
+
+/// A character inside a regex character class.
+fn regex_class_char(c: char) -> String {
+    if matches!(c, '[' | ']' | '\\' | '^' | '-' | '/') { format!("\\{c}") } else { c.to_string() }
 }
 
 /// A schema with kiln's JSON layout, as Lark's `%json` takes it.
@@ -222,15 +246,21 @@ pub fn check_tool(model: &crate::LlmModel, tool: &Tool) -> Result<(), LlmError> 
     model.constrain(&Grammar::JsonSchema(tool.parameters.clone())).map(|_| ())
 }
 
-/// The calls of a finished answer; `None` when it is a text answer. A call cut short (the token
-/// limit) keeps the arguments generated so far.
-pub fn parse(text: &str) -> Option<Vec<ToolCall>> {
-    if !text.starts_with('<') {
+/// The calls of a finished answer in `syntax`; `None` when it is a text answer. A call cut
+/// short (the token limit) keeps the arguments generated so far.
+pub fn parse(text: &str, syntax: ToolSyntax) -> Option<Vec<ToolCall>> {
+    if !text.starts_with(syntax.first_char()) {
         return None;
     }
-    let calls: Vec<ToolCall> = scan(text)
+    let calls: Vec<ToolCall> = scan(text, syntax)
         .into_iter()
-        .filter_map(|c| c.name.map(|name| ToolCall { name: name.to_string(), arguments: c.arguments.to_string() }))
+        .filter_map(|c| {
+            c.name.map(|name| ToolCall {
+                name: name.to_string(),
+                arguments: c.arguments.to_string(),
+                ..ToolCall::default()
+            })
+        })
         .collect();
     (!calls.is_empty()).then_some(calls)
 }
@@ -245,26 +275,25 @@ struct Partial<'t> {
 
 /// Every call in `text`, the last one possibly incomplete. The grammar fixes the layout, so the
 /// name is the text between the fixed keys and the arguments end where their braces balance.
-fn scan(text: &str) -> Vec<Partial<'_>> {
+fn scan(text: &str, syntax: ToolSyntax) -> Vec<Partial<'_>> {
+    let p = syntax.parts();
     let mut calls = Vec::new();
-    let mut rest = text;
-    while let Some(after_open) = rest.strip_prefix(CALL_OPEN).and_then(|r| r.strip_prefix(NAME_KEY)) {
+    let Some(mut rest) = text.strip_prefix(p.open) else { return calls };
+    while let Some(after_open) = rest.strip_prefix(p.call_open) {
         let Some(end) = after_open.find('"') else {
             calls.push(Partial { name: None, arguments: "" });
             break;
         };
         let name = &after_open[..end];
-        let Some(arguments) = after_open[end..].strip_prefix(ARGUMENTS_KEY) else {
+        let Some(arguments) = after_open[end..].strip_prefix(p.args_key) else {
             calls.push(Partial { name: Some(name), arguments: "" });
             break;
         };
         let length = json_value_length(arguments);
         calls.push(Partial { name: Some(name), arguments: &arguments[..length.unwrap_or(arguments.len())] });
         let Some(length) = length else { break };
-        let Some(next) = arguments[length..].strip_prefix('}').and_then(|r| r.strip_prefix(CALL_CLOSE)) else {
-            break;
-        };
-        rest = next.strip_prefix('\n').unwrap_or(next);
+        let Some(next) = arguments[length..].strip_prefix(p.call_close) else { break };
+        rest = next.strip_prefix(p.separator).unwrap_or(next);
     }
     calls
 }
@@ -316,6 +345,7 @@ pub enum Delta {
 /// Follows a streamed answer under a tool grammar and says what each piece adds.
 #[derive(Debug, Default)]
 pub struct CallStream {
+    syntax: ToolSyntax,
     text: String,
     calls: Option<bool>,
     /// Per call: arguments bytes already sent.
@@ -323,8 +353,8 @@ pub struct CallStream {
 }
 
 impl CallStream {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(syntax: ToolSyntax) -> Self {
+        CallStream { syntax, ..Self::default() }
     }
 
     /// Whether the answer turned out to be calls (`None` before its first character).
@@ -338,7 +368,7 @@ impl CallStream {
             Some(c) => c,
             None if self.text.is_empty() => return Vec::new(),
             None => {
-                let calls = self.text.starts_with('<');
+                let calls = self.text.starts_with(self.syntax.first_char());
                 self.calls = Some(calls);
                 if !calls {
                     return vec![Delta::Content(self.text.clone())];
@@ -350,7 +380,7 @@ impl CallStream {
             return if piece.is_empty() { Vec::new() } else { vec![Delta::Content(piece.to_string())] };
         }
         let mut deltas = Vec::new();
-        for (index, call) in scan(&self.text).into_iter().enumerate() {
+        for (index, call) in scan(&self.text, self.syntax).into_iter().enumerate() {
             let Some(name) = call.name else { break };
             if index == self.sent.len() {
                 self.sent.push(0);
@@ -382,21 +412,25 @@ mod tests {
     fn finished_answers() {
         let one = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa}ris\"}}\n</tool_call>";
         assert_eq!(
-            parse(one),
-            Some(vec![ToolCall { name: "get_weather".into(), arguments: "{\"city\": \"Pa}ris\"}".into() }])
+            parse(one, ToolSyntax::Hermes),
+            Some(vec![ToolCall {
+                name: "get_weather".into(),
+                arguments: "{\"city\": \"Pa}ris\"}".into(),
+                ..ToolCall::default()
+            }])
         );
         let two = format!("{one}\n{}", render_call("f", "{}"));
-        assert_eq!(parse(&two).map(|c| c.len()), Some(2));
-        assert_eq!(parse("It is sunny."), None);
+        assert_eq!(parse(&two, ToolSyntax::Hermes).map(|c| c.len()), Some(2));
+        assert_eq!(parse("It is sunny.", ToolSyntax::Hermes), None);
         // Cut by the token limit: what came so far.
         let cut = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"ci";
-        assert_eq!(parse(cut).expect("a call")[0].arguments, "{\"ci");
+        assert_eq!(parse(cut, ToolSyntax::Hermes).expect("a call")[0].arguments, "{\"ci");
     }
 
     #[test]
     fn streamed_answers_give_openai_deltas() {
         let text = format!("{}\n{}", render_call("get_weather", r#"{"city":"Oslo"}"#), render_call("f", "{}"));
-        let mut stream = CallStream::new();
+        let mut stream = CallStream::new(ToolSyntax::Hermes);
         let mut deltas = Vec::new();
         // Piece by piece, three characters at a time.
         let chars: Vec<char> = text.chars().collect();
@@ -417,7 +451,7 @@ mod tests {
         }
         assert_eq!(names, ["get_weather", "f"]);
         assert_eq!(arguments, [r#"{"city": "Oslo"}"#, "{}"]);
-        let mut text_answer = CallStream::new();
+        let mut text_answer = CallStream::new(ToolSyntax::Hermes);
         assert_eq!(text_answer.push(""), vec![]);
         assert_eq!(text_answer.push("Hi"), vec![Delta::Content("Hi".into())]);
         assert_eq!(text_answer.push(" <b>"), vec![Delta::Content(" <b>".into())]);
@@ -427,14 +461,24 @@ mod tests {
     #[test]
     fn conversation_with_tools() {
         let messages = vec![
-            Message { role: "system".into(), content: "Be brief.".into() },
-            Message { role: "user".into(), content: "Weather in Oslo?".into() },
-            Message { role: "assistant".into(), content: render_call("get_weather", r#"{"city": "Oslo"}"#) },
-            Message { role: "tool".into(), content: "-3 C".into() },
-            Message { role: "tool".into(), content: "snow".into() },
+            Message::new("system", "Be brief."),
+            Message::new("user", "Weather in Oslo?"),
+            Message {
+                tool_calls: vec![ToolCall {
+                    name: "get_weather".into(),
+                    arguments: r#"{"city": "Oslo"}"#.into(),
+                    id: "c1".into(),
+                    source: None,
+                }],
+                ..Message::new("assistant", "")
+            },
+            Message::new("tool", "-3 C"),
+            Message::new("tool", "snow"),
         ];
         let out = conversation(messages, &[weather()]);
         assert_eq!(out.len(), 4);
+        assert_eq!(out[2].content, render_call("get_weather", r#"{"city": "Oslo"}"#));
+        assert!(out[2].tool_calls.is_empty());
         assert!(out[0].content.starts_with("Be brief.\n\nYou can call functions"));
         assert!(out[0].content.contains("\"name\":\"get_weather\""));
         assert_eq!(out[3].role, "user");
@@ -444,15 +488,67 @@ mod tests {
     #[test]
     fn grammars_per_choice() {
         let tools = [weather()];
-        assert_eq!(grammar(&tools, &ToolChoice::None, true, None), None);
-        let Some(Grammar::Lark(auto)) = grammar(&tools, &ToolChoice::Auto, true, None) else { panic!("lark") };
-        assert!(auto.starts_with("start: TEXT | call"));
-        let Some(Grammar::Lark(required)) = grammar(&tools, &ToolChoice::Required, false, None) else { panic!("lark") };
+        assert_eq!(grammar(&tools, &ToolChoice::None, true, None, ToolSyntax::Hermes), None);
+        let Some(Grammar::Lark(auto)) = grammar(&tools, &ToolChoice::Auto, true, None, ToolSyntax::Hermes) else {
+            panic!("lark")
+        };
+        assert!(auto.starts_with("start: TEXT | calls\ncalls: call"), "{auto}");
+        let Some(Grammar::Lark(required)) = grammar(&tools, &ToolChoice::Required, false, None, ToolSyntax::Hermes)
+        else {
+            panic!("lark")
+        };
         assert!(required.starts_with("start: call\n"));
-        assert_eq!(grammar(&tools, &ToolChoice::Function("other".into()), true, None), None);
+        assert_eq!(grammar(&tools, &ToolChoice::Function("other".into()), true, None, ToolSyntax::Hermes), None);
         assert!(check_name("get_weather").is_ok());
         assert!(check_name("bad name").is_err());
         assert!(parameters_schema(Some(json!({"type": "string"}))).is_err());
         assert!(parameters_schema(None).is_ok());
+    }
+
+    #[test]
+    fn every_syntax_parses_and_streams_its_own_calls() {
+        let cases = [
+            (
+                ToolSyntax::Llama3,
+                "{\"name\": \"f\", \"parameters\": {\"a\": 1}}\n{\"name\": \"g\", \"parameters\": {}}",
+            ),
+            (
+                ToolSyntax::Mistral,
+                "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {\"a\": 1}}, {\"name\": \"g\", \"arguments\": {}}]",
+            ),
+            (
+                ToolSyntax::Granite,
+                "<|tool_call|>[{\"name\": \"f\", \"arguments\": {\"a\": 1}}, {\"name\": \"g\", \"arguments\": {}}]",
+            ),
+        ];
+        for (syntax, text) in cases {
+            let calls = parse(text, syntax).expect("calls");
+            assert_eq!(
+                calls.iter().map(|c| (c.name.as_str(), c.arguments.as_str())).collect::<Vec<_>>(),
+                [("f", "{\"a\": 1}"), ("g", "{}")],
+                "{syntax:?}"
+            );
+            let mut stream = CallStream::new(syntax);
+            let mut arguments = vec![String::new(); 2];
+            let mut names = Vec::new();
+            for c in text.chars() {
+                for d in stream.push(&c.to_string()) {
+                    match d {
+                        Delta::CallStart { name, .. } => names.push(name),
+                        Delta::Arguments { index, text } => arguments[index].push_str(&text),
+                        Delta::Content(c) => panic!("content {c:?}"),
+                    }
+                }
+            }
+            assert_eq!(
+                (names, arguments),
+                (vec!["f".to_string(), "g".into()], vec!["{\"a\": 1}".to_string(), "{}".into()])
+            );
+            assert_eq!(parse("Hello", syntax), None);
+            let Some(Grammar::Lark(lark)) = grammar(&[weather()], &ToolChoice::Auto, true, None, syntax) else {
+                panic!("lark")
+            };
+            assert!(lark.contains(&format!("TEXT: /[^{}]", regex_class_char(syntax.first_char()))), "{lark}");
+        }
     }
 }

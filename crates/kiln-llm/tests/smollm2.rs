@@ -40,7 +40,7 @@ fn greedy(max_tokens: u32) -> GenerateParams {
 }
 
 fn ask(model: &LlmModel, question: &str) -> Vec<kiln_llm::Token> {
-    model.chat_prompt(&[Message { role: "user".into(), content: question.into() }]).expect("template renders")
+    model.chat_prompt(&[Message::new("user", question)], &[]).expect("template renders")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -251,17 +251,15 @@ fn special_token_text_in_a_message_stays_text_unless_the_model_says_otherwise() 
 #[test]
 fn prompts_that_cannot_fit_are_refused_before_rendering_or_tokenizing() {
     let model = load();
-    let many: Vec<Message> = (0..100_000).map(|i| Message { role: "user".into(), content: format!("w{i}") }).collect();
-    match model.chat_prompt(&many) {
+    let many: Vec<Message> = (0..100_000).map(|i| Message::new("user", format!("w{i}"))).collect();
+    match model.chat_prompt(&many, &[]) {
         Err(LlmError::PromptTooLarge(m)) => {
             assert_eq!(m, "100000 messages cannot fit the model's context of 512 tokens");
         }
         other => panic!("expected PromptTooLarge, got {other:?}"),
     }
     let huge = "a".repeat(20 << 20);
-    for refused in
-        [model.chat_prompt(&[Message { role: "user".into(), content: huge.clone() }]), model.text_prompt(&huge)]
-    {
+    for refused in [model.chat_prompt(&[Message::new("user", huge.clone())], &[]), model.text_prompt(&huge)] {
         match refused {
             Err(LlmError::PromptTooLarge(m)) => {
                 assert!(

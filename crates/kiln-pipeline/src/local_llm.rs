@@ -131,10 +131,10 @@ impl LocalLlmStep {
                 .map(|prompt| {
                     let mut messages = Vec::with_capacity(2);
                     if let Some(system) = &system {
-                        messages.push(Message { role: "system".into(), content: system.clone() });
+                        messages.push(Message::new("system", system.clone()));
                     }
-                    messages.push(Message { role: "user".into(), content: prompt });
-                    tokenizer.chat_prompt(&messages)
+                    messages.push(Message::new("user", prompt));
+                    tokenizer.chat_prompt(&messages, &[])
                 })
                 .collect::<Result<Vec<_>, _>>()
         })

@@ -180,8 +180,7 @@ impl Llm {
         sampling.params.shaping = shaping_of(options, &self.model)?;
         let model = &self.model;
         let generation = py.detach(|| {
-            let conversation = tools::conversation(messages, if offered { &tools } else { &[] });
-            let prompt = model.chat_prompt(&conversation).map_err(kiln_err)?;
+            let prompt = model.chat_prompt(&messages, if offered { &tools } else { &[] }).map_err(kiln_err)?;
             sampling.params.constraint =
                 model.compile_answer(format.as_ref(), &tools, &choice, parallel_tool_calls).map_err(param)?;
             model.generate(prompt, &sampling.params).map_err(kiln_err)
@@ -192,7 +191,7 @@ impl Llm {
         let done = py.detach(|| generation.complete_blocking()).map_err(kiln_err)?;
         let d = PyDict::new(py);
         d.set_item("role", "assistant")?;
-        let calls = if offered { tools::parse(&done.text) } else { None };
+        let calls = if offered { tools::parse(&done.text, self.model.tool_syntax()) } else { None };
         match calls {
             Some(calls) => {
                 d.set_item("content", py.None())?;

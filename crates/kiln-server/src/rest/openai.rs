@@ -165,6 +165,8 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
                 entry["context_length"] = json!(llm.info().context_length);
                 entry["chat_template"] = json!(llm.info().chat_template);
                 entry["batched_steps"] = json!(llm.info().batched_steps);
+                entry["tool_syntax"] = json!(llm.tool_syntax().name());
+                entry["reasoning"] = json!(llm.reasons());
             } else if embedding_dim(&m).is_some() {
                 entry["kind"] = json!("text_embedding");
             } else {

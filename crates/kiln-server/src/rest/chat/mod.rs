@@ -16,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use kiln_core::{Tensor, TensorData};
-use kiln_llm::tools::{self, Tool, ToolCall};
+use kiln_llm::reasoning::{Split, ThinkSplit};
+use kiln_llm::tools::{self, Tool, ToolCall, ToolSyntax};
 use kiln_llm::{
     self, Completion, Constraint, FinishReason, Generation, LlmError, LlmModel, Message, TokenLogprob, Usage,
 };
@@ -88,16 +89,16 @@ async fn begin(
 async fn chat(State(state): State<AppState>, request: axum::extract::Request) -> Result<Response, OpenAiError> {
     let (mut fields, model, llm) = begin(&state, request).await?;
     let messages = messages(&state, &mut fields)?;
+    let kwargs = kiln_llm::request::template_kwargs(fields.take("chat_template_kwargs")).map_err(param_error)?;
     let mut options = fields::options(&mut fields, Api::Chat)?;
     fields.finish()?;
     fields::check_logit_bias(&options, llm.vocab_size())?;
     let offered: Vec<Tool> = if options.tools_offered() { options.tools.clone() } else { Vec::new() };
-    let conversation = tools::conversation(messages.clone(), &offered);
     // Rendering and tokenizing grow with the messages: on the blocking pool, never on the
     // executor that answers every other request (the cheap bounds in `chat_prompt` refuse what
     // cannot fit before any of it runs).
-    let renderer = llm.clone();
-    let prompt = tokio::task::spawn_blocking(move || renderer.chat_prompt(&conversation))
+    let (renderer, conversation) = (llm.clone(), messages.clone());
+    let prompt = tokio::task::spawn_blocking(move || renderer.chat_prompt_with(&conversation, &offered, &kwargs))
         .await
         .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("rendering the prompt failed: {e}"))))?
         .map_err(|e| llm_error(e, Api::Chat))?;
@@ -106,15 +107,18 @@ async fn chat(State(state): State<AppState>, request: axum::extract::Request) ->
 }
 
 /// llama-server's `POST /apply-template`: the prompt text the model's chat template makes of
-/// `messages`, without generating (a template is checked against its reference this way).
+/// `messages` (and `tools`), without generating (a template is checked against its reference
+/// this way).
 async fn apply_template(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Result<Json<Value>, OpenAiError> {
     let (mut fields, _, llm) = begin(&state, request).await?;
     let messages = messages(&state, &mut fields)?;
+    let tools = kiln_llm::request::tool_list(fields.take("tools")).map_err(param_error)?;
+    let kwargs = kiln_llm::request::template_kwargs(fields.take("chat_template_kwargs")).map_err(param_error)?;
     fields.finish()?;
-    let prompt = tokio::task::spawn_blocking(move || llm.apply_template(&messages))
+    let prompt = tokio::task::spawn_blocking(move || llm.apply_template(&messages, &tools, &kwargs))
         .await
         .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("rendering the prompt failed: {e}"))))?
         .map_err(|e| llm_error(e, Api::Chat))?;
@@ -272,6 +276,11 @@ struct Call {
     call: crate::infer::Call,
     /// The prompt's length in characters (where the completions API's `text_offset` starts).
     text_offset: usize,
+    /// The model's tool-call syntax.
+    syntax: ToolSyntax,
+    /// A reasoning model's chat (its template knows `<think>`): whether the prompt opened the
+    /// thoughts. Its answers are split into `reasoning_content` and `content`.
+    thinking: Option<bool>,
 }
 
 impl Call {
@@ -292,16 +301,24 @@ impl Call {
             (true, Api::Chat) => chat_logprobs(&c.logprobs),
             (true, Api::Completion) => completion_logprobs(&c.logprobs, self.text_offset),
         };
-        let calls = if tools_offered { tools::parse(&c.text) } else { None };
-        match (self.api, calls) {
+        let split = match self.thinking {
+            Some(thinking) => ThinkSplit::split(&c.text, thinking),
+            None => Split { reasoning: String::new(), content: c.text.clone() },
+        };
+        let calls = if tools_offered { tools::parse(&split.content, self.syntax) } else { None };
+        let mut choice = match (self.api, calls) {
             (Api::Chat, Some(calls)) => json!({"index": index,
-                "message": {"role": "assistant", "content": null, "tool_calls": tool_calls_json(&calls)},
+                "message": {"role": "assistant", "content": null, "tool_calls": tool_calls_json(&calls, self.syntax)},
                 "logprobs": logprobs, "finish_reason": calls_finish(c.reason)}),
-            (Api::Chat, None) => json!({"index": index, "message": {"role": "assistant", "content": c.text},
+            (Api::Chat, None) => json!({"index": index, "message": {"role": "assistant", "content": split.content},
                                 "logprobs": logprobs, "finish_reason": c.reason.as_str()}),
             (Api::Completion, _) => json!({"index": index, "text": c.text, "logprobs": logprobs,
                                       "finish_reason": c.reason.as_str()}),
+        };
+        if !split.reasoning.is_empty() {
+            choice["message"]["reasoning_content"] = json!(split.reasoning);
         }
+        choice
     }
 
     /// Logs the finished request (when its policy keeps it) and counts it.
@@ -387,6 +404,8 @@ async fn respond(
         created,
         call: lifecycle,
         text_offset: recorded_prompt.chars().count(),
+        syntax: llm.tool_syntax(),
+        thinking: (api == Api::Chat && llm.reasons()).then(|| llm.opens_thinking(&prompt)),
     };
     let mut response = if options.stream {
         stream::response(call, generations, options.include_usage, options.tools_offered())
@@ -471,15 +490,12 @@ fn completion_logprobs(tokens: &[TokenLogprob], mut offset: usize) -> Value {
            "top_logprobs": top, "text_offset": offsets})
 }
 
-/// A call's id, unique enough for a client to match results to calls.
-fn call_id() -> String {
-    format!("call_{:024x}", fastrand::u128(..) >> 32)
-}
-
-fn tool_calls_json(calls: &[ToolCall]) -> Value {
+fn tool_calls_json(calls: &[ToolCall], syntax: ToolSyntax) -> Value {
     calls
         .iter()
-        .map(|c| json!({"id": call_id(), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+        .map(|c| {
+            json!({"id": syntax.call_id(), "type": "function", "function": {"name": c.name, "arguments": c.arguments}})
+        })
         .collect()
 }
 

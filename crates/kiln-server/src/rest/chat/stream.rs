@@ -10,11 +10,12 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, SelectAll};
+use kiln_llm::reasoning::{Split, ThinkSplit};
 use kiln_llm::tools::{CallStream, Delta};
 use kiln_llm::{Completion, Event, Generation, LlmError, TokenLogprob};
 use serde_json::{Value, json};
 
-use super::{Api, Call, call_id, calls_finish, chat_logprobs, completion_logprobs, total_usage, usage_json};
+use super::{Api, Call, calls_finish, chat_logprobs, completion_logprobs, total_usage, usage_json};
 
 /// One choice's progress.
 struct Choice {
@@ -25,6 +26,8 @@ struct Choice {
     logprobs: Vec<TokenLogprob>,
     /// Characters sent so far (the completions API's `text_offset`).
     offset: usize,
+    /// A reasoning model's splitter of thoughts and answer.
+    think: Option<ThinkSplit>,
     done: Option<Completion>,
 }
 
@@ -97,6 +100,11 @@ impl Stream {
             Some((_, Event::Logprobs(_))) => None,
             Some((i, Event::Text(piece))) => Some(self.text(i, &piece)),
             Some((i, Event::Done { reason, usage })) => {
+                // What a reasoning model's splitter held back (a partial tag) goes out first.
+                let mut out = Vec::new();
+                if let Some(rest) = self.choices[i].think.as_mut().map(ThinkSplit::finish) {
+                    out.extend_from_slice(&self.split_text(i, &rest));
+                }
                 let choice = &mut self.choices[i];
                 let finish = match &choice.calls {
                     Some(calls) if calls.is_calls() == Some(true) => calls_finish(reason),
@@ -105,7 +113,7 @@ impl Stream {
                 let logprobs = std::mem::take(&mut choice.logprobs);
                 let text = std::mem::take(&mut choice.text);
                 choice.done = Some(Completion { text, reason, usage, logprobs: Vec::new() });
-                let mut out = sse(&self.chunk(i, &json!({}), Some(finish), &logprobs)).to_vec();
+                out.extend_from_slice(&sse(&self.chunk(i, &json!({}), Some(finish), &logprobs)));
                 if self.choices.iter().all(|c| c.done.is_some()) {
                     out.extend_from_slice(&self.end().await);
                 }
@@ -116,21 +124,52 @@ impl Stream {
         }
     }
 
-    /// A text piece of choice `i`, as content or tool-call deltas.
+    /// A text piece of choice `i`: a reasoning model's thoughts as `reasoning_content` deltas,
+    /// the rest as content or tool-call deltas.
     fn text(&mut self, i: usize, piece: &str) -> Bytes {
         self.choices[i].text.push_str(piece);
+        match self.choices[i].think.as_mut().map(|t| t.push(piece)) {
+            Some(split) => self.split_text(i, &split),
+            None => self.answer(i, piece),
+        }
+    }
+
+    fn split_text(&mut self, i: usize, split: &Split) -> Bytes {
+        let mut out = Vec::new();
+        if !split.reasoning.is_empty() {
+            let logprobs =
+                if split.content.is_empty() { std::mem::take(&mut self.choices[i].logprobs) } else { Vec::new() };
+            out.extend_from_slice(&sse(&self.chunk(
+                i,
+                &json!({"reasoning_content": split.reasoning}),
+                None,
+                &logprobs,
+            )));
+        }
+        if !split.content.is_empty() {
+            out.extend_from_slice(&self.answer(i, &split.content));
+        }
+        if out.is_empty() {
+            out.extend_from_slice(b": \n\n");
+        }
+        Bytes::from(out)
+    }
+
+    /// Answer text of choice `i`, as content or tool-call deltas.
+    fn answer(&mut self, i: usize, piece: &str) -> Bytes {
         let logprobs = std::mem::take(&mut self.choices[i].logprobs);
         let Some(calls) = self.choices[i].calls.as_mut() else {
             let chunk = sse(&self.chunk(i, &json!({"content": piece}), None, &logprobs));
             self.choices[i].offset += piece.chars().count();
             return chunk;
         };
+        let syntax = self.call.as_ref().map(|c| c.syntax).unwrap_or_default();
         let deltas: Vec<Value> = calls
             .push(piece)
             .into_iter()
             .map(|delta| match delta {
                 Delta::Content(text) => json!({"content": text}),
-                Delta::CallStart { index, name } => json!({"tool_calls": [{"index": index, "id": call_id(),
+                Delta::CallStart { index, name } => json!({"tool_calls": [{"index": index, "id": syntax.call_id(),
                     "type": "function", "function": {"name": name, "arguments": ""}}]}),
                 Delta::Arguments { index, text } => {
                     json!({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
@@ -200,9 +239,10 @@ pub(super) fn response(call: Call, generations: Vec<Generation>, include_usage: 
     let choices = (0..generations.len())
         .map(|_| Choice {
             text: String::new(),
-            calls: tools_offered.then(CallStream::new),
+            calls: tools_offered.then(|| CallStream::new(call.syntax)),
             logprobs: Vec::new(),
             offset: call.text_offset,
+            think: call.thinking.map(ThinkSplit::new),
             done: None,
         })
         .collect();
