@@ -14,6 +14,7 @@
 
 mod builtin_templates;
 pub mod constraint;
+mod generation;
 pub mod metrics;
 mod outbox;
 mod prompt;
@@ -21,6 +22,7 @@ pub mod reasoning;
 pub mod request;
 mod sampling;
 mod scheduler;
+mod settings;
 pub mod template;
 pub mod text;
 mod tool_syntax;
@@ -37,8 +39,10 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
 pub use constraint::{Constraint, Grammar};
+pub use generation::{Completion, Event, FinishReason, Generation, TokenLogprob, TopLogprob, Usage};
 pub use llama_cpp_2::token::LlamaToken as Token;
 pub use scheduler::stop_all;
+pub use settings::{GenerateParams, LlmSettings, MAX_TOP_LOGPROBS, Shaping, TEMPLATE_NAMES, TemplateChoice};
 pub use template::{ChatTemplate, Message, ROLES};
 
 /// Why an LLM call or load failed; the server maps each to a status code.
@@ -64,257 +68,6 @@ pub enum LlmError {
     ShuttingDown,
     #[error("llama.cpp failed: {0}")]
     Engine(String),
-}
-
-/// A model's settings, from config.toml and kiln's defaults.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LlmSettings {
-    /// CPU threads llama.cpp uses for a step.
-    pub threads: usize,
-    /// Tokens of context per sequence (prompt + completion); `None` = the model's training
-    /// context, capped at 4096.
-    pub context_length: Option<u32>,
-    /// Sequences decoded together (continuous batching); more wait in the queue.
-    pub max_sequences: usize,
-    /// Requests that may wait for a sequence slot before new ones are refused.
-    pub max_queue_size: usize,
-    /// Defaults for requests that do not say.
-    pub max_tokens: u32,
-    pub temperature: f32,
-    pub top_p: f32,
-    /// Layers offloaded to a GPU (needs a GPU build: the `cuda` feature); 0 = CPU only.
-    pub gpu_layers: u32,
-    /// llama.cpp's flash attention. Off by default, as in llama-cpp-python: its different
-    /// summation order changes greedy texts, and the prototype's texts are what kiln matches.
-    pub flash_attention: bool,
-    /// Keep a finished request's prompt in its slot's KV cache and start a later prompt that
-    /// begins the same way (a shared system prompt) from there.
-    pub prefix_cache: bool,
-    /// Parse special-token text (`<|im_start|>`, `[INST]`…) inside message *content* as
-    /// control tokens, as llama.cpp's server and Hugging Face do. Off by default: content is
-    /// tokenized as plain text, so a user's message (or a pipeline input in a prompt) cannot
-    /// open a system turn; the template's own text is parsed either way.
-    pub special_tokens_in_content: bool,
-    /// The chat template to use instead of the GGUF's (or where it has none).
-    pub chat_template: Option<TemplateChoice>,
-}
-
-/// `[llm] chat_template`: one of kiln's built-in templates, or a Jinja file's text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TemplateChoice {
-    /// A built-in name ([`TEMPLATE_NAMES`]).
-    Named(String),
-    /// A Jinja template read from the model folder.
-    File { name: String, source: String },
-}
-
-/// The built-in chat template names `[llm] chat_template` accepts.
-pub const TEMPLATE_NAMES: [&str; 5] = builtin_templates::NAMES;
-
-impl Default for LlmSettings {
-    fn default() -> Self {
-        LlmSettings {
-            threads: 2,
-            context_length: None,
-            max_sequences: 4,
-            max_queue_size: 64,
-            max_tokens: 256,
-            temperature: 1.0,
-            top_p: 1.0,
-            gpu_layers: 0,
-            flash_attention: false,
-            prefix_cache: true,
-            special_tokens_in_content: false,
-            chat_template: None,
-        }
-    }
-}
-
-/// What a caller may set per request; `None` takes the model's default.
-#[derive(Debug, Clone, Default)]
-pub struct GenerateParams {
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    /// Same seed + same request = same text. `None` = a random seed.
-    pub seed: Option<u32>,
-    /// Generation ends before any of these; they are not part of the text.
-    pub stop: Vec<String>,
-    /// The text must match this grammar ([`LlmModel::constrain`]); it ends when the grammar
-    /// is complete.
-    pub constraint: Option<Constraint>,
-    /// Penalties, biases and llama.cpp's extra filters.
-    pub shaping: Shaping,
-    /// Report each generated token's log-probability and this many most likely alternatives
-    /// ([`Event::Logprobs`]); `None` reports none.
-    pub logprobs: Option<usize>,
-}
-
-/// Most alternatives a request may ask for per token (OpenAI's `top_logprobs` limit).
-pub const MAX_TOP_LOGPROBS: usize = 20;
-
-/// One generated token's log-probability (natural log, under the model's raw distribution:
-/// before biases, penalties and filters) and the most likely alternatives at its place.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenLogprob {
-    /// The token's text (lossy where a token is part of a UTF-8 character: see `bytes`).
-    pub token: String,
-    pub bytes: Vec<u8>,
-    pub logprob: f32,
-    /// Most likely first, as many as asked.
-    pub top: Vec<TopLogprob>,
-}
-
-/// An alternative token at a place.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TopLogprob {
-    pub token: String,
-    pub bytes: Vec<u8>,
-    pub logprob: f32,
-}
-
-/// What changes the token distribution beyond temperature and top-p (OpenAI's penalties and
-/// `logit_bias`, llama.cpp's `top_k`, `min_p`, `repeat_penalty`). The default changes nothing.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Shaping {
-    /// OpenAI's, -2 to 2: subtracted once from a token that appeared in the last 64 tokens.
-    pub presence_penalty: Option<f32>,
-    /// OpenAI's, -2 to 2: subtracted per appearance in the last 64 tokens.
-    pub frequency_penalty: Option<f32>,
-    /// llama.cpp's: logits of recent tokens divided (positive) or multiplied by it; 1 = none.
-    pub repeat_penalty: Option<f32>,
-    /// llama.cpp's: sample among the k most likely tokens only (0 = all).
-    pub top_k: Option<u32>,
-    /// llama.cpp's: drop tokens less likely than `min_p` × the most likely one's.
-    pub min_p: Option<f32>,
-    /// (token id, bias added to its logit); -100 bans a token.
-    pub logit_bias: Vec<(i32, f32)>,
-}
-
-impl Shaping {
-    /// Whether any repetition penalty is on.
-    pub fn penalizes(&self) -> bool {
-        self.presence_penalty.is_some_and(|p| p != 0.0)
-            || self.frequency_penalty.is_some_and(|p| p != 0.0)
-            || self.repeat_penalty.is_some_and(|p| p != 1.0)
-    }
-}
-
-/// Why a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FinishReason {
-    /// The model ended its answer, or a stop string came.
-    #[default]
-    Stop,
-    /// `max_tokens` or the context ran out.
-    Length,
-}
-
-impl FinishReason {
-    /// OpenAI's name for it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
-
-/// Token counts of one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-}
-
-/// What a [`Generation`] yields, in order: text pieces, then exactly one `Done` or `Failed`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    Text(String),
-    /// The log-probabilities of the tokens whose text comes next (only when asked for); they
-    /// come before that text.
-    Logprobs(Vec<TokenLogprob>),
-    Done {
-        reason: FinishReason,
-        usage: Usage,
-    },
-    Failed(LlmError),
-}
-
-/// One request's output as it is generated. Dropping it cancels the request: the scheduler
-/// frees its sequence slot before the next step.
-#[derive(Debug)]
-pub struct Generation {
-    pub prompt_tokens: usize,
-    events: outbox::Events,
-    logprobs: bool,
-}
-
-impl Generation {
-    /// Whether it reports [`Event::Logprobs`] (the request asked for them).
-    pub fn reports_logprobs(&self) -> bool {
-        self.logprobs
-    }
-
-    /// The next event; `None` only after `Done`/`Failed` was taken.
-    pub async fn next(&mut self) -> Option<Event> {
-        self.events.recv().await
-    }
-
-    /// [`Generation::next`] for a thread outside any async runtime (it blocks until the next
-    /// event; the Python bridge calls it with the GIL released).
-    pub fn next_blocking(&mut self) -> Option<Event> {
-        self.events.blocking_recv()
-    }
-
-    /// [`Generation::complete`], blocking the calling thread.
-    pub fn complete_blocking(mut self) -> Result<Completion, LlmError> {
-        let mut completion = Completion::default();
-        while let Some(event) = self.next_blocking() {
-            if let Some(end) = completion.take(event) {
-                return end;
-            }
-        }
-        Err(LlmError::ShuttingDown)
-    }
-
-    /// Waits for the whole text.
-    pub async fn complete(mut self) -> Result<Completion, LlmError> {
-        let mut completion = Completion::default();
-        while let Some(event) = self.next().await {
-            if let Some(end) = completion.take(event) {
-                return end;
-            }
-        }
-        Err(LlmError::ShuttingDown)
-    }
-}
-
-/// A finished request.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Completion {
-    pub text: String,
-    pub reason: FinishReason,
-    pub usage: Usage,
-    /// Per generated token, when the request asked ([`GenerateParams::logprobs`]).
-    pub logprobs: Vec<TokenLogprob>,
-}
-
-impl Completion {
-    /// Adds an event to what is gathered; the end gives the whole completion (or the error).
-    pub fn take(&mut self, event: Event) -> Option<Result<Completion, LlmError>> {
-        match event {
-            Event::Text(piece) => self.text.push_str(&piece),
-            Event::Logprobs(tokens) => self.logprobs.extend(tokens),
-            Event::Done { reason, usage } => {
-                self.reason = reason;
-                self.usage = usage;
-                return Some(Ok(std::mem::take(self)));
-            }
-            Event::Failed(error) => return Some(Err(error)),
-        }
-        None
-    }
 }
 
 /// What the model file says about itself.
@@ -691,7 +444,7 @@ impl LlmModel {
             _waiting: self.metrics.wait(),
         };
         match self.queue.try_send(pending) {
-            Ok(()) => Ok(Generation { prompt_tokens, events, logprobs }),
+            Ok(()) => Ok(Generation::new(prompt_tokens, events, logprobs)),
             Err(TrySendError::Full(_)) => Err(LlmError::Overloaded { waiting: self.settings.max_queue_size }),
             Err(TrySendError::Disconnected(_)) => Err(LlmError::ShuttingDown),
         }
