@@ -137,6 +137,12 @@ pub(crate) struct ServeArgs {
     /// it the oldest rows are deleted down to 85 %. See docs/records.md for sizing.
     #[arg(long, env = "KILN_RECORDS_MAX_BYTES", default_value = "2GiB", value_parser = parse_bytes)]
     records_max_bytes: OrOff<u64>,
+    /// Memory for all LLMs together (e.g. 2GiB; default: none): each loads on its first request
+    /// (or at start, when it fits), and the least recently used idle one unloads when another
+    /// needs the room; a request that finds every loaded model busy gets 503 with the reason.
+    /// Counted per model: its file, the KV cache of its sequence slots, buffers.
+    #[arg(long, env = "KILN_LLM_MEMORY_BUDGET", value_parser = parse_bytes, help_heading = "LLMs")]
+    llm_memory_budget: Option<OrOff<u64>>,
     /// Where vector collections (`kind = "vector_index"`) keep their points: `sqlite:PATH`
     /// (embedded; default: REPO.points.sqlite beside the repository), `postgres://…` (replicas
     /// share it and follow each other's writes), or `off` (memory only: upserts are lost on
@@ -292,6 +298,9 @@ pub(crate) fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         }
         ModelControlArg::Explicit => ModelControl::Explicit,
     };
+    if let Some(OrOff(Some(bytes))) = args.llm_memory_budget {
+        kiln_llm::set_memory_budget(bytes)?;
+    }
     let engine = Engine::start(EngineConfig {
         repository: args.repository.clone(),
         control,

@@ -12,6 +12,7 @@
 //! It owns prompt construction too: the model's own chat template ([`template`]) and the
 //! tokenizer. It knows nothing of HTTP, JSON APIs or repositories.
 
+mod budget;
 mod builtin_templates;
 pub mod constraint;
 mod generation;
@@ -29,7 +30,6 @@ mod tool_syntax;
 pub mod tools;
 
 use std::path::Path;
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -38,6 +38,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
+pub use budget::set_memory_budget;
 pub use constraint::{Constraint, Grammar};
 pub use generation::{Completion, Event, FinishReason, Generation, TokenLogprob, TopLogprob, Usage};
 pub use llama_cpp_2::token::LlamaToken as Token;
@@ -66,6 +67,9 @@ pub enum LlmError {
     Grammar(String),
     #[error("the model is shutting down")]
     ShuttingDown,
+    /// No room under `--llm-memory-budget` to load the model now (every loaded model is busy).
+    #[error("{0}")]
+    NoRoom(String),
     #[error("llama.cpp failed: {0}")]
     Engine(String),
 }
@@ -103,6 +107,14 @@ struct Pending {
     _waiting: metrics::Waiting,
 }
 
+/// How requests reach a model's scheduler.
+enum Residency {
+    /// Loaded for as long as the model is served.
+    Always(scheduler::Running),
+    /// Under `--llm-memory-budget`: loaded on demand, unloaded when idle and room is needed.
+    Budgeted(Arc<budget::Resident>),
+}
+
 /// One loaded GGUF model serving requests. Dropping it stops admitting; sequences already
 /// running finish (their clients hold the [`Generation`]s), then the scheduler thread exits.
 pub struct LlmModel {
@@ -110,7 +122,7 @@ pub struct LlmModel {
     template: Option<ChatTemplate>,
     settings: LlmSettings,
     info: LlmInfo,
-    queue: SyncSender<Pending>,
+    residency: Residency,
     metrics: Arc<metrics::LlmMetrics>,
     /// Built on a thread of its own at load (it walks the whole vocabulary: ~0.7 s for SmolLM2's
     /// 49k tokens), so that the first constrained request does not pay for it; a request that
@@ -157,6 +169,18 @@ fn conversation<'m, 't>(
     }
 }
 
+/// Loads a GGUF file's weights (or only its vocabulary and metadata).
+fn load_weights(
+    backend: &LlamaBackend,
+    file: &Path,
+    gpu_layers: u32,
+    vocab_only: bool,
+) -> Result<LlamaModel, LlmError> {
+    let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers).with_vocab_only(vocab_only);
+    LlamaModel::load_from_file(backend, file, &params)
+        .map_err(|e| LlmError::Load(format!("{} is not a model llama.cpp can load: {e}", file.display())))
+}
+
 /// The refusal of a chat request to a model without a chat template.
 fn no_template() -> LlmError {
     LlmError::Template(format!(
@@ -174,10 +198,14 @@ impl LlmModel {
         if settings.max_sequences == 0 || settings.threads == 0 {
             return Err(LlmError::Load("max_sequences and threads must be at least 1".into()));
         }
-        let params = LlamaModelParams::default().with_n_gpu_layers(settings.gpu_layers);
-        let model = LlamaModel::load_from_file(backend, file, &params)
-            .map_err(|e| LlmError::Load(format!("{} is not a model llama.cpp can load: {e}", file.display())))?;
-        let trained = model.n_ctx_train() as usize;
+        let budget = budget::current();
+        // Under a budget only the vocabulary stays loaded here; the weights load with the scheduler.
+        let model = load_weights(backend, file, settings.gpu_layers, budget.is_some())?;
+        // A vocabulary-only load (under a budget) has no hyperparameters: read the metadata.
+        let trained = match model.n_ctx_train() {
+            0 => budget::meta_u64(&model, "context_length").and_then(|n| usize::try_from(n).ok()).unwrap_or(0),
+            n => n as usize,
+        };
         let context_length = match settings.context_length {
             Some(n) => n as usize,
             None => trained.clamp(1, 4096),
@@ -233,21 +261,52 @@ impl LlmModel {
             .unwrap_or(0);
         let model = Arc::new(model);
         let metrics = Arc::new(metrics::LlmMetrics::new(name, version));
-        let (queue, batched) = scheduler::start(
-            backend,
-            model.clone(),
-            scheduler::Limits {
-                threads: settings.threads,
-                context_length,
-                max_sequences: settings.max_sequences,
-                flash_attention: settings.flash_attention,
-                prefix_cache: settings.prefix_cache,
-                sliding_window,
-                channel: settings.max_sequences + settings.max_queue_size,
-            },
-            metrics.clone(),
-            format!("kiln-llm-{name}-v{version}"),
-        )?;
+        let limits = scheduler::Limits {
+            threads: settings.threads,
+            context_length,
+            max_sequences: settings.max_sequences,
+            flash_attention: settings.flash_attention,
+            prefix_cache: settings.prefix_cache,
+            sliding_window,
+            channel: settings.max_sequences + settings.max_queue_size,
+        };
+        let batched = limits.batched();
+        let thread_name = format!("kiln-llm-{name}-v{version}");
+        let residency = match budget {
+            None => {
+                let weights = model.clone();
+                let load: scheduler::Load = Box::new(move || Ok(weights));
+                Residency::Always(scheduler::start(
+                    backend,
+                    load,
+                    limits,
+                    metrics.clone(),
+                    thread_name,
+                    Vec::new(),
+                    true,
+                )?)
+            }
+            Some(budget) => {
+                let bytes = budget::estimate(&model, info.file_bytes, context_length * settings.max_sequences);
+                let (file, gpu_layers, for_start) = (file.to_path_buf(), settings.gpu_layers, metrics.clone());
+                let starter = Arc::new(move |after: Vec<Arc<std::sync::atomic::AtomicBool>>, wait: bool| {
+                    let file = file.clone();
+                    let load: scheduler::Load =
+                        Box::new(move || load_weights(backend, &file, gpu_layers, false).map(Arc::new));
+                    scheduler::start(backend, load, limits.clone(), for_start.clone(), thread_name.clone(), after, wait)
+                });
+                let on_demand = starter.clone();
+                let resident = Arc::new(budget::Resident::new(
+                    name.to_string(),
+                    bytes,
+                    budget,
+                    metrics.clone(),
+                    Box::new(move |after| on_demand(after, false)),
+                ));
+                budget.register(&resident, || starter(Vec::new(), true))?;
+                Residency::Budgeted(resident)
+            }
+        };
         if !batched && settings.max_sequences > 1 {
             tracing::info!(
                 model = name,
@@ -273,7 +332,7 @@ impl LlmModel {
             tracing::warn!(model = name, "cannot index the vocabulary ahead (the first constrained request will): {e}");
         }
         let bounds = prompt::Bounds::of(&model.vocab(), context_length);
-        Ok(LlmModel { model, template, settings, info, queue, metrics, grammars, bounds })
+        Ok(LlmModel { model, template, settings, info, residency, metrics, grammars, bounds })
     }
 
     /// Tokens in the vocabulary (ids run from 0 to this, exclusive).
@@ -443,10 +502,27 @@ impl LlmModel {
             queued_at: Instant::now(),
             _waiting: self.metrics.wait(),
         };
-        match self.queue.try_send(pending) {
-            Ok(()) => Ok(Generation::new(prompt_tokens, events, logprobs)),
-            Err(TrySendError::Full(_)) => Err(LlmError::Overloaded { waiting: self.settings.max_queue_size }),
-            Err(TrySendError::Disconnected(_)) => Err(LlmError::ShuttingDown),
+        match &self.residency {
+            Residency::Always(running) => running.send(pending)?,
+            Residency::Budgeted(resident) => resident.send(pending)?,
+        }
+        Ok(Generation::new(prompt_tokens, events, logprobs))
+    }
+
+    /// Whether the weights are loaded now (always, unless under `--llm-memory-budget`).
+    pub fn is_loaded(&self) -> bool {
+        match &self.residency {
+            Residency::Always(_) => true,
+            Residency::Budgeted(resident) => resident.is_loaded(),
+        }
+    }
+
+    /// The memory the budget counts for this model (weights, KV cache, buffers); `None` when no
+    /// budget is set.
+    pub fn budgeted_bytes(&self) -> Option<u64> {
+        match &self.residency {
+            Residency::Always(_) => None,
+            Residency::Budgeted(resident) => Some(resident.bytes),
         }
     }
 }

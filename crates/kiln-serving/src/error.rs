@@ -54,7 +54,7 @@ impl From<kiln_llm::LlmError> for EngineError {
             | LlmError::Template(_)
             | LlmError::Grammar(_) => EngineError::InvalidRequest(e.to_string()),
             LlmError::Overloaded { .. } => EngineError::Overloaded(e.to_string()),
-            LlmError::ShuttingDown => EngineError::Unavailable(e.to_string()),
+            LlmError::ShuttingDown | LlmError::NoRoom(_) => EngineError::Unavailable(e.to_string()),
             LlmError::Load(_) | LlmError::Engine(_) => EngineError::Backend(e.to_string()),
         }
     }

@@ -167,6 +167,11 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
                 entry["batched_steps"] = json!(llm.info().batched_steps);
                 entry["tool_syntax"] = json!(llm.tool_syntax().name());
                 entry["reasoning"] = json!(llm.reasons());
+                // Under --llm-memory-budget: whether its weights are loaded now, and what it counts.
+                entry["loaded"] = json!(llm.is_loaded());
+                if let Some(bytes) = llm.budgeted_bytes() {
+                    entry["budgeted_bytes"] = json!(bytes);
+                }
             } else if embedding_dim(&m).is_some() {
                 entry["kind"] = json!("text_embedding");
             } else {

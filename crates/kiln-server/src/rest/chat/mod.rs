@@ -262,7 +262,7 @@ fn outcome_of(e: &LlmError) -> Outcome {
         | LlmError::PromptTooLarge(_)
         | LlmError::EmptyPrompt
         | LlmError::Template(_) => Outcome::Invalid,
-        LlmError::Overloaded { .. } => Outcome::Overloaded,
+        LlmError::Overloaded { .. } | LlmError::NoRoom(_) => Outcome::Overloaded,
         _ => Outcome::Error,
     }
 }
