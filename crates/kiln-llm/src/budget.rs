@@ -5,13 +5,13 @@
 //! the room. A busy model is never unloaded: a request that finds no room gets
 //! [`LlmError::NoRoom`] (503) naming who holds it, at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::LlmError;
 use crate::metrics::LlmMetrics;
-use crate::scheduler::Running;
+use crate::worker::Running;
 
 /// The process's budget, set once before models load.
 static BUDGET: OnceLock<Budget> = OnceLock::new();
@@ -174,14 +174,6 @@ impl Resident {
         let running = state.running.take()?;
         running.stop();
         Some(running.exited())
-    }
-}
-
-/// Waits (bounded) until every unloaded model's thread has exited.
-pub(crate) fn wait_exited(flags: &[Arc<AtomicBool>]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && !flags.iter().all(|f| f.load(Ordering::Acquire)) {
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

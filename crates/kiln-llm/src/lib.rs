@@ -28,6 +28,7 @@ pub mod template;
 pub mod text;
 mod tool_syntax;
 pub mod tools;
+mod worker;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -110,7 +111,7 @@ struct Pending {
 /// How requests reach a model's scheduler.
 enum Residency {
     /// Loaded for as long as the model is served.
-    Always(scheduler::Running),
+    Always(worker::Running),
     /// Under `--llm-memory-budget`: loaded on demand, unloaded when idle and room is needed.
     Budgeted(Arc<budget::Resident>),
 }
@@ -275,25 +276,17 @@ impl LlmModel {
         let residency = match budget {
             None => {
                 let weights = model.clone();
-                let load: scheduler::Load = Box::new(move || Ok(weights));
-                Residency::Always(scheduler::start(
-                    backend,
-                    load,
-                    limits,
-                    metrics.clone(),
-                    thread_name,
-                    Vec::new(),
-                    true,
-                )?)
+                let load: worker::Load = Box::new(move || Ok(weights));
+                Residency::Always(worker::start(backend, load, limits, metrics.clone(), thread_name, Vec::new(), true)?)
             }
             Some(budget) => {
                 let bytes = budget::estimate(&model, info.file_bytes, context_length * settings.max_sequences);
                 let (file, gpu_layers, for_start) = (file.to_path_buf(), settings.gpu_layers, metrics.clone());
                 let starter = Arc::new(move |after: Vec<Arc<std::sync::atomic::AtomicBool>>, wait: bool| {
                     let file = file.clone();
-                    let load: scheduler::Load =
+                    let load: worker::Load =
                         Box::new(move || load_weights(backend, &file, gpu_layers, false).map(Arc::new));
-                    scheduler::start(backend, load, limits.clone(), for_start.clone(), thread_name.clone(), after, wait)
+                    worker::start(backend, load, limits.clone(), for_start.clone(), thread_name.clone(), after, wait)
                 });
                 let on_demand = starter.clone();
                 let resident = Arc::new(budget::Resident::new(
