@@ -38,6 +38,9 @@ def server(tmp_path_factory):
     (repo / "smollm2" / "config.toml").write_text(
         'kind = "llm"\nthreads = 2\nmax_queue_size = 4\n\n'
         "[llm]\ncontext_length = 512\nmax_sequences = 8\nmax_tokens = 64\ntemperature = 0.0\n")
+    link_gguf(repo / "smollm2_nocache" / "1" / "model.gguf")
+    (repo / "smollm2_nocache" / "config.toml").write_text(
+        'kind = "llm"\nthreads = 2\n\n[llm]\ncontext_length = 512\nmax_sequences = 2\nprefix_cache = false\n')
     # A GGUF that is not a model: a load error in the index, nothing else affected.
     (repo / "not_a_model" / "1").mkdir(parents=True)
     (repo / "not_a_model" / "1" / "model.gguf").write_bytes(b"GGUF" + b"\x00" * 60)
@@ -145,6 +148,31 @@ def test_eight_concurrent_streams_each_equal_their_solo_run(server):
     assert metric(after_text := server.metrics(), "kiln_llm_prompt_tokens_cached_total", model="smollm2") > 0
     assert metric(after_text, "kiln_llm_prompt_tokens_cached_total", model="smollm2") < \
         metric(after_text, "kiln_llm_prompt_tokens_total", model="smollm2")
+
+
+SUPPORT = ("You are the support assistant of Kiln, a server for machine learning models. Answer in one short "
+           "sentence. Be polite, never invent features, and say when you do not know. Kiln serves ONNX models and "
+           "GGUF language models, keeps a log of every prediction in SQL, and offers OpenAI and KServe APIs. ") * 4
+
+
+def test_a_shared_system_prompt_is_decoded_once_and_copied_to_other_slots(server):
+    """Eight concurrent chats with one long system prompt: the first decodes it, the others start
+    from a copy of its cells (kiln_llm_prefix_copies_total) — same texts as with no cache at all."""
+    def chat(model, question):
+        r = client(server).chat.completions.create(
+            model=model, temperature=0, max_tokens=24,
+            messages=[{"role": "system", "content": SUPPORT}, {"role": "user", "content": question}])
+        return r.choices[0].message.content
+
+    fresh = [chat("smollm2_nocache", q) for q in QUESTIONS]
+    before = metric(wait_idle(server), "kiln_llm_prefix_copies_total", model="smollm2")
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda q: chat("smollm2", q), QUESTIONS))
+    assert together == fresh
+    after = wait_idle(server)
+    assert metric(after, "kiln_llm_prefix_copies_total", model="smollm2") > before
+    # Later chats take the kept prompt again (own slot or a copy): still the same texts.
+    assert [chat("smollm2", q) for q in QUESTIONS[:3]] == fresh[:3]
 
 
 def test_completions_stop_strings_and_seeds(server):

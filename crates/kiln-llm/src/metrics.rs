@@ -25,6 +25,8 @@ pub struct LlmMetrics {
     pub(crate) inter_token: Histogram,
     pub(crate) prompt_tokens: Counter,
     pub(crate) cached_prompt_tokens: Counter,
+    /// Prompts that started from another slot's cells (a shared system prompt, copied).
+    pub(crate) copied_prefixes: Counter,
     pub(crate) generated_tokens: Counter,
     pub(crate) step_sequences: Histogram,
     /// How long compiling a request's grammar took (one sample per constrained request).
@@ -52,6 +54,7 @@ impl LlmMetrics {
             inter_token: histogram!("kiln_llm_inter_token_seconds", &labels),
             prompt_tokens: counter!("kiln_llm_prompt_tokens_total", &labels),
             cached_prompt_tokens: counter!("kiln_llm_prompt_tokens_cached_total", &labels),
+            copied_prefixes: counter!("kiln_llm_prefix_copies_total", &labels),
             generated_tokens: counter!("kiln_llm_generated_tokens_total", &labels),
             step_sequences: histogram!("kiln_llm_step_sequences", &labels),
             grammar_compile: histogram!("kiln_llm_grammar_compile_seconds", &labels),

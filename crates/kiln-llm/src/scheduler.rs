@@ -31,6 +31,9 @@ use crate::{Event, FinishReason, LlmError, Pending, Usage};
 /// Most tokens one step decodes (prompt chunks and generating tokens together).
 pub(crate) const STEP_TOKENS: usize = 512;
 
+/// Fewest tokens a copy of another slot's cells must save (a copy moves the whole KV stream).
+const MIN_COPY_GAIN: usize = 32;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub threads: usize,
@@ -256,12 +259,21 @@ impl<'m> Scheduler<'m> {
                 }
             }
         }
-        let (id, shared) = match best {
+        let (id, mut shared) = match best {
             Some((at, shared)) => (self.free.remove(at), shared),
             None => (self.free.pop()?, 0),
         };
         let slot = usize::try_from(id).unwrap_or_default();
         self.kept[slot].truncate(shared);
+        if let Some((donor, longer)) = self.donor(id, prompt, shared) {
+            // Another slot holds more of this prompt (a system prompt another request decoded):
+            // copy its cells here rather than decode them again.
+            if self.context.copy_kv_cache_seq(donor, id, None, None).is_ok() {
+                self.metrics.copied_prefixes.increment(1);
+                self.kept[slot] = prompt[..longer].to_vec();
+                shared = longer;
+            }
+        }
         let dropped = match u32::try_from(shared) {
             Ok(p0) => self.context.kv_cache_seq_rm(id, Some(p0), None).is_ok(),
             Err(_) => false,
@@ -273,6 +285,22 @@ impl<'m> Scheduler<'m> {
             let _ = self.context.clear_kv_cache_seq(u32::try_from(id).ok(), None, None);
             Some((id, 0))
         }
+    }
+
+    /// A slot other than `id` — free with a kept prompt, or running with its prompt decoded so
+    /// far — whose cells hold a longer start of `prompt` than `shared` by enough to be worth
+    /// copying its KV stream; with how many tokens it gives. Models with a sliding window are
+    /// left out (their reuse is whole chunks in the slot's own cells).
+    fn donor(&self, id: i32, prompt: &[LlamaToken], shared: usize) -> Option<(i32, usize)> {
+        if !self.prefix_cache || self.sliding_window > 0 {
+            return None;
+        }
+        let usable = prompt.len().saturating_sub(2);
+        let common = |tokens: &[LlamaToken]| tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(usable);
+        let free =
+            self.free.iter().map(|&other| (other, common(&self.kept[usize::try_from(other).unwrap_or_default()])));
+        let running = self.running.iter().map(|s| (s.id, common(&s.prompt[..s.fed])));
+        free.chain(running).filter(|&(other, n)| other != id && n >= shared + MIN_COPY_GAIN).max_by_key(|&(_, n)| n)
     }
 
     /// Whether slot `id` still holds the cells a prompt continuing at `shared` attends to: with
