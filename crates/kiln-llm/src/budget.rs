@@ -178,9 +178,10 @@ impl Resident {
 }
 
 /// What a model takes when loaded: its file (the weights), the KV cache of every sequence slot
-/// (f16 keys and values per layer and cell) and the logits of a full step, plus room for
-/// llama.cpp's compute buffers. Read from the GGUF's metadata (a vocabulary-only load has it).
-pub(crate) fn estimate(model: &llama_cpp_2::model::LlamaModel, file_bytes: u64, cells: usize) -> u64 {
+/// (f16 keys and values per layer and cell) and the logits of one token per slot (kiln asks for
+/// no more), plus room for llama.cpp's compute buffers. Read from the GGUF's metadata (a
+/// vocabulary-only load has it).
+pub(crate) fn estimate(model: &llama_cpp_2::model::LlamaModel, file_bytes: u64, cells: usize, slots: usize) -> u64 {
     // Metadata only: a vocabulary-only load has no hyperparameters.
     let meta = |key: &str| meta_u64(model, key);
     let layers = meta("block_count").unwrap_or(0);
@@ -190,7 +191,7 @@ pub(crate) fn estimate(model: &llama_cpp_2::model::LlamaModel, file_bytes: u64, 
     let key = meta("attention.key_length").unwrap_or(embd / heads);
     let value = meta("attention.value_length").unwrap_or(embd / heads);
     let kv = layers * cells as u64 * kv_heads * (key + value) * 2;
-    let logits = u64::try_from(model.n_vocab()).unwrap_or(0) * crate::scheduler::STEP_TOKENS as u64 * 4;
+    let logits = u64::try_from(model.n_vocab()).unwrap_or(0) * slots as u64 * 4;
     file_bytes + kv + logits + 64 * MIB
 }
 

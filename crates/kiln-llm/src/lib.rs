@@ -280,7 +280,12 @@ impl LlmModel {
                 Residency::Always(worker::start(backend, load, limits, metrics.clone(), thread_name, Vec::new(), true)?)
             }
             Some(budget) => {
-                let bytes = budget::estimate(&model, info.file_bytes, context_length * settings.max_sequences);
+                let bytes = budget::estimate(
+                    &model,
+                    info.file_bytes,
+                    context_length * settings.max_sequences,
+                    settings.max_sequences,
+                );
                 let (file, gpu_layers, for_start) = (file.to_path_buf(), settings.gpu_layers, metrics.clone());
                 let starter = Arc::new(move |after: Vec<Arc<std::sync::atomic::AtomicBool>>, wait: bool| {
                     let file = file.clone();

@@ -93,7 +93,7 @@ impl LlmMetrics {
     pub(crate) fn activate(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.active_gauge.increment(1.0);
-        Active(self.clone())
+        Active(Some(self.clone()))
     }
 
     pub fn waiting(&self) -> usize {
@@ -115,12 +115,22 @@ impl Drop for Waiting {
     }
 }
 
-/// Held by a running sequence.
-pub struct Active(Arc<LlmMetrics>);
+/// Held by a running sequence; it stops counting when the sequence ends (or is dropped).
+pub struct Active(Option<Arc<LlmMetrics>>);
+
+impl Active {
+    /// The sequence is done: no longer active, though its slot is freed at the step's end (a
+    /// client that has its answer finds the model idle).
+    pub(crate) fn end(&mut self) {
+        if let Some(metrics) = self.0.take() {
+            metrics.active.fetch_sub(1, Ordering::Relaxed);
+            metrics.active_gauge.decrement(1.0);
+        }
+    }
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-        self.0.active_gauge.decrement(1.0);
+        self.end();
     }
 }

@@ -101,7 +101,7 @@ struct Sequence {
     sink: crate::outbox::Sink,
     queued_at: Instant,
     last_token_at: Option<Instant>,
-    _active: Active,
+    active: Active,
 }
 
 pub(crate) struct Scheduler<'m> {
@@ -230,7 +230,7 @@ impl<'m> Scheduler<'m> {
             sink: pending.sink,
             queued_at: pending.queued_at,
             last_token_at: None,
-            _active: self.metrics.activate(),
+            active: self.metrics.activate(),
         });
     }
 
@@ -490,8 +490,9 @@ impl<'m> Scheduler<'m> {
         if let Some(reason) = reason {
             let usage = Usage { prompt_tokens: s.prompt.len(), completion_tokens: s.generated };
             // Counted before the caller hears of it: a client that has its answer sees it in
-            // kiln_llm_sequences_total.
+            // kiln_llm_sequences_total, and finds the model idle (a budget may unload it).
             self.metrics.ended(SequenceOutcome::Finished(reason));
+            s.active.end();
             s.sink.send(Event::Done { reason, usage });
         }
         reason
