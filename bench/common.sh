@@ -2,6 +2,7 @@
 
 # Builds the release binary and points kiln at the .venv's ONNX Runtime.
 use_release_kiln() {
+  source scripts/ccache-env.sh
   cargo build --release --locked -q -p kiln-cli
   ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
   export ORT_DYLIB_PATH

@@ -8,3 +8,5 @@ if command -v ccache >/dev/null; then
   export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}" CCACHE_NOHASHDIR=1
   export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-2G}"
 fi
+# llama.cpp's SIMD for this CPU (AVX-512 where it has it), the same for kiln and the reference.
+source "$(dirname "${BASH_SOURCE[0]}")/llama-simd.sh"

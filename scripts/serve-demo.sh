@@ -10,6 +10,7 @@ bash scripts/setup-venv.sh
 # export (scripts/text-example.sh DIR), it, help_center and support_answer are UNAVAILABLE and
 # everything else serves.
 bash scripts/install-build-deps.sh
+source scripts/ccache-env.sh
 cargo build --release --locked -p kiln-cli
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
 export ORT_DYLIB_PATH

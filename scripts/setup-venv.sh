@@ -17,20 +17,21 @@ case "${1:-}" in
 esac
 
 # llama-cpp-python is the reference kiln's greedy texts must equal, so its llama.cpp must
-# compute as kiln's does: the same SIMD (x86-64-v3, as .cargo/config.toml sets for kiln), not
-# -march=native — on a CPU with AVX-512 a native build sums in another order and its greedy
-# texts differ — and without weight repacking (GGML_CPU_REPACK=OFF, as kiln: repacked K-quants
+# compute as kiln's does: the same SIMD (x86-64-v3, as .cargo/config.toml sets for kiln, plus
+# AVX-512 where scripts/llama-simd.sh finds it — for both), not -march=native — which would
+# differ from kiln's flags and sum in another order — and without weight repacking (GGML_CPU_REPACK=OFF, as kiln: repacked K-quants
 # take other kernels for 4-row blocks than for single rows, so a sequence's text would depend
 # on how many others share its step). Built once per machine into a wheel folder named after
 # these flags (pip's cache would hand back a native build), then installed from there.
-llama_flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_CPU_REPACK=OFF"
+source "$(dirname "$0")/llama-simd.sh"
+llama_flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_CPU_REPACK=OFF $llama_simd_flags"
 reference_llama() {
   local pin wheels launcher=""
   pin=$(grep -oE '^llama-cpp-python[^=]*==[0-9.]+' python/requirements-llm.txt | sed -E 's/\[[a-z]+\]//')
-  wheels=${KILN_WHEELS:-$HOME/.cache/kiln/wheels}/x86-64-v3-$(echo "$llama_flags" | sha256sum | cut -c1-8)
+  wheels=${KILN_WHEELS:-$HOME/.cache/kiln/wheels}/llama-$(echo "$llama_flags" | sha256sum | cut -c1-8)
   command -v ccache >/dev/null && launcher="-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
   if ! ls "$wheels"/llama_cpp_python-"${pin##*==}"-*.whl >/dev/null 2>&1; then
-    echo "setup-venv: building $pin for x86-64-v3 (once per machine, ~8 min on 2 cores)"
+    echo "setup-venv: building $pin with kiln's llama.cpp flags (once per machine, ~8 min on 2 cores)"
     mkdir -p "$wheels"
     CMAKE_ARGS="$llama_flags $launcher ${CMAKE_ARGS:-}" .venv/bin/python -m pip wheel --quiet --disable-pip-version-check \
       --no-deps --no-cache-dir -w "$wheels" "$pin"
