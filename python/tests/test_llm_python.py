@@ -171,3 +171,26 @@ def test_penalties_and_llama_cpp_filters_equal_the_servers(llm, server):
         llm.complete("x", logit_bias={"99999999": 1})
     with pytest.raises(TypeError, match="frequency_penalties"):
         llm.complete("x", frequency_penalties=1)
+
+
+def test_logprobs_and_template_kwargs_equal_the_servers(llm, server):
+    """The bridge's log-probabilities, chat_template_kwargs and refusals are the server's."""
+    here = llm.chat(ask(QUESTIONS[0]), temperature=0, max_tokens=12, logprobs=True, top_logprobs=2,
+                    chat_template_kwargs={"unused_by_this_template": True})
+    there = server.chat.completions.create(model="smollm2", messages=ask(QUESTIONS[0]), temperature=0, max_tokens=12,
+                                           logprobs=True, top_logprobs=2,
+                                           extra_body={"chat_template_kwargs": {"unused_by_this_template": True}})
+    assert here["content"] == there.choices[0].message.content
+    assert [(t["token"], t["logprob"]) for t in here["logprobs"]] == \
+        [(t.token, t.logprob) for t in there.choices[0].logprobs.content]
+    assert [[a["token"] for a in t["top_logprobs"]] for t in here["logprobs"]] == \
+        [[a.token for a in t.top_logprobs] for t in there.choices[0].logprobs.content]
+    done = llm.complete("The capital of France is", temperature=0, max_tokens=8, logprobs=3)
+    assert "".join(t["token"] for t in done["logprobs"]) == done["text"]
+    assert all(len(t["top_logprobs"]) == 3 and t["top_logprobs"][0]["logprob"] == t["logprob"]
+               for t in done["logprobs"])
+    for bad, words in (({"top_logprobs": 2}, "needs logprobs"), ({"logprobs": True, "top_logprobs": 21}, "at most 20"),
+                       ({"logprobs": True, "stream": True}, "stream"),
+                       ({"chat_template_kwargs": {"messages": 1}}, "cannot be replaced")):
+        with pytest.raises(kiln.KilnError, match=words):
+            llm.chat(ask("hi"), max_tokens=2, **bad)

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use kiln_llm::reasoning::ThinkSplit;
 use kiln_llm::request::{self, ParamError};
 use kiln_llm::tools::{self, ToolChoice};
 use kiln_llm::{Completion, Event, FinishReason, GenerateParams, Generation, Grammar, LlmModel, Usage};
@@ -46,6 +47,41 @@ fn shaping_of(options: Option<&Bound<'_, PyDict>>, model: &LlmModel) -> PyResult
     let shaping = request::shaping(|name| given.remove(name)).map_err(param)?;
     request::check_logit_bias(&shaping, model.vocab_size()).map_err(param)?;
     Ok(shaping)
+}
+
+/// `logprobs` as the engine takes it: at most kiln_llm::MAX_TOP_LOGPROBS alternatives, and not
+/// with `stream=True` (a stream yields text pieces only).
+fn checked_logprobs(logprobs: Option<usize>, stream: bool) -> PyResult<Option<usize>> {
+    match logprobs {
+        Some(k) if k > kiln_llm::MAX_TOP_LOGPROBS => {
+            Err(kiln_err(format!("logprobs: at most {} alternatives, got {k}", kiln_llm::MAX_TOP_LOGPROBS)))
+        }
+        Some(_) if stream => Err(kiln_err("logprobs: not with stream=True (a stream yields text pieces)")),
+        other => Ok(other),
+    }
+}
+
+/// Per generated token: {"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+/// "bytes"}]} (OpenAI's chat shape).
+fn logprobs_list<'py>(py: Python<'py>, tokens: &[kiln_llm::TokenLogprob]) -> PyResult<Bound<'py, PyList>> {
+    let entry = |token: &str, bytes: &[u8], logprob: f32| -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("token", token)?;
+        d.set_item("logprob", logprob)?;
+        d.set_item("bytes", bytes.to_vec())?;
+        Ok(d)
+    };
+    let list = PyList::empty(py);
+    for t in tokens {
+        let d = entry(&t.token, &t.bytes, t.logprob)?;
+        let top = PyList::empty(py);
+        for a in &t.top {
+            top.append(entry(&a.token, &a.bytes, a.logprob)?)?;
+        }
+        d.set_item("top_logprobs", top)?;
+        list.append(d)?;
+    }
+    Ok(list)
 }
 
 fn param(e: ParamError) -> PyErr {
@@ -144,10 +180,11 @@ impl Llm {
 
     /// Answers chat `messages` (OpenAI's list of {"role", "content"}, tool calls and results
     /// included). Returns {"role", "content", "tool_calls" (when the model called tools),
+    /// "reasoning_content" (a reasoning model's thoughts), "logprobs" (with `logprobs=True`),
     /// "finish_reason", "usage"}; with `stream=True` an iterator of text pieces instead.
     #[pyo3(signature = (messages, *, max_tokens=None, temperature=None, top_p=None, seed=None, stop=None,
                         response_format=None, tools=None, tool_choice=None, parallel_tool_calls=false, stream=false,
-                        **options))]
+                        chat_template_kwargs=None, logprobs=false, top_logprobs=None, **options))]
     #[allow(clippy::too_many_arguments)]
     fn chat<'py>(
         &self,
@@ -163,9 +200,21 @@ impl Llm {
         tool_choice: Option<&Bound<'py, PyAny>>,
         parallel_tool_calls: bool,
         stream: bool,
+        chat_template_kwargs: Option<&Bound<'py, PyAny>>,
+        logprobs: bool,
+        top_logprobs: Option<usize>,
         options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let messages = request::messages(Some(to_json(messages, "messages")?)).map_err(param)?;
+        let kwargs = match chat_template_kwargs {
+            Some(k) => request::template_kwargs(Some(to_json(k, "chat_template_kwargs")?)).map_err(param)?,
+            None => Default::default(),
+        };
+        let logprobs = match (logprobs, top_logprobs) {
+            (false, Some(_)) => return Err(kiln_err("top_logprobs: needs logprobs=True")),
+            (true, top) => Some(top.unwrap_or(0)),
+            (false, None) => None,
+        };
         let format = format_of(response_format)?;
         let tools = match tools {
             Some(t) => request::tool_list(Some(to_json(t, "tools")?)).map_err(param)?,
@@ -178,12 +227,15 @@ impl Llm {
         let offered = !tools.is_empty() && choice != ToolChoice::None;
         let mut sampling = sampling(max_tokens, temperature, top_p, seed, stop)?;
         sampling.params.shaping = shaping_of(options, &self.model)?;
+        sampling.params.logprobs = checked_logprobs(logprobs, stream)?;
         let model = &self.model;
-        let generation = py.detach(|| {
-            let prompt = model.chat_prompt(&messages, if offered { &tools } else { &[] }).map_err(kiln_err)?;
+        let (generation, thinking) = py.detach(|| {
+            let offer = if offered { &tools[..] } else { &[] };
+            let prompt = model.chat_prompt_with(&messages, offer, &kwargs).map_err(kiln_err)?;
             sampling.params.constraint =
                 model.compile_answer(format.as_ref(), &tools, &choice, parallel_tool_calls).map_err(param)?;
-            model.generate(prompt, &sampling.params).map_err(kiln_err)
+            let thinking = model.reasons().then(|| model.opens_thinking(&prompt));
+            Ok::<_, PyErr>((model.generate(prompt, &sampling.params).map_err(kiln_err)?, thinking))
         })?;
         if stream {
             return Ok(Bound::new(py, TextStream::new(generation))?.into_any());
@@ -191,7 +243,21 @@ impl Llm {
         let done = py.detach(|| generation.complete_blocking()).map_err(kiln_err)?;
         let d = PyDict::new(py);
         d.set_item("role", "assistant")?;
-        let calls = if offered { tools::parse(&done.text, self.model.tool_syntax()) } else { None };
+        let text = match thinking {
+            Some(thinking) => {
+                let split = ThinkSplit::split(&done.text, thinking);
+                if !split.reasoning.is_empty() {
+                    d.set_item("reasoning_content", &split.reasoning)?;
+                }
+                split.content
+            }
+            None => done.text.clone(),
+        };
+        if sampling.params.logprobs.is_some() {
+            d.set_item("logprobs", logprobs_list(py, &done.logprobs)?)?;
+        }
+        let syntax = self.model.tool_syntax();
+        let calls = if offered { tools::parse(&text, syntax) } else { None };
         match calls {
             Some(calls) => {
                 d.set_item("content", py.None())?;
@@ -201,7 +267,10 @@ impl Llm {
                     f.set_item("name", &c.name)?;
                     f.set_item("arguments", &c.arguments)?;
                     let call = PyDict::new(py);
-                    call.set_item("id", format!("call_{i}"))?;
+                    // Mistral's template takes only 9-character ids back.
+                    let id =
+                        if syntax == tools::ToolSyntax::Mistral { format!("call{i:05}") } else { format!("call_{i}") };
+                    call.set_item("id", id)?;
                     call.set_item("type", "function")?;
                     call.set_item("function", f)?;
                     list.append(call)?;
@@ -211,7 +280,7 @@ impl Llm {
                 d.set_item("finish_reason", finish)?;
             }
             None => {
-                d.set_item("content", &done.text)?;
+                d.set_item("content", &text)?;
                 d.set_item("finish_reason", done.reason.as_str())?;
             }
         }
@@ -219,10 +288,11 @@ impl Llm {
         Ok(d.into_any())
     }
 
-    /// Continues a raw `prompt` (no chat template). Returns {"text", "finish_reason", "usage"};
+    /// Continues a raw `prompt` (no chat template). Returns {"text", "finish_reason", "usage"}
+    /// (and "logprobs" with `logprobs=K`: each token's and its K most likely alternatives');
     /// with `stream=True` an iterator of text pieces.
     #[pyo3(signature = (prompt, *, max_tokens=None, temperature=None, top_p=None, seed=None, stop=None,
-                        response_format=None, stream=false, **options))]
+                        response_format=None, stream=false, logprobs=None, **options))]
     #[allow(clippy::too_many_arguments)]
     fn complete<'py>(
         &self,
@@ -235,11 +305,13 @@ impl Llm {
         stop: Option<Vec<String>>,
         response_format: Option<&Bound<'py, PyAny>>,
         stream: bool,
+        logprobs: Option<usize>,
         options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let format = format_of(response_format)?;
         let mut sampling = sampling(max_tokens, temperature, top_p, seed, stop)?;
         sampling.params.shaping = shaping_of(options, &self.model)?;
+        sampling.params.logprobs = checked_logprobs(logprobs, stream)?;
         let model = &self.model;
         let generation = py.detach(|| {
             let tokens = model.text_prompt(prompt).map_err(kiln_err)?;
@@ -253,6 +325,9 @@ impl Llm {
         let done: Completion = py.detach(|| generation.complete_blocking()).map_err(kiln_err)?;
         let d = PyDict::new(py);
         d.set_item("text", &done.text)?;
+        if sampling.params.logprobs.is_some() {
+            d.set_item("logprobs", logprobs_list(py, &done.logprobs)?)?;
+        }
         d.set_item("finish_reason", done.reason.as_str())?;
         d.set_item("usage", usage_dict(py, done.usage)?)?;
         Ok(d.into_any())
