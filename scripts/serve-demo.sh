@@ -14,4 +14,5 @@ source scripts/ccache-env.sh
 cargo build --release --locked -p kiln-cli
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
 export ORT_DYLIB_PATH
-exec target/release/kiln serve examples/models "$@"
+# Where cargo put the binary: CARGO_TARGET_DIR when set, else ./target.
+exec "${CARGO_TARGET_DIR:-target}/release/kiln" serve examples/models "$@"

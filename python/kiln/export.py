@@ -28,6 +28,7 @@ converter declared (onnxmltools' LightGBM says `label` is [1], CatBoost's regres
 [N, 1]): the export runs the model and declares what it returns.
 """
 
+import contextlib
 import json
 import os
 import warnings
@@ -48,6 +49,19 @@ class ParityWarning(UserWarning):
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
+
+
+@contextlib.contextmanager
+def _needs(converter):
+    """A converter's optional libraries: a missing one is an error that says what to install."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        missing = e.name or str(e)
+        raise ModuleNotFoundError(
+            f"kiln.export.{converter} needs the '{missing}' package, which is not installed: "
+            f"pip install 'kiln[export]' (scikit-learn, skl2onnx, onnx, onnxmltools, pandas), "
+            f"or pip install {missing}", name=missing) from e
 
 
 def _is_frame(x):
@@ -267,9 +281,10 @@ def _classes(estimator):
 def _register_boosters():
     """Lets skl2onnx convert XGBoost and LightGBM estimators inside scikit-learn pipelines
     (through onnxmltools' converters), when those libraries are installed."""
-    from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import (calculate_linear_classifier_output_shapes,
-                                                   calculate_linear_regressor_output_shapes)
+    with _needs("sklearn"):
+        from skl2onnx import update_registered_converter
+        from skl2onnx.common.shape_calculator import (calculate_linear_classifier_output_shapes,
+                                                       calculate_linear_regressor_output_shapes)
 
     options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
     try:
@@ -300,8 +315,9 @@ def sklearn(estimator, sample_X, repo, name, version=None, tolerance=1e-5, targe
     `sample_X` is an array (one input, `input`) or a DataFrame (one input per column; see the
     module's help). XGBoost and LightGBM estimators inside a pipeline convert too. Returns the
     version folder."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType, StringTensorType
+    with _needs("sklearn"):
+        from skl2onnx import convert_sklearn
+        from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType, StringTensorType
 
     _register_boosters()
     final, classes = _classes(estimator)
@@ -334,8 +350,9 @@ def sklearn(estimator, sample_X, repo, name, version=None, tolerance=1e-5, targe
 def xgboost(estimator, sample_X, repo, name, version=None, tolerance=1e-5):
     """Converts a fitted `xgboost.XGBClassifier` / `XGBRegressor` with onnxmltools. Class labels
     are xgboost's (0..k-1). Returns the version folder."""
-    from onnxmltools import convert_xgboost
-    from onnxmltools.convert.common.data_types import FloatTensorType
+    with _needs("xgboost"):
+        from onnxmltools import convert_xgboost
+        from onnxmltools.convert.common.data_types import FloatTensorType
 
     x = _matrix(sample_X, "XGBoost")
     onx = convert_xgboost(estimator, initial_types=[("input", FloatTensorType([None, x.shape[1]]))],
@@ -346,8 +363,9 @@ def xgboost(estimator, sample_X, repo, name, version=None, tolerance=1e-5):
 def lightgbm(estimator, sample_X, repo, name, version=None, tolerance=1e-5):
     """Converts a fitted `lightgbm.LGBMClassifier` / `LGBMRegressor` with onnxmltools (ZipMap
     off; `label` declared with its batch dimension). Returns the version folder."""
-    from onnxmltools import convert_lightgbm
-    from onnxmltools.convert.common.data_types import FloatTensorType
+    with _needs("lightgbm"):
+        from onnxmltools import convert_lightgbm
+        from onnxmltools.convert.common.data_types import FloatTensorType
 
     x = _matrix(sample_X, "LightGBM")
     onx = convert_lightgbm(estimator, initial_types=[("input", FloatTensorType([None, x.shape[1]]))], zipmap=False,
@@ -362,7 +380,8 @@ def catboost(estimator, sample_X, repo, name, version=None, tolerance=1e-5):
     ZipMap. Returns the version folder."""
     import tempfile
 
-    import onnx
+    with _needs("catboost"):
+        import onnx
 
     if estimator.get_cat_feature_indices():
         raise TypeError("CatBoost's ONNX export does not support categorical features "
@@ -402,7 +421,8 @@ def torch(module, sample_inputs, repo, name, version=None, input_names=None, out
     with its parity fixture. Needs torch installed. Returns the version folder."""
     import io
 
-    import torch as th
+    with _needs("torch"):
+        import torch as th
 
     inputs = sample_inputs if isinstance(sample_inputs, (tuple, list)) else (sample_inputs,)
     input_names = input_names or [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]

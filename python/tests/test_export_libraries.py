@@ -233,3 +233,18 @@ def test_a_numeric_frame_is_one_matrix_for_the_boosters(tmp_path):
     ridge = Ridge().fit(diabetes.data.to_numpy(), diabetes.target)
     export_quietly(ridge, diabetes.data.to_numpy()[:30], tmp_path, "ridge")
     assert json.loads((tmp_path / "ridge" / "1" / "parity.json").read_text())["source"] == "scikit-learn Ridge"
+
+
+def test_a_missing_converter_says_which_package_and_extra_to_install(tmp_path, monkeypatch):
+    """kiln.export without onnxmltools (or skl2onnx): not a bare ModuleNotFoundError, but which
+    converter needs which package and the extra that installs it."""
+    iris = load_iris()
+    booster = xgboost.XGBClassifier(n_estimators=3, max_depth=2).fit(iris.data, iris.target)
+    monkeypatch.setitem(__import__("sys").modules, "onnxmltools", None)
+    with pytest.raises(ModuleNotFoundError, match=r"kiln\.export\.xgboost needs the 'onnxmltools' package.*"
+                                                  r"pip install 'kiln\[export\]'") as e:
+        kiln.export.model(booster, iris.data[:5], tmp_path, "xgb")
+    assert e.value.name == "onnxmltools"
+    monkeypatch.setitem(__import__("sys").modules, "skl2onnx", None)
+    with pytest.raises(ModuleNotFoundError, match=r"kiln\.export\.sklearn needs the 'skl2onnx' package"):
+        kiln.export.model(LogisticRegression(max_iter=200).fit(iris.data, iris.target), iris.data[:5], tmp_path, "lr")
