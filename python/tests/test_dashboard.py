@@ -120,6 +120,11 @@ def test_dashboard_honours_auth_and_can_be_turned_off(tmp_path):
         models = requests.get(f"{base}/v1/dashboard/models", headers=auth, timeout=10).json()
         ensemble = next(m for m in models["models"] if m["name"] == "fraud_ensemble")
         assert ensemble["kind"] == "pipeline" and [s["name"] for s in ensemble["steps"]][:2] == ["gbc", "lr"]
+        # Collections are shown as collections, with their size, metric and index.
+        items = next(m for m in models["models"] if m["name"] == "items")
+        assert items["kind"] == "collection", items
+        assert items["collection"]["count"] > 0 and items["collection"]["metric"] in ("cosine", "ip", "l2")
+        assert items["collection"]["index"]["kind"] in ("hnsw", "exact") and items["collection"]["dim"] > 0
         assert requests.get(f"{base}/v1/dashboard/live", headers=auth, timeout=10).status_code == 200
         # The records views need the admin scope: the page shows the 403 it gets.
         assert requests.get(f"{base}/v1/predictions", headers=auth, timeout=10).status_code == 403

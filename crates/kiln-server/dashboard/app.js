@@ -107,7 +107,7 @@ function renderNav() {
       },
       el("span", { class: m.state === "READY" ? "dot" : "dot bad", title: m.state }),
       el("span", { class: "name", text: m.name }),
-      m.kind === "pipeline" || m.kind === "llm" ? el("span", { class: "tag", text: m.kind }) : null,
+      m.kind === "pipeline" || m.kind === "llm" || m.kind === "collection" ? el("span", { class: "tag", text: m.kind }) : null,
       el("span", { class: "rate", text: now ? `${fmt(now.requests_per_s, 1)}/s` : "" }));
     }));
 }
@@ -117,12 +117,13 @@ function renderHome() {
     const now = latest(m.name);
     return [
       el("a", { href: `#/m/${encodeURIComponent(m.name)}/overview`, text: m.name }),
-      m.kind, m.state, m.versions.map((v) => v.version).join(", "),
+      m.collection ? `collection (${m.collection.count} × ${m.collection.dim}, ${m.collection.metric}, ${m.collection.index.kind})` : m.kind,
+      m.state, m.versions.map((v) => v.version).join(", "),
       now ? fmt(now.requests_per_s, 1) : "–", now ? fmt(now.p99_ms) : "–",
       now ? String(now.total_requests) : "–", m.reason || "",
     ];
   });
-  return [el("h2", { text: "Models" }),
+  return [el("h2", { text: "Models and collections" }),
     table(["model", "kind", "state", "versions", "req/s", "p99 ms", "requests", "reason"], rows)];
 }
 
@@ -143,7 +144,13 @@ function renderOverview(m) {
     parts.push(el("h3", { text: "Inputs" }), signatureTable(m.metadata.inputs));
     parts.push(el("h3", { text: "Outputs" }), signatureTable(m.metadata.outputs));
   }
-  if (m.llm) {
+  if (m.collection) {
+    const c = m.collection;
+    parts.push(el("h3", { text: "Collection" }), table(
+      ["points", "dimension", "metric", "index", "embedder", "memory", "state"],
+      [[String(c.count), String(c.dim), c.metric, c.index.kind + (c.index.m ? ` (m ${c.index.m}, ef ${c.index.ef_search})` : ""),
+        c.embedder || "—", fmt(c.memory_bytes / 1048576, 1) + " MiB", c.state]]));
+  } else if (m.llm) {
     const l = m.llm;
     parts.push(el("h3", { text: "LLM" }), table(
       ["architecture", "parameters", "GGUF", "context", "sequences", "active", "waiting", "chat template"],

@@ -65,7 +65,8 @@ fn find(state: &AppState, name: &str) -> Result<(ModelHandle, Arc<Collection>), 
     }
 }
 
-fn describe(state: &AppState, c: &Collection) -> Value {
+/// A collection as `GET /v1/collections/{name}` (and the dashboard) shows it.
+pub(super) fn describe(state: &AppState, c: &Collection) -> Value {
     let info = c.info();
     let config = &c.config;
     let index = if config.exact {

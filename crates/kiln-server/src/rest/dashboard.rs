@@ -117,6 +117,11 @@ async fn models(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiE
                     "chat_template": info.chat_template,
                 });
             }
+            if let Some(collection) = model.runs::<std::sync::Arc<kiln_collection::Collection>>() {
+                // A vector collection, not a model: its size, metric and index.
+                entry["kind"] = json!("collection");
+                entry["collection"] = super::collections::describe(&state, collection);
+            }
             if let Some(pipeline) = model.runs::<std::sync::Arc<kiln_pipeline::Pipeline>>() {
                 entry["kind"] = json!("pipeline");
                 entry["steps"] = json!(pipeline.steps_view());
