@@ -108,3 +108,22 @@ def test_a_model_larger_than_the_budget_is_a_load_error_and_the_others_serve(tmp
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == texts["smollm2"]
     finally:
         assert s.stop() == 0
+
+
+def test_a_model_that_fails_to_load_on_demand_answers_503_and_the_others_serve(tmp_path, reference):
+    texts, sizes = reference
+    repo = repository(tmp_path)
+    budget = max(sizes.values()) + min(sizes.values()) // 2  # one fits, not both
+    s = KilnServer(repo, ["--points", "off", "--records", "off", "--llm-memory-budget", str(budget)])
+    try:
+        unloaded = next(m for m, i in models(s).items() if not i["loaded"])
+        other = ({"gemma", "smollm2"} - {unloaded}).pop()
+        (repo / unloaded / "1" / "model.gguf").unlink()  # its weights are gone before its first request
+        r = complete(s, unloaded)
+        assert r.status_code == 503, r.text
+        assert "could not be loaded" in r.json()["error"]["message"] and "model.gguf" in r.json()["error"]["message"]
+        r = complete(s, other)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == texts[other]
+        assert complete(s, unloaded).status_code == 503  # tried again, same answer
+    finally:
+        assert s.stop() == 0

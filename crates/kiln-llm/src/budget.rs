@@ -121,7 +121,7 @@ impl Budget {
 
 /// The members whose weights are loaded now.
 fn loaded(members: &[Weak<Resident>]) -> impl Iterator<Item = Arc<Resident>> + '_ {
-    members.iter().filter_map(Weak::upgrade).filter(|m| lock(&m.state).running.is_some())
+    members.iter().filter_map(Weak::upgrade).filter(|m| m.is_loaded())
 }
 
 impl Resident {
@@ -136,8 +136,9 @@ impl Resident {
         Resident { name, bytes, budget, start, metrics, state }
     }
 
+    /// Whether its weights are loaded (or loading): a scheduler runs and its load did not fail.
     pub(crate) fn is_loaded(&self) -> bool {
-        lock(&self.state).running.is_some()
+        lock(&self.state).running.as_ref().is_some_and(|r| !r.ended())
     }
 
     /// Hands `pending` to the scheduler, loading the model first (making room) when it is not.

@@ -177,6 +177,10 @@ fn load_weights(
     gpu_layers: u32,
     vocab_only: bool,
 ) -> Result<LlamaModel, LlmError> {
+    // (llama-cpp-2 asserts the file exists in debug builds: say it instead.)
+    if !file.is_file() {
+        return Err(LlmError::Load(format!("{} does not exist or is not a file", file.display())));
+    }
     let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers).with_vocab_only(vocab_only);
     LlamaModel::load_from_file(backend, file, &params)
         .map_err(|e| LlmError::Load(format!("{} is not a model llama.cpp can load: {e}", file.display())))

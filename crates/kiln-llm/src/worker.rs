@@ -5,7 +5,7 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::LlamaContext;
@@ -25,6 +25,8 @@ pub(crate) struct Running {
     stop: Arc<AtomicBool>,
     /// True once the thread has ended and dropped its context and weights.
     exited: Arc<AtomicBool>,
+    /// True once its load failed (the thread then only answers requests with the error).
+    failed: Arc<AtomicBool>,
 }
 
 impl Running {
@@ -38,7 +40,7 @@ impl Running {
 
     /// Whether the thread has ended (its load failed, or it was stopped).
     pub(crate) fn ended(&self) -> bool {
-        self.exited.load(Ordering::Acquire)
+        self.exited.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire)
     }
 
     pub(crate) fn stop(&self) {
@@ -80,20 +82,38 @@ pub(crate) fn start(
     let (ready, started) = std::sync::mpsc::sync_channel::<Result<(), LlmError>>(1);
     let stop = Arc::new(AtomicBool::new(false));
     let exited = Arc::new(AtomicBool::new(false));
-    let (stopped, exit) = (stop.clone(), ExitFlag(exited.clone()));
+    let failed = Arc::new(AtomicBool::new(false));
+    let (stopped, exit, load_failed) = (stop.clone(), ExitFlag(exited.clone()), failed.clone());
     let thread = std::thread::Builder::new()
         .name(thread_name)
         .spawn(move || {
             let _exit = exit;
+            let failed = load_failed;
             wait_exited(&after);
+            // A failed load answers every request that reaches this thread with its error until
+            // the sender is dropped (the next request starts a new thread) or the process stops.
             let fail = |e: LlmError| {
                 tracing::error!("LLM load failed: {e}");
+                failed.store(true, Ordering::Release);
                 let _ = ready.send(Err(e.clone()));
-                while let Ok(pending) = requests.try_recv() {
-                    pending.sink.send(Event::Failed(e.clone()));
+                loop {
+                    match requests.recv_timeout(Duration::from_millis(100)) {
+                        Ok(pending) => pending.sink.send(Event::Failed(e.clone())),
+                        Err(RecvTimeoutError::Timeout) if !stopped.load(Ordering::Relaxed) => {}
+                        Err(_) => return,
+                    }
                 }
             };
-            let model = match load() {
+            // A panic while loading fails the load (and the requests), never the thread silently.
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                    .unwrap_or_else(|| "a panic".into());
+                Err(LlmError::Load(format!("loading the model failed: {why}")))
+            });
+            let model = match loaded {
                 Ok(model) => model,
                 Err(e) => return fail(e),
             };
@@ -118,7 +138,7 @@ pub(crate) fn start(
     // Threads of models unloaded since have ended: forget them.
     schedulers.retain(|(_, t)| !t.is_finished());
     schedulers.push((stop.clone(), thread));
-    Ok(Running { queue, queue_size, stop, exited })
+    Ok(Running { queue, queue_size, stop, exited, failed })
 }
 
 /// The llama.cpp context of a scheduler: a KV cache of `context_length` per sequence slot.

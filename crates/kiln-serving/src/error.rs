@@ -55,7 +55,11 @@ impl From<kiln_llm::LlmError> for EngineError {
             | LlmError::Grammar(_) => EngineError::InvalidRequest(e.to_string()),
             LlmError::Overloaded { .. } => EngineError::Overloaded(e.to_string()),
             LlmError::ShuttingDown | LlmError::NoRoom(_) => EngineError::Unavailable(e.to_string()),
-            LlmError::Load(_) | LlmError::Engine(_) => EngineError::Backend(e.to_string()),
+            // At request time a load error is a model that could not load now (under
+            // --llm-memory-budget, on demand): unavailable, with the reason; the next request
+            // tries again.
+            LlmError::Load(reason) => EngineError::Unavailable(format!("the model could not be loaded: {reason}")),
+            LlmError::Engine(_) => EngineError::Backend(e.to_string()),
         }
     }
 }
