@@ -72,9 +72,13 @@ pub(crate) fn logprobs(logits: &[f32], chosen: usize, top: usize) -> (f32, Vec<(
     let norm = f64::from(max) + sum.ln();
     let lp = |l: f32| (f64::from(l) - norm) as f32;
     let chosen_lp = logits.get(chosen).map_or(f32::NEG_INFINITY, |&l| lp(l));
+    let top = top.min(logits.len());
+    if top == 0 {
+        // Only the chosen token: no index of the whole vocabulary per token.
+        return (chosen_lp, Vec::new());
+    }
     let mut best: Vec<usize> = (0..logits.len()).collect();
-    let top = top.min(best.len());
-    if top > 0 && top < best.len() {
+    if top < best.len() {
         best.select_nth_unstable_by(top - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
     }
     best.truncate(top);

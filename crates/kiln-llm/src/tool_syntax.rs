@@ -109,6 +109,15 @@ impl ToolSyntax {
             _ => format!("call_{:024x}", fastrand::u128(..) >> 32),
         }
     }
+
+    /// The id of an answer's call `index`, deterministic (the Python bridge's), in the form the
+    /// family's template accepts back.
+    pub fn numbered_call_id(self, index: usize) -> String {
+        match self {
+            ToolSyntax::Mistral => format!("call{index:05}"),
+            _ => format!("call_{index}"),
+        }
+    }
 }
 
 #[cfg(test)]

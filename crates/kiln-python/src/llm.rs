@@ -267,10 +267,7 @@ impl Llm {
                     f.set_item("name", &c.name)?;
                     f.set_item("arguments", &c.arguments)?;
                     let call = PyDict::new(py);
-                    // Mistral's template takes only 9-character ids back.
-                    let id =
-                        if syntax == tools::ToolSyntax::Mistral { format!("call{i:05}") } else { format!("call_{i}") };
-                    call.set_item("id", id)?;
+                    call.set_item("id", syntax.numbered_call_id(i))?;
                     call.set_item("type", "function")?;
                     call.set_item("function", f)?;
                     list.append(call)?;
