@@ -13,6 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The reference llama.cpp (llama-cpp-python, in this process) runs ggml as kiln does: without
+# the tiled K-quant matmul, whose sums change with the number of rows (kiln_llm::BATCH_INVARIANT_ENV).
+os.environ["GGML_CPU_TILED_MM"] = "0"
+
 
 def kiln_bin():
     path = os.environ.get("KILN_BIN", str(ROOT / "target" / "debug" / "kiln"))

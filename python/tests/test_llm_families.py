@@ -3,8 +3,8 @@ chat template in its GGUF) gives the same greedy text on a repeat, streamed, wit
 prefix cache, equal to llama.cpp's own (llama-cpp-python); chat templates come from config.toml
 (a built-in name or a .jinja file), rendered exactly as Hugging Face's jinja2 renders the real
 templates of five families; llama-server's sampling extensions and /tokenize, /detokenize.
-Concurrent requests give their solo texts too: a model whose logits change when sequences
-share a decode step (Gemma) has each generating sequence decoded alone."""
+Concurrent requests give their solo texts too, decoded together: kiln runs ggml without its
+tiled K-quant matmul, whose sums change with the number of rows in a batch."""
 
 import json
 import shutil
@@ -74,18 +74,17 @@ def test_gemma_greedy_text_repeats_streamed_concurrent_and_with_or_without_the_p
     solo = [complete(server, "gemma", p) for p in PROMPTS]
     assert [complete(server, "gemma", p) for p in PROMPTS] == solo
     assert [complete(server, "gemma", p, stream=True) for p in PROMPTS] == solo
-    # Gemma's logits differ when sequences share a decode step (kiln measures it at load):
-    # each generating sequence is then decoded alone, and 8 at once give their solo texts.
+    # 8 at once share decode steps (8 rows: where ggml's tiled matmul would take over) and
+    # give their solo texts.
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lambda p: complete(server, "gemma", p), PROMPTS)) == solo
         assert list(pool.map(lambda p: complete(server, "gemma_nocache", p, stream=True), PROMPTS)) == solo
     models = {m["id"]: m for m in requests.get(f"http://{server.url}/v1/models", timeout=10).json()["data"]}
-    assert models["gemma"]["batched_steps"] is False
+    assert models["gemma"]["batched_steps"] is True
     assert [complete(server, "gemma_nocache", p) for p in PROMPTS] == solo
-    # Gemma's logits change with the batch shape a prompt's tail is decoded in (by up to ~1.0,
-    # not rounding), so a sliding-window model reuses kept cells only in whole 512-token chunks,
-    # which a fresh decode computes the same way; and not at all once its window has dropped
-    # the cells a continuation attends to. Long prompts sharing a start: the same texts.
+    # A kept prompt is reused whatever the length of the tail decoded after it, but not once
+    # the sliding window has dropped the cells a continuation attends to. Long prompts sharing
+    # a start (longer than the 512-token window): the same texts as without the cache.
     long = " ".join(PROMPTS * 12)
     for ending in (" So", " So", " Then", " So"):
         assert complete(server, "gemma", long + ending) == complete(server, "gemma_nocache", long + ending)

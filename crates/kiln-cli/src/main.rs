@@ -193,8 +193,19 @@ fn disable_onnxruntime_telemetry() {
     }
 }
 
+/// ggml's kernels such that a sequence's logits do not depend on its batch (see
+/// `kiln_llm::BATCH_INVARIANT_ENV`): what kiln promises — same input, same answer — wins over
+/// a user's setting.
+#[allow(unsafe_code)]
+fn batch_invariant_llm_kernels() {
+    let (name, value) = kiln_llm::BATCH_INVARIANT_ENV;
+    // SAFETY: called first thing in `main`, before any other thread exists.
+    unsafe { std::env::set_var(name, value) };
+}
+
 fn main() -> ExitCode {
     disable_onnxruntime_telemetry();
+    batch_invariant_llm_kernels();
     let cli = Cli::parse();
     if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
         eprintln!("kiln: {e:#}");

@@ -90,8 +90,8 @@ pub struct LlmInfo {
     /// Where the chat template comes from: `gguf`, `builtin:<name>` or `file:<name>`; empty
     /// when there is none.
     pub chat_template: String,
-    /// Whether generating sequences share decode steps; a model with a sliding window (Gemma 3),
-    /// whose greedy texts changed when they did, has each decoded alone.
+    /// Whether generating sequences share decode steps (each is decoded alone in a process
+    /// without [`BATCH_INVARIANT_ENV`]).
     pub batched_steps: bool,
 }
 
@@ -137,6 +137,31 @@ impl std::fmt::Debug for LlmModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlmModel").field("info", &self.info).finish_non_exhaustive()
     }
+}
+
+/// The environment ggml must start with for a sequence's logits not to depend on the batch it
+/// is decoded in: `GGML_CPU_TILED_MM=0`. ggml's tiled K-quant matmul (on by default) takes over
+/// from 8 rows on and sums in another order than the one-row kernel, so a Q4_K model's greedy
+/// text would change with how many sequences share its decode step (Gemma 3 270M Q4_K_M: by up
+/// to 0.2 in a logprob). Off, it cost nothing measurable (llama-server, Gemma 3, 1 and 8 streams).
+/// ggml reads it once, at its first matmul: the binary and the Python bridge set it before any
+/// thread starts; a process that did not gets its LLMs' sequences decoded one at a time.
+pub const BATCH_INVARIANT_ENV: (&str, &str) = ("GGML_CPU_TILED_MM", "0");
+
+/// Whether this process runs ggml with [`BATCH_INVARIANT_ENV`].
+fn batch_invariant() -> bool {
+    static INVARIANT: OnceLock<bool> = OnceLock::new();
+    *INVARIANT.get_or_init(|| {
+        let (name, value) = BATCH_INVARIANT_ENV;
+        let set = std::env::var(name).is_ok_and(|v| v == value);
+        if !set {
+            tracing::warn!(
+                "{name} is not {value}: ggml's tiled matmul makes logits depend on the batch, so each LLM \
+                 sequence is decoded alone"
+            );
+        }
+        set
+    })
 }
 
 /// llama.cpp's process-wide state: initialized once, never freed.
@@ -274,6 +299,7 @@ impl LlmModel {
             prefix_cache: settings.prefix_cache,
             sliding_window,
             channel: settings.max_sequences + settings.max_queue_size,
+            batch_invariant: batch_invariant(),
         };
         let batched = limits.batched();
         let thread_name = format!("kiln-llm-{name}-v{version}");
@@ -309,13 +335,6 @@ impl LlmModel {
                 Residency::Budgeted(resident)
             }
         };
-        if !batched && settings.max_sequences > 1 {
-            tracing::info!(
-                model = name,
-                "a sliding-window model: each generating sequence is decoded alone (its greedy texts change when \
-                 sequences share a decode step)"
-            );
-        }
         let info = LlmInfo { batched_steps: batched, ..info };
         tracing::info!(
             model = name,

@@ -47,12 +47,15 @@ pub(crate) struct Limits {
     pub sliding_window: usize,
     /// Requests the channel holds: waiting ones and those about to take a free slot.
     pub channel: usize,
+    /// Whether ggml's kernels give a row the same result in any batch (see
+    /// `crate::BATCH_INVARIANT_ENV`).
+    pub batch_invariant: bool,
 }
 
 impl Limits {
-    /// Whether generating sequences share decode steps (see `start`).
+    /// Whether generating sequences share decode steps.
     pub(crate) fn batched(&self) -> bool {
-        self.max_sequences > 1 && self.sliding_window == 0
+        self.max_sequences > 1 && self.batch_invariant
     }
 }
 
@@ -247,13 +250,7 @@ impl<'m> Scheduler<'m> {
                 // Two tokens at least are decoded again: a one-token batch takes other kernels
                 // (llama.cpp's attention sums in another order for n = 1), and the first
                 // token's logits must be those of a fresh prompt.
-                let mut shared = shared.min(prompt.len().saturating_sub(2));
-                if self.sliding_window > 0 {
-                    // Models with a sliding window (Gemma 3) give other logits for a prompt's
-                    // tail decoded in another batch shape, by far more than rounding: reuse only
-                    // whole chunks, which a fresh decode computes exactly the same way.
-                    shared = shared / STEP_TOKENS * STEP_TOKENS;
-                }
+                let shared = shared.min(prompt.len().saturating_sub(2));
                 if shared > 0 && self.window_held(id, shared) && best.is_none_or(|(_, n)| shared > n) {
                     best = Some((at, shared));
                 }
@@ -289,10 +286,10 @@ impl<'m> Scheduler<'m> {
 
     /// A slot other than `id` — free with a kept prompt, or running with its prompt decoded so
     /// far — whose cells hold a longer start of `prompt` than `shared` by enough to be worth
-    /// copying its KV stream; with how many tokens it gives. Models with a sliding window are
-    /// left out (their reuse is whole chunks in the slot's own cells).
+    /// copying its KV stream; with how many tokens it gives. With a sliding window, only a slot
+    /// that still holds the window those tokens' continuation attends to.
     fn donor(&self, id: i32, prompt: &[LlamaToken], shared: usize) -> Option<(i32, usize)> {
-        if !self.prefix_cache || self.sliding_window > 0 {
+        if !self.prefix_cache {
             return None;
         }
         let usable = prompt.len().saturating_sub(2);
@@ -300,7 +297,9 @@ impl<'m> Scheduler<'m> {
         let free =
             self.free.iter().map(|&other| (other, common(&self.kept[usize::try_from(other).unwrap_or_default()])));
         let running = self.running.iter().map(|s| (s.id, common(&s.prompt[..s.fed])));
-        free.chain(running).filter(|&(other, n)| other != id && n >= shared + MIN_COPY_GAIN).max_by_key(|&(_, n)| n)
+        free.chain(running)
+            .filter(|&(other, n)| other != id && n >= shared + MIN_COPY_GAIN && self.window_held(other, n))
+            .max_by_key(|&(_, n)| n)
     }
 
     /// Whether slot `id` still holds the cells a prompt continuing at `shared` attends to: with

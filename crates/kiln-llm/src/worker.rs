@@ -123,10 +123,6 @@ pub(crate) fn start(
             };
             let _ = ready.send(Ok(()));
             let mut scheduler = Scheduler::new(&model, context, &limits, metrics);
-            // Gemma 3's greedy texts changed when its sequences shared decode steps (3 of 8 in
-            // one run; none decoded alone), though one shared step of fresh sequences gives the
-            // same logits bit for bit — the cause is not found yet, so sliding-window models
-            // decode each generating sequence alone. SmolLM2-like models batch (tested equal).
             scheduler.batched = limits.batched();
             scheduler.run(&requests, &stopped);
         })

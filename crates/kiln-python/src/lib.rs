@@ -382,7 +382,14 @@ fn specs<'py>(
 }
 
 #[pymodule]
+#[allow(unsafe_code)]
 fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // ggml's kernels such that an LLM sequence's logits do not depend on its batch (see
+    // `kiln_llm::BATCH_INVARIANT_ENV`); ggml reads it at its first matmul.
+    let (name, value) = kiln_llm::BATCH_INVARIANT_ENV;
+    // SAFETY: set while the module is imported, holding the GIL and before kiln starts any thread;
+    // Python code does not read the C environment without the GIL.
+    unsafe { std::env::set_var(name, value) };
     m.add_class::<Model>()?;
     m.add_class::<Pipeline>()?;
     m.add_class::<llm::Llm>()?;
