@@ -152,6 +152,21 @@ pub(crate) struct ServeArgs {
     /// How often a replica applies points other replicas committed, in milliseconds.
     #[arg(long, env = "KILN_POINTS_FOLLOW_MS", default_value_t = 250, help_heading = "Collections")]
     points_follow_ms: u64,
+    /// Export OpenTelemetry traces over OTLP to this collector (e.g. http://127.0.0.1:4317 for
+    /// gRPC, http://127.0.0.1:4318 for HTTP; default: off). Export never delays a request: a
+    /// slow or dead collector loses spans (kiln_trace_spans_dropped_total), not time.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", help_heading = "Traces")]
+    otlp_endpoint: Option<String>,
+    /// OTLP transport: grpc or http/protobuf.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc", help_heading = "Traces")]
+    otlp_protocol: kiln_server::otel::OtlpProtocol,
+    /// Share of new traces sampled, 0 to 1; a caller's `traceparent` sampled flag decides for
+    /// its own requests.
+    #[arg(long, env = "KILN_TRACE_SAMPLE_RATIO", default_value_t = 1.0, help_heading = "Traces")]
+    trace_sample_ratio: f64,
+    /// The spans' `service.name`.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "kiln", help_heading = "Traces")]
+    otel_service_name: String,
 }
 
 /// A flag value that may be `off` (clap needs a type of its own for that: a plain `Option`
@@ -378,6 +393,14 @@ pub(crate) fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
         dashboard: args.dashboard == Switch::On,
         points,
         points_follow: Duration::from_millis(args.points_follow_ms.max(10)),
+        otlp: args.otlp_endpoint.filter(|e| !e.is_empty() && e != "off").map(|endpoint| {
+            kiln_server::otel::OtlpConfig {
+                endpoint,
+                protocol: args.otlp_protocol,
+                sample_ratio: args.trace_sample_ratio,
+                service_name: args.otel_service_name.clone(),
+            }
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-io").build()?;
     let served = runtime.block_on(async move {

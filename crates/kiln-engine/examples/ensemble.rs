@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["label".into(), "probabilities".into()],
         Protocol::InProcess,
         None,
+        None,
     ))?;
     for t in &outputs {
         println!("{} {:?} = {:?}", t.name, t.shape, t.data);

@@ -39,7 +39,7 @@ async fn builder_pipeline_equals_the_hand_combination() {
         .expect("valid");
     let x = rows();
     let (out, trace) =
-        pipeline.run(vec![x.clone()], &["probabilities".into()], Protocol::InProcess, None).await.expect("runs");
+        pipeline.run(vec![x.clone()], &["probabilities".into()], Protocol::InProcess, None, None).await.expect("runs");
     assert_eq!(trace.len(), 3);
     let proba = |model: &str| {
         let engine = engine.clone();
@@ -102,7 +102,7 @@ async fn builder_pipeline_equals_the_hand_combination() {
         .build(engine.resolver())
         .expect("valid");
     let (out, trace) = pipeline
-        .run(vec![x], &["label".into(), "lr_probabilities".into()], Protocol::InProcess, None)
+        .run(vec![x], &["label".into(), "lr_probabilities".into()], Protocol::InProcess, None, None)
         .await
         .expect("falls back");
     let outcomes: Vec<(&str, &str)> = trace.iter().map(|t| (t.step.as_str(), t.outcome)).collect();

@@ -117,22 +117,40 @@ impl Generation {
     }
 }
 
-/// A finished request.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A finished request. Two are equal when their texts, reasons, usage and logprobs are (not
+/// their timing).
+#[derive(Debug, Clone, Default)]
 pub struct Completion {
     pub text: String,
     pub reason: FinishReason,
     pub usage: Usage,
     /// Per generated token, when the request asked ([`GenerateParams::logprobs`]).
     pub logprobs: Vec<TokenLogprob>,
+    /// When the first text (or token) arrived: the time to first token.
+    pub first_token: Option<std::time::Instant>,
+}
+
+impl PartialEq for Completion {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+            && self.reason == other.reason
+            && self.usage == other.usage
+            && self.logprobs == other.logprobs
+    }
 }
 
 impl Completion {
     /// Adds an event to what is gathered; the end gives the whole completion (or the error).
     pub fn take(&mut self, event: Event) -> Option<Result<Completion, LlmError>> {
         match event {
-            Event::Text(piece) => self.text.push_str(&piece),
-            Event::Logprobs(tokens) => self.logprobs.extend(tokens),
+            Event::Text(piece) => {
+                self.first_token.get_or_insert_with(std::time::Instant::now);
+                self.text.push_str(&piece);
+            }
+            Event::Logprobs(tokens) => {
+                self.first_token.get_or_insert_with(std::time::Instant::now);
+                self.logprobs.extend(tokens);
+            }
             Event::Done { reason, usage } => {
                 self.reason = reason;
                 self.usage = usage;

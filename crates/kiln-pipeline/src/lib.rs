@@ -21,6 +21,7 @@ pub mod rows;
 mod builder;
 mod file;
 mod graph;
+mod llm_answer;
 mod local_llm;
 mod run;
 #[cfg(test)]
@@ -244,7 +245,7 @@ impl kiln_serving::Executor for PipelineExecutor {
         Box::pin(async move {
             let admitted = model.admit(&request)?;
             let timeout = admitted.timeout;
-            let run = self.0.run(request.inputs, &admitted.outputs, request.protocol, timeout);
+            let run = self.0.run(request.inputs, &admitted.outputs, request.protocol, timeout, request.span.as_ref());
             let (outputs, trace) = match timeout {
                 Some(limit) => tokio::time::timeout(limit, run)
                     .await

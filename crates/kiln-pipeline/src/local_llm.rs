@@ -9,7 +9,8 @@ use kiln_core::{Tensor, TensorSpec};
 
 use super::ModelResolver;
 use super::prompt::PromptTemplate;
-use super::remote::{LlmSpec, answer_schema, llm_output_specs};
+use super::remote::{LlmSpec, llm_output_specs};
+use crate::llm_answer::answer_schema;
 use kiln_serving::EngineError;
 use kiln_serving::metrics::Protocol;
 
@@ -121,7 +122,7 @@ impl LocalLlmStep {
     ) -> Result<Vec<Tensor>, EngineError> {
         use kiln_llm::Message;
 
-        use super::remote::llm_outputs;
+        use crate::llm_answer::llm_outputs;
 
         // Rendering and tokenizing grow with the inputs: off the async executor.
         let (tokenizer, system) = (llm.clone(), self.spec.system.clone());
@@ -153,7 +154,7 @@ impl LocalLlmStep {
         let answers = completions
             .into_iter()
             .map(|c| {
-                let fields = super::remote::parse_fields(&c.text, &self.spec.json_outputs)
+                let fields = crate::llm_answer::parse_fields(&c.text, &self.spec.json_outputs)
                     .map_err(|e| EngineError::Backend(format!("{}: {e}", self.describe())))?;
                 Ok((c.text, fields))
             })

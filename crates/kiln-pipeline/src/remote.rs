@@ -2,16 +2,18 @@
 //! OpenAI-compatible chat completions endpoint (`llm`) and an embeddings endpoint. Every call
 //! goes through the step's [`Guard`] (timeout, retries, breaker, concurrency limit).
 
-use crate::error::StepError;
 use std::time::Instant;
 
 use super::prompt::PromptTemplate;
+pub use crate::llm_answer::JsonField;
+use crate::llm_answer::{answer_schema, llm_outputs, parse_fields};
 use kiln_core::{DataType, Tensor, TensorData, TensorSpec};
-use kiln_protocol::client::{ChatRequest, KserveGrpcClient, KserveRestClient, OpenAiClient, texts};
+use kiln_protocol::client::{ChatRequest, ClientError, KserveGrpcClient, KserveRestClient, OpenAiClient, texts};
 use serde::Deserialize;
 
 use super::resilience::{CallError, Guard};
 use kiln_serving::EngineError;
+use kiln_serving::span::{Span, SpanEvent};
 
 /// How a `remote` step reaches its server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -32,76 +34,6 @@ pub struct RemoteSpec {
     pub version: Option<String>,
     #[serde(default)]
     pub protocol: Transport,
-}
-
-/// A field the LLM's JSON answer must carry, turned into a tensor `[N]`. A local LLM is held to
-/// the field's schema by constrained decoding (the bounds keep a small model from running on).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonField {
-    pub name: String,
-    pub datatype: DataType,
-    /// The values a BYTES field may take.
-    #[serde(rename = "enum")]
-    pub choices: Option<Vec<String>>,
-    /// Most characters of a BYTES field.
-    pub max_length: Option<u64>,
-    /// Bounds of a number field.
-    pub minimum: Option<f64>,
-    pub maximum: Option<f64>,
-}
-
-impl JsonField {
-    /// The field's JSON schema.
-    fn schema(&self) -> Result<serde_json::Value, String> {
-        use serde_json::json;
-        let mut schema = match self.datatype {
-            DataType::Bytes => json!({"type": "string"}),
-            DataType::Bool => json!({"type": "boolean"}),
-            DataType::Int32 | DataType::Int64 => json!({"type": "integer"}),
-            DataType::Fp32 | DataType::Fp64 => json!({"type": "number"}),
-            other => {
-                return Err(format!(
-                    "field '{}': JSON outputs are BYTES, BOOL, FP32, FP64, INT32 or INT64, not {other}",
-                    self.name
-                ));
-            }
-        };
-        let is_text = self.datatype == DataType::Bytes;
-        let is_number = !is_text && self.datatype != DataType::Bool;
-        if let Some(choices) = &self.choices {
-            if !is_text || choices.is_empty() {
-                return Err(format!("field '{}': 'enum' lists the strings a BYTES field may take", self.name));
-            }
-            schema["enum"] = json!(choices);
-        }
-        if let Some(n) = self.max_length {
-            if !is_text {
-                return Err(format!("field '{}': 'max_length' is for BYTES fields", self.name));
-            }
-            schema["maxLength"] = json!(n);
-        }
-        for (key, bound) in [("minimum", self.minimum), ("maximum", self.maximum)] {
-            if let Some(b) = bound {
-                if !is_number {
-                    return Err(format!("field '{}': '{key}' is for number fields", self.name));
-                }
-                schema[key] = json!(b);
-            }
-        }
-        Ok(schema)
-    }
-}
-
-/// The JSON schema of an answer with these fields: an object with exactly them, in order.
-pub(super) fn answer_schema(fields: &[JsonField]) -> Result<serde_json::Value, String> {
-    let mut properties = serde_json::Map::new();
-    for f in fields {
-        properties.insert(f.name.clone(), f.schema()?);
-    }
-    let required: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
-    Ok(serde_json::json!({"type": "object", "properties": properties, "required": required,
-                          "additionalProperties": false}))
 }
 
 /// `llm = { ... }` in pipeline.toml.
@@ -303,6 +235,48 @@ impl RemoteStep {
         args: Vec<Tensor>,
         wanted: &[String],
         deadline: Option<Instant>,
+        span: Option<&Span>,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        // A sampled request: a client span for the call, whose id the server gets as the
+        // parent of its own spans; retries are its events.
+        let mut call_span = span.map(|s| {
+            let mut c = s.child(format!("remote {}", self.describe()));
+            c.client();
+            c
+        });
+        let traceparent = call_span.as_ref().map(|c| c.span().traceparent());
+        let traceparent = traceparent.as_deref();
+        let retries = std::sync::Mutex::new(Vec::new());
+        let retrying = |attempt: u32, error: &ClientError| {
+            let event = SpanEvent {
+                at: std::time::SystemTime::now(),
+                name: "retry",
+                attributes: vec![
+                    ("kiln.attempt", u64::from(attempt).into()),
+                    ("exception.message", error.to_string().into()),
+                ],
+            };
+            retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event);
+        };
+        let result = self.call_spanned(args, wanted, deadline, traceparent, &retrying).await;
+        if let Some(c) = call_span.as_mut() {
+            for event in retries.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+                c.push_event(event);
+            }
+            if let Err(e) = &result {
+                c.fail(e);
+            }
+        }
+        result
+    }
+
+    async fn call_spanned(
+        &self,
+        args: Vec<Tensor>,
+        wanted: &[String],
+        deadline: Option<Instant>,
+        traceparent: Option<&str>,
+        retrying: &(dyn Fn(u32, &ClientError) + Sync),
     ) -> Result<Vec<Tensor>, EngineError> {
         match &self.endpoint {
             Endpoint::Kserve { client, spec, outputs } => {
@@ -310,10 +284,14 @@ impl RemoteStep {
                 let args = &args;
                 let got = self
                     .guard
-                    .call(deadline, |timeout| async move {
+                    .call_noting(deadline, retrying, |timeout| async move {
                         let got = match client {
-                            Kserve::Rest(c) => c.infer(&spec.model, version, args, wanted, timeout).await?,
-                            Kserve::Grpc(c) => c.infer(&spec.model, version, args, wanted, timeout).await?,
+                            Kserve::Rest(c) => {
+                                c.infer(&spec.model, version, args, wanted, timeout, traceparent).await?
+                            }
+                            Kserve::Grpc(c) => {
+                                c.infer(&spec.model, version, args, wanted, timeout, traceparent).await?
+                            }
                         };
                         check_outputs(&got, outputs, wanted)?;
                         Ok(got)
@@ -337,10 +315,10 @@ impl RemoteStep {
                     };
                     async move {
                         self.guard
-                            .call(deadline, |timeout| {
+                            .call_noting(deadline, retrying, |timeout| {
                                 let request = &request;
                                 async move {
-                                    let text = client.chat(request, timeout).await?;
+                                    let text = client.chat(request, timeout, traceparent).await?;
                                     let fields = parse_fields(&text, &spec.json_outputs)?;
                                     Ok((text, fields))
                                 }
@@ -358,7 +336,9 @@ impl RemoteStep {
                 let texts = texts(input).map_err(EngineError::InvalidRequest)?;
                 let vectors = self
                     .guard
-                    .call(deadline, |timeout| client.embeddings(&spec.model, &texts, timeout))
+                    .call_noting(deadline, retrying, |timeout| {
+                        client.embeddings(&spec.model, &texts, timeout, traceparent)
+                    })
                     .await
                     .map_err(|e| self.failed(&e))?;
                 let dim = spec.dim.or_else(|| vectors.first().map(Vec::len)).unwrap_or(0);
@@ -412,31 +392,6 @@ pub(super) fn llm_output_specs(
     Ok(out)
 }
 
-/// An LLM step's tensors from each row's answer text and JSON field values.
-pub(super) fn llm_outputs(
-    fields: &[JsonField],
-    answers: Vec<(String, Vec<serde_json::Value>)>,
-    describe: &str,
-) -> Result<Vec<Tensor>, EngineError> {
-    let rows = answers.len();
-    let mut text = Vec::with_capacity(rows);
-    let mut columns: Vec<Vec<serde_json::Value>> = vec![Vec::with_capacity(rows); fields.len()];
-    for (t, values) in answers {
-        text.push(t.into_bytes());
-        for (column, value) in columns.iter_mut().zip(values) {
-            column.push(value);
-        }
-    }
-    let mut out = vec![
-        Tensor::new("text", vec![rows], TensorData::Bytes(text)).map_err(|e| EngineError::Backend(e.to_string()))?,
-    ];
-    for (field, column) in fields.iter().zip(columns) {
-        let data = json_column(field, &column).map_err(|m| EngineError::Unavailable(format!("{describe}: {m}")))?;
-        out.push(Tensor::new(field.name.clone(), vec![rows], data).map_err(|e| EngineError::Backend(e.to_string()))?);
-    }
-    Ok(out)
-}
-
 /// A remote model's answer must carry what the pipeline declared for it.
 fn check_outputs(
     got: &[Tensor],
@@ -465,71 +420,10 @@ fn check_outputs(
     Ok(())
 }
 
-/// The declared fields of an LLM's JSON answer.
-pub(super) fn parse_fields(
-    text: &str,
-    fields: &[JsonField],
-) -> Result<Vec<serde_json::Value>, kiln_protocol::client::ClientError> {
-    use kiln_protocol::client::ClientError::Malformed;
-    if fields.is_empty() {
-        return Ok(Vec::new());
-    }
-    let object: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| {
-        Malformed(format!("the LLM's answer is not JSON ({e}): {}", text.chars().take(200).collect::<String>()))
-    })?;
-    fields
-        .iter()
-        .map(|f| {
-            let value = object.get(&f.name).cloned().ok_or_else(|| {
-                Malformed(format!(
-                    "the LLM's JSON has no field '{}': {}",
-                    f.name,
-                    text.chars().take(200).collect::<String>()
-                ))
-            })?;
-            let ok = match f.datatype {
-                DataType::Bytes => value.is_string() || value.is_number() || value.is_boolean(),
-                DataType::Bool => value.is_boolean(),
-                _ => value.is_number(),
-            };
-            if ok {
-                Ok(value)
-            } else {
-                Err(Malformed(format!("the LLM's JSON field '{}' is {value}, not a {}", f.name, f.datatype)))
-            }
-        })
-        .collect()
-}
-
-fn json_column(field: &JsonField, column: &[serde_json::Value]) -> Result<TensorData, StepError> {
-    let num = |v: &serde_json::Value| {
-        v.as_f64().ok_or_else(|| StepError::Input(format!("field '{}': {v} is not a number", field.name)))
-    };
-    Ok(match field.datatype {
-        DataType::Bytes => TensorData::Bytes(
-            column.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string).into_bytes()).collect(),
-        ),
-        DataType::Bool => TensorData::Bool(column.iter().map(|v| v.as_bool().unwrap_or(false)).collect()),
-        DataType::Fp32 => TensorData::Fp32(column.iter().map(|v| num(v).map(|x| x as f32)).collect::<Result<_, _>>()?),
-        DataType::Fp64 => TensorData::Fp64(column.iter().map(num).collect::<Result<_, _>>()?),
-        DataType::Int64 => {
-            TensorData::Int64(column.iter().map(|v| num(v).map(|x| x as i64)).collect::<Result<_, _>>()?)
-        }
-        DataType::Int32 => {
-            TensorData::Int32(column.iter().map(|v| num(v).map(|x| x as i32)).collect::<Result<_, _>>()?)
-        }
-        other => {
-            return Err(StepError::Input(format!(
-                "field '{}': JSON outputs are BYTES, BOOL, FP32, FP64, INT32 or INT64, not {other}",
-                field.name
-            )));
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm_answer::json_column;
 
     #[test]
     fn environment_in_endpoints() {

@@ -186,7 +186,22 @@ impl Guard {
     }
 
     /// Runs `attempt` under the policy. `deadline` is the request's own, if it has one.
-    pub async fn call<T, F, Fut>(&self, deadline: Option<Instant>, mut attempt: F) -> Result<T, CallError>
+    pub async fn call<T, F, Fut>(&self, deadline: Option<Instant>, attempt: F) -> Result<T, CallError>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        self.call_noting(deadline, &|_, _| {}, attempt).await
+    }
+
+    /// [`Guard::call`], telling `retrying` of each failed attempt that is retried (its number,
+    /// its error) — a trace's events.
+    pub async fn call_noting<T, F, Fut>(
+        &self,
+        deadline: Option<Instant>,
+        retrying: &(dyn Fn(u32, &ClientError) + Sync),
+        mut attempt: F,
+    ) -> Result<T, CallError>
     where
         F: FnMut(Duration) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
@@ -221,6 +236,7 @@ impl Guard {
                         return Err(CallError::Failed { error, attempts });
                     }
                     kiln_serving::metrics::pipeline_retry(&self.pipeline, &self.step);
+                    retrying(attempts, &error);
                     let ceiling =
                         self.policy.backoff.saturating_mul(1 << (attempts - 1).min(16)).min(self.policy.max_backoff);
                     let pause = ceiling.mul_f64(fastrand::f64());

@@ -10,8 +10,8 @@ use tracing::Instrument;
 
 use super::{Action, Fallback, Pipeline, Source, Step, StepTrace, ops, rows};
 use kiln_serving::EngineError;
-use kiln_serving::InferRequest;
 use kiln_serving::metrics::Protocol;
+use kiln_serving::{InferRequest, Span};
 
 /// The value a source names, renamed to what its reader calls it. Sources are validated at
 /// load time and steps run in dependency order; a model reloaded since with other outputs is
@@ -48,6 +48,17 @@ fn in_step(step: &str, e: EngineError) -> EngineError {
     }
 }
 
+/// What every step of one run shares.
+#[derive(Clone, Copy)]
+struct Context<'a> {
+    protocol: Protocol,
+    deadline: Option<Instant>,
+    /// When the pipeline started (steps' `kiln_trace` offsets).
+    started: Instant,
+    /// A sampled request's span: steps hang under it.
+    span: Option<&'a Span>,
+}
+
 /// Ops on more elements than this run on tokio's blocking pool, not on the executor.
 const INLINE_OP_ELEMENTS: usize = 64 * 1024;
 
@@ -59,6 +70,7 @@ impl Pipeline {
         wanted: &[String],
         protocol: Protocol,
         timeout: Option<Duration>,
+        span: Option<&Span>,
     ) -> Result<(Vec<Tensor>, Vec<StepTrace>), EngineError> {
         let started = Instant::now();
         let deadline = timeout.map(|t| started + t);
@@ -88,7 +100,7 @@ impl Pipeline {
                     Some((src, negate)) => Some((fetch(src, "condition", &inputs, &results)?, *negate)),
                     None => None,
                 };
-                running.push(self.run_step(i, args, condition, protocol, deadline, started));
+                running.push(self.run_step(i, args, condition, Context { protocol, deadline, started, span }));
             }
             let Some((i, result, mut entry)) = running.next().await else { break };
             let step = &self.steps[i];
@@ -159,6 +171,7 @@ impl Pipeline {
         args: Vec<Tensor>,
         protocol: Protocol,
         deadline: Option<Instant>,
+        span: Option<&Span>,
     ) -> Result<Vec<Tensor>, EngineError> {
         match &step.action {
             Action::Op(op) => {
@@ -174,7 +187,7 @@ impl Pipeline {
                     .map_err(|e| EngineError::Backend(format!("pipeline op task failed: {e}")))?
                     .map_err(EngineError::from)
             }
-            Action::Remote(remote) => remote.call(args, &step.wanted, deadline).await,
+            Action::Remote(remote) => remote.call(args, &step.wanted, deadline, span).await,
             Action::LocalLlm(llm) => llm.call(&*self.resolver, args, protocol, deadline).await,
             Action::Model { name, version } => {
                 let model = self.resolver.resolve(name, version.as_deref())?;
@@ -184,7 +197,14 @@ impl Pipeline {
                     (a, b) => a.or(b),
                 };
                 model
-                    .infer(InferRequest { inputs: args, outputs: step.wanted.clone(), timeout, protocol, trace: false })
+                    .infer(InferRequest {
+                        inputs: args,
+                        outputs: step.wanted.clone(),
+                        timeout,
+                        protocol,
+                        trace: false,
+                        span: span.cloned(),
+                    })
                     .await
                     .map(|r| r.outputs)
             }
@@ -196,13 +216,20 @@ impl Pipeline {
         i: usize,
         args: Vec<Tensor>,
         condition: Option<(Tensor, bool)>,
-        protocol: Protocol,
-        deadline: Option<Instant>,
-        pipeline_start: Instant,
+        context: Context<'_>,
     ) -> (usize, Result<Vec<Tensor>, EngineError>, StepTrace) {
+        let Context { protocol, deadline, started: pipeline_start, span: parent } = context;
         let step = &self.steps[i];
         let start = Instant::now();
         let span = tracing::debug_span!("pipeline_step", pipeline = %self.name, step = %step.name);
+        let mut spanned = parent.map(|p| {
+            let mut s = p.child(format!("step {}", step.name));
+            s.set("kiln.pipeline", self.name.as_str());
+            s.set("kiln.step", step.name.as_str());
+            s
+        });
+        let inner = spanned.as_ref().map(|s| s.span().clone());
+        let inner = inner.as_ref();
         let mut outcome = "success";
         let result = async {
             let rows = args.first().and_then(|t| t.shape.first().copied()).unwrap_or(0);
@@ -215,7 +242,7 @@ impl Pipeline {
             };
             let Some(mask) = mask else {
                 return self
-                    .execute(step, args, protocol, deadline)
+                    .execute(step, args, protocol, deadline, inner)
                     .await
                     .or_else(|e| self.constants(step, e, rows, &mut outcome));
             };
@@ -230,7 +257,7 @@ impl Pipeline {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(EngineError::from)?;
                 let got = self
-                    .execute(step, taken, protocol, deadline)
+                    .execute(step, taken, protocol, deadline, inner)
                     .await
                     .or_else(|e| self.constants(step, e, selected, &mut outcome))?;
                 Some(got)
@@ -246,6 +273,17 @@ impl Pipeline {
         }
         .instrument(span)
         .await;
+        if let Some(s) = spanned.as_mut() {
+            s.set("kiln.step.outcome", outcome);
+            if let Err(e) = &result {
+                s.fail(e);
+                if let Some(Fallback::Step(j)) = step.fallback {
+                    s.event("fallback", vec![("kiln.fallback", self.steps[j].name.as_str().into())]);
+                }
+            } else if outcome == "constant" {
+                s.event("fallback", vec![("kiln.fallback", "constants".into())]);
+            }
+        }
         let duration = start.elapsed();
         (i, result, StepTrace { step: step.name.clone(), start: start - pipeline_start, duration, outcome })
     }

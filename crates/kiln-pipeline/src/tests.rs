@@ -76,7 +76,7 @@ async fn transforms_run_in_dependency_order() {
     assert_eq!(pipeline.signature.outputs[0].datatype, DataType::Int64);
     let x = Tensor::new("x", vec![2, 3], kiln_core::TensorData::Fp32(vec![1.0, 3.0, 2.0, 0.0, -1.0, 5.0])).expect("t");
     let (out, trace) =
-        pipeline.run(vec![x], &["label".into(), "top2".into()], Protocol::InProcess, None).await.expect("runs");
+        pipeline.run(vec![x], &["label".into(), "top2".into()], Protocol::InProcess, None, None).await.expect("runs");
     assert_eq!(out[0].data, kiln_core::TensorData::Int64(vec![1, 2]));
     assert_eq!(out[1].data, kiln_core::TensorData::Int64(vec![1, 2, 2, 0]));
     let start = |s: &str| trace.iter().find(|t| t.step == s).expect("traced").start;
@@ -102,7 +102,7 @@ async fn format_and_gather_read_named_inputs_from_the_file() {
         kiln_core::TensorData::Bytes(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]),
     )
     .expect("t");
-    let (out, _) = pipeline.run(vec![x, names], &["text".into()], Protocol::InProcess, None).await.expect("runs");
+    let (out, _) = pipeline.run(vec![x, names], &["text".into()], Protocol::InProcess, None, None).await.expect("runs");
     assert_eq!(out[0].data, kiln_core::TensorData::Bytes(vec![b"b, c (3.0)".to_vec()]));
     let errors = [
         ("inputs=[\"x\"]\ntemplate=\"{{ x }}\"", "a format step's inputs are a table"),
@@ -141,13 +141,14 @@ async fn conditional_branches_run_on_their_rows() {
     // Row 0 is hot (x0 >= 1): argmax of x. Row 1 is not: the top value, via branch b.
     let x = fp32(&[[2.0, 5.0, 1.0], [0.0, 7.0, 3.0]]);
     let (out, trace) =
-        pipeline.run(vec![x], &["merged".into(), "max".into()], Protocol::InProcess, None).await.expect("runs");
+        pipeline.run(vec![x], &["merged".into(), "max".into()], Protocol::InProcess, None, None).await.expect("runs");
     assert_eq!(out[0].data, kiln_core::TensorData::Int64(vec![1, 0]));
     // b ran on row 1 only; row 0 is filler.
     assert_eq!(out[1].data, kiln_core::TensorData::Int64(vec![0, 7]));
     // Nothing hot: branch a is skipped, not run.
     let x = fp32(&[[0.0, 5.0, 1.0]]);
-    let (_, trace_cold) = pipeline.run(vec![x], &["merged".into()], Protocol::InProcess, None).await.expect("runs");
+    let (_, trace_cold) =
+        pipeline.run(vec![x], &["merged".into()], Protocol::InProcess, None, None).await.expect("runs");
     let outcome = |t: &[StepTrace], s: &str| t.iter().find(|e| e.step == s).map(|e| e.outcome);
     assert_eq!(outcome(&trace, "a"), Some("success"));
     assert_eq!(outcome(&trace_cold, "a"), Some("skipped"));
@@ -164,7 +165,7 @@ async fn failed_steps_fall_back() {
             .expect("valid");
     let x = fp32(&[[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]);
     let (out, trace) =
-        constants.run(vec![x.clone()], &["label".into()], Protocol::InProcess, None).await.expect("falls back");
+        constants.run(vec![x.clone()], &["label".into()], Protocol::InProcess, None, None).await.expect("falls back");
     assert_eq!(out[0].data, kiln_core::TensorData::Int64(vec![-1, -1]));
     assert_eq!(trace[0].outcome, "constant");
 
@@ -182,7 +183,7 @@ async fn failed_steps_fall_back() {
          [[outputs]]\nname=\"label\"\nfrom=\"r.output\"\n"
     ))
     .expect("valid");
-    let (out, trace) = step.run(vec![x], &["label".into()], Protocol::InProcess, None).await.expect("falls back");
+    let (out, trace) = step.run(vec![x], &["label".into()], Protocol::InProcess, None, None).await.expect("falls back");
     assert_eq!(out[0].data, kiln_core::TensorData::Int64(vec![2, 0]));
     let outcomes: Vec<(&str, &str)> = trace.iter().map(|t| (t.step.as_str(), t.outcome)).collect();
     assert_eq!(outcomes, vec![("r", "error"), ("local", "fallback")]);

@@ -44,6 +44,10 @@ impl ClientError {
     }
 }
 
+/// W3C Trace Context's header (and gRPC metadata key): the calling span, so that the server's
+/// spans join the caller's trace.
+pub const TRACEPARENT: &str = "traceparent";
+
 /// An HTTP client builder that speaks https: rustls on the ring provider, verifying servers
 /// against the system's certificate store (`SSL_CERT_FILE` / `SSL_CERT_DIR` override it).
 pub fn http_client_builder() -> reqwest::ClientBuilder {
@@ -114,22 +118,23 @@ impl KserveRestClient {
         inputs: &[Tensor],
         outputs: &[String],
         timeout: Duration,
+        traceparent: Option<&str>,
     ) -> Result<Vec<Tensor>, ClientError> {
         let url = match version {
             Some(v) => format!("{}/v2/models/{model}/versions/{v}/infer", self.base),
             None => format!("{}/v2/models/{model}/infer", self.base),
         };
         let (header_len, body) = v2::encode_request(inputs, outputs);
-        let response = self
+        let mut request = self
             .http
             .post(url)
             .timeout(timeout)
             .header("content-type", "application/octet-stream")
-            .header(v2::HEADER_LENGTH, header_len)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| from_reqwest(&e, timeout))?;
+            .header(v2::HEADER_LENGTH, header_len);
+        if let Some(traceparent) = traceparent {
+            request = request.header(TRACEPARENT, traceparent);
+        }
+        let response = request.body(body).send().await.map_err(|e| from_reqwest(&e, timeout))?;
         let response = checked(response, timeout).await?;
         let header_length = match response.headers().get(v2::HEADER_LENGTH) {
             None => None,
@@ -169,6 +174,7 @@ impl KserveGrpcClient {
         inputs: &[Tensor],
         outputs: &[String],
         timeout: Duration,
+        traceparent: Option<&str>,
     ) -> Result<Vec<Tensor>, ClientError> {
         let request = ModelInferRequest {
             model_name: model.to_string(),
@@ -193,6 +199,9 @@ impl KserveGrpcClient {
             self.client.get_or_init(|| GrpcInferenceServiceClient::new(self.endpoint.connect_lazy())).clone();
         let mut request = tonic::Request::new(request);
         request.set_timeout(timeout);
+        if let Some(value) = traceparent.and_then(|t| t.parse().ok()) {
+            request.metadata_mut().insert(TRACEPARENT, value);
+        }
         let answer = tokio::time::timeout(timeout, client.model_infer(request))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
@@ -269,8 +278,17 @@ impl OpenAiClient {
         Ok(OpenAiClient { http: http_client()?, base: base.trim_end_matches('/').to_string(), api_key })
     }
 
-    async fn post(&self, path: &str, body: &Value, timeout: Duration) -> Result<Value, ClientError> {
+    async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+        traceparent: Option<&str>,
+    ) -> Result<Value, ClientError> {
         let mut request = self.http.post(format!("{}{path}", self.base)).timeout(timeout).json(body);
+        if let Some(traceparent) = traceparent {
+            request = request.header(TRACEPARENT, traceparent);
+        }
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -281,7 +299,12 @@ impl OpenAiClient {
     }
 
     /// The assistant's text for one prompt.
-    pub async fn chat(&self, request: &ChatRequest, timeout: Duration) -> Result<String, ClientError> {
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        timeout: Duration,
+        traceparent: Option<&str>,
+    ) -> Result<String, ClientError> {
         let mut messages = Vec::new();
         if let Some(system) = &request.system {
             messages.push(json!({"role": "system", "content": system}));
@@ -300,7 +323,7 @@ impl OpenAiClient {
         } else if request.json {
             body["response_format"] = json!({"type": "json_object"});
         }
-        let answer = self.post("/chat/completions", &body, timeout).await?;
+        let answer = self.post("/chat/completions", &body, timeout, traceparent).await?;
         answer
             .pointer("/choices/0/message/content")
             .and_then(Value::as_str)
@@ -314,8 +337,9 @@ impl OpenAiClient {
         model: &str,
         texts: &[String],
         timeout: Duration,
+        traceparent: Option<&str>,
     ) -> Result<Vec<Vec<f32>>, ClientError> {
-        let answer = self.post("/embeddings", &json!({"model": model, "input": texts}), timeout).await?;
+        let answer = self.post("/embeddings", &json!({"model": model, "input": texts}), timeout, traceparent).await?;
         let data = answer
             .get("data")
             .and_then(Value::as_array)

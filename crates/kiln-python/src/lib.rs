@@ -329,6 +329,7 @@ impl Pipeline {
             timeout,
             protocol: kiln_serving::Protocol::InProcess,
             trace,
+            span: None,
         };
         let model = self.engine.model(&self.name, None).map_err(kiln_err)?;
         let response = py.detach(|| self.runtime.block_on(model.infer(request))).map_err(kiln_err)?;

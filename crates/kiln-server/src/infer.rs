@@ -27,6 +27,16 @@ pub struct Inference {
     pub protocol: Protocol,
     /// Outputs to answer as their top classes (the classification extension).
     pub classify: Vec<crate::classification::Classify>,
+    /// The route (the request's span name) and the caller's trace.
+    pub origin: Origin,
+}
+
+/// How a request came: its route, as the name of its server span (`POST /v2/models/{model}/infer`,
+/// `inference.GRPCInferenceService/ModelInfer`), and the caller's W3C trace context.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub route: &'static str,
+    pub incoming: crate::otel::Incoming,
 }
 
 /// The engine's answer and, when the log kept the request, kiln's id for it.
@@ -56,7 +66,15 @@ pub async fn run(state: &AppState, model: &ModelHandle, request: Inference) -> R
         }
     }
     // ServedModel::infer counts the request itself (its own in-flight guard).
-    let call = Call::open(state, model, &request.inputs, request.client_key.as_deref(), request.protocol, false);
+    let call = Call::open(
+        state,
+        model,
+        &request.inputs,
+        request.client_key.as_deref(),
+        request.protocol,
+        false,
+        &request.origin,
+    );
     let result = model
         .infer(InferRequest {
             inputs: request.inputs,
@@ -64,6 +82,7 @@ pub async fn run(state: &AppState, model: &ModelHandle, request: Inference) -> R
             timeout: request.timeout,
             protocol: request.protocol,
             trace: request.trace,
+            span: call.span().cloned(),
         })
         .await;
     let classify = request.classify;
@@ -83,6 +102,21 @@ pub struct Call {
     protocol: Protocol,
     capture: Option<crate::records::Capture>,
     tracked: Option<InFlight<ModelHandle>>,
+    traced: Traced,
+}
+
+/// A sampled request's server span; dropped before [`Call::close`] (the client left), it is
+/// sent as cancelled.
+#[derive(Default)]
+struct Traced(Option<crate::otel::Root>);
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        if let Some(mut root) = self.0.take() {
+            root.set("kiln.outcome", "cancelled");
+            root.finish(Some("cancelled: the client went away".into()));
+        }
+    }
 }
 
 impl Call {
@@ -95,13 +129,39 @@ impl Call {
         client_key: Option<&str>,
         protocol: Protocol,
         track: bool,
+        origin: &Origin,
     ) -> Call {
+        let request_id = crate::records::new_request_id();
+        let capture = crate::records::begin(state.records.as_ref(), model, inputs, client_key, request_id);
+        let trace_id = crate::otel::Tracer::trace_id(&origin.incoming, request_id);
+        let traced = state.tracer.begin(&origin.incoming, trace_id, origin.route.to_string()).map(|mut root| {
+            root.set("kiln.model", model.name.as_str());
+            root.set("kiln.model.version", model.version);
+            root.set("kiln.protocol", protocol_label(protocol));
+            if let Some(capture) = &capture {
+                root.set("kiln.request_id", capture.request_id.as_str());
+            }
+            root
+        });
         Call {
             state: state.clone(),
             model: model.clone(),
             protocol,
-            capture: crate::records::begin(state.records.as_ref(), model, inputs, client_key),
+            capture,
             tracked: track.then(|| ServedModel::track(model, protocol)),
+            traced: Traced(traced),
+        }
+    }
+
+    /// Where the engine records this request's spans, when it is sampled.
+    pub fn span(&self) -> Option<&kiln_serving::Span> {
+        self.traced.0.as_ref().map(crate::otel::Root::span)
+    }
+
+    /// Sets an attribute of the request's span (when sampled).
+    pub fn annotate(&mut self, key: &'static str, value: impl Into<kiln_serving::span::Value>) {
+        if let Some(root) = self.traced.0.as_mut() {
+            root.set(key, value);
         }
     }
 
@@ -114,6 +174,7 @@ impl Call {
             protocol,
             capture: None,
             tracked: Some(ServedModel::track(model, protocol)),
+            traced: Traced::default(),
         }
     }
 
@@ -123,8 +184,8 @@ impl Call {
     }
 
     /// Ends a write with its outcome (a dropped `Call` counts as cancelled).
-    pub fn end(self, outcome: Outcome) {
-        if let Some(tracked) = self.tracked {
+    pub fn end(mut self, outcome: Outcome) {
+        if let Some(tracked) = self.tracked.take() {
             tracked.end(outcome);
         }
     }
@@ -148,19 +209,23 @@ impl Call {
     /// [`Call::close`] with the outcome said by the caller (a refusal before generation is
     /// `Invalid` or `Overloaded`, not an error).
     pub async fn close_as(
-        self,
+        mut self,
         result: &Result<InferResponse, EngineError>,
         outcome: Outcome,
     ) -> Result<Option<String>, ApiError> {
+        if let Some(mut root) = self.traced.0.take() {
+            root.set("kiln.outcome", outcome.as_str());
+            root.finish(result.as_ref().err().map(ToString::to_string));
+        }
         let logged = crate::records::finish(
             self.state.records.as_ref(),
-            self.capture,
+            self.capture.take(),
             &self.model,
             protocol_label(self.protocol),
             result,
         )
         .await;
-        if let Some(tracked) = self.tracked {
+        if let Some(tracked) = self.tracked.take() {
             tracked.end(outcome);
         }
         Ok(logged?)

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod live;
 mod model_config;
 pub mod openapi;
+pub mod otel;
 pub mod points;
 pub mod records;
 pub mod rest;
@@ -67,6 +68,8 @@ pub struct ServerConfig {
     pub points: Option<String>,
     /// How often a replica applies points that others committed.
     pub points_follow: std::time::Duration,
+    /// OpenTelemetry trace export; `None` = off.
+    pub otlp: Option<otel::OtlpConfig>,
 }
 
 /// Graceful shutdown: readiness turns false first, then the listeners close and the requests
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             dashboard: true,
             points: None,
             points_follow: std::time::Duration::from_millis(250),
+            otlp: None,
         }
     }
 }
@@ -119,6 +123,8 @@ pub enum ServerError {
     Records(#[from] kiln_records::RecordsError),
     #[error("requests still in flight when the {0:?} drain deadline passed; they were cut")]
     DrainTimeout(std::time::Duration),
+    #[error("traces: {0}")]
+    Tracing(String),
 }
 
 /// Only collections need the points store: without one, no database file is made.
@@ -161,7 +167,12 @@ impl BoundServer {
             Some(port) => Some(bind(&config.host, port).await?),
             None => None,
         };
+        let tracer = match &config.otlp {
+            Some(otlp) => otel::Tracer::start(otlp).map_err(ServerError::Tracing)?,
+            None => otel::Tracer::off(),
+        };
         let state = state::AppState {
+            tracer,
             engine,
             limits: config.limits.clone(),
             ready: Arc::new(AtomicBool::new(true)),

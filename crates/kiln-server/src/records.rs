@@ -22,10 +22,12 @@ pub struct Capture {
     rows: i64,
 }
 
-/// 32 hex digits: milliseconds since the epoch, then 80 random bits. Time-ordered ids append
-/// to the primary-key index instead of touching a random page per row.
-fn new_request_id(ts_ms: i64) -> String {
-    format!("{:012x}{:020x}", ts_ms.max(0), fastrand::u128(..) >> 48)
+/// A new request id, 128 bits: milliseconds since the epoch, then 80 random bits. Time-ordered
+/// ids append to the primary-key index instead of touching a random page per row; written as 32
+/// hex digits it is also the W3C trace id of a trace kiln starts.
+pub fn new_request_id() -> u128 {
+    let ms = u128::try_from(kiln_records::now_ms().max(0)).unwrap_or_default() & ((1 << 48) - 1);
+    (ms << 80) | (fastrand::u128(..) >> 48)
 }
 
 fn kept<'a>(tensors: &'a [Tensor], names: Option<&'a Vec<String>>) -> impl Iterator<Item = &'a Tensor> + Clone {
@@ -38,6 +40,7 @@ pub fn begin(
     model: &ServedModel,
     inputs: &[Tensor],
     client_key: Option<&str>,
+    request_id: u128,
 ) -> Option<Capture> {
     recorder?;
     let policy = &model.settings.records;
@@ -47,7 +50,7 @@ pub fn begin(
     let kept_any = policy.inputs.as_ref().is_none_or(|n| !n.is_empty());
     let ts_ms = kiln_records::now_ms();
     Some(Capture {
-        request_id: new_request_id(ts_ms),
+        request_id: format!("{request_id:032x}"),
         client_key: client_key.map(str::to_string),
         started: Instant::now(),
         ts_ms,

@@ -32,6 +32,8 @@ pub struct AppState {
     pub points: Option<kiln_records::points::PointStore>,
     /// The dashboard's live window; `None` when the dashboard is off.
     pub live: Option<crate::live::LiveStats>,
+    /// OpenTelemetry traces (off unless an OTLP endpoint is set).
+    pub tracer: crate::otel::Tracer,
 }
 
 impl AppState {

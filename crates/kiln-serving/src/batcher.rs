@@ -12,7 +12,7 @@ use kiln_core::{ModelInstance, Tensor, TensorData};
 
 use crate::error::EngineError;
 use crate::metrics::{ModelMetrics, Phase};
-use crate::queue::{self, Gather, Job, JobQueue};
+use crate::queue::{self, Gather, Job, JobQueue, Ran};
 use crate::stats::ModelStats;
 
 /// The batching window, in microseconds, shared by a model's workers. In adaptive mode it
@@ -145,19 +145,20 @@ impl Runner {
         if let Some(window) = self.window.observe(worst, rows >= self.max_batch_size) {
             self.metrics.batch_window(window);
         }
+        let ran = Some(Ran { started, requests: batch.len(), rows });
         match result {
             Ok(outputs) if batch.len() == 1 => {
                 let job = batch.into_iter().next().expect("one job");
-                job.reply.send(Ok(outputs));
+                job.reply.send(Ok(outputs), ran);
             }
             Ok(outputs) => {
                 let split = Instant::now();
-                split_outputs(batch, &outputs, rows);
+                split_outputs(batch, &outputs, rows, ran);
                 self.metrics.phase(Phase::Split, split.elapsed());
             }
             Err(e) => {
                 for job in batch {
-                    job.reply.send(Err(e.clone()));
+                    job.reply.send(Err(e.clone()), ran);
                 }
             }
         }
@@ -198,7 +199,7 @@ fn merge_inputs(batch: &[Job]) -> Option<Vec<Tensor>> {
 }
 
 /// Gives each job its rows of every output.
-fn split_outputs(batch: Vec<Job>, outputs: &[Tensor], rows: usize) {
+fn split_outputs(batch: Vec<Job>, outputs: &[Tensor], rows: usize, ran: Option<Ran>) {
     let mut offset = 0;
     for job in batch {
         let answer = outputs
@@ -219,7 +220,7 @@ fn split_outputs(batch: Vec<Job>, outputs: &[Tensor], rows: usize) {
             })
             .collect();
         offset += job.rows;
-        job.reply.send(answer);
+        job.reply.send(answer, ran);
     }
 }
 

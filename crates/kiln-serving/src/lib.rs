@@ -14,6 +14,7 @@ pub mod metrics;
 mod model;
 mod queue;
 mod request;
+pub mod span;
 pub mod stats;
 
 pub use error::EngineError;
@@ -23,3 +24,4 @@ pub use model::{
     timeout_error,
 };
 pub use request::{InferRequest, InferResponse, StepTrace};
+pub use span::Span;

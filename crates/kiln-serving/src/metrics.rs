@@ -50,6 +50,11 @@ impl Outcome {
     const ALL: [Outcome; 6] =
         [Outcome::Success, Outcome::Invalid, Outcome::Overloaded, Outcome::Timeout, Outcome::Error, Outcome::Cancelled];
 
+    /// Its label: `success`, `invalid`, `overloaded`, `timeout`, `error` or `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        self.label()
+    }
+
     fn label(self) -> &'static str {
         match self {
             Outcome::Success => "success",

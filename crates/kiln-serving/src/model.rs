@@ -281,11 +281,37 @@ impl ServedModel {
     /// The future may be dropped at any `.await` (a client disconnects, a pipeline times out):
     /// an [`InFlight`] guard then counts the request as cancelled and the in-flight gauge comes
     /// back down, and a worker that reaches the queued job skips it.
-    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, EngineError> {
+    pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse, EngineError> {
         let guard = InFlight::enter(self, request.protocol);
+        // A sampled request's span for this model: what runs it (queue, batch, steps) hangs
+        // under it.
+        let mut span = request.span.as_ref().map(|s| {
+            let mut span = s.child(format!("{} {}", self.kind_label(), self.name));
+            span.set("kiln.model", self.name.as_str());
+            span.set("kiln.model.version", self.version);
+            span
+        });
+        if let Some(span) = &span {
+            request.span = Some(span.span().clone());
+        }
         let result = self.infer_inner(request).await;
+        if let (Some(span), Err(e)) = (span.as_mut(), &result) {
+            span.fail(e);
+        }
         guard.finish(&result);
         result
+    }
+
+    /// What runs this version, for span names: `model`, `pipeline`, `llm` or `collection`.
+    fn kind_label(&self) -> &'static str {
+        match &self.executor {
+            Runs::Workers(_) => "model",
+            Runs::Other(e) => match e.kind() {
+                ExecutorKind::Pipeline => "pipeline",
+                ExecutorKind::Llm => "llm",
+                ExecutorKind::Collection => "collection",
+            },
+        }
     }
 
     /// Runs a request on the calling thread when an instance is idle and nothing is queued
@@ -385,6 +411,7 @@ impl ServedModel {
         let admitted = self.admit(&request)?;
         let (reply, answer) = oneshot::channel();
         let timeout = admitted.timeout;
+        let enqueued = Instant::now();
         self.enqueue(pool, admitted.job(request.inputs, Reply::Task(reply)))?;
         let answer = match timeout {
             // Dropping `answer` on timeout closes the reply channel: a worker that reaches the
@@ -396,6 +423,15 @@ impl ServedModel {
             None => answer.await.map_err(|_| self.dropped())?,
         };
         self.metrics.phase(Phase::Reply, answer.sent.elapsed());
+        if let (Some(span), Some(ran)) = (&request.span, answer.ran) {
+            span.record("queue", enqueued, ran.started, Vec::new());
+            span.record(
+                "compute",
+                ran.started,
+                answer.sent,
+                vec![("kiln.batch.requests", ran.requests.into()), ("kiln.batch.rows", ran.rows.into())],
+            );
+        }
         Ok(self.response(answer.result?))
     }
 

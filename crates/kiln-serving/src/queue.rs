@@ -22,6 +22,16 @@ use crate::error::EngineError;
 pub(crate) struct Answer {
     pub result: Result<Vec<Tensor>, EngineError>,
     pub sent: Instant,
+    /// The batch it ran in, when it ran.
+    pub ran: Option<Ran>,
+}
+
+/// The batch a request ran in: when the instance started it, how many requests and rows.
+#[derive(Clone, Copy)]
+pub(crate) struct Ran {
+    pub started: Instant,
+    pub requests: usize,
+    pub rows: usize,
 }
 
 /// Where a request's answer goes.
@@ -42,8 +52,8 @@ impl Reply {
         }
     }
 
-    pub fn send(self, result: Result<Vec<Tensor>, EngineError>) {
-        let answer = Answer { result, sent: Instant::now() };
+    pub fn send(self, result: Result<Vec<Tensor>, EngineError>, ran: Option<Ran>) {
+        let answer = Answer { result, sent: Instant::now(), ran };
         // A caller that left has nobody to tell.
         match self {
             Reply::Task(tx) => drop(tx.send(answer)),
@@ -382,6 +392,7 @@ pub(crate) fn still_wanted(batch: Vec<Job>) -> Vec<Job> {
 
 fn answer_expired(jobs: Vec<Job>) {
     for job in jobs {
-        job.reply.send(Err(EngineError::Timeout("the request timed out while waiting for a model instance".into())));
+        job.reply
+            .send(Err(EngineError::Timeout("the request timed out while waiting for a model instance".into())), None);
     }
 }

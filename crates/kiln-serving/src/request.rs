@@ -19,6 +19,8 @@ pub struct InferRequest {
     pub protocol: Protocol,
     /// Pipelines: report each step's timing in the response (`kiln_trace`).
     pub trace: bool,
+    /// A sampled request's spans go here (OpenTelemetry, exported by the server).
+    pub span: Option<crate::span::Span>,
 }
 
 /// What a model answers.

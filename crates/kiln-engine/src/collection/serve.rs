@@ -50,6 +50,7 @@ pub async fn embed(
     texts: Vec<Vec<u8>>,
     protocol: Protocol,
     deadline: Option<std::time::Instant>,
+    span: Option<&kiln_serving::Span>,
 ) -> Result<Vec<Vec<f32>>, EngineError> {
     let Some(name) = &collection.config.embedder else {
         return Err(EngineError::InvalidRequest(format!(
@@ -68,6 +69,7 @@ pub async fn embed(
         timeout: deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())),
         protocol,
         trace: false,
+        span: span.cloned(),
     };
     // Boxed: a collection's infer awaits another model's infer (the future type would recurse).
     let answer = Box::pin(model.infer(request)).await?;
@@ -92,6 +94,7 @@ pub fn embed_blocking(
             timeout: None,
             protocol: Protocol::InProcess,
             trace: false,
+            span: None,
         };
         let answer = model.infer_blocking(request).map_err(|e| e.to_string())?;
         out.extend(vectors_of(collection, &name, answer.outputs.into_iter().next(), rows).map_err(|e| e.to_string())?);
@@ -178,7 +181,7 @@ pub async fn run(
             if shape.len() != 1 {
                 return Err(EngineError::InvalidRequest(format!("input 'text' has shape {shape:?}; it takes [N]")));
             }
-            embed(collection, resolver, texts, request.protocol, deadline).await?
+            embed(collection, resolver, texts, request.protocol, deadline, request.span.as_ref()).await?
         }
         (Some(_), Some(_)) => {
             return Err(EngineError::InvalidRequest("send 'query' or 'text', not both".into()));
@@ -196,6 +199,13 @@ pub async fn run(
     if rows == 0 || rows > MAX_ROWS {
         return Err(EngineError::InvalidRequest(format!("a search takes 1 to {MAX_ROWS} query rows, not {rows}")));
     }
+    let mut span = request.span.as_ref().map(|s| {
+        let mut span = s.child("search");
+        span.set("kiln.collection", collection.name.as_str());
+        span.set("kiln.search.rows", rows);
+        span.set("kiln.search.k", k);
+        span
+    });
     let searched = Arc::clone(collection);
     let results = tokio::task::spawn_blocking(move || {
         vectors
@@ -209,7 +219,12 @@ pub async fn run(
     })
     .await
     .map_err(|_| EngineError::Backend("the search panicked".into()))?
-    .map_err(invalid)?;
+    .map_err(invalid);
+    if let (Some(span), Err(e)) = (span.as_mut(), &results) {
+        span.fail(e);
+    }
+    drop(span);
+    let results = results?;
     let mut ids = Vec::with_capacity(rows * k);
     let mut scores = Vec::with_capacity(rows * k);
     let mut payloads = Vec::with_capacity(rows * k);

@@ -29,7 +29,7 @@ struct Decoded {
     parameters: HashMap<String, InferParameter>,
 }
 
-fn decode(request: ModelInferRequest) -> Result<Decoded, ApiError> {
+fn decode(request: ModelInferRequest, origin: crate::infer::Origin) -> Result<Decoded, ApiError> {
     let ModelInferRequest { id, parameters, inputs, outputs, raw_input_contents, .. } = request;
     let mut classify = Vec::new();
     for o in &outputs {
@@ -51,6 +51,7 @@ fn decode(request: ModelInferRequest) -> Result<Decoded, ApiError> {
         trace: kiln_protocol::grpc::trace_parameter(&parameters),
         client_key: Some(id.clone()).filter(|k| !k.is_empty()),
         protocol: Protocol::Grpc,
+        origin,
     };
     Ok(Decoded { inference, id, parameters })
 }

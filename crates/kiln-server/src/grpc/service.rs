@@ -42,11 +42,12 @@ fn status(e: impl Into<ApiError>) -> Status {
 async fn infer_one(
     service: &InferenceService,
     request: ModelInferRequest,
+    origin: crate::infer::Origin,
 ) -> Result<(ModelInferResponse, Option<String>), Status> {
     let state = &service.state;
     // Resolve the model first: an unknown model is NOT_FOUND even for a malformed request.
     let served = state.engine.model(&request.model_name, Some(&request.model_version)).map_err(status)?;
-    let decoded = super::decode(request).map_err(status)?;
+    let decoded = super::decode(request, origin).map_err(status)?;
     let answer = crate::infer::run(state, &served, decoded.inference).await.map_err(status)?;
     let request_id = answer.request_id.clone();
     Ok((super::encode(answer, decoded.id, decoded.parameters), request_id))
@@ -150,7 +151,11 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        let (answer, request_id) = infer_one(self, request.into_inner()).await?;
+        let origin = crate::infer::Origin {
+            route: "inference.GRPCInferenceService/ModelInfer",
+            incoming: crate::otel::Incoming::from_grpc(request.metadata()),
+        };
+        let (answer, request_id) = infer_one(self, request.into_inner(), origin).await?;
         let mut response = Response::new(answer);
         if let Some(id) = request_id.and_then(|id| id.parse().ok()) {
             response.metadata_mut().insert(crate::records::REQUEST_ID, id);
@@ -165,10 +170,16 @@ impl GrpcInferenceService for InferenceService {
         request: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let service = self.clone();
+        // Every request of the stream joins the trace the stream was opened in.
+        let incoming = crate::otel::Incoming::from_grpc(request.metadata());
         let stream = request
             .into_inner()
             .map(move |item| {
                 let service = service.clone();
+                let origin = crate::infer::Origin {
+                    route: "inference.GRPCInferenceService/ModelStreamInfer",
+                    incoming: incoming.clone(),
+                };
                 async move {
                     // A failed request is reported in-band and the stream goes on; only a
                     // broken transport ends it.
@@ -176,7 +187,7 @@ impl GrpcInferenceService for InferenceService {
                         Ok(r) => r,
                         Err(status) => return Err(status),
                     };
-                    Ok(match infer_one(&service, request).await {
+                    Ok(match infer_one(&service, request, origin).await {
                         Ok((response, _)) => {
                             ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
                         }

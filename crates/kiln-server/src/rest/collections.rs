@@ -125,7 +125,7 @@ async fn embed(
 ) -> Result<Vec<Vec<f32>>, ApiError> {
     let resolver = state.engine.resolver();
     let texts = texts.into_iter().map(String::into_bytes).collect();
-    kiln_engine::collection::serve::embed(collection, resolver.as_ref(), texts, Protocol::Rest, deadline)
+    kiln_engine::collection::serve::embed(collection, resolver.as_ref(), texts, Protocol::Rest, deadline, None)
         .await
         .map_err(ApiError::from)
 }
@@ -337,6 +337,10 @@ async fn search(
         client_key: None,
         protocol: Protocol::Rest,
         classify: Vec::new(),
+        origin: crate::infer::Origin {
+            route: "POST /v1/collections/{name}/search",
+            incoming: crate::otel::Incoming::from_http(&headers),
+        },
     };
     let answer = crate::infer::run(&state, &model, inference).await?;
     let mut tensors = answer.response.outputs.into_iter();

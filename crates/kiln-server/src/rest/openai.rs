@@ -109,6 +109,10 @@ async fn embeddings(
         client_key: None,
         protocol: Protocol::Rest,
         classify: Vec::new(),
+        origin: crate::infer::Origin {
+            route: "POST /v1/embeddings",
+            incoming: crate::otel::Incoming::from_http(&parts.headers),
+        },
     };
     // The lifecycle applies the v2 limits (rows = texts, --max-string-bytes per text); a
     // request it refuses is about its one input, so the error names that field.

@@ -226,6 +226,14 @@ async fn run_infer(
                 })
             })
             .collect::<Result<_, ApiError>>()?,
+        origin: crate::infer::Origin {
+            route: if version.is_some() {
+                "POST /v2/models/{model}/versions/{version}/infer"
+            } else {
+                "POST /v2/models/{model}/infer"
+            },
+            incoming: crate::otel::Incoming::from_http(&parts.headers),
+        },
     };
     let answer = crate::infer::run(&state, &served, inference).await?;
     let response = answer.response;

@@ -87,6 +87,7 @@ async fn begin(
 }
 
 async fn chat(State(state): State<AppState>, request: axum::extract::Request) -> Result<Response, OpenAiError> {
+    let incoming = crate::otel::Incoming::from_http(request.headers());
     let (mut fields, model, llm) = begin(&state, request).await?;
     let messages = messages(&state, &mut fields)?;
     let kwargs = kiln_llm::request::template_kwargs(fields.take("chat_template_kwargs")).map_err(param_error)?;
@@ -103,7 +104,7 @@ async fn chat(State(state): State<AppState>, request: axum::extract::Request) ->
         .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("rendering the prompt failed: {e}"))))?
         .map_err(|e| llm_error(e, Api::Chat))?;
     options.params.constraint = constraint(&llm, &options).await?;
-    respond(state, model, &llm, prompt, &messages_text(&messages), options, Api::Chat).await
+    respond(state, model, &llm, prompt, &messages_text(&messages), options, (Api::Chat, incoming)).await
 }
 
 /// llama-server's `POST /apply-template`: the prompt text the model's chat template makes of
@@ -177,6 +178,7 @@ async fn detokenize(
 }
 
 async fn completions(State(state): State<AppState>, request: axum::extract::Request) -> Result<Response, OpenAiError> {
+    let incoming = crate::otel::Incoming::from_http(request.headers());
     let (mut fields, model, llm) = begin(&state, request).await?;
     let prompt = match fields.take("prompt") {
         Some(Value::String(s)) => s,
@@ -199,7 +201,7 @@ async fn completions(State(state): State<AppState>, request: axum::extract::Requ
         .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("tokenizing the prompt failed: {e}"))))?;
     let tokens = tokens.map_err(|e| llm_error(e, Api::Completion))?;
     options.params.constraint = constraint(&llm, &options).await?;
-    respond(state, model, &llm, tokens, &prompt, options, Api::Completion).await
+    respond(state, model, &llm, tokens, &prompt, options, (Api::Completion, incoming)).await
 }
 
 /// The grammar the answer must follow — the response format, or the tool-call grammar when
@@ -281,6 +283,8 @@ struct Call {
     /// A reasoning model's chat (its template knows `<think>`): whether the prompt opened the
     /// thoughts. Its answers are split into `reasoning_content` and `content`.
     thinking: Option<bool>,
+    /// A sampled request's generation span (`gen_ai.*`), ended by [`Call::finish`].
+    generation: Option<kiln_serving::span::SpanGuard>,
 }
 
 impl Call {
@@ -322,11 +326,25 @@ impl Call {
     }
 
     /// Logs the finished request (when its policy keeps it) and counts it.
-    async fn finish(self, result: Result<&Completion, &LlmError>) {
+    async fn finish(mut self, result: Result<&Completion, &LlmError>) {
         let outcome = match result {
             Ok(_) => Outcome::Success,
             Err(e) => outcome_of(e),
         };
+        if let Some(mut g) = self.generation.take() {
+            match result {
+                Ok(c) => {
+                    g.set("gen_ai.usage.input_tokens", c.usage.prompt_tokens as u64);
+                    g.set("gen_ai.usage.output_tokens", c.usage.completion_tokens as u64);
+                    g.set("gen_ai.response.finish_reasons", c.reason.as_str());
+                    if let Some(first) = c.first_token {
+                        let ttft = first.saturating_duration_since(g.started()).as_secs_f64();
+                        g.set("gen_ai.server.time_to_first_token", ttft);
+                    }
+                }
+                Err(e) => g.fail(e),
+            }
+        }
         let model = self.call.model().clone();
         let result: Result<InferResponse, EngineError> = match result {
             Ok(c) => Ok(InferResponse {
@@ -369,12 +387,33 @@ async fn respond(
     prompt: Vec<kiln_llm::Token>,
     recorded_prompt: &str,
     options: Options,
-    api: Api,
+    (api, incoming): (Api, crate::otel::Incoming),
 ) -> Result<Response, OpenAiError> {
     let prompt_tensor =
         Tensor::new("text_input", vec![1], TensorData::Bytes(vec![recorded_prompt.as_bytes().to_vec()]))
             .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
-    let lifecycle = crate::infer::Call::open(&state, &model, &[prompt_tensor], None, Protocol::Rest, true);
+    let (route, operation) = match api {
+        Api::Chat => ("POST /v1/chat/completions", "chat"),
+        Api::Completion => ("POST /v1/completions", "text_completion"),
+    };
+    let origin = crate::infer::Origin { route, incoming };
+    let lifecycle = crate::infer::Call::open(&state, &model, &[prompt_tensor], None, Protocol::Rest, true, &origin);
+    // The generation's span, with OpenTelemetry's GenAI attributes.
+    let generation = lifecycle.span().map(|span| {
+        let mut g = span.child(format!("{operation} {}", model.name));
+        g.set("gen_ai.operation.name", operation);
+        g.set("gen_ai.request.model", model.name.as_str());
+        if let Some(max) = options.params.max_tokens {
+            g.set("gen_ai.request.max_tokens", u64::from(max));
+        }
+        if let Some(t) = options.params.temperature {
+            g.set("gen_ai.request.temperature", f64::from(t));
+        }
+        if options.n > 1 {
+            g.set("gen_ai.request.choice.count", options.n);
+        }
+        g
+    });
     let slots = llm.info().max_sequences;
     if options.n > slots {
         let message = format!("'n' = {} is more than the model's {slots} sequence slots (max_sequences)", options.n);
@@ -406,6 +445,7 @@ async fn respond(
         text_offset: recorded_prompt.chars().count(),
         syntax: llm.tool_syntax(),
         thinking: (api == Api::Chat && llm.reasons()).then(|| llm.opens_thinking(&prompt)),
+        generation,
     };
     let mut response = if options.stream {
         stream::response(call, generations, options.include_usage, options.tools_offered())

@@ -29,6 +29,8 @@ struct Choice {
     /// A reasoning model's splitter of thoughts and answer.
     think: Option<ThinkSplit>,
     done: Option<Completion>,
+    /// When its first text came (the time to first token, on the generation's span).
+    first_token: Option<std::time::Instant>,
 }
 
 struct Stream {
@@ -112,7 +114,8 @@ impl Stream {
                 };
                 let logprobs = std::mem::take(&mut choice.logprobs);
                 let text = std::mem::take(&mut choice.text);
-                choice.done = Some(Completion { text, reason, usage, logprobs: Vec::new() });
+                choice.done =
+                    Some(Completion { text, reason, usage, logprobs: Vec::new(), first_token: choice.first_token });
                 out.extend_from_slice(&sse(&self.chunk(i, &json!({}), Some(finish), &logprobs)));
                 if self.choices.iter().all(|c| c.done.is_some()) {
                     out.extend_from_slice(&self.end().await);
@@ -127,6 +130,7 @@ impl Stream {
     /// A text piece of choice `i`: a reasoning model's thoughts as `reasoning_content` deltas,
     /// the rest as content or tool-call deltas.
     fn text(&mut self, i: usize, piece: &str) -> Bytes {
+        self.choices[i].first_token.get_or_insert_with(std::time::Instant::now);
         self.choices[i].text.push_str(piece);
         match self.choices[i].think.as_mut().map(|t| t.push(piece)) {
             Some(split) => self.split_text(i, &split),
@@ -244,6 +248,7 @@ pub(super) fn response(call: Call, generations: Vec<Generation>, include_usage: 
             offset: call.text_offset,
             think: call.thinking.map(ThinkSplit::new),
             done: None,
+            first_token: None,
         })
         .collect();
     let with_logprobs = generations.first().is_some_and(Generation::reports_logprobs);
