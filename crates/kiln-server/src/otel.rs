@@ -21,8 +21,8 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use tokio::sync::mpsc;
 
-/// Spans waiting for export; beyond this, finished requests' spans are dropped.
-const QUEUE_SPANS: usize = 8192;
+/// Finished requests waiting for export; beyond this, their spans are dropped.
+const QUEUE_REQUESTS: usize = 4096;
 /// Most spans in one export.
 const BATCH_SPANS: usize = 512;
 /// How long a batch waits to fill before it is sent anyway.
@@ -62,9 +62,17 @@ pub struct OtlpConfig {
 }
 
 struct Inner {
-    queue: mpsc::Sender<SpanData>,
+    queue: mpsc::Sender<Finished>,
     ratio: f64,
-    scope: InstrumentationScope,
+}
+
+/// A finished request's spans as recorded: made into OTLP spans by the export task, off the
+/// request's path.
+struct Finished {
+    root: Root,
+    end: SystemTime,
+    error: Option<String>,
+    children: Vec<SpanRecord>,
 }
 
 /// The process's tracer; cheap to clone. [`Tracer::off`] records nothing.
@@ -146,10 +154,10 @@ impl Tracer {
         }
         .map_err(|e| format!("OTLP exporter for {}: {e}", config.endpoint))?;
         exporter.set_resource(&Resource::builder().with_service_name(config.service_name.clone()).build());
-        let (queue, spans) = mpsc::channel(QUEUE_SPANS);
-        tokio::spawn(export(exporter, spans));
+        let (queue, finished) = mpsc::channel(QUEUE_REQUESTS);
         let scope = InstrumentationScope::builder("kiln").with_version(env!("CARGO_PKG_VERSION")).build();
-        Ok(Tracer { inner: Some(Arc::new(Inner { queue, ratio: config.sample_ratio.clamp(0.0, 1.0), scope })) })
+        tokio::spawn(export(exporter, finished, scope));
+        Ok(Tracer { inner: Some(Arc::new(Inner { queue, ratio: config.sample_ratio.clamp(0.0, 1.0) })) })
     }
 
     /// The trace id a request runs under: the caller's, else `fresh` (kiln's request id).
@@ -204,30 +212,38 @@ impl Root {
     /// Ends the request's span (`error`: why it failed) and hands it and every span recorded
     /// under it to the exporter; never waits.
     pub fn finish(self, error: Option<String>) {
-        let trace_id = TraceId::from(self.span.trace_id());
-        let state = self.tracestate.as_deref().and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
+        let children = self.span.take();
+        let spans = 1 + children.len() as u64;
+        let queue = self.tracer.queue.clone();
+        if queue.try_send(Finished { root: self, end: SystemTime::now(), error, children }).is_err() {
+            metrics::counter!("kiln_trace_spans_dropped_total").increment(spans);
+        }
+    }
+}
+
+impl Finished {
+    /// The request's OTLP spans.
+    fn spans(self, scope: &InstrumentationScope, out: &mut Vec<SpanData>) {
+        let root = self.root;
+        let trace_id = TraceId::from(root.span.trace_id());
+        let state = root.tracestate.as_deref().and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
         let context = |id: u64| SpanContext::new(trace_id, SpanId::from(id), TraceFlags::SAMPLED, false, state.clone());
-        let root = SpanData {
-            span_context: context(self.id),
-            parent_span_id: self.parent.map_or(SpanId::INVALID, SpanId::from),
-            parent_span_is_remote: self.parent.is_some(),
+        out.push(SpanData {
+            span_context: context(root.id),
+            parent_span_id: root.parent.map_or(SpanId::INVALID, SpanId::from),
+            parent_span_is_remote: root.parent.is_some(),
             span_kind: SpanKind::Server,
-            name: Cow::Owned(self.name),
-            start_time: self.start,
-            end_time: SystemTime::now(),
-            attributes: self.attributes,
+            name: Cow::Owned(root.name),
+            start_time: root.start,
+            end_time: self.end,
+            attributes: root.attributes,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
-            status: status(error),
-            instrumentation_scope: self.tracer.scope.clone(),
-        };
-        let children = self.span.take().into_iter().map(|r| child(r, &context, &self.tracer.scope));
-        for span in std::iter::once(root).chain(children) {
-            if self.tracer.queue.try_send(span).is_err() {
-                metrics::counter!("kiln_trace_spans_dropped_total").increment(1);
-            }
-        }
+            status: status(self.error),
+            instrumentation_scope: scope.clone(),
+        });
+        out.extend(self.children.into_iter().map(|r| child(r, &context, scope)));
     }
 }
 
@@ -278,16 +294,21 @@ fn to_otel(v: Value) -> opentelemetry::Value {
     }
 }
 
-/// The export loop: batches of up to [`BATCH_SPANS`], sent at most [`BATCH_DELAY`] after their
-/// first span; ends when every tracer is gone (shutdown), after sending what it holds.
-async fn export(exporter: opentelemetry_otlp::SpanExporter, mut spans: mpsc::Receiver<SpanData>) {
+/// The export loop: batches of about [`BATCH_SPANS`], sent at most [`BATCH_DELAY`] after their
+/// first request; ends when every tracer is gone (shutdown), after sending what it holds.
+async fn export(
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut finished: mpsc::Receiver<Finished>,
+    scope: InstrumentationScope,
+) {
     let mut failures_logged = 0u32;
-    while let Some(first) = spans.recv().await {
-        let mut batch = vec![first];
+    while let Some(first) = finished.recv().await {
+        let mut batch = Vec::with_capacity(BATCH_SPANS);
+        first.spans(&scope, &mut batch);
         let until = tokio::time::Instant::now() + BATCH_DELAY;
         while batch.len() < BATCH_SPANS {
-            match tokio::time::timeout_at(until, spans.recv()).await {
-                Ok(Some(span)) => batch.push(span),
+            match tokio::time::timeout_at(until, finished.recv()).await {
+                Ok(Some(request)) => request.spans(&scope, &mut batch),
                 Ok(None) | Err(_) => break,
             }
         }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# What OpenTelemetry tracing costs on the request path, side by side in one run: the digits MLP
+# at batch 1 and the fraud_ensemble pipeline (13 spans a request), wrk -t1 -c32, REST JSON,
+# records off (to see tracing alone): traces off vs on (100 % sampling, exporting over OTLP/gRPC
+# to a live receiver, bench/otlp_receiver.py, on the same 2 cores) vs on with the collector down
+# (the spans are made, every export fails at once: what tracing costs kiln itself), interleaved
+# twice.
+#   bash bench/traces.sh [SECONDS=10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/common.sh
+secs=${1:-10}
+command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
+bash scripts/setup-venv.sh --test >/dev/null
+use_release_kiln
+work=$(mktemp -d)
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+.venv/bin/python - "$work" <<'PY'
+import json, sys
+import numpy as np
+work = sys.argv[1]
+for name, n in (("digits", 64), ("fraud", 30)):
+    x = np.random.default_rng(0).random((1, n), dtype=np.float32)
+    json.dump({"inputs": [{"name": "input", "shape": [1, n], "datatype": "FP32", "data": x.ravel().tolist()}]},
+              open(f"{work}/{name}.json", "w"))
+PY
+rport=$(port)
+.venv/bin/python bench/otlp_receiver.py "$rport" > "$work/receiver.out" & receiver=$!
+pids+=($receiver)
+row() { # label model body traces(on|off|down)
+  local kp; kp=$(port)
+  local otlp=()
+  [ "$4" = on ] && otlp=(--otlp-endpoint "http://127.0.0.1:$rport")
+  # Nothing listens on port 1: spans are made, exports fail at once, nothing is sent.
+  [ "$4" = down ] && otlp=(--otlp-endpoint "http://127.0.0.1:1")
+  target/release/kiln serve examples/models --http-port "$kp" --grpc-port 0 --metrics-port 0 --log-level warn \
+    --dashboard off --records off "${otlp[@]}" >/dev/null 2>&1 & pids+=($!)
+  until curl -sf "127.0.0.1:$kp/v2/health/ready" >/dev/null; do sleep 0.05; done
+  local out; out=$(KILN_BODY=$work/$3.json wrk -t1 -c32 -d"${secs}s" --latency -s bench/wrk_post.lua \
+    "http://127.0.0.1:$kp/v2/models/$2/infer")
+  sleep 1
+  local spans; spans=$(curl -s "127.0.0.1:$kp/metrics" | awk '/^kiln_trace_spans_exported_total/ {e=$2} /^kiln_trace_spans_dropped_total/ {d=$2} END {printf "%d exported / %d dropped", e, d}')
+  echo "| $1 | $(awk '/Requests\/sec/ {print $2}' <<<"$out") | $(awk '$1 == "99%" {print $2}' <<<"$out") | $spans |"
+  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+}
+echo "kiln $(target/release/kiln --version | cut -d' ' -f2), $(nproc) cores shared by kiln, the receiver and wrk"
+echo
+echo "| wrk -t1 -c32, batch 1, records off | req/s | p99 | spans |"
+echo "|---|---|---|---|"
+for round in 1 2; do
+  for model in digits_mlp fraud_ensemble; do
+    body=digits; [ "$model" = fraud_ensemble ] && body=fraud
+    row "$model, traces off ($round)" "$model" "$body" off
+    row "$model, traces on, 100 % ($round)" "$model" "$body" on
+    row "$model, traces on, collector down ($round)" "$model" "$body" down
+  done
+done
+kill "$receiver"; wait "$receiver" 2>/dev/null || true
+echo
+echo "The receiver got $(cat "$work/receiver.out") over the run."
