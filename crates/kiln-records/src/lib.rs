@@ -12,6 +12,7 @@
 //! It knows nothing of HTTP or of the engine: it stores and queries rows.
 
 pub mod capture;
+pub mod drift;
 pub mod points;
 pub mod quality;
 pub mod store;

@@ -1,6 +1,7 @@
 //! The prediction log's REST API: `GET /v1/predictions` (filtered, keyset-paginated),
 //! `GET /v1/predictions/{id}` (with its feedback), `POST /v1/feedback` (true labels, later)
-//! and `GET /v1/models/{model}/quality` (per-bucket accuracy and latency).
+//! `GET /v1/models/{model}/quality` (per-bucket accuracy and latency) and
+//! `GET /v1/models/{model}/drift` (inputs and outputs against a reference, per feature).
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
@@ -19,6 +20,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/predictions/{id}", get(one))
         .route("/v1/feedback", post(feedback))
         .route("/v1/models/{model}/quality", get(quality))
+        .route("/v1/models/{model}/drift", get(drift))
 }
 
 fn recorder(state: &AppState) -> Result<&Recorder, ApiError> {
@@ -224,5 +226,149 @@ async fn quality(
         "bucket_seconds": bucket,
         "total": total,
         "buckets": buckets,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DriftQuery {
+    /// Default: the version served now.
+    version: Option<i64>,
+    /// The recent window: this many seconds before `until` (default 3600).
+    window: Option<i64>,
+    /// Milliseconds since the Unix epoch (default: now).
+    until: Option<i64>,
+    /// `sample` (the export's `parity.json`) or `window` (default: the sample when the version
+    /// has one, else the window just before the recent one, as long).
+    reference: Option<String>,
+    reference_since: Option<i64>,
+    reference_until: Option<i64>,
+    /// PSI above which a feature has drifted (default 0.2).
+    threshold: Option<f64>,
+    /// Most log rows read per window, newest first (default 5000).
+    limit: Option<usize>,
+}
+
+const MAX_DRIFT_ROWS: usize = 50_000;
+
+/// A window of the log as a drift sample: its successful requests' inputs and outputs.
+async fn log_sample(
+    recorder: &Recorder,
+    model: &str,
+    version: i64,
+    (since, until): (i64, i64),
+    limit: usize,
+) -> Result<kiln_records::drift::Sample, ApiError> {
+    let filter = PredictionFilter {
+        model: Some(model.to_string()),
+        version: Some(version),
+        outcome: Some("success".into()),
+        since_ms: Some(since),
+        until_ms: Some(until),
+        limit,
+        with_tensors: true,
+        ..PredictionFilter::default()
+    };
+    let rows = recorder.store().predictions(&filter).await.map_err(|e| db_error(&e))?;
+    let mut sample = kiln_records::drift::Sample::default();
+    for row in &rows {
+        if let Some(inputs) = &row.inputs {
+            sample.add("inputs", inputs);
+        }
+        if let Some(outputs) = &row.outputs {
+            sample.add("outputs", outputs);
+        }
+    }
+    Ok(sample)
+}
+
+async fn drift(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    query: Result<Query<DriftQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let recorder = recorder(&state)?;
+    let Query(q) = query.map_err(|e| bad_query(&e))?;
+    let version = match q.version {
+        Some(v) => v,
+        None => i64::try_from(state.engine.model(&model, None)?.version).unwrap_or(i64::MAX),
+    };
+    let window = q.window.unwrap_or(3600);
+    if window <= 0 {
+        return Err(ApiError::bad_request(format!("window must be a positive number of seconds, not {window}")));
+    }
+    let threshold = q.threshold.unwrap_or(0.2);
+    if !threshold.is_finite() || threshold <= 0.0 {
+        return Err(ApiError::bad_request(format!("threshold must be a positive number, not {threshold}")));
+    }
+    let limit = q.limit.unwrap_or(5000);
+    if limit == 0 || limit > MAX_DRIFT_ROWS {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_DRIFT_ROWS}, not {limit}")));
+    }
+    let until = q.until.unwrap_or_else(|| kiln_records::now_ms() + 1);
+    let since = until - window.saturating_mul(1000);
+    let recent = log_sample(recorder, &model, version, (since, until), limit).await?;
+    let parity = state.engine.repository().join(&model).join(version.to_string()).join("parity.json");
+    let use_sample = match q.reference.as_deref() {
+        None => tokio::fs::try_exists(&parity).await.unwrap_or(false),
+        Some("sample") => true,
+        Some("window") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("reference is 'sample' or 'window', not '{other}'")));
+        }
+    };
+    let (reference, described) = if use_sample {
+        let text = tokio::fs::read(&parity).await.map_err(|e| {
+            ApiError::not_found(format!(
+                "model '{model}' version {version} has no export sample ({}: {e}); use reference=window",
+                parity.display()
+            ))
+        })?;
+        let document: Value = serde_json::from_slice(&text)
+            .map_err(|e| ApiError::new(Kind::Internal, format!("{} is not JSON: {e}", parity.display())))?;
+        let mut sample = kiln_records::drift::Sample::default();
+        sample.add("inputs", &document["inputs"]);
+        sample.add("outputs", &document["expected"]);
+        (sample, json!({"source": "sample", "path": parity.display().to_string()}))
+    } else {
+        let r_until = q.reference_until.unwrap_or(since);
+        let r_since = q.reference_since.unwrap_or(r_until - window.saturating_mul(1000));
+        if r_since >= r_until {
+            return Err(ApiError::bad_request(format!(
+                "reference_since ({r_since}) must be before reference_until ({r_until})"
+            )));
+        }
+        let sample = log_sample(recorder, &model, version, (r_since, r_until), limit).await?;
+        (sample, json!({"source": "window", "since_ms": r_since, "until_ms": r_until}))
+    };
+    let (features, not_compared) = kiln_records::drift::compare(&reference, &recent, threshold);
+    let version_label = version.to_string();
+    for f in &features {
+        metrics::gauge!("kiln_drift_psi", "model" => model.clone(), "version" => version_label.clone(),
+            "feature" => f.feature.clone())
+        .set(f.psi);
+    }
+    let drifted: Vec<&str> = features.iter().filter(|f| f.drifted).map(|f| f.feature.as_str()).collect();
+    let verdict = match (features.is_empty(), drifted.is_empty()) {
+        (true, _) => "insufficient_data",
+        (false, true) => "ok",
+        (false, false) => "drifted",
+    };
+    if !features.is_empty() {
+        metrics::gauge!("kiln_drift_drifted", "model" => model.clone(), "version" => version_label)
+            .set(if drifted.is_empty() { 0.0 } else { 1.0 });
+    }
+    let mut reference_json = described;
+    reference_json["requests"] = json!(reference.requests);
+    Ok(axum::Json(json!({
+        "model": model,
+        "version": version,
+        "threshold": threshold,
+        "state": verdict,
+        "drifted": drifted,
+        "recent": {"since_ms": since, "until_ms": until, "requests": recent.requests},
+        "reference": reference_json,
+        "features": features,
+        "not_compared": not_compared,
     })))
 }
