@@ -107,6 +107,22 @@ pub fn openapi() -> Value {
                     query("bucket", "Seconds per bucket (default 3600)", &json!({"type": "integer", "minimum": 1}))],
                 "responses": {"200": ok_json("Quality", &json!({"$ref": "#/components/schemas/Quality"})), "400": error_response("A bad range"), "404": error_response("The prediction log is off")}
             }},
+            "/v1/models/{model}/drift": {"get": {
+                "summary": "Per feature, a version's recent inputs and outputs against a reference (the export's sample or an earlier window): PSI, Kolmogorov-Smirnov, chi-squared",
+                "parameters": [path("model"),
+                    query("version", "Default: the version served now", &json!({"type": "integer"})),
+                    query("window", "Seconds of the recent window (default 3600)", &json!({"type": "integer", "minimum": 1})),
+                    query("until", "ms since the Unix epoch (default: now)", &json!({"type": "integer"})),
+                    query("reference", "sample or window", &json!({"type": "string", "enum": ["sample", "window"]})),
+                    query("reference_since", "ms since the Unix epoch", &json!({"type": "integer"})),
+                    query("reference_until", "ms since the Unix epoch", &json!({"type": "integer"})),
+                    query("threshold", "PSI above which a feature has drifted (default 0.2)", &json!({"type": "number", "exclusiveMinimum": 0})),
+                    query("limit", "Most log rows per window (default 5000)", &json!({"type": "integer", "minimum": 1, "maximum": 50000}))],
+                "responses": {"200": ok_json("Drift", &json!({"type": "object", "required": ["model", "version", "state", "features", "not_compared"], "properties": {
+                    "state": {"type": "string", "enum": ["ok", "drifted", "insufficient_data"]},
+                    "features": {"type": "array", "items": {"type": "object"}}, "not_compared": {"type": "array", "items": {"type": "object"}}}})),
+                    "400": error_response("A bad parameter"), "404": error_response("The prediction log is off, the model is unknown, or it has no export sample")}
+            }},
             "/v1/dashboard/models": {"get": {
                 "summary": "The dashboard's model list: every model and pipeline with versions, states, load errors, signature, scheduling settings and a pipeline's steps",
                 "responses": {"200": ok_json("Models", &json!({"type": "object", "required": ["models"], "properties": {
