@@ -158,16 +158,32 @@ impl Engine {
         self.models().values().cloned().collect()
     }
 
-    /// The ready version to use: the named one, or the highest ready one.
+    /// The ready version to use: the named one, or the highest ready one — with a `[rollout]`,
+    /// the canary for its share of requests, else the highest that is neither canary nor shadow.
     pub fn model(&self, name: &str, version: Option<&str>) -> Result<ModelHandle, EngineError> {
         let state = self.model_state(name)?;
         match version {
             None | Some("") => {
-                let ready = state.versions.values().rev().find_map(|s| match s {
-                    VersionState::Ready(m) => Some(m.clone()),
-                    VersionState::Failed(_) => None,
-                });
-                ready.ok_or_else(|| EngineError::NotReady(state.unavailable_reason().unwrap_or_default()))
+                let ready = |v: &u64| match state.versions.get(v) {
+                    Some(VersionState::Ready(m)) => Some(m.clone()),
+                    _ => None,
+                };
+                if let Some(rollout) = &state.rollout {
+                    // The canary's share; then the highest version that is neither the canary
+                    // nor the shadow (or, when none of those is ready, whatever is).
+                    if let Some(c) = rollout.config.canary
+                        && fastrand::f64() * 100.0 < c.percent
+                        && let Some(m) = ready(&c.version)
+                    {
+                        return Ok(m);
+                    }
+                    let named = rollout.config.versions();
+                    if let Some(m) = state.versions.keys().rev().filter(|v| !named.contains(v)).find_map(ready) {
+                        return Ok(m);
+                    }
+                }
+                let any = state.versions.keys().rev().find_map(ready);
+                any.ok_or_else(|| EngineError::NotReady(state.unavailable_reason().unwrap_or_default()))
             }
             Some(text) => {
                 let not_found = || EngineError::VersionNotFound {
@@ -184,6 +200,21 @@ impl Engine {
                     None => Err(not_found()),
                 }
             }
+        }
+    }
+
+    /// The shadow of a request that `answered` ran, when its model has one (ready, and not
+    /// `answered` itself), with the rollout that counts its comparisons.
+    pub fn shadow(
+        &self,
+        answered: &kiln_serving::ServedModel,
+    ) -> Option<(ModelHandle, std::sync::Arc<crate::rollout::Rollout>)> {
+        let state = self.model_state(&answered.name).ok()?;
+        let rollout = state.rollout.clone()?;
+        let shadow = rollout.config.shadow.filter(|&v| v != answered.version)?;
+        match state.versions.get(&shadow) {
+            Some(VersionState::Ready(m)) => Some((m.clone(), rollout)),
+            _ => None,
         }
     }
 
@@ -412,7 +443,7 @@ impl Engine {
                 let model = kiln_pipeline::serve(dir.name.clone(), pipeline, settings);
                 let mut versions = BTreeMap::new();
                 versions.insert(1, VersionState::Ready(Arc::new(model)));
-                ModelState { name: dir.name.clone(), versions, error: None, fingerprint }
+                ModelState { name: dir.name.clone(), versions, error: None, fingerprint, rollout: None }
             }
             Err(e) => keep_previous_or_fail(dir, previous, e, fingerprint),
         }
@@ -469,7 +500,7 @@ impl Engine {
                 let model = crate::collection::serve::served(collection, resolver, settings);
                 let mut versions = BTreeMap::new();
                 versions.insert(1, VersionState::Ready(Arc::new(model)));
-                ModelState { name: dir.name.clone(), versions, error: None, fingerprint }
+                ModelState { name: dir.name.clone(), versions, error: None, fingerprint, rollout: None }
             }
             Err(e) => keep_previous_or_fail(dir, previous, e, fingerprint),
         }

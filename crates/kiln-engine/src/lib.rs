@@ -17,6 +17,7 @@ mod engine;
 mod llm;
 mod load;
 pub mod repository;
+pub mod rollout;
 mod state;
 
 pub use engine::{Engine, EngineConfig, IndexEntry, ModelControl};

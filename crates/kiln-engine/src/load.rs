@@ -60,7 +60,29 @@ pub(crate) fn build_state(dir: &ModelDir, previous: Option<&ModelState>) -> Mode
         return keep_previous_or_fail(dir, previous, e, fingerprint);
     }
     let on_disk = config.versions_on_disk(&dir.versions);
-    let selected = config.version_policy().select(&on_disk);
+    let mut selected = config.version_policy().select(&on_disk);
+    // A rollout's versions are served whatever the version policy says; without a policy, the
+    // version that answers is the highest other one.
+    if let Some(rollout) = &config.rollout {
+        if config.version_policy.is_none() {
+            let named = rollout.versions();
+            selected = on_disk.iter().rev().find(|v| !named.contains(v)).copied().into_iter().collect();
+        }
+        for v in rollout.versions() {
+            if !on_disk.contains(&v) {
+                let e = format!("[rollout] names version {v}, which is not in the folder (versions: {on_disk:?})");
+                return keep_previous_or_fail(dir, previous, e, fingerprint);
+            }
+            if !selected.contains(&v) {
+                selected.push(v);
+            }
+        }
+        selected.sort_unstable();
+        if selected.iter().all(|v| rollout.versions().contains(v)) {
+            let e = "[rollout] needs a version to answer besides the canary and the shadow".to_string();
+            return keep_previous_or_fail(dir, previous, e, fingerprint);
+        }
+    }
     if selected.is_empty() {
         let e = if dir.versions.is_empty() {
             format!("no version folders in {} (expected {}/1/model.onnx)", dir.path.display(), dir.path.display())
@@ -70,7 +92,12 @@ pub(crate) fn build_state(dir: &ModelDir, previous: Option<&ModelState>) -> Mode
         return keep_previous_or_fail(dir, previous, e, fingerprint);
     }
     let config_unchanged = previous.is_some_and(|p| p.fingerprint.config == fingerprint.config);
-    let mut state = ModelState { name: dir.name.clone(), versions: BTreeMap::new(), error: None, fingerprint };
+    // The same rollout as before keeps its counts.
+    let rollout = config.rollout.clone().map(|r| match previous.and_then(|p| p.rollout.clone()) {
+        Some(kept) if kept.config == r => kept,
+        _ => Arc::new(crate::rollout::Rollout::new(r)),
+    });
+    let mut state = ModelState { name: dir.name.clone(), versions: BTreeMap::new(), error: None, fingerprint, rollout };
     let mut errors = Vec::new();
     for version in selected {
         let old = previous.and_then(|p| match p.versions.get(&version) {

@@ -23,11 +23,13 @@ pub struct ModelState {
     pub error: Option<String>,
     /// The files the current state was built from (for change detection).
     pub(crate) fingerprint: Fingerprint,
+    /// `[rollout]`: a canary or a shadow version, and what the shadow did.
+    pub rollout: Option<std::sync::Arc<crate::rollout::Rollout>>,
 }
 
 impl ModelState {
     pub(crate) fn failed(name: &str, error: String, fingerprint: Fingerprint) -> Self {
-        ModelState { name: name.to_string(), versions: BTreeMap::new(), error: Some(error), fingerprint }
+        ModelState { name: name.to_string(), versions: BTreeMap::new(), error: Some(error), fingerprint, rollout: None }
     }
 
     /// Versions that are ready, ascending.

@@ -58,6 +58,37 @@ pub struct ModelConfig {
     pub index: Option<IndexConfig>,
     /// What the prediction log keeps of this model's requests.
     pub records: Option<RecordsConfig>,
+    /// A canary or shadow version beside the one that answers (`[rollout]`).
+    pub rollout: Option<RolloutConfig>,
+}
+
+/// `[rollout]`: trying a version on live traffic. A request for the model (no version named)
+/// is answered by the highest version that is neither the canary nor the shadow — or, for
+/// `canary.percent` % of requests, by the canary; the shadow gets a copy of every request the
+/// answering version ran, off the caller's path, and its answer is only compared.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    pub canary: Option<Canary>,
+    pub shadow: Option<u64>,
+    /// How far apart (relative; absolute near zero) floating-point outputs may be and still
+    /// agree (default 1e-4). Labels, integers and strings agree only when equal.
+    pub tolerance: Option<f64>,
+}
+
+/// `canary = { version = 2, percent = 10 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub version: u64,
+    pub percent: f64,
+}
+
+impl RolloutConfig {
+    /// The versions it names (canary, shadow).
+    pub fn versions(&self) -> Vec<u64> {
+        self.canary.iter().map(|c| c.version).chain(self.shadow).collect()
+    }
 }
 
 /// `[records]`: what the prediction log keeps of a model's requests (when the server runs
@@ -330,6 +361,21 @@ impl ModelConfig {
         }
         if let Some(VersionPolicy::Latest(0)) = config.version_policy {
             return Err("version_policy latest must be at least 1".into());
+        }
+        if let Some(rollout) = &config.rollout {
+            if let Some(c) = rollout.canary
+                && !(c.percent > 0.0 && c.percent <= 100.0)
+            {
+                return Err(format!("[rollout] canary percent must be above 0 and at most 100, got {}", c.percent));
+            }
+            if let Some(t) = rollout.tolerance
+                && !(t >= 0.0 && t.is_finite())
+            {
+                return Err(format!("[rollout] tolerance must be a number of 0 or more, got {t}"));
+            }
+            if rollout.canary.is_some_and(|c| Some(c.version) == rollout.shadow) {
+                return Err("[rollout] the canary and the shadow must be different versions".into());
+            }
         }
         Ok(config)
     }

@@ -65,6 +65,11 @@ pub async fn run(state: &AppState, model: &ModelHandle, request: Inference) -> R
             )));
         }
     }
+    // A `[rollout]` shadow gets a copy of what this version runs (cloned only when it has one).
+    let shadow = state
+        .engine
+        .shadow(model)
+        .map(|(shadow, rollout)| (shadow, rollout, request.inputs.clone(), request.outputs.clone()));
     // ServedModel::infer counts the request itself (its own in-flight guard).
     let call = Call::open(
         state,
@@ -85,11 +90,35 @@ pub async fn run(state: &AppState, model: &ModelHandle, request: Inference) -> R
             span: call.span().cloned(),
         })
         .await;
+    if let (Ok(answer), Some((shadow, rollout, inputs, outputs))) = (&result, shadow) {
+        send_to_shadow(answer, shadow, &rollout, (inputs, outputs));
+    }
     let classify = request.classify;
     let request_id = call.close(&result).await?;
     let mut response = result?;
     crate::classification::apply(&mut response.outputs, &classify, &model.labels)?;
     Ok(Answer { response, request_id })
+}
+
+/// Runs a copy of a request on its model's shadow version, off the caller's path: a task of its
+/// own, at most `SHADOW_IN_FLIGHT` at once (beyond, the copy is dropped and counted), its answer
+/// compared with what the caller got and counted on the rollout. Never delays, fails or answers
+/// the caller.
+fn send_to_shadow(
+    answer: &InferResponse,
+    shadow: ModelHandle,
+    rollout: &std::sync::Arc<kiln_engine::rollout::Rollout>,
+    (inputs, outputs): (Vec<Tensor>, Vec<String>),
+) {
+    let Some(slot) = rollout.try_send() else { return };
+    let (rollout, primary) = (rollout.clone(), answer.outputs.clone());
+    tokio::spawn(async move {
+        let _slot = slot;
+        let request =
+            InferRequest { inputs, outputs, timeout: None, protocol: Protocol::InProcess, trace: false, span: None };
+        let got = shadow.infer(request).await;
+        rollout.count(got.ok().map(|r| kiln_engine::rollout::agree(&primary, &r.outputs, rollout.tolerance())));
+    });
 }
 
 /// One model-running request's bookkeeping, from its start to its end: the prediction log's

@@ -7,6 +7,7 @@ pub mod collections;
 pub mod dashboard;
 pub mod openai;
 pub mod records_api;
+pub mod rollout;
 pub mod v2;
 
 use axum::Router;
@@ -26,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openai::routes())
         .merge(chat::routes())
         .merge(records_api::routes())
+        .merge(rollout::routes())
         .merge(collections::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))

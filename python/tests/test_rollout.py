@@ -1,0 +1,134 @@
+"""`[rollout]` in config.toml: a canary answers its share of a model's requests; a shadow gets a
+copy of each request off the caller's path — never delaying, failing or answering it — and its
+answers are compared with the caller's (GET /v1/models/{m}/rollout). Real models over a real
+socket: a fast `y = c·x³` and the slow model of bench/make_slow_model.py, which computes the
+same function with two 384×384 matrix products."""
+
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+from onnx import TensorProto, helper
+
+from conftest import ROOT, KilnServer
+
+sys.path.insert(0, str(ROOT / "bench"))
+from make_slow_model import slow_model  # noqa: E402
+
+SIZE = 384
+
+
+def cube_model(factor=1.0):
+    """y = factor · SIZE² · x³: what the slow model computes, in three multiplications."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])
+    c = helper.make_tensor("c", TensorProto.FLOAT, [1], [factor * SIZE * SIZE])
+    nodes = [helper.make_node("Mul", ["x", "x"], ["x2"]), helper.make_node("Mul", ["x2", "x"], ["x3"]),
+             helper.make_node("Mul", ["x3", "c"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "cube", [x], [y], [c]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def folder(repo, name, versions, config):
+    for v, data in versions.items():
+        (repo / name / str(v)).mkdir(parents=True)
+        (repo / name / str(v) / "model.onnx").write_bytes(data)
+    (repo / name / "config.toml").write_text(config)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("rollout") / "models"
+    fast, slow = cube_model(), slow_model(SIZE)
+    folder(repo, "split", {1: fast, 2: cube_model(2.0)}, "[rollout]\ncanary = { version = 2, percent = 10 }\n")
+    # float32 matrix products of 384 terms and a mean of 147,456 differ from x·x·x by ~1e-3.
+    folder(repo, "shadowed", {1: fast, 2: slow}, "[rollout]\nshadow = 2\ntolerance = 0.01\n")
+    folder(repo, "wrong", {1: cube_model(2.0), 2: slow}, "[rollout]\nshadow = 2\ntolerance = 0.01\n")
+    folder(repo, "missing", {1: fast}, "[rollout]\nshadow = 7\n")
+    s = KilnServer(repo)
+    yield s
+    assert s.stop() == 0
+
+
+def infer(session, server, model, value=0.5):
+    body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [value]}]}
+    r = session.post(f"http://{server.url}/v2/models/{model}/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def rollout(server, model):
+    r = requests.get(f"http://{server.url}/v1/models/{model}/rollout", timeout=10)
+    return r.status_code, r.json()
+
+
+def test_a_canary_answers_its_share(server):
+    session = requests.Session()
+    versions = [infer(session, server, "split")["model_version"] for _ in range(2000)]
+    share = versions.count("2") / len(versions)
+    assert 0.07 <= share <= 0.13, share
+    status, body = rollout(server, "split")
+    assert status == 200, body
+    assert body["canary"] == {"version": 2, "percent": 10.0}
+    roles = {v["version"]: v for v in body["versions"]}
+    assert roles[1]["role"] == "primary" and roles[2]["role"] == "canary"
+    assert roles[1]["requests"] + roles[2]["requests"] == 2000
+    # A version named explicitly is that version, rollout or not.
+    body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [0.5]}]}
+    for _ in range(50):
+        r = session.post(f"http://{server.url}/v2/models/split/versions/1/infer", json=body, timeout=30)
+        assert r.json()["model_version"] == "1"
+
+
+def test_a_slow_shadow_never_reaches_the_caller_and_its_answers_are_compared(server):
+    session = requests.Session()
+    latencies = []
+    for i in range(200):
+        started = time.perf_counter()
+        answer = infer(session, server, "shadowed", value=0.1 + i / 1000)
+        latencies.append(time.perf_counter() - started)
+        assert answer["model_version"] == "1"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        _, body = rollout(server, "shadowed")
+        c = body["shadow_comparison"]
+        if c["agreed"] + c["disagreed"] + c["failed"] == c["sent"]:
+            break
+        time.sleep(0.2)
+    assert c["sent"] + c["dropped"] == 200, c
+    assert c["agreed"] == c["sent"] >= 1 and c["disagreed"] == 0 and c["failed"] == 0, c
+    assert c["agreement"] == 1.0
+    roles = {v["version"]: v for v in body["versions"]}
+    assert roles[2]["role"] == "shadow" and roles[2]["requests"] == c["sent"]
+    # The caller's p99 stays below the shadow's own median.
+    p99 = float(np.percentile(latencies, 99)) * 1000
+    assert p99 < roles[2]["latency_ms"]["p50"], (p99, roles[2]["latency_ms"])
+
+
+def test_disagreement_is_counted(server):
+    session = requests.Session()
+    for i in range(20):
+        infer(session, server, "wrong", value=0.2 + i / 100)
+        time.sleep(0.05)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        _, body = rollout(server, "wrong")
+        c = body["shadow_comparison"]
+        if c["sent"] and c["disagreed"] + c["agreed"] == c["sent"]:
+            break
+        time.sleep(0.2)
+    assert c["disagreed"] == c["sent"] >= 1 and c["agreed"] == 0, c
+
+
+def test_a_rollout_naming_a_missing_version_is_a_load_error(server):
+    r = requests.post(f"http://{server.url}/v2/repository/index", json={}, timeout=10)
+    entry = next(m for m in r.json() if m["name"] == "missing")
+    assert entry["state"] != "READY" and "[rollout] names version 7" in entry.get("reason", ""), entry
+    status, body = rollout(server, "split")
+    assert status == 200
+    r = requests.get(f"http://{server.url}/v1/models/shadowed/rollout", timeout=10)
+    assert r.status_code == 200
