@@ -123,6 +123,13 @@ pub fn openapi() -> Value {
                     "features": {"type": "array", "items": {"type": "object"}}, "not_compared": {"type": "array", "items": {"type": "object"}}}})),
                     "400": error_response("A bad parameter"), "404": error_response("The prediction log is off, the model is unknown, or it has no export sample")}
             }},
+            "/v1/models/{model}/rollout": {"get": {
+                "summary": "A model's [rollout]: each version's role (primary, canary, shadow), requests, errors and latency, and the shadow's agreement with the answers callers got",
+                "parameters": [path("model")],
+                "responses": {"200": ok_json("Rollout", &json!({"type": "object", "required": ["model", "versions"], "properties": {
+                    "versions": {"type": "array", "items": {"type": "object"}}, "shadow_comparison": {"type": ["object", "null"]}}})),
+                    "404": error_response("Unknown model, or no [rollout] in its config.toml")}
+            }},
             "/v1/dashboard/models": {"get": {
                 "summary": "The dashboard's model list: every model and pipeline with versions, states, load errors, signature, scheduling settings and a pipeline's steps",
                 "responses": {"200": ok_json("Models", &json!({"type": "object", "required": ["models"], "properties": {
