@@ -132,3 +132,26 @@ def test_a_rollout_naming_a_missing_version_is_a_load_error(server):
     assert status == 200
     r = requests.get(f"http://{server.url}/v1/models/shadowed/rollout", timeout=10)
     assert r.status_code == 200
+
+
+def test_kiln_replay_compares_logged_requests_with_a_candidate_version(server):
+    """`kiln replay` on what the canary test logged: requests the canary (version 2) answered
+    agree with version 2; those version 1 answered (half of version 2's output) do not."""
+    import json
+    import subprocess
+
+    from conftest import kiln_bin
+
+    repo = server.log_path.parent / "models"
+    time.sleep(1.0)  # the log writes asynchronously
+    out = subprocess.run([kiln_bin(), "replay", str(repo), "split", "--version", "2", "--since", "1h", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    by_version = {int(k): v for k, v in report["logged_versions"].items()}
+    assert by_version[1] >= 1000 and by_version[2] >= 100, report
+    assert report["agreed"] == by_version[2] and report["disagreed"] == by_version[1], report
+    assert report["failed"] == 0 and report["skipped"] == 0
+    bad = subprocess.run([kiln_bin(), "replay", str(repo), "split", "--version", "9"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "version 9" in bad.stderr

@@ -91,6 +91,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replay a model's logged requests (the prediction log) on a candidate version and compare
+    /// its answers with the logged ones: agreement (labels exactly, values within --tolerance)
+    /// and latency, side by side.
+    Replay {
+        /// The model repository.
+        repository: PathBuf,
+        /// The model whose requests to replay.
+        model: String,
+        /// The candidate version.
+        #[arg(long = "version", value_name = "N")]
+        candidate: u64,
+        /// How far back: 90s, 30m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = parse_age)]
+        since: std::time::Duration,
+        /// The prediction log (default: REPO.records.sqlite beside the repository, as `serve`).
+        #[arg(long)]
+        records: Option<String>,
+        /// Most requests replayed (the newest).
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        /// How far apart floating-point outputs may be and agree (relative; absolute near 0).
+        #[arg(long, default_value_t = kiln_engine::rollout::TOLERANCE)]
+        tolerance: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a model once, without a server, on a v2 inference request read from a file or stdin;
     /// prints the v2 response JSON.
     Predict {
@@ -219,6 +246,19 @@ fn main() -> ExitCode {
         Command::Verify { model, model_version, tolerance, json } => {
             verify::run(cli.onnxruntime.as_deref(), &model, model_version, tolerance, json)
         }
+        Command::Replay { repository, model, candidate, since, records, limit, tolerance, json } => replay::run(
+            cli.onnxruntime.as_deref(),
+            &replay::ReplayArgs {
+                repository: &repository,
+                model: &model,
+                version: candidate,
+                since,
+                records: records.as_deref(),
+                limit,
+                tolerance,
+                json,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -229,10 +269,27 @@ fn main() -> ExitCode {
     }
 }
 
+mod replay;
 mod serve;
 mod verify;
 
 use serve::{ServeArgs, seconds, serve};
+
+/// `90s`, `30m`, `1h`, `2d` (a bare number is seconds).
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
+    let value: f64 =
+        number.trim().parse().map_err(|_| format!("'{text}' is not a duration like 90s, 30m, 1h or 2d"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        other => return Err(format!("unknown unit '{other}' in '{text}': use s, m, h or d")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is not a positive duration"))
+}
 
 pub(crate) fn start_runtime(explicit: Option<&Path>) -> Result<()> {
     runtime::ensure(explicit)?;
