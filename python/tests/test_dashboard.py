@@ -85,6 +85,8 @@ def test_dashboard_in_chromium(tmp_path, fixture):
         assert {"in:input", "gbc", "lr", "blend", "decide"} <= set(report["pipeline_nodes"]), report["pipeline_nodes"]
         assert report["prediction_rows"] >= 1
         assert report["quality_accuracy"].startswith("accuracy"), report["quality_accuracy"]
+        # Drift: the demo's fraud model has no export sample and no earlier hour: it says so.
+        assert report["drift_state"] == "insufficient_data", report["drift_state"]
         assert report["console_errors"] == [], report["console_errors"]
         # The LLM is tagged as one, and its chat box streamed an answer with its speed.
         assert report["llm_tag"] == "llm"

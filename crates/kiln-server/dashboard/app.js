@@ -464,6 +464,8 @@ function renderRecords(m) {
   const limit = el("select", { name: "limit" }, ["20", "50", "200"].map((n) => el("option", { value: n, text: `${n} rows` })));
   const list = el("div", { "data-testid": "predictions" });
   const quality = el("div", { "data-testid": "quality" });
+  const drift = el("div", { "data-testid": "drift" });
+  const rollout = el("div", { "data-testid": "rollout" });
   const load = async () => {
     const q = new URLSearchParams({ model: m.name, limit: limit.value });
     if (outcome.value) q.set("outcome", outcome.value);
@@ -484,12 +486,57 @@ function renderRecords(m) {
     } catch (e) {
       quality.replaceChildren(errorBox(e));
     }
+    try {
+      drift.replaceChildren(...renderDrift(await api(`/v1/models/${encodeURIComponent(m.name)}/drift`)));
+    } catch (e) {
+      drift.replaceChildren(errorBox(e));
+    }
+    try {
+      rollout.replaceChildren(...renderRollout(await api(`/v1/models/${encodeURIComponent(m.name)}/rollout`)));
+    } catch (e) {
+      // No [rollout] for this model: nothing to show.
+      rollout.replaceChildren(...(e.status === 404 ? [] : [errorBox(e)]));
+    }
   };
   const filters = el("form", { class: "card", onsubmit: (e) => { e.preventDefault(); load(); } },
     outcome, " ", key, " ", limit, " ", el("button", { type: "submit", text: "Filter" }));
   load();
   return [el("h3", { text: "Quality over the last 6 hours (10 min buckets)" }), quality,
+    el("h3", { text: "Drift: the last hour against the reference" }), drift, rollout,
     el("h3", { text: "Recent predictions" }), filters, list];
+}
+
+function renderDrift(report) {
+  const ref = report.reference.source === "sample" ? "the export's sample"
+    : `the log from ${new Date(report.reference.since_ms).toLocaleTimeString()} to ${new Date(report.reference.until_ms).toLocaleTimeString()}`;
+  const head = el("p", {}, el("strong", { class: "state", "data-state": report.state, text: report.state.replace("_", " ") }),
+    ` — ${report.recent.requests} recent requests against ${ref} (${report.reference.requests} requests); PSI threshold ${report.threshold}`);
+  const parts = [head];
+  const features = [...report.features].sort((a, b) => b.psi - a.psi);
+  if (features.length) {
+    const widest = Math.max(report.threshold * 2, ...features.map((f) => f.psi));
+    parts.push(table(["feature", "kind", "PSI", "", "p-value", ""], features.map((f) => [
+      f.feature, f.kind, fmt(f.psi, 3),
+      el("div", { class: "track" }, el("div", { class: "fill", width: `${Math.min(1, f.psi / widest) * 100}%` })),
+      fmt(f.kind === "numeric" ? f.ks_pvalue : f.chi2_pvalue, 4), f.drifted ? "drifted" : ""])));
+  }
+  if (report.not_compared.length) {
+    parts.push(el("details", {}, el("summary", { text: `${report.not_compared.length} not compared` }),
+      el("ul", {}, report.not_compared.map((n) => el("li", { text: `${n.feature}: ${n.why}` })))));
+  }
+  return parts;
+}
+
+function renderRollout(report) {
+  const parts = [el("h3", { text: "Rollout" }), table(["version", "role", "requests", "errors", "p50 ms", "p99 ms"],
+    report.versions.map((v) => [String(v.version), v.role, String(v.requests ?? "-"), String(v.errors ?? "-"),
+      v.latency_ms ? fmt(v.latency_ms.p50) : "-", v.latency_ms ? fmt(v.latency_ms.p99) : "-"]))];
+  const c = report.shadow_comparison;
+  if (c) {
+    const agreement = c.agreement === null || c.agreement === undefined ? "-" : `${fmt(100 * c.agreement, 1)} %`;
+    parts.push(el("p", { "data-testid": "shadow", text: `shadow: ${c.sent} copies, ${c.agreed} agreed, ${c.disagreed} disagreed, ${c.failed} failed, ${c.dropped} dropped — agreement ${agreement}` }));
+  }
+  return parts;
 }
 
 function renderQuality(report) {

@@ -107,6 +107,8 @@ try {
   await page.waitForSelector("[data-testid=quality] [data-chart=accuracy] polyline", { state: "attached", timeout: 20000 });
   report.prediction_rows = await page.$$eval("[data-testid=predictions] table tr", (rows) => rows.length - 1);
   report.quality_accuracy = await page.textContent("[data-testid=quality] [data-chart=accuracy] .now");
+  await page.waitForSelector("[data-testid=drift] .state", { timeout: 20000 });
+  report.drift_state = await page.getAttribute("[data-testid=drift] .state", "data-state");
   await shot(page, "records");
 
   // 7. With --auth-token-file: the page asks for a token, then shows the models.
