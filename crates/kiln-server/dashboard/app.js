@@ -491,11 +491,12 @@ function renderRecords(m) {
     } catch (e) {
       drift.replaceChildren(errorBox(e));
     }
-    try {
-      rollout.replaceChildren(...renderRollout(await api(`/v1/models/${encodeURIComponent(m.name)}/rollout`)));
-    } catch (e) {
-      // No [rollout] for this model: nothing to show.
-      rollout.replaceChildren(...(e.status === 404 ? [] : [errorBox(e)]));
+    if (m.rollout) {
+      try {
+        rollout.replaceChildren(...renderRollout(await api(`/v1/models/${encodeURIComponent(m.name)}/rollout`)));
+      } catch (e) {
+        rollout.replaceChildren(errorBox(e));
+      }
     }
   };
   const filters = el("form", { class: "card", onsubmit: (e) => { e.preventDefault(); load(); } },

@@ -90,6 +90,7 @@ async fn models(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiE
             "state": if served.is_empty() { "UNAVAILABLE" } else { "READY" },
             "versions": versions,
             "kind": "model",
+            "rollout": model_state.rollout.is_some(),
         });
         if let Some(reason) = model_state.unavailable_reason() {
             entry["reason"] = json!(reason);
