@@ -34,8 +34,11 @@ def schemathesis(server, tmp_path, seed, config=None):
         path = tmp_path / "schemathesis.toml"
         path.write_text(config)
         cmd += ["--config-file", str(path)]
+    # One worker: with two, hypothesis describes strategies (ast.parse) on two threads at once,
+    # which CPython 3.11 can fail with "SystemError: AST constructor recursion depth mismatch" —
+    # a crash in the tool, not an answer from kiln (seen once in CI).
     cmd += ["run", f"http://{server.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "50",
-            "--seed", str(seed), "--workers", "2", "--request-timeout", "30", "--no-color"]
+            "--seed", str(seed), "--workers", "1", "--request-timeout", "30", "--no-color"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     out = result.stdout + result.stderr
     counts = re.search(r"(\d+) generated, (\d+) passed", out)
