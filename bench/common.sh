@@ -30,5 +30,27 @@ bench_workspace() {
   trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 }
 
+# Stops the script unless wrk (the HTTP load tool) is installed.
+needs_wrk() { command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }; }
+
+# wrk -t1 -c32 for SECS seconds, POSTing the JSON file BODY to URL: prints "req/s | p99".
+wrk_post() { # url body secs
+  local out; out=$(KILN_BODY=$2 wrk -t1 -c32 -d"$3s" --latency -s bench/wrk_post.lua "$1")
+  echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") | $(awk '$1 == "99%" {print $2}' <<<"$out")"
+}
+
+# Starts release kiln on REPO with extra flags (records, dashboard off unless given); sets $kp
+# to its REST port and waits until it is ready.
+start_kiln_on() { # repo flags...
+  kp=$(port)
+  local repo=$1; shift
+  target/release/kiln serve "$repo" --http-port "$kp" --grpc-port 0 --metrics-port 0 --log-level warn \
+    --dashboard off "$@" >/dev/null 2>&1 & pids+=($!)
+  wait_http "127.0.0.1:$kp/v2/health/ready"
+}
+
+# Stops the kiln started last.
+stop_kiln_last() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; }
+
 # Polls URL until it answers 2xx.
 wait_http() { until curl -sf "$1" >/dev/null 2>&1; do sleep 0.05; done; }

@@ -8,12 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
 secs=${1:-10}
-command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
+needs_wrk
 bash scripts/setup-venv.sh --test >/dev/null
 use_release_kiln
-work=$(mktemp -d)
-pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+bench_workspace
 for repo in plain shadowed; do
   mkdir -p "$work/$repo/digits_mlp"
   cp -r examples/models/digits_mlp/1 examples/models/digits_mlp/config.toml "$work/$repo/digits_mlp/"
@@ -28,20 +26,16 @@ json.dump({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "d
           open(f"{sys.argv[1]}/one.json", "w"))
 PY
 row() { # label repo
-  local kp; kp=$(port)
-  target/release/kiln serve "$work/$2" --http-port "$kp" --grpc-port 0 --metrics-port 0 --log-level warn \
-    --dashboard off --records off >/dev/null 2>&1 & pids+=($!)
-  until curl -sf "127.0.0.1:$kp/v2/health/ready" >/dev/null; do sleep 0.05; done
-  local out; out=$(KILN_BODY=$work/one.json wrk -t1 -c32 -d"${secs}s" --latency -s bench/wrk_post.lua \
-    "http://127.0.0.1:$kp/v2/models/digits_mlp/infer")
+  start_kiln_on "$work/$2" --records off
+  local measured; measured=$(wrk_post "http://127.0.0.1:$kp/v2/models/digits_mlp/infer" "$work/one.json" "$secs")
   sleep 1
   local shadow="-"
   if [ "$2" = shadowed ]; then
     shadow=$(curl -s "127.0.0.1:$kp/v1/models/digits_mlp/rollout" | .venv/bin/python -c \
       'import json,sys; c=json.load(sys.stdin)["shadow_comparison"]; print("%d sent / %d dropped / %d agreed" % (c["sent"], c["dropped"], c["agreed"]))')
   fi
-  echo "| $1 | $(awk '/Requests\/sec/ {print $2}' <<<"$out") | $(awk '$1 == "99%" {print $2}' <<<"$out") | $shadow |"
-  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  echo "| $1 | $measured | $shadow |"
+  stop_kiln_last
 }
 echo "kiln $(target/release/kiln --version | cut -d' ' -f2), $(nproc) cores shared by kiln and wrk"
 echo

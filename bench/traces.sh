@@ -10,12 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
 secs=${1:-10}
-command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
+needs_wrk
 bash scripts/setup-venv.sh --test >/dev/null
 use_release_kiln
-work=$(mktemp -d)
-pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+bench_workspace
 .venv/bin/python - "$work" <<'PY'
 import json, sys
 import numpy as np
@@ -29,20 +27,16 @@ rport=$(port)
 .venv/bin/python bench/otlp_receiver.py "$rport" > "$work/receiver.out" & receiver=$!
 pids+=($receiver)
 row() { # label model body traces(on|off|down)
-  local kp; kp=$(port)
   local otlp=()
   [ "$4" = on ] && otlp=(--otlp-endpoint "http://127.0.0.1:$rport")
   # Nothing listens on port 1: spans are made, exports fail at once, nothing is sent.
   [ "$4" = down ] && otlp=(--otlp-endpoint "http://127.0.0.1:1")
-  target/release/kiln serve examples/models --http-port "$kp" --grpc-port 0 --metrics-port 0 --log-level warn \
-    --dashboard off --records off "${otlp[@]}" >/dev/null 2>&1 & pids+=($!)
-  until curl -sf "127.0.0.1:$kp/v2/health/ready" >/dev/null; do sleep 0.05; done
-  local out; out=$(KILN_BODY=$work/$3.json wrk -t1 -c32 -d"${secs}s" --latency -s bench/wrk_post.lua \
-    "http://127.0.0.1:$kp/v2/models/$2/infer")
+  start_kiln_on examples/models --records off "${otlp[@]}"
+  local measured; measured=$(wrk_post "http://127.0.0.1:$kp/v2/models/$2/infer" "$work/$3.json" "$secs")
   sleep 1
   local spans; spans=$(curl -s "127.0.0.1:$kp/metrics" | awk '/^kiln_trace_spans_exported_total/ {e=$2} /^kiln_trace_spans_dropped_total/ {d=$2} END {printf "%d exported / %d dropped", e, d}')
-  echo "| $1 | $(awk '/Requests\/sec/ {print $2}' <<<"$out") | $(awk '$1 == "99%" {print $2}' <<<"$out") | $spans |"
-  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  echo "| $1 | $measured | $spans |"
+  stop_kiln_last
 }
 echo "kiln $(target/release/kiln --version | cut -d' ' -f2), $(nproc) cores shared by kiln, the receiver and wrk"
 echo
