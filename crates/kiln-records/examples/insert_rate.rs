@@ -9,10 +9,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let url = std::env::args().nth(1).unwrap_or_else(|| format!("sqlite:{}", dir.path().join("r.sqlite").display()));
     let store = Store::connect(&url).await?;
-    let inputs = format!(
-        "{{\"input\":{{\"datatype\":\"FP32\",\"shape\":[1,30],\"data\":[{}]}}}}",
-        vec!["0.12345678"; 30].join(",")
-    );
+    let input = kiln_core::Tensor::new("input", vec![1, 30], kiln_core::TensorData::Fp32(vec![0.123_456_78; 30]))?;
+    let inputs = kiln_records::capture::encode(std::iter::once(&input));
+    let label = kiln_core::Tensor::new("label", vec![1], kiln_core::TensorData::Int64(vec![0]))?;
+    let outputs = kiln_records::capture::encode(std::iter::once(&label));
     let rows: Vec<Record> = (0..200_000)
         .map(|i| Record {
             id: format!("{:012x}{:020x}", 1_000_000 + i, fastrand::u128(..) >> 48),
@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             error: None,
             rows: 1,
             inputs: Some(inputs.clone()),
-            outputs: Some("{\"label\":{\"datatype\":\"INT64\",\"shape\":[1],\"data\":[0]}}".into()),
+            outputs: Some(outputs.clone()),
             labels: Some("[\"0\"]".into()),
             truncated: false,
         })

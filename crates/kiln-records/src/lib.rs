@@ -65,15 +65,15 @@ pub struct Record {
     pub outcome: String,
     pub error: Option<String>,
     pub rows: i64,
-    /// JSON text, already capped.
-    pub inputs: Option<String>,
-    pub outputs: Option<String>,
+    /// The tensors as a compact binary blob ([`capture`]), already capped.
+    pub inputs: Option<Vec<u8>>,
+    pub outputs: Option<Vec<u8>>,
     /// JSON array of the predicted label per row.
     pub labels: Option<String>,
     pub truncated: bool,
 }
 
-/// A record as a request leaves it: its tensors and labels still raw (copied, capped), turned
+/// A record as a request leaves it: its tensors encoded (capped), its labels still raw, turned
 /// into JSON text by the writer ([`PendingRecord::finish`]), off the request path.
 #[derive(Debug, Clone)]
 pub struct PendingRecord {
@@ -89,13 +89,13 @@ impl PendingRecord {
     pub fn finish(self) -> Record {
         let mut record = self.record;
         if let Some(inputs) = self.inputs {
-            let (text, cut) = inputs.render();
-            record.inputs = Some(text);
+            let (blob, cut) = inputs.into_parts();
+            record.inputs = Some(blob);
             record.truncated |= cut;
         }
         if let Some(outputs) = self.outputs {
-            let (text, cut) = outputs.render();
-            record.outputs = Some(text);
+            let (blob, cut) = outputs.into_parts();
+            record.outputs = Some(blob);
             record.truncated |= cut;
         }
         if let Some(labels) = self.labels {
@@ -115,12 +115,13 @@ impl Record {
     /// Roughly what the row takes in the database, indexes included.
     pub fn approx_bytes(&self) -> u64 {
         let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
-        (200 + self.id.len() * 3
+        let blob = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
+        (60 + self.id.len() * 2
             + self.model.len() * 2
             + text(&self.client_key) * 2
             + text(&self.error)
-            + text(&self.inputs)
-            + text(&self.outputs)
+            + blob(&self.inputs)
+            + blob(&self.outputs)
             + text(&self.labels)) as u64
     }
 }

@@ -23,7 +23,7 @@ fn insert_sql(dialect: Dialect, rows: usize) -> String {
     const COLUMNS: usize = 14;
     let mut sql = String::from(
         "INSERT INTO predictions (id, client_key, model, version, protocol, ts_ms, latency_us, outcome, error, \
-         rows_n, inputs, outputs, labels, truncated) VALUES ",
+         rows_n, inputs_bin, outputs_bin, labels, truncated) VALUES ",
     );
     for i in 0..rows {
         if i > 0 {
@@ -51,7 +51,12 @@ pub enum Dialect {
 /// The database behind the prediction log.
 #[derive(Clone)]
 pub struct Store {
+    /// Queries, feedback and the collections' points.
     pool: AnyPool,
+    /// The log writer's inserts and retention: one connection, so SQLite's page cache of the
+    /// indexes it appends to stays valid between transactions (on a shared pool each batch
+    /// could land on a connection whose cache another had made stale, and read the pages again).
+    writes: AnyPool,
     dialect: Dialect,
     /// `insert_sql(dialect, PER_STATEMENT)`, built once.
     full_insert: String,
@@ -119,6 +124,17 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// A row's tensors: the binary blob, or (rows written before it) the JSON text.
+fn tensors(r: &AnyRow, blob: &str, text: &str) -> Result<Option<Value>, sqlx::Error> {
+    Ok(match r.try_get::<Option<Vec<u8>>, _>(blob)? {
+        Some(bytes) => Some(
+            crate::capture::to_json(&bytes)
+                .unwrap_or_else(|e| serde_json::json!({"error": format!("the stored tensors cannot be read: {e}")})),
+        ),
+        None => json_text(r.try_get(text)?),
+    })
+}
+
 fn json_text(v: Option<String>) -> Option<Value> {
     v.and_then(|s| serde_json::from_str(&s).ok())
 }
@@ -147,35 +163,44 @@ impl Store {
             )));
         };
         let display = redact(&url);
-        let options = AnyPoolOptions::new()
-            .max_connections(if dialect == Dialect::Sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if dialect == Dialect::Sqlite {
-                        // WAL: readers never block the writer; a short busy timeout so a locked
-                        // file shows up as a retryable failure instead of a long stall.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 1000").await?;
-                        // Keep the indexes' pages in memory and read the file through mmap:
-                        // page reads were syscalls that cost more than the inserts.
-                        conn.execute("PRAGMA cache_size = -65536").await?;
-                        conn.execute("PRAGMA mmap_size = 268435456").await?;
-                        conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
-                    }
-                    Ok(())
-                })
-            });
-        let pool = options
-            .connect(&url)
-            .await
-            .map_err(|e| RecordsError::Database(format!("cannot open the records database {display}: {e}")))?;
+        let options = |connections: u32| {
+            AnyPoolOptions::new().max_connections(connections).acquire_timeout(Duration::from_secs(5)).after_connect(
+                move |conn, _| {
+                    Box::pin(async move {
+                        if dialect == Dialect::Sqlite {
+                            // WAL: readers never block the writer; a short busy timeout so a locked
+                            // file shows up as a retryable failure instead of a long stall.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA busy_timeout = 1000").await?;
+                            // Keep the indexes' pages in memory and read the file through mmap:
+                            // page reads were syscalls that cost more than the inserts.
+                            conn.execute("PRAGMA cache_size = -65536").await?;
+                            conn.execute("PRAGMA mmap_size = 268435456").await?;
+                            conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
+                        }
+                        Ok(())
+                    })
+                },
+            )
+        };
+        let open = |connections: u32| {
+            let url = url.clone();
+            let display = display.clone();
+            async move {
+                options(connections)
+                    .connect(&url)
+                    .await
+                    .map_err(|e| RecordsError::Database(format!("cannot open the records database {display}: {e}")))
+            }
+        };
+        let pool = open(if dialect == Dialect::Sqlite { 4 } else { 8 }).await?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
             .map_err(|e| RecordsError::Database(format!("migrating the records database {display}: {e}")))?;
-        Ok(Store { pool, dialect, full_insert: insert_sql(dialect, PER_STATEMENT), display })
+        let writes = open(1).await?;
+        Ok(Store { pool, writes, dialect, full_insert: insert_sql(dialect, PER_STATEMENT), display })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -200,7 +225,7 @@ impl Store {
     /// 4 µs of CPU a row with SQLite here, where a batch sent as one JSON parameter and unpacked
     /// by the database (`json_each`) cost 13+.
     pub async fn insert(&self, records: &[&Record]) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         for chunk in records.chunks(PER_STATEMENT) {
             // Full chunks reuse the statement built at connect time; only a batch's last,
             // shorter chunk builds its own.
@@ -239,13 +264,13 @@ impl Store {
             self.ph(1),
             self.ph(2)
         );
-        let done = sqlx::query(&sql).bind(cutoff_ms).bind(limit).execute(&self.pool).await?.rows_affected();
+        let done = sqlx::query(&sql).bind(cutoff_ms).bind(limit).execute(&self.writes).await?.rows_affected();
         let sql = format!(
             "DELETE FROM feedback WHERE id IN (SELECT id FROM feedback WHERE ts_ms < {} ORDER BY ts_ms LIMIT {})",
             self.ph(1),
             self.ph(2)
         );
-        sqlx::query(&sql).bind(cutoff_ms).bind(limit).execute(&self.pool).await?;
+        sqlx::query(&sql).bind(cutoff_ms).bind(limit).execute(&self.writes).await?;
         Ok(done)
     }
 
@@ -255,7 +280,7 @@ impl Store {
             "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions ORDER BY ts_ms LIMIT {})",
             self.ph(1)
         );
-        Ok(sqlx::query(&sql).bind(limit).execute(&self.pool).await?.rows_affected())
+        Ok(sqlx::query(&sql).bind(limit).execute(&self.writes).await?.rows_affected())
     }
 
     /// Bytes the log's data takes now, and (PostgreSQL) about how many predictions it holds.
@@ -269,14 +294,14 @@ impl Store {
                 let sql = "SELECT ((SELECT page_count FROM pragma_page_count()) \
                            - (SELECT freelist_count FROM pragma_freelist_count())) \
                            * (SELECT page_size FROM pragma_page_size()) AS used";
-                Ok((sqlx::query(sql).fetch_one(&self.pool).await?.try_get::<i64, _>("used")?, None))
+                Ok((sqlx::query(sql).fetch_one(&self.writes).await?.try_get::<i64, _>("used")?, None))
             }
             Dialect::Postgres => {
                 let sql = "SELECT CAST(COALESCE(SUM(pg_total_relation_size(relid) * (n_live_tup + 1.0) \
                            / (n_live_tup + n_dead_tup + 1.0)), 0) AS BIGINT) AS used, \
                            CAST(COALESCE(SUM(CASE WHEN relname = 'predictions' THEN n_live_tup END), 0) AS BIGINT) AS live \
                            FROM pg_stat_user_tables WHERE relname IN ('predictions', 'feedback')";
-                let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+                let row = sqlx::query(sql).fetch_one(&self.writes).await?;
                 Ok((row.try_get::<i64, _>("used")?, Some(row.try_get::<i64, _>("live")?)))
             }
         }
@@ -332,8 +357,8 @@ impl Store {
             outcome: r.try_get("outcome")?,
             error: r.try_get("error")?,
             rows: r.try_get("rows_n")?,
-            inputs: if with_tensors { json_text(r.try_get("inputs")?) } else { None },
-            outputs: if with_tensors { json_text(r.try_get("outputs")?) } else { None },
+            inputs: if with_tensors { tensors(r, "inputs_bin", "inputs")? } else { None },
+            outputs: if with_tensors { tensors(r, "outputs_bin", "outputs")? } else { None },
             labels: json_text(r.try_get("labels")?),
             truncated: r.try_get::<i64, _>("truncated")? != 0,
         })

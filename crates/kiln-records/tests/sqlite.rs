@@ -7,6 +7,13 @@ use std::time::Duration;
 use kiln_records::{Feedback, PredictionFilter, Record, Recorder, RecorderConfig, Retention, WriteMode};
 use sqlx::Connection;
 
+/// One FP32 input `x` of shape [1, n], as the log stores it.
+fn tensors(values: &[f32]) -> Vec<u8> {
+    let x =
+        kiln_core::Tensor::new("x", vec![1, values.len()], kiln_core::TensorData::Fp32(values.to_vec())).expect("x");
+    kiln_records::capture::encode(std::iter::once(&x))
+}
+
 fn record(i: i64, model: &str) -> Record {
     Record {
         id: format!("req-{i:04}"),
@@ -19,7 +26,7 @@ fn record(i: i64, model: &str) -> Record {
         outcome: if i % 10 == 9 { "error".into() } else { "success".into() },
         error: None,
         rows: 1,
-        inputs: Some(r#"{"x":{"datatype":"FP32","shape":[1,1],"data":[1.0]}}"#.into()),
+        inputs: Some(tensors(&[1.0])),
         outputs: None,
         labels: Some(format!("[\"{}\"]", i % 2)),
         truncated: false,
@@ -140,7 +147,7 @@ async fn retention_keeps_the_file_under_its_cap_and_the_newest_rows() {
     for i in 0..n {
         let mut r = record(i, "a");
         r.ts_ms = now + i;
-        r.inputs = Some(format!(r#"{{"x":{{"datatype":"FP32","shape":[1,8],"data":[{i},1,2,3,4,5,6,7]}}}}"#));
+        r.inputs = Some(tensors(&[i as f32, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]));
         recorder.record(r).await.expect("queued");
     }
     assert!(recorder.flush(Duration::from_secs(30)).await);
@@ -154,4 +161,41 @@ async fn retention_keeps_the_file_under_its_cap_and_the_newest_rows() {
     for (j, row) in kept.iter().enumerate() {
         assert_eq!(row.id, format!("req-{:04}", n - 1 - j as i64));
     }
+}
+
+/// A log written before tensors were stored as binary: the migration keeps its rows, whose
+/// JSON text the API still shows, beside the new binary rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_from_before_the_binary_tensors_still_read() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("old.sqlite");
+    let url = format!("sqlite:{}", path.display());
+    {
+        // One row in the old form.
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("connects");
+        let mut before = sqlx::migrate!("./migrations");
+        before.migrations = before.migrations.iter().filter(|m| m.version <= 2).cloned().collect::<Vec<_>>().into();
+        before.run(&mut conn).await.expect("the schema as migration 0002 left it");
+        sqlx::raw_sql(
+            r#"INSERT INTO predictions VALUES ('old', NULL, 'a', 1, 'rest', 1, 10, 'success', NULL, 1,
+               '{"x":{"datatype":"FP32","shape":[1,1],"data":[4.5]}}', NULL, '["0"]', 0)"#,
+        )
+        .execute(&mut conn)
+        .await
+        .expect("old row");
+    }
+    let recorder = Recorder::open(config(&url, WriteMode::Async)).await.expect("opens and migrates");
+    let mut new = record(1, "a");
+    new.id = "new".into();
+    recorder.record(new).await.expect("queued");
+    assert!(recorder.flush(Duration::from_secs(10)).await);
+    let rows = recorder
+        .store()
+        .predictions(&PredictionFilter { with_tensors: true, limit: 10, ..Default::default() })
+        .await
+        .expect("query");
+    let data: Vec<_> =
+        rows.iter().map(|r| (r.id.as_str(), r.inputs.as_ref().expect("tensors")["x"]["data"][0].clone())).collect();
+    assert_eq!(data, [("new", serde_json::json!(1.0)), ("old", serde_json::json!(4.5))]);
 }

@@ -32,15 +32,32 @@ pub fn encode_request(inputs: &[Tensor], outputs: &[String]) -> (usize, Vec<u8>)
 
 /// The binary encoding of a tensor's elements (little-endian; BYTES length-prefixed).
 pub fn encode_binary(data: &TensorData) -> Vec<u8> {
+    let mut out = Vec::with_capacity(binary_len(data));
+    append_binary(data, &mut out);
+    out
+}
+
+/// How many bytes [`encode_binary`] writes for `data`.
+pub fn binary_len(data: &TensorData) -> usize {
+    match (data, data.datatype().element_size()) {
+        (TensorData::Bytes(items), _) => items.iter().map(|i| i.len() + 4).sum(),
+        (_, size) => data.len() * size.unwrap_or(1),
+    }
+}
+
+/// [`encode_binary`] appended to `out` (no allocation of its own).
+pub fn append_binary(data: &TensorData, out: &mut Vec<u8>) {
     macro_rules! le {
         ($v:expr) => {
-            $v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            for x in $v {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
         };
     }
     match data {
-        TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
-        TensorData::Uint8(v) => v.clone(),
-        TensorData::Int8(v) => v.iter().map(|&x| x as u8).collect(),
+        TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
+        TensorData::Uint8(v) => out.extend_from_slice(v),
+        TensorData::Int8(v) => out.extend(v.iter().map(|&x| x as u8)),
         TensorData::Uint16(v) => le!(v),
         TensorData::Int16(v) => le!(v),
         TensorData::Fp16(v) => le!(v),
@@ -51,12 +68,10 @@ pub fn encode_binary(data: &TensorData) -> Vec<u8> {
         TensorData::Int64(v) => le!(v),
         TensorData::Fp64(v) => le!(v),
         TensorData::Bytes(items) => {
-            let mut out = Vec::with_capacity(items.iter().map(|i| i.len() + 4).sum());
             for item in items {
                 out.extend_from_slice(&(item.len() as u32).to_le_bytes());
                 out.extend_from_slice(item);
             }
-            out
         }
     }
 }
