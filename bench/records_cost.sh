@@ -49,15 +49,27 @@ wrk_row() { # label, records args...
     sleep 1
     written=$(curl -s "127.0.0.1:$kp/metrics" | awk '/^kiln_records_written_total/ {w=$2} /^kiln_records_dropped_total/ {d=$2} END {printf "%d written / %d dropped", w, d}')
   fi
-  echo "| $label | $rate | $p99 | $written |"
   stop_kiln
+  local per_row=""
+  if [[ $* == *"sqlite:"* ]]; then
+    # Pages in use (indexes included) per stored prediction.
+    per_row=$(.venv/bin/python - "${*##*sqlite:}" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1].split()[0])
+rows = c.execute("SELECT count(*) FROM predictions").fetchone()[0]
+used = (c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]) * c.execute("PRAGMA page_size").fetchone()[0]
+print(round(used / max(rows, 1)))
+PY
+)
+  fi
+  echo "| $label | $rate | $p99 | $written | $per_row |"
 }
 echo "kiln $(target/release/kiln --version | cut -d' ' -f2), $(nproc) cores shared by kiln, SQLite's writer and the load tool"
 echo
-echo "| digits_mlp, batch 1, wrk -c32 | req/s | p99 | rows |"
-echo "|---|---|---|---|"
-# Interleaved, twice: the run-to-run noise on a shared 2-core box is ±10 %.
-for round in 1 2; do
+echo "| digits_mlp, batch 1, wrk -c32 | req/s | p99 | rows | bytes per row |"
+echo "|---|---|---|---|---|"
+# Interleaved, three times: the run-to-run noise on a shared 2-core box is ±10 %.
+for round in 1 2 3; do
   wrk_row "records off ($round)" --records off
   wrk_row "SQLite, async, default policy ($round)" --records "sqlite:$work/a$round.sqlite"
 done

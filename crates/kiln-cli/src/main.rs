@@ -230,6 +230,11 @@ fn batch_invariant_llm_kernels() {
     unsafe { std::env::set_var(name, value) };
 }
 
+/// mimalloc: requests hand the prediction log and the model workers buffers that other threads
+/// free; glibc's malloc serialised those frees on its arena locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     disable_onnxruntime_telemetry();
     batch_invariant_llm_kernels();

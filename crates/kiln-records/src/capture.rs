@@ -6,10 +6,11 @@
 //!
 //! ```text
 //! blob   := 0x01 tensor*
-//! tensor := len name  len datatype  ndim dim*  kept(1 byte: 1 = data follows, 0 = cut)  [len data]
+//! tensor := len name  datatype(1 byte)  ndim dim*  kept(1 byte: 1 = data follows, 0 = cut)  [len data]
 //! ```
 //!
-//! `datatype` is the v2 name (`FP32`, `BYTES`, ...); `data` is the elements as the v2 binary
+//! `datatype` is the type's position in the v2 list (0 BOOL, 1 UINT8, 2 UINT16, 3 UINT32,
+//! 4 UINT64, 5 INT8, 6 INT16, 7 INT32, 8 INT64, 9 FP16, 10 FP32, 11 FP64, 12 BYTES); `data` is the elements as the v2 binary
 //! extension sends them (little-endian; BYTES as 4-byte length-prefixed items). A request pays
 //! for one allocation: the size is known exactly before anything is copied, and when the data
 //! would pass the cap only the names and shapes are kept.
@@ -44,25 +45,21 @@ fn varint_len(n: u64) -> usize {
 /// The bytes `tensor` takes in a blob: (without its data, its data alone).
 fn encoded_len(tensor: &Tensor) -> (usize, usize) {
     let name = tensor.name.len();
-    let datatype = tensor.datatype().as_str().len();
     let dims: usize = tensor.shape.iter().map(|&d| varint_len(d as u64)).sum();
-    let head = varint_len(name as u64)
-        + name
-        + varint_len(datatype as u64)
-        + datatype
-        + varint_len(tensor.shape.len() as u64)
-        + dims
-        + 1;
+    let head = varint_len(name as u64) + name + 1 + varint_len(tensor.shape.len() as u64) + dims + 1;
     let data = binary_len(&tensor.data);
     (head, varint_len(data as u64) + data)
+}
+
+/// A datatype's one-byte code: its position in [`DataType::ALL`] (fixed for format 1).
+fn datatype_code(datatype: DataType) -> u8 {
+    DataType::ALL.iter().position(|&d| d == datatype).unwrap_or_default() as u8
 }
 
 fn put_tensor(out: &mut Vec<u8>, tensor: &Tensor, with_data: bool) {
     put_varint(out, tensor.name.len() as u64);
     out.extend_from_slice(tensor.name.as_bytes());
-    let datatype = tensor.datatype().as_str();
-    put_varint(out, datatype.len() as u64);
-    out.extend_from_slice(datatype.as_bytes());
+    out.push(datatype_code(tensor.datatype()));
     put_varint(out, tensor.shape.len() as u64);
     for &d in &tensor.shape {
         put_varint(out, d as u64);
@@ -94,6 +91,16 @@ impl Captured {
             put_tensor(&mut blob, t, !cut);
         }
         Captured { blob, cut }
+    }
+
+    /// The blob's bytes.
+    pub fn len(&self) -> usize {
+        self.blob.len()
+    }
+
+    /// Never: a blob holds at least its format byte.
+    pub fn is_empty(&self) -> bool {
+        self.blob.is_empty()
     }
 
     /// The blob, and whether the data was cut.
@@ -153,7 +160,10 @@ pub fn decode(blob: &[u8]) -> Result<Vec<Stored>, String> {
     let mut out = Vec::new();
     while !r.0.is_empty() {
         let name = r.text("a tensor name")?.to_string();
-        let datatype: DataType = r.text("a datatype")?.parse().map_err(|e| format!("tensor '{name}': {e}"))?;
+        let (&code, rest) = r.0.split_first().ok_or("the blob ends before a datatype")?;
+        r.0 = rest;
+        let datatype =
+            *DataType::ALL.get(usize::from(code)).ok_or_else(|| format!("tensor '{name}': datatype code {code}"))?;
         let ndim = r.varint()?;
         if ndim > 64 {
             return Err(format!("tensor '{name}': {ndim} dimensions"));
@@ -198,6 +208,16 @@ impl Labels {
         matches!(data, TensorData::Int64(_) | TensorData::Int32(_) | TensorData::Bytes(_)).then(|| Labels(data.clone()))
     }
 
+    /// About the bytes the labels hold.
+    pub fn len(&self) -> usize {
+        kiln_protocol::v2::binary_len(&self.0)
+    }
+
+    /// No label at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+
     /// A JSON array of strings, one per row.
     pub fn render(&self) -> Option<String> {
         let values: Vec<String> = match &self.0 {
@@ -224,7 +244,7 @@ mod tests {
         let (blob, cut) = Captured::new(std::iter::once(&t), 1000).into_parts();
         assert!(!cut);
         // format, name, datatype, shape, flag, 12 bytes of data
-        assert_eq!(blob.len(), 1 + 2 + 5 + 3 + 1 + 1 + 12);
+        assert_eq!(blob.len(), 1 + 2 + 1 + 3 + 1 + 1 + 12);
         assert_eq!(
             to_json(&blob).expect("decodes").to_string(),
             r#"{"x":{"datatype":"FP32","shape":[3,1],"data":[0.0,1.0,2.0]}}"#
@@ -274,7 +294,7 @@ mod tests {
         }
         assert!(decode(&[9]).expect_err("unknown format").contains("format 9"));
         let mut wrong = blob.clone();
-        wrong[3] = b'X'; // FP32 -> XP32
+        wrong[3] = 13; // FP32 -> no type
         assert!(decode(&wrong).is_err());
     }
 

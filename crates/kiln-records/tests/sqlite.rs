@@ -199,3 +199,39 @@ async fn rows_from_before_the_binary_tensors_still_read() {
         rows.iter().map(|r| (r.id.as_str(), r.inputs.as_ref().expect("tensors")["x"]["data"][0].clone())).collect();
     assert_eq!(data, [("new", serde_json::json!(1.0)), ("old", serde_json::json!(4.5))]);
 }
+
+/// While the database cannot be written, the rows waiting hold at most `max_pending_bytes`:
+/// the rest are dropped and counted, and everything kept is written once the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_waiting_for_a_locked_database_stay_under_their_byte_bound() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("log.sqlite");
+    let url = format!("sqlite:{}", path.display());
+    let bound = 256 * 1024;
+    let recorder = Recorder::open(RecorderConfig { max_pending_bytes: bound, ..config(&url, WriteMode::Async) })
+        .await
+        .expect("opens");
+    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.expect("connects");
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.expect("locks");
+    // 1,000 rows of ~4 KiB of tensors: ~4 MiB, sixteen times the bound.
+    let n = 1000;
+    for i in 0..n {
+        let mut r = record(i, "a");
+        r.inputs = Some(tensors(&[0.5; 1024]));
+        recorder.record(r).await.expect("async never fails");
+    }
+    let dropped = recorder.dropped();
+    assert!(dropped > 0, "the bound refused rows");
+    assert!(dropped < n as u64, "rows up to the bound were kept");
+    let kept = n as u64 - dropped;
+    assert!(kept * 4096 <= bound as u64, "{kept} rows of 4 KiB kept under a {bound}-byte bound");
+    sqlx::query("COMMIT").execute(&mut locker).await.expect("unlocks");
+    assert!(recorder.flush(Duration::from_secs(20)).await);
+    let stored =
+        recorder.store().predictions(&PredictionFilter { limit: 2000, ..Default::default() }).await.expect("q");
+    assert_eq!(stored.len() as u64, kept, "every row kept was written after the lock");
+    // The room is free again.
+    recorder.record(record(n, "a")).await.expect("queued");
+    assert!(recorder.flush(Duration::from_secs(10)).await);
+    assert_eq!(recorder.dropped(), dropped);
+}
