@@ -53,9 +53,11 @@ wrk_row() { # label, records args...
   local per_row=""
   if [[ $* == *"sqlite:"* ]]; then
     # Pages in use (indexes included) per stored prediction.
-    per_row=$(.venv/bin/python - "${*##*sqlite:}" <<'PY'
+    local file="$*"
+    file=${file##*sqlite:}
+    per_row=$(.venv/bin/python - "${file%% *}" <<'PY'
 import sqlite3, sys
-c = sqlite3.connect(sys.argv[1].split()[0])
+c = sqlite3.connect(sys.argv[1])
 rows = c.execute("SELECT count(*) FROM predictions").fetchone()[0]
 used = (c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]) * c.execute("PRAGMA page_size").fetchone()[0]
 print(round(used / max(rows, 1)))
