@@ -33,6 +33,22 @@ def cube_model(factor=1.0):
     return model.SerializeToString()
 
 
+def threshold_classifier(threshold):
+    """label = 1 when x > threshold, else 0 (INT64, one per row): a classifier whose versions
+    differ only in the threshold."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])
+    label = helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])
+    t = helper.make_tensor("t", TensorProto.FLOAT, [1], [threshold])
+    shape = helper.make_tensor("flat", TensorProto.INT64, [1], [-1])
+    nodes = [helper.make_node("Greater", ["x", "t"], ["above"]),
+             helper.make_node("Cast", ["above"], ["as_int"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["as_int", "flat"], ["label"])]
+    model = helper.make_model(helper.make_graph(nodes, "threshold", [x], [label], [t, shape]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def folder(repo, name, versions, config):
     for v, data in versions.items():
         (repo / name / str(v)).mkdir(parents=True)
@@ -49,6 +65,8 @@ def server(tmp_path_factory):
     folder(repo, "shadowed", {1: fast, 2: slow}, "[rollout]\nshadow = 2\ntolerance = 0.01\n")
     folder(repo, "wrong", {1: cube_model(2.0), 2: slow}, "[rollout]\nshadow = 2\ntolerance = 0.01\n")
     folder(repo, "missing", {1: fast}, "[rollout]\nshadow = 7\n")
+    folder(repo, "graded", {1: threshold_classifier(0.5), 2: threshold_classifier(0.3)},
+           "[rollout]\ncanary = { version = 2, percent = 50 }\n")
     s = KilnServer(repo)
     yield s
     assert s.stop() == 0
@@ -155,3 +173,43 @@ def test_kiln_replay_compares_logged_requests_with_a_candidate_version(server):
     bad = subprocess.run([kiln_bin(), "replay", str(repo), "split", "--version", "9"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode != 0 and "version 9" in bad.stderr
+
+
+def test_each_versions_accuracy_comes_from_the_log_once_feedback_arrives(server):
+    """The truth is x > 0.5: version 1 is always right, the canary (threshold 0.3) is wrong
+    exactly for its requests with x in (0.3, 0.5]."""
+    session = requests.Session()
+    xs = np.random.default_rng(7).random(200).astype(np.float32)
+    answered = {}
+    for i, x in enumerate(xs):
+        body = {"id": f"g-{i}", "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [float(x)]}]}
+        r = session.post(f"http://{server.url}/v2/models/graded/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        answered[i] = int(r.json()["model_version"])
+    status, body = rollout(server, "graded")
+    assert status == 200, body
+    assert body["quality_window_s"] == 3600
+    # Feedback by the request's own id (the client key), after the rows are logged.
+    for i, x in enumerate(xs):
+        deadline = time.time() + 10
+        while True:
+            r = session.post(f"http://{server.url}/v1/feedback", json={"key": f"g-{i}", "label": int(x > 0.5)}, timeout=10)
+            assert r.status_code == 201, r.text
+            if r.json()["matched"] or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert r.json()["matched"], r.text
+    expected = {}
+    for version in (1, 2):
+        mine = [x for i, x in enumerate(xs) if answered[i] == version]
+        right = sum(1 for x in mine if (x > 0.5) == (x > (0.5 if version == 1 else 0.3)))
+        expected[version] = (len(mine), right / len(mine))
+    assert expected[1][1] == 1.0 and expected[2][1] < 1.0, expected
+    status, body = rollout(server, "graded")
+    quality = {v["version"]: v["quality"] for v in body["versions"]}
+    for version, (n, accuracy) in expected.items():
+        assert quality[version]["logged_requests"] == n, quality
+        assert quality[version]["labeled_rows"] == n, quality
+        assert quality[version]["accuracy"] == pytest.approx(accuracy), (version, quality)
+    assert requests.get(f"http://{server.url}/v1/models/graded/rollout?window=0", timeout=10).status_code == 400
+    assert requests.get(f"http://{server.url}/v1/models/graded/rollout?windw=60", timeout=10).status_code == 400

@@ -127,6 +127,7 @@ mod tests {
     fn s(ts: i64, ok: bool, lat: i64, p: &[&str], t: Option<&[&str]>) -> Scored {
         Scored {
             ts_ms: ts,
+            version: 1,
             latency_us: lat,
             ok,
             predicted: Some(p.iter().map(|x| (*x).to_string()).collect()),

@@ -104,6 +104,8 @@ pub struct PredictionRow {
 #[derive(Debug, Clone)]
 pub struct Scored {
     pub ts_ms: i64,
+    /// The version that answered.
+    pub version: i64,
     pub latency_us: i64,
     pub ok: bool,
     pub predicted: Option<Vec<String>>,
@@ -483,7 +485,7 @@ impl Store {
     /// A model's predictions in [since, until) with the newest feedback of each.
     pub async fn scored(&self, model: &str, since_ms: i64, until_ms: i64) -> Result<Vec<Scored>, sqlx::Error> {
         let sql = format!(
-            "SELECT p.id AS id, p.ts_ms AS ts_ms, p.latency_us AS latency_us, p.outcome AS outcome, p.labels AS labels, \
+            "SELECT p.id AS id, p.ts_ms AS ts_ms, p.version AS version, p.latency_us AS latency_us, p.outcome AS outcome, p.labels AS labels, \
              p.rows_n AS rows_n, f1.labels AS by_id, f1.ts_ms AS by_id_ts, f2.labels AS by_key, f2.ts_ms AS by_key_ts \
              FROM predictions p \
              LEFT JOIN feedback f1 ON f1.prediction_id = p.id \
@@ -527,6 +529,7 @@ impl Store {
             let newest_ts = newest.as_ref().map_or(i64::MIN, |(ts, _)| *ts);
             out.push(Scored {
                 ts_ms: r.try_get("ts_ms")?,
+                version: r.try_get("version")?,
                 latency_us: r.try_get("latency_us")?,
                 ok: r.try_get::<String, _>("outcome")? == "success",
                 predicted: labels_of(r.try_get("labels")?),
