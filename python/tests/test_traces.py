@@ -269,3 +269,20 @@ def test_a_dead_collector_changes_nothing_for_clients(tmp_path):
         assert metric(s.metrics(), "kiln_requests_total", model="fraud", outcome="success") == 50
     finally:
         assert s.stop() == 0
+
+
+def test_the_last_requests_spans_are_sent_at_shutdown(tmp_path, receiver):
+    """Spans wait up to half a second to be batched: a server stopped right after answering
+    sends them before it exits."""
+    repo = tmp_path / "models"
+    shutil.copytree(ROOT / "examples" / "models" / "fraud", repo / "fraud")
+    s = KilnServer(repo, ["--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"])
+    trace = "5" * 32
+    try:
+        infer(s, "fraud", {"traceparent": f"00-{trace}-{CLIENT_SPAN}-01"})
+    finally:
+        assert s.stop() == 0
+    # Read at once: the server has exited, so whatever arrived came before it did.
+    named = by_name(receiver.trace(trace))
+    assert named["POST /v2/models/{model}/infer"].parent_span_id.hex() == CLIENT_SPAN
+    assert {"model fraud", "queue", "compute"} <= set(named), sorted(named)

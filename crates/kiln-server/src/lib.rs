@@ -266,6 +266,10 @@ impl BoundServer {
                 tracing::error!("prediction log: rows still unwritten at shutdown (database unreachable)");
             }
         }
+        // The last requests' spans: sent now rather than lost with the export task.
+        if !state.tracer.flush(std::time::Duration::from_secs(5)).await {
+            tracing::warn!("traces: the last spans could not be sent before exiting");
+        }
         if [rest, grpc, metrics].contains(&transport::Drained::Cut) {
             return Err(ServerError::DrainTimeout(config.shutdown.drain));
         }

@@ -63,6 +63,8 @@ pub struct OtlpConfig {
 
 struct Inner {
     queue: mpsc::Sender<Finished>,
+    /// Asks the export task to send what it holds now (shutdown).
+    flush: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
     ratio: f64,
 }
 
@@ -155,9 +157,22 @@ impl Tracer {
         .map_err(|e| format!("OTLP exporter for {}: {e}", config.endpoint))?;
         exporter.set_resource(&Resource::builder().with_service_name(config.service_name.clone()).build());
         let (queue, finished) = mpsc::channel(QUEUE_REQUESTS);
+        let (flush, flushes) = mpsc::channel(4);
         let scope = InstrumentationScope::builder("kiln").with_version(env!("CARGO_PKG_VERSION")).build();
-        tokio::spawn(export(exporter, finished, scope));
-        Ok(Tracer { inner: Some(Arc::new(Inner { queue, ratio: config.sample_ratio.clamp(0.0, 1.0) })) })
+        tokio::spawn(export(exporter, Pending { finished, flushes }, scope));
+        Ok(Tracer { inner: Some(Arc::new(Inner { queue, flush, ratio: config.sample_ratio.clamp(0.0, 1.0) })) })
+    }
+
+    /// Sends the spans of every request finished so far, waiting up to `within` (shutdown: the
+    /// export task would otherwise hold the last half second of spans when the process exits).
+    /// Returns whether they went out (or there was nothing to send).
+    pub async fn flush(&self, within: Duration) -> bool {
+        let Some(inner) = &self.inner else { return true };
+        let (done, sent) = tokio::sync::oneshot::channel();
+        if inner.flush.send(done).await.is_err() {
+            return false;
+        }
+        tokio::time::timeout(within, sent).await.is_ok_and(|r| r.is_ok())
     }
 
     /// The trace id a request runs under: the caller's, else `fresh` (kiln's request id).
@@ -296,21 +311,43 @@ fn to_otel(v: Value) -> opentelemetry::Value {
 
 /// The export loop: batches of about [`BATCH_SPANS`], sent at most [`BATCH_DELAY`] after their
 /// first request; ends when every tracer is gone (shutdown), after sending what it holds.
-async fn export(
-    exporter: opentelemetry_otlp::SpanExporter,
-    mut finished: mpsc::Receiver<Finished>,
-    scope: InstrumentationScope,
-) {
+/// What the export task receives: finished requests, and flush requests.
+struct Pending {
+    finished: mpsc::Receiver<Finished>,
+    flushes: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn export(exporter: opentelemetry_otlp::SpanExporter, mut from: Pending, scope: InstrumentationScope) {
     let mut failures_logged = 0u32;
-    while let Some(first) = finished.recv().await {
+    loop {
         let mut batch = Vec::with_capacity(BATCH_SPANS);
-        first.spans(&scope, &mut batch);
+        let mut flushed = Vec::new();
+        tokio::select! {
+            first = from.finished.recv() => match first {
+                Some(first) => first.spans(&scope, &mut batch),
+                None => return,
+            },
+            Some(done) = from.flushes.recv() => flushed.push(done),
+        }
         let until = tokio::time::Instant::now() + BATCH_DELAY;
-        while batch.len() < BATCH_SPANS {
-            match tokio::time::timeout_at(until, finished.recv()).await {
-                Ok(Some(request)) => request.spans(&scope, &mut batch),
-                Ok(None) | Err(_) => break,
+        while batch.len() < BATCH_SPANS && flushed.is_empty() {
+            tokio::select! {
+                next = tokio::time::timeout_at(until, from.finished.recv()) => match next {
+                    Ok(Some(request)) => request.spans(&scope, &mut batch),
+                    Ok(None) | Err(_) => break,
+                },
+                Some(done) = from.flushes.recv() => flushed.push(done),
             }
+        }
+        // A flush sends everything finished before it: what is queued joins this batch.
+        if !flushed.is_empty() {
+            while let Ok(request) = from.finished.try_recv() {
+                request.spans(&scope, &mut batch);
+            }
+        }
+        if batch.is_empty() {
+            acknowledge(flushed);
+            continue;
         }
         let n = batch.len() as u64;
         match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(batch)).await {
@@ -329,6 +366,14 @@ async fn export(
                 failures_logged = failures_logged.saturating_add(1);
             }
         }
+        acknowledge(flushed);
+    }
+}
+
+/// Tells each flush caller its spans went out (or failed and were counted).
+fn acknowledge(flushed: Vec<tokio::sync::oneshot::Sender<()>>) {
+    for done in flushed {
+        let _ = done.send(());
     }
 }
 
