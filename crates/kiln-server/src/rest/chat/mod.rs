@@ -5,6 +5,7 @@
 //! with it and the scheduler frees the sequence before its next step.
 
 mod fields;
+mod shadow;
 mod stream;
 
 use std::sync::Arc;
@@ -98,13 +99,15 @@ async fn chat(State(state): State<AppState>, request: axum::extract::Request) ->
     // Rendering and tokenizing grow with the messages: on the blocking pool, never on the
     // executor that answers every other request (the cheap bounds in `chat_prompt` refuse what
     // cannot fit before any of it runs).
-    let (renderer, conversation) = (llm.clone(), messages.clone());
-    let prompt = tokio::task::spawn_blocking(move || renderer.chat_prompt_with(&conversation, &offered, &kwargs))
+    let (renderer, conversation, variables) = (llm.clone(), messages.clone(), kwargs.clone());
+    let prompt = tokio::task::spawn_blocking(move || renderer.chat_prompt_with(&conversation, &offered, &variables))
         .await
         .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("rendering the prompt failed: {e}"))))?
         .map_err(|e| llm_error(e, Api::Chat))?;
     options.params.constraint = constraint(&llm, &options).await?;
-    respond(state, model, &llm, prompt, &messages_text(&messages), options, (Api::Chat, incoming)).await
+    let recorded = messages_text(&messages);
+    let shadow = shadow::Shadow::of(&state, &model, &options.params, || shadow::Prompt::Chat { messages, kwargs });
+    respond(state, model, &llm, prompt, &recorded, options, (Api::Chat, incoming, shadow)).await
 }
 
 /// llama-server's `POST /apply-template`: the prompt text the model's chat template makes of
@@ -201,7 +204,8 @@ async fn completions(State(state): State<AppState>, request: axum::extract::Requ
         .map_err(|e| OpenAiError::from(ApiError::new(Kind::Internal, format!("tokenizing the prompt failed: {e}"))))?;
     let tokens = tokens.map_err(|e| llm_error(e, Api::Completion))?;
     options.params.constraint = constraint(&llm, &options).await?;
-    respond(state, model, &llm, tokens, &prompt, options, (Api::Completion, incoming)).await
+    let shadow = shadow::Shadow::of(&state, &model, &options.params, || shadow::Prompt::Text(prompt.clone()));
+    respond(state, model, &llm, tokens, &prompt, options, (Api::Completion, incoming, shadow)).await
 }
 
 /// The grammar the answer must follow — the response format, or the tool-call grammar when
@@ -285,6 +289,8 @@ struct Call {
     thinking: Option<bool>,
     /// A sampled request's generation span (`gen_ai.*`), ended by [`Call::finish`].
     generation: Option<kiln_serving::span::SpanGuard>,
+    /// The `[rollout]` shadow that generates for the same request once it is answered.
+    shadow: Option<shadow::Shadow>,
 }
 
 impl Call {
@@ -327,6 +333,9 @@ impl Call {
 
     /// Logs the finished request (when its policy keeps it) and counts it.
     async fn finish(mut self, result: Result<&Completion, &LlmError>) {
+        if let (Some(shadow), Ok(c)) = (self.shadow.take(), result) {
+            shadow.send(c.text.clone());
+        }
         let outcome = match result {
             Ok(_) => Outcome::Success,
             Err(e) => outcome_of(e),
@@ -387,7 +396,7 @@ async fn respond(
     prompt: Vec<kiln_llm::Token>,
     recorded_prompt: &str,
     options: Options,
-    (api, incoming): (Api, crate::otel::Incoming),
+    (api, incoming, shadow): (Api, crate::otel::Incoming, Option<shadow::Shadow>),
 ) -> Result<Response, OpenAiError> {
     let prompt_tensor =
         Tensor::new("text_input", vec![1], TensorData::Bytes(vec![recorded_prompt.as_bytes().to_vec()]))
@@ -446,6 +455,7 @@ async fn respond(
         syntax: llm.tool_syntax(),
         thinking: (api == Api::Chat && llm.reasons()).then(|| llm.opens_thinking(&prompt)),
         generation,
+        shadow,
     };
     let mut response = if options.stream {
         stream::response(call, generations, options.include_usage, options.tools_offered())
