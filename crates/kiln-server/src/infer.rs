@@ -121,6 +121,40 @@ fn send_to_shadow(
     });
 }
 
+/// An LLM request's `[rollout]` shadow: the version, its model and the generation parameters.
+pub struct LlmShadow {
+    pub model: ModelHandle,
+    pub llm: std::sync::Arc<kiln_llm::LlmModel>,
+    pub rollout: std::sync::Arc<kiln_engine::rollout::Rollout>,
+    pub params: kiln_llm::GenerateParams,
+}
+
+/// [`send_to_shadow`] for an LLM: once the caller has `answer`, the shadow renders its prompt
+/// (`prompt`, with its own template) off the executor, generates, and its text is compared with
+/// `answer` exactly. Counted in the shadow version's statistics like any request.
+pub fn send_llm_to_shadow(
+    shadow: LlmShadow,
+    prompt: impl FnOnce(&kiln_llm::LlmModel) -> Result<Vec<kiln_llm::Token>, kiln_llm::LlmError> + Send + 'static,
+    answer: String,
+) {
+    let Some(slot) = shadow.rollout.try_send() else { return };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let LlmShadow { model, llm, rollout, params } = shadow;
+        let tracked = ServedModel::track(&model, Protocol::InProcess);
+        let renderer = llm.clone();
+        let text = match tokio::task::spawn_blocking(move || prompt(&renderer)).await {
+            Ok(Ok(tokens)) => match llm.generate(tokens, &params) {
+                Ok(generation) => generation.complete().await.ok().map(|c| c.text),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        tracked.end(if text.is_some() { Outcome::Success } else { Outcome::Error });
+        rollout.count(text.map(|t| t == answer));
+    });
+}
+
 /// One model-running request's bookkeeping, from its start to its end: the prediction log's
 /// capture of its inputs and, for a route that drives an executor itself (an LLM generation that
 /// may stream), the in-flight guard — metrics and statistics, with a dropped `Call` counted as

@@ -17,8 +17,18 @@ pub(super) enum Prompt {
     Text(String),
 }
 
+impl Prompt {
+    fn tokens(self, llm: &LlmModel) -> Result<Vec<kiln_llm::Token>, kiln_llm::LlmError> {
+        match self {
+            Prompt::Chat { messages, kwargs } => llm.chat_prompt_with(&messages, &[], &kwargs),
+            Prompt::Text(text) => llm.text_prompt(&text),
+        }
+    }
+}
+
 /// A request's shadow, ready to run once the caller's answer is known.
 pub(super) struct Shadow {
+    model: kiln_serving::ModelHandle,
     llm: Arc<LlmModel>,
     rollout: Arc<Rollout>,
     prompt: Prompt,
@@ -40,29 +50,14 @@ impl Shadow {
         }
         let (model, rollout) = state.engine.shadow(answered)?;
         let llm = model.runs::<Arc<LlmModel>>()?.clone();
-        Some(Shadow { llm, rollout, prompt: prompt(), params: params.clone() })
+        Some(Shadow { model, llm, rollout, prompt: prompt(), params: params.clone() })
     }
 
-    /// Runs the shadow and counts whether its text equals `answer` (a failure counts as failed).
+    /// Runs the shadow (through the lifecycle: `infer::send_llm_to_shadow`) and counts whether
+    /// its text equals `answer`.
     pub fn send(self, answer: String) {
-        let Some(slot) = self.rollout.try_send() else { return };
-        tokio::spawn(async move {
-            let _slot = slot;
-            let Shadow { llm, rollout, prompt, params } = self;
-            let renderer = llm.clone();
-            let tokens = tokio::task::spawn_blocking(move || match prompt {
-                Prompt::Chat { messages, kwargs } => renderer.chat_prompt_with(&messages, &[], &kwargs),
-                Prompt::Text(text) => renderer.text_prompt(&text),
-            })
-            .await;
-            let text = match tokens {
-                Ok(Ok(tokens)) => match llm.generate(tokens, &params) {
-                    Ok(generation) => generation.complete().await.ok().map(|c| c.text),
-                    Err(_) => None,
-                },
-                _ => None,
-            };
-            rollout.count(text.map(|t| t == answer));
-        });
+        let Shadow { model, llm, rollout, prompt, params } = self;
+        let shadow = crate::infer::LlmShadow { model, llm, rollout, params };
+        crate::infer::send_llm_to_shadow(shadow, move |llm| prompt.tokens(llm), answer);
     }
 }
