@@ -105,6 +105,17 @@ def receiver():
     r.close()
 
 
+def far_pipeline(repo, b):
+    """`far`: one remote step that calls `fraud` on server `b`."""
+    (repo / "far").mkdir(parents=True)
+    (repo / "far" / "pipeline.toml").write_text(
+        '[[inputs]]\nname = "input"\ndatatype = "FP32"\nshape = [-1, 30]\n'
+        f'[[steps]]\nname = "b"\nremote = {{ url = "http://{b.url}", model = "fraud" }}\ninputs = {{ input = "input" }}\n'
+        'outputs = [{ name = "label", datatype = "INT64", shape = [-1] }, '
+        '{ name = "probabilities", datatype = "FP32", shape = [-1, 2] }]\n'
+        '[[outputs]]\nname = "label"\nfrom = "b.label"\n')
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, receiver):
     base = tmp_path_factory.mktemp("traces")
@@ -117,13 +128,7 @@ def servers(tmp_path_factory, receiver):
         shutil.copytree(ROOT / "examples" / "models" / name, repo_a / name,
                         ignore=lambda d, names: [n for n in names if n.endswith(".gguf")])
     link_gguf(repo_a / "smollm2" / "1" / "model.gguf")
-    (repo_a / "far").mkdir()
-    (repo_a / "far" / "pipeline.toml").write_text(
-        '[[inputs]]\nname = "input"\ndatatype = "FP32"\nshape = [-1, 30]\n'
-        f'[[steps]]\nname = "b"\nremote = {{ url = "http://{b.url}", model = "fraud" }}\ninputs = {{ input = "input" }}\n'
-        'outputs = [{ name = "label", datatype = "INT64", shape = [-1] }, '
-        '{ name = "probabilities", datatype = "FP32", shape = [-1, 2] }]\n'
-        '[[outputs]]\nname = "label"\nfrom = "b.label"\n')
+    far_pipeline(repo_a, b)
     a = KilnServer(repo_a, ["--otlp-endpoint", f"http://127.0.0.1:{receiver.http_port}",
                             "--otlp-protocol", "http/protobuf", "--otel-service-name", "kiln-a"])
     yield a, b
@@ -286,3 +291,34 @@ def test_the_last_requests_spans_are_sent_at_shutdown(tmp_path, receiver):
     named = by_name(receiver.trace(trace))
     assert named["POST /v2/models/{model}/infer"].parent_span_id.hex() == CLIENT_SPAN
     assert {"model fraud", "queue", "compute"} <= set(named), sorted(named)
+
+
+def test_a_server_that_does_not_trace_passes_the_callers_context_on(servers, receiver, tmp_path):
+    """W3C: an intermediary that records nothing still passes `traceparent` on, so the next
+    server's spans join the caller's trace under the caller's span."""
+    _, b = servers
+    repo = tmp_path / "models"
+    far_pipeline(repo, b)
+    c = KilnServer(repo)  # no --otlp-endpoint
+    trace = "6" * 32
+    try:
+        infer(c, "far", {"traceparent": f"00-{trace}-{CLIENT_SPAN}-01"})
+    finally:
+        assert c.stop() == 0
+    spans = wait_for(lambda: receiver.trace(trace))
+    assert {svc for svc, _, _ in spans} == {"kiln-b"}
+    root = by_name(spans)["POST /v2/models/{model}/infer"]
+    assert root.parent_span_id.hex() == CLIENT_SPAN
+
+
+def test_an_unsampled_request_passes_not_sampled_on(servers, receiver):
+    """A caller's `00` flag reaches the next server, which then traces nothing either (before,
+    it started a trace of its own)."""
+    a, b = servers
+    time.sleep(1.5)  # earlier tests' batches are out
+    before = metric(b.metrics(), "kiln_trace_spans_exported_total")
+    trace = "7" * 32
+    infer(a, "far", {"traceparent": f"00-{trace}-{CLIENT_SPAN}-00"})
+    time.sleep(1.5)
+    assert metric(b.metrics(), "kiln_trace_spans_exported_total") == before
+    assert receiver.trace(trace) == []

@@ -166,6 +166,8 @@ pub struct Call {
     capture: Option<crate::records::Capture>,
     tracked: Option<InFlight<ModelHandle>>,
     traced: Traced,
+    /// A caller's trace context this request does not sample, passed on to calls out of kiln.
+    passthrough: Option<kiln_serving::Span>,
 }
 
 /// A sampled request's server span; dropped before [`Call::close`] (the client left), it is
@@ -206,6 +208,11 @@ impl Call {
             }
             root
         });
+        // Not sampled here, but the caller sent a trace context: calls out of kiln pass it on.
+        let passthrough = match (&traced, origin.incoming.parent) {
+            (None, Some((trace, parent, sampled))) => Some(kiln_serving::Span::passthrough(trace, parent, sampled)),
+            _ => None,
+        };
         Call {
             state: state.clone(),
             model: model.clone(),
@@ -213,12 +220,14 @@ impl Call {
             capture,
             tracked: track.then(|| ServedModel::track(model, protocol)),
             traced: Traced(traced),
+            passthrough,
         }
     }
 
-    /// Where the engine records this request's spans, when it is sampled.
+    /// Where the engine records this request's spans: the sampled request's, or the caller's
+    /// context passed through (records nothing).
     pub fn span(&self) -> Option<&kiln_serving::Span> {
-        self.traced.0.as_ref().map(crate::otel::Root::span)
+        self.traced.0.as_ref().map(crate::otel::Root::span).or(self.passthrough.as_ref())
     }
 
     /// Sets an attribute of the request's span (when sampled).
@@ -238,6 +247,7 @@ impl Call {
             capture: None,
             tracked: Some(ServedModel::track(model, protocol)),
             traced: Traced::default(),
+            passthrough: None,
         }
     }
 

@@ -82,6 +82,11 @@ pub struct SpanRecord {
 
 struct Shared {
     trace_id: u128,
+    /// `false` for a request kiln does not sample: nothing is recorded, and calls out of kiln
+    /// pass the caller's trace context on as it came (its parent span and sampled flag).
+    recording: bool,
+    /// The sampled flag calls out of kiln send.
+    sampled: bool,
     /// The same moment on both clocks: spans measure with `Instant`, export `SystemTime`.
     anchor: (Instant, SystemTime),
     spans: Mutex<Vec<SpanRecord>>,
@@ -117,11 +122,34 @@ impl Span {
         Span {
             shared: Arc::new(Shared {
                 trace_id,
+                recording: true,
+                sampled: true,
                 anchor: (Instant::now(), SystemTime::now()),
                 spans: Mutex::new(Vec::new()),
             }),
             parent: root,
         }
+    }
+
+    /// A caller's trace context that kiln does not sample (W3C: an intermediary that does not
+    /// participate passes `traceparent` on unchanged): records nothing; calls out of kiln send
+    /// the caller's trace id, its span `parent` as theirs, and its `sampled` flag.
+    pub fn passthrough(trace_id: u128, parent: u64, sampled: bool) -> Span {
+        Span {
+            shared: Arc::new(Shared {
+                trace_id,
+                recording: false,
+                sampled,
+                anchor: (Instant::now(), SystemTime::now()),
+                spans: Mutex::new(Vec::new()),
+            }),
+            parent,
+        }
+    }
+
+    /// Whether this span records (false for a passed-through context).
+    pub fn is_recording(&self) -> bool {
+        self.shared.recording
     }
 
     pub fn trace_id(&self) -> u128 {
@@ -133,9 +161,9 @@ impl Span {
         self.parent
     }
 
-    /// The `traceparent` header a call made under this span sends (sampled).
+    /// The `traceparent` header a call made under this span sends.
     pub fn traceparent(&self) -> String {
-        format!("00-{:032x}-{:016x}-01", self.shared.trace_id, self.parent)
+        format!("00-{:032x}-{:016x}-{:02x}", self.shared.trace_id, self.parent, u8::from(self.shared.sampled))
     }
 
     /// `at` on the wall clock.
@@ -154,6 +182,10 @@ impl Span {
 
     /// Starts a child span that began at `start`.
     pub fn child_at(&self, name: impl Into<String>, start: Instant) -> SpanGuard {
+        if !self.shared.recording {
+            // Nothing recorded; calls made under it still carry the caller's context.
+            return SpanGuard { span: self.clone(), started: start, record: None };
+        }
         let id = new_span_id();
         SpanGuard {
             span: Span { shared: self.shared.clone(), parent: id },
@@ -289,6 +321,20 @@ pub fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_passed_through_context_records_nothing_and_sends_the_callers_parent_and_flag() {
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let (trace, parent, sampled) = parse_traceparent(header).expect("valid");
+        let span = Span::passthrough(trace, parent, sampled);
+        assert!(!span.is_recording());
+        let mut step = span.child("step");
+        step.set("k", 1usize);
+        assert_eq!(step.span().traceparent(), header);
+        drop(step);
+        span.record("queue", Instant::now(), Instant::now(), Vec::new());
+        assert!(span.take().is_empty());
+    }
 
     #[test]
     fn traceparent_round_trips_and_rejects_malformed_headers() {
