@@ -529,9 +529,12 @@ function renderDrift(report) {
 }
 
 function renderRollout(report) {
-  const parts = [el("h3", { text: "Rollout" }), table(["version", "role", "requests", "errors", "p50 ms", "p99 ms"],
+  // Accuracy from the log's feedback over the last hour (none without labeled rows).
+  const accuracy = (q) => (q && q.accuracy !== null && q.accuracy !== undefined)
+    ? `${fmt(100 * q.accuracy, 1)} % of ${q.labeled_rows}` : "-";
+  const parts = [el("h3", { text: "Rollout" }), table(["version", "role", "requests", "errors", "p50 ms", "p99 ms", "accuracy"],
     report.versions.map((v) => [String(v.version), v.role, String(v.requests ?? "-"), String(v.errors ?? "-"),
-      v.latency_ms ? fmt(v.latency_ms.p50) : "-", v.latency_ms ? fmt(v.latency_ms.p99) : "-"]))];
+      v.latency_ms ? fmt(v.latency_ms.p50) : "-", v.latency_ms ? fmt(v.latency_ms.p99) : "-", accuracy(v.quality)]))];
   const c = report.shadow_comparison;
   if (c) {
     const agreement = c.agreement === null || c.agreement === undefined ? "-" : `${fmt(100 * c.agreement, 1)} %`;
