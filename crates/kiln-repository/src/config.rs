@@ -105,8 +105,9 @@ pub struct RecordsConfig {
     pub inputs: Option<Vec<String>>,
     /// Output tensors to keep (default all).
     pub outputs: Option<Vec<String>>,
-    /// Bytes of JSON kept for inputs and for outputs each; past it a row keeps only the
-    /// tensors' shapes and is marked truncated (default 65536).
+    /// Bytes of encoded tensors kept for inputs and for outputs each (their binary size plus a
+    /// few bytes of name and shape); past it a row keeps only the tensors' names and shapes and
+    /// is marked truncated (default 65536).
     pub max_bytes: Option<usize>,
     /// The output holding the predicted label per row, compared with feedback for quality
     /// (default: the first INT64/INT32/BYTES output with one dimension).
