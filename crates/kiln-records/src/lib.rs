@@ -225,7 +225,8 @@ impl RecorderConfig {
 type Ack = oneshot::Sender<Result<(), Uncommitted>>;
 
 enum Item {
-    Row(Box<PendingRecord>, Option<Ack>),
+    /// A row, its ack (durable), and the bytes it holds in the handoff's bound (set by `push`).
+    Row(Box<PendingRecord>, Option<Ack>, usize),
     /// Answer once everything received before it is committed.
     Flush(oneshot::Sender<()>),
 }
@@ -255,10 +256,11 @@ impl Handoff {
     }
 
     /// Leaves an item; `Err` gives it back when the rows waiting are at their row or byte bound.
-    fn push(&self, item: Item) -> Result<(), Item> {
+    fn push(&self, mut item: Item) -> Result<(), Item> {
         let mut queue = self.lock();
-        if let Item::Row(record, _) = &item {
+        if let Item::Row(record, _, held) = &mut item {
             let bytes = record.heap_bytes();
+            *held = bytes;
             if queue.rows >= self.capacity || queue.bytes + bytes > self.max_bytes {
                 return Err(item);
             }
@@ -348,7 +350,7 @@ impl Recorder {
         let record = record.into();
         match self.0.config.mode {
             WriteMode::Async => {
-                if let Err(item) = self.0.handoff.push(Item::Row(Box::new(record), None)) {
+                if let Err(item) = self.0.handoff.push(Item::Row(Box::new(record), None, 0)) {
                     // Bounded backpressure: wait a little for room, then drop and count.
                     tokio::time::sleep(self.0.config.enqueue_wait).await;
                     if self.0.handoff.push(item).is_err() {
@@ -360,7 +362,7 @@ impl Recorder {
             WriteMode::Durable => {
                 let (ack, done) = oneshot::channel();
                 let wait = self.0.config.commit_wait;
-                if self.0.handoff.push(Item::Row(Box::new(record), Some(ack))).is_err() {
+                if self.0.handoff.push(Item::Row(Box::new(record), Some(ack), 0)).is_err() {
                     return Err(RecordsError::NotCommitted(wait, Uncommitted::BacklogFull));
                 }
                 match tokio::time::timeout(wait, done).await {
@@ -416,8 +418,7 @@ async fn writer(store: Store, handoff: Arc<Handoff>, config: Arc<RecorderConfig>
         for item in handoff.take_all() {
             match item {
                 // The handoff bounds rows and bytes waiting, backlog included.
-                Item::Row(record, ack) => {
-                    let bytes = record.heap_bytes();
+                Item::Row(record, ack, bytes) => {
                     backlog.push_back((record.finish(), ack, bytes));
                 }
                 Item::Flush(done) => flushes.push(done),

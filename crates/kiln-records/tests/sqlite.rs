@@ -33,6 +33,13 @@ fn record(i: i64, model: &str) -> Record {
     }
 }
 
+/// Another connection holding the database's write lock until it commits: the log cannot write.
+async fn lock(path: &std::path::Path) -> sqlx::SqliteConnection {
+    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.expect("connects");
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.expect("locks");
+    locker
+}
+
 /// These rows are stamped in 1970: no age limit, or retention would delete them at once.
 fn config(url: &str, mode: WriteMode) -> RecorderConfig {
     RecorderConfig { retention: Retention { max_age: None, max_bytes: None }, ..RecorderConfig::new(url, mode) }
@@ -116,8 +123,7 @@ async fn durable_writes_survive_a_locked_database() {
     );
 
     // Another process's write lock: the log cannot write, keeps the rows, and writes them after.
-    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.expect("connects");
-    sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.expect("locks");
+    let mut locker = lock(&path).await;
     let waiting = {
         let recorder = recorder.clone();
         tokio::spawn(async move { recorder.record(record(2, "a")).await })
@@ -211,8 +217,7 @@ async fn rows_waiting_for_a_locked_database_stay_under_their_byte_bound() {
     let recorder = Recorder::open(RecorderConfig { max_pending_bytes: bound, ..config(&url, WriteMode::Async) })
         .await
         .expect("opens");
-    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.expect("connects");
-    sqlx::query("BEGIN EXCLUSIVE").execute(&mut locker).await.expect("locks");
+    let mut locker = lock(&path).await;
     // 1,000 rows of ~4 KiB of tensors: ~4 MiB, sixteen times the bound.
     let n = 1000;
     for i in 0..n {
