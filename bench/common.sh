@@ -33,10 +33,28 @@ bench_workspace() {
 # Stops the script unless wrk (the HTTP load tool) is installed.
 needs_wrk() { command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }; }
 
-# wrk -t1 -c32 for SECS seconds, POSTing the JSON file BODY to URL: prints "req/s | p99".
+# wrk -t1 -c32 for SECS seconds, POSTing the JSON file BODY to URL: prints "req/s | p99". Keeps
+# wrk's whole report in $work/wrk.out (see wrk_requests).
 wrk_post() { # url body secs
   local out; out=$(KILN_BODY=$2 wrk -t1 -c32 -d"$3s" --latency -s bench/wrk_post.lua "$1")
+  printf '%s\n' "$out" >"$work/wrk.out"
   echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") | $(awk '$1 == "99%" {print $2}' <<<"$out")"
+}
+
+# How many requests the last wrk_post completed.
+wrk_requests() { awk '/requests in/ {print $1}' "$work/wrk.out"; }
+
+# A process's CPU time so far (user + system), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# What every wrk benchmark starts with: $secs from the first argument (default 10), wrk, the
+# test venv, the release binary, and the workspace (see bench_workspace).
+wrk_bench_setup() { # seconds
+  secs=$1
+  needs_wrk
+  bash scripts/setup-venv.sh --test >/dev/null
+  use_release_kiln
+  bench_workspace
 }
 
 # Starts release kiln on REPO with extra flags (records, dashboard off unless given); sets $kp

@@ -7,11 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
-secs=${1:-10}
-needs_wrk
-bash scripts/setup-venv.sh --test >/dev/null
-use_release_kiln
-bench_workspace
+wrk_bench_setup "${1:-10}"
 for repo in plain shadowed; do
   mkdir -p "$work/$repo/digits_mlp"
   cp -r examples/models/digits_mlp/1 examples/models/digits_mlp/config.toml "$work/$repo/digits_mlp/"

@@ -9,11 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
-secs=${1:-10}
-needs_wrk
-bash scripts/setup-venv.sh --test >/dev/null
-use_release_kiln
-bench_workspace
+wrk_bench_setup "${1:-10}"
 .venv/bin/python - "$work" <<'PY'
 import json, sys
 import numpy as np
@@ -26,7 +22,6 @@ PY
 rport=$(port)
 .venv/bin/python bench/otlp_receiver.py "$rport" > "$work/receiver.out" & receiver=$!
 pids+=($receiver)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 row() { # label model body traces(on|off|down)
   local otlp=()
   [ "$4" = on ] && otlp=(--otlp-endpoint "http://127.0.0.1:$rport")
@@ -35,14 +30,12 @@ row() { # label model body traces(on|off|down)
   start_kiln_on examples/models --records off "${otlp[@]}"
   # CPU time (user + system, clock ticks) of kiln and of the receiver around the load: who
   # pays for tracing on the shared cores.
-  local k0 r0 k1 r1 requests
+  local k0 r0 k1 r1 measured
   k0=$(cpu_ticks "${pids[-1]}"); r0=$(cpu_ticks "$receiver")
-  local out; out=$(KILN_BODY="$work/$3.json" wrk -t1 -c32 -d"${secs}s" --latency -s bench/wrk_post.lua \
-    "http://127.0.0.1:$kp/v2/models/$2/infer")
+  measured=$(wrk_post "http://127.0.0.1:$kp/v2/models/$2/infer" "$work/$3.json" "$secs")
   sleep 1
   k1=$(cpu_ticks "${pids[-1]}"); r1=$(cpu_ticks "$receiver")
-  requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  local measured="$(awk '/Requests\/sec/ {print $2}' <<<"$out") | $(awk '$1 == "99%" {print $2}' <<<"$out")"
+  local requests; requests=$(wrk_requests)
   local cpu; cpu=$(awk -v k=$((k1 - k0)) -v r=$((r1 - r0)) -v n="$requests" -v hz="$(getconf CLK_TCK)" \
     'BEGIN {printf "%.1f | %.1f", k * 1e6 / hz / n, r * 1e6 / hz / n}')
   local spans; spans=$(curl -s "127.0.0.1:$kp/metrics" | awk '/^kiln_trace_spans_exported_total/ {e=$2} /^kiln_trace_spans_dropped_total/ {d=$2} END {printf "%d exported / %d dropped", e, d}')
