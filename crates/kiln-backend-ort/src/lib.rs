@@ -7,6 +7,7 @@
 //!
 //! It knows nothing of repositories, queues or protocols.
 
+pub mod onnx_build;
 pub mod onnx_proto;
 pub mod runtime;
 mod session;

@@ -79,7 +79,7 @@ fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, ProtoError> {
     Ok(out)
 }
 
-fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn write_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -87,13 +87,13 @@ fn write_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn write_bytes(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
+pub(crate) fn write_bytes(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
     write_varint(out, (u64::from(number) << 3) | 2);
     write_varint(out, payload.len() as u64);
     out.extend_from_slice(payload);
 }
 
-fn write_uint(out: &mut Vec<u8>, number: u32, v: u64) {
+pub(crate) fn write_uint(out: &mut Vec<u8>, number: u32, v: u64) {
     write_varint(out, u64::from(number) << 3);
     write_varint(out, v);
 }

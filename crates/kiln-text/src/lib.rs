@@ -13,6 +13,11 @@
 
 use std::path::Path;
 
+pub mod hf;
+mod rerank;
+
+pub use rerank::{DOCUMENT_INPUT, QUERY_INPUT, RerankModel, Reranker, SCORE_OUTPUT};
+
 use kiln_backend_ort::{PreparedModel, SessionOptions};
 use kiln_core::{
     BackendError, DataType, ModelInstance, ModelSignature, Tensor, TensorData, TensorDataRef, TensorSpec, TensorView,
@@ -78,6 +83,28 @@ pub fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, Backe
     Ok(tokenizer)
 }
 
+/// Cuts texts sorted by token count (shortest first) into runs: a cut where the token budget
+/// (padding included) or the padding waste (the longest text more than 1.5x the shortest of a
+/// run) says so. Returns `[start, end)` ranges.
+pub(crate) fn length_groups(sorted_lengths: &[usize], max_batch_tokens: usize) -> Vec<(usize, usize)> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < sorted_lengths.len() {
+        let shortest = sorted_lengths[start].max(1);
+        let mut end = start + 1;
+        while end < sorted_lengths.len() {
+            let longest = sorted_lengths[end];
+            if longest * (end + 1 - start) > max_batch_tokens || longest * 2 > shortest * 3 + 8 {
+                break;
+            }
+            end += 1;
+        }
+        groups.push((start, end));
+        start = end;
+    }
+    groups
+}
+
 /// A loaded text embedding model: the tokenizer and the prepared encoder, from which
 /// instances are made.
 pub struct TextModel {
@@ -95,6 +122,11 @@ impl TextModel {
     pub fn load(model: &Path, tokenizer: &Path, settings: TextSettings) -> Result<Self, BackendError> {
         let bytes =
             std::fs::read(model).map_err(|e| BackendError::Load(format!("cannot read {}: {e}", model.display())))?;
+        Self::from_encoder(bytes, tokenizer, settings)
+    }
+
+    /// [`TextModel::load`] from the encoder's bytes (e.g. built by [`hf::HfModel`]).
+    pub fn from_encoder(bytes: Vec<u8>, tokenizer: &Path, settings: TextSettings) -> Result<Self, BackendError> {
         let encoder = PreparedModel::new(bytes, SessionOptions { intra_threads: settings.intra_threads })?;
         let names: Vec<&str> = encoder.signature.inputs.iter().map(|s| s.name.as_str()).collect();
         for needed in ["input_ids", "attention_mask"] {
@@ -270,24 +302,11 @@ impl ModelInstance for TextEmbedder {
             })
             .collect();
         let mut embeddings = vec![0f32; texts.len() * self.dim];
-        // Shortest first; cut where the token budget (padding included) or the padding waste
-        // (the longest text more than 1.5x the shortest of a group) says so.
         let mut order: Vec<(usize, &Encoded)> = encoded.iter().enumerate().collect();
         order.sort_by_key(|(_, e)| e.ids.len());
-        let mut start = 0;
-        while start < order.len() {
-            let shortest = order[start].1.ids.len().max(1);
-            let mut end = start + 1;
-            while end < order.len() {
-                let longest = order[end].1.ids.len();
-                let tokens = longest * (end + 1 - start);
-                if tokens > self.settings.max_batch_tokens || longest * 2 > shortest * 3 + 8 {
-                    break;
-                }
-                end += 1;
-            }
+        let lengths: Vec<usize> = order.iter().map(|(_, e)| e.ids.len()).collect();
+        for (start, end) in length_groups(&lengths, self.settings.max_batch_tokens) {
             self.run_group(&order[start..end], &mut embeddings)?;
-            start = end;
         }
         let counts: Vec<i64> = encoded.iter().map(|e| e.ids.len() as i64).collect();
         outputs

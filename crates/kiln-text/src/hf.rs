@@ -1,0 +1,567 @@
+//! Hugging Face model folders served as they are: `config.json` + `model.safetensors` +
+//! `tokenizer.json` (and, for sentence-transformers, `modules.json`, `1_Pooling/config.json`,
+//! `sentence_bert_config.json`).
+//!
+//! The encoder is rebuilt as an ONNX graph in memory from config.json and the safetensors
+//! weights ([`kiln_backend_ort::onnx_build`]) and runs on the same ONNX Runtime as exported
+//! models: no torch export, and no second inference engine to compile and keep in step. The
+//! graph is BERT's (BERT, MiniLM, RoBERTa, XLM-RoBERTa: they differ in weight names, the
+//! position offset and token types), with an optional sequence-classification head for
+//! cross-encoders (rerankers).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kiln_backend_ort::onnx_build::{Attr, Dim, Elem, GraphBuilder};
+use kiln_core::BackendError;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::Pooling;
+
+/// The weights file of a Hugging Face folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The model description of a Hugging Face folder.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Whether `dir` looks like a Hugging Face model folder.
+pub fn is_hf_folder(dir: &Path) -> bool {
+    dir.join(CONFIG_FILE).is_file() && dir.join(WEIGHTS_FILE).is_file()
+}
+
+/// What the folder's head computes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    /// Token states `[batch, seq, hidden]` (embeddings are pooled from them).
+    Encoder,
+    /// One logit per label `[batch, labels]` (a cross-encoder / classifier).
+    Classifier { labels: Vec<String> },
+}
+
+/// A Hugging Face folder turned into an ONNX encoder, with the settings the folder states.
+pub struct HfModel {
+    /// The ONNX model's bytes.
+    pub onnx: Vec<u8>,
+    pub tokenizer: PathBuf,
+    pub head: Head,
+    /// `architectures[0]` of config.json (or the model type).
+    pub architecture: String,
+    /// From `1_Pooling/config.json` (sentence-transformers); `None` when the folder says nothing.
+    pub pooling: Option<Pooling>,
+    /// Whether `modules.json` ends in a Normalize module; `None` without modules.json.
+    pub normalize: Option<bool>,
+    /// `sentence_bert_config.json`'s `max_seq_length`, else what the position table allows.
+    pub max_length: usize,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_types() -> usize {
+    2
+}
+
+#[derive(Debug, Deserialize)]
+struct EncoderConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    model_type: String,
+    hidden_size: usize,
+    num_attention_heads: usize,
+    num_hidden_layers: usize,
+    intermediate_size: usize,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+    max_position_embeddings: usize,
+    #[serde(default = "default_types")]
+    type_vocab_size: usize,
+    pad_token_id: Option<i64>,
+    position_embedding_type: Option<String>,
+    id2label: Option<BTreeMap<String, String>>,
+}
+
+/// The architectures kiln builds, by family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Bert,
+    Roberta,
+}
+
+const ENCODERS: &[(&str, Family, bool)] = &[
+    ("BertModel", Family::Bert, false),
+    ("BertForMaskedLM", Family::Bert, false),
+    ("BertForSequenceClassification", Family::Bert, true),
+    ("RobertaModel", Family::Roberta, false),
+    ("RobertaForMaskedLM", Family::Roberta, false),
+    ("RobertaForSequenceClassification", Family::Roberta, true),
+    ("XLMRobertaModel", Family::Roberta, false),
+    ("XLMRobertaForMaskedLM", Family::Roberta, false),
+    ("XLMRobertaForSequenceClassification", Family::Roberta, true),
+];
+
+fn load_error(dir: &Path, message: impl std::fmt::Display) -> BackendError {
+    BackendError::Load(format!("{}: {message}", dir.display()))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, BackendError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            serde_json::from_str(&text).map(Some).map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BackendError::Load(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+#[derive(Deserialize)]
+struct Module {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+}
+
+/// Reads sentence-transformers' description of the pipeline: pooling and normalization.
+fn sentence_transformers(dir: &Path) -> Result<(Option<Pooling>, Option<bool>), BackendError> {
+    let Some(modules) = read_json::<Vec<Module>>(&dir.join("modules.json"))? else {
+        return Ok((None, None));
+    };
+    let normalize = modules.iter().any(|m| m.kind.ends_with(".Normalize"));
+    let pooling_path = modules.iter().find(|m| m.kind.ends_with(".Pooling")).map(|m| dir.join(&m.path));
+    let pooling = match pooling_path {
+        None => None,
+        Some(path) => {
+            let file = path.join("config.json");
+            let config: PoolingConfig = read_json(&file)?.ok_or_else(|| {
+                BackendError::Load(format!("modules.json names a Pooling module but {} is missing", file.display()))
+            })?;
+            match (
+                config.pooling_mode_cls_token,
+                config.pooling_mode_mean_tokens,
+                config.pooling_mode_max_tokens,
+                config.pooling_mode_mean_sqrt_len_tokens,
+            ) {
+                (true, false, false, false) => Some(Pooling::Cls),
+                (false, true, false, false) => Some(Pooling::Mean),
+                _ => {
+                    return Err(BackendError::Load(format!(
+                        "{}: kiln pools by pooling_mode_mean_tokens or pooling_mode_cls_token (exactly one); \
+                         max, mean_sqrt_len and combined modes are not supported",
+                        file.display()
+                    )));
+                }
+            }
+        }
+    };
+    Ok((pooling, Some(normalize)))
+}
+
+/// The weights, read once, converted to FP32 on access and checked against config.json.
+struct Weights<'a> {
+    tensors: &'a SafeTensors<'a>,
+    prefix: String,
+    dir: &'a Path,
+}
+
+impl Weights<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.tensors.tensor(&format!("{}{name}", self.prefix)).is_ok()
+    }
+
+    /// A tensor by its name under the model prefix, of exactly `shape`.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, BackendError> {
+        let full = format!("{}{name}", self.prefix);
+        let view = self.tensors.tensor(&full).map_err(|_| {
+            load_error(
+                self.dir,
+                format!("{WEIGHTS_FILE} has no tensor '{full}', which config.json's architecture needs"),
+            )
+        })?;
+        if view.shape() != shape {
+            return Err(load_error(
+                self.dir,
+                format!(
+                    "{WEIGHTS_FILE}: tensor '{full}' has shape {:?}, but config.json implies {shape:?}",
+                    view.shape()
+                ),
+            ));
+        }
+        let data = view.data();
+        Ok(match view.dtype() {
+            Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            other => {
+                return Err(load_error(
+                    self.dir,
+                    format!("{WEIGHTS_FILE}: tensor '{full}' is {other:?}; kiln reads F32, F16 and BF16 weights"),
+                ));
+            }
+        })
+    }
+
+    /// A LayerNorm's scale and shift (`weight`/`bias`, or the older `gamma`/`beta`).
+    fn layer_norm(&self, name: &str, hidden: usize) -> Result<(Vec<f32>, Vec<f32>), BackendError> {
+        if self.has(&format!("{name}.gamma")) {
+            Ok((self.get(&format!("{name}.gamma"), &[hidden])?, self.get(&format!("{name}.beta"), &[hidden])?))
+        } else {
+            Ok((self.get(&format!("{name}.weight"), &[hidden])?, self.get(&format!("{name}.bias"), &[hidden])?))
+        }
+    }
+
+    /// A linear layer's weight `[out, in]` transposed to `[in, out]` (for MatMul) and its bias.
+    fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<(Vec<f32>, Vec<f32>), BackendError> {
+        let w = self.get(&format!("{name}.weight"), &[outputs, inputs])?;
+        let b = self.get(&format!("{name}.bias"), &[outputs])?;
+        Ok((transpose(&w, outputs, inputs), b))
+    }
+}
+
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
+impl HfModel {
+    /// Reads a Hugging Face folder and builds its ONNX encoder.
+    pub fn read(dir: &Path) -> Result<HfModel, BackendError> {
+        let config: EncoderConfig =
+            read_json(&dir.join(CONFIG_FILE))?.ok_or_else(|| load_error(dir, format!("no {CONFIG_FILE}")))?;
+        let architecture = config.architectures.first().cloned().unwrap_or_else(|| config.model_type.clone());
+        let (family, classifier) = ENCODERS
+            .iter()
+            .find(|(name, _, _)| *name == architecture)
+            .map(|(_, f, c)| (*f, *c))
+            .or(match config.model_type.as_str() {
+                "bert" if config.architectures.is_empty() => Some((Family::Bert, false)),
+                "roberta" | "xlm-roberta" if config.architectures.is_empty() => Some((Family::Roberta, false)),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                load_error(
+                    dir,
+                    format!(
+                        "config.json architectures {:?} (model_type '{}') is not supported; kiln builds {}",
+                        config.architectures,
+                        config.model_type,
+                        ENCODERS.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?;
+        if let Some(kind) = config.position_embedding_type.as_deref().filter(|k| *k != "absolute") {
+            return Err(load_error(
+                dir,
+                format!("config.json position_embedding_type '{kind}' is not supported (absolute only)"),
+            ));
+        }
+        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+            return Err(load_error(
+                dir,
+                format!(
+                    "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
+                    config.hidden_size, config.num_attention_heads
+                ),
+            ));
+        }
+        let tokenizer = dir.join("tokenizer.json");
+        if !tokenizer.is_file() {
+            return Err(load_error(
+                dir,
+                "no tokenizer.json (kiln reads the fast tokenizer's file, as Hugging Face saves it)",
+            ));
+        }
+        let file = dir.join(WEIGHTS_FILE);
+        let bytes =
+            std::fs::read(&file).map_err(|e| BackendError::Load(format!("cannot read {}: {e}", file.display())))?;
+        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| load_error(dir, format!("{WEIGHTS_FILE}: {e}")))?;
+        let prefix = tensors
+            .names()
+            .into_iter()
+            .find_map(|n| n.strip_suffix("embeddings.word_embeddings.weight").map(str::to_string))
+            .ok_or_else(|| load_error(dir, format!("{WEIGHTS_FILE} has no '*embeddings.word_embeddings.weight'")))?;
+        let weights = Weights { tensors: &tensors, prefix, dir };
+        let labels = if classifier {
+            let labels: Vec<String> = match &config.id2label {
+                Some(map) => {
+                    let mut pairs: Vec<(usize, String)> =
+                        map.iter().filter_map(|(k, v)| k.parse().ok().map(|i| (i, v.clone()))).collect();
+                    pairs.sort();
+                    pairs.into_iter().map(|(_, v)| v).collect()
+                }
+                None => vec!["LABEL_0".into()],
+            };
+            Some(labels)
+        } else {
+            None
+        };
+        let onnx = build_graph(&config, family, labels.as_ref().map(Vec::len), &weights)?;
+        let (pooling, normalize) = sentence_transformers(dir)?;
+        #[derive(Deserialize)]
+        struct SentenceBert {
+            max_seq_length: Option<usize>,
+        }
+        let offset = position_offset(&config, family);
+        let positions = config.max_position_embeddings.saturating_sub(offset as usize);
+        let max_length = read_json::<SentenceBert>(&dir.join("sentence_bert_config.json"))?
+            .and_then(|s| s.max_seq_length)
+            .unwrap_or(positions)
+            .min(positions);
+        let head = match labels {
+            Some(labels) => Head::Classifier { labels },
+            None => Head::Encoder,
+        };
+        Ok(HfModel { onnx, tokenizer, head, architecture, pooling, normalize, max_length })
+    }
+}
+
+/// Where position ids start: RoBERTa counts from the padding id + 1.
+fn position_offset(config: &EncoderConfig, family: Family) -> i64 {
+    match family {
+        Family::Bert => 0,
+        Family::Roberta => config.pad_token_id.unwrap_or(1) + 1,
+    }
+}
+
+/// The encoder as ONNX: embeddings, `num_hidden_layers` post-LayerNorm transformer blocks,
+/// and, for a classifier, BERT's pooler + classifier or RoBERTa's classification head.
+fn build_graph(
+    config: &EncoderConfig,
+    family: Family,
+    labels: Option<usize>,
+    w: &Weights<'_>,
+) -> Result<Vec<u8>, BackendError> {
+    let h = config.hidden_size;
+    let heads = config.num_attention_heads;
+    let head_dim = h / heads;
+    let eps = config.layer_norm_eps as f32;
+    let mut g = GraphBuilder::new();
+    let batch_seq = [Dim::Named("batch"), Dim::Named("sequence")];
+
+    // Embeddings: words + positions (+ token types), then LayerNorm.
+    g.input("input_ids", Elem::Int64, &batch_seq);
+    g.input("attention_mask", Elem::Int64, &batch_seq);
+    let vocab = w
+        .tensors
+        .tensor(&format!("{}embeddings.word_embeddings.weight", w.prefix))
+        .map(|t| t.shape().first().copied().unwrap_or(0))
+        .unwrap_or(0);
+    let words = g.weight("word_embeddings", &[vocab, h], &w.get("embeddings.word_embeddings.weight", &[vocab, h])?);
+    let mut positions = w.get("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?;
+    let types = config.type_vocab_size;
+    let token_types = if types > 1 {
+        g.input("token_type_ids", Elem::Int64, &batch_seq);
+        Some(g.weight(
+            "token_type_embeddings",
+            &[types, h],
+            &w.get("embeddings.token_type_embeddings.weight", &[types, h])?,
+        ))
+    } else {
+        // One token type: its row is a constant, folded into every position.
+        if types == 1 && w.has("embeddings.token_type_embeddings.weight") {
+            let row = w.get("embeddings.token_type_embeddings.weight", &[1, h])?;
+            for p in positions.chunks_exact_mut(h) {
+                p.iter_mut().zip(&row).for_each(|(a, b)| *a += b);
+            }
+        }
+        None
+    };
+    let positions = g.weight("position_embeddings", &[config.max_position_embeddings, h], &positions);
+    let offset = position_offset(config, family);
+    let x = g.op("Gather", &[&words, "input_ids"], &[]);
+    let seq = g.op("Shape", &["input_ids"], &[Attr::Int("start", 1), Attr::Int("end", 2)]);
+    let start = g.int64s("position_start", &[1], &[offset]);
+    let end = g.op("Add", &[&seq, &start], &[]);
+    let axis0 = g.int64s("axis_0", &[1], &[0]);
+    let pos = g.op("Slice", &[&positions, &start, &end, &axis0], &[]);
+    let mut x = g.op("Add", &[&x, &pos], &[]);
+    if let Some(types) = token_types {
+        let t = g.op("Gather", &[&types, "token_type_ids"], &[]);
+        x = g.op("Add", &[&x, &t], &[]);
+    }
+    let (scale, shift) = w.layer_norm("embeddings.LayerNorm", h)?;
+    let scale = g.weight("embeddings_ln_scale", &[h], &scale);
+    let shift = g.weight("embeddings_ln_bias", &[h], &shift);
+    x = g.op("LayerNormalization", &[&x, &scale, &shift], &[Attr::Int("axis", -1), Attr::Float("epsilon", eps)]);
+
+    // The additive attention mask: 0 for tokens, a large negative number for padding, [B,1,1,S].
+    let mask = g.op("Cast", &["attention_mask"], &[Attr::Int("to", Elem::Float as i64)]);
+    let one = g.weight("one", &[], &[1.0]);
+    let padding = g.op("Sub", &[&one, &mask], &[]);
+    let big = g.weight("mask_value", &[], &[-1e9]);
+    let bias = g.op("Mul", &[&padding, &big], &[]);
+    let axes12 = g.int64s("axes_1_2", &[2], &[1, 2]);
+    let mask_bias = g.op("Unsqueeze", &[&bias, &axes12], &[]);
+
+    let qkv_shape = g.int64s("qkv_shape", &[4], &[0, 0, 3 * heads as i64, head_dim as i64]);
+    let merge_shape = g.int64s("merge_shape", &[3], &[0, 0, h as i64]);
+    let split = g.int64s("qkv_split", &[3], &[heads as i64; 3]);
+    let scaling = 1.0 / (head_dim as f32).sqrt();
+    for layer in 0..config.num_hidden_layers {
+        let p = format!("encoder.layer.{layer}.");
+        // Q, K and V as one MatMul; 1/sqrt(head_dim) folded into Q's weights.
+        let mut fused_w = vec![0f32; h * 3 * h];
+        let mut fused_b = Vec::with_capacity(3 * h);
+        for (part, name) in ["query", "key", "value"].iter().enumerate() {
+            let (wt, b) = w.linear(&format!("{p}attention.self.{name}"), h, h)?;
+            let factor = if part == 0 { scaling } else { 1.0 };
+            for r in 0..h {
+                for c in 0..h {
+                    fused_w[r * 3 * h + part * h + c] = wt[r * h + c] * factor;
+                }
+            }
+            fused_b.extend(b.iter().map(|v| v * factor));
+        }
+        let qkv_w = g.weight(&format!("l{layer}_qkv_w"), &[h, 3 * h], &fused_w);
+        let qkv_b = g.weight(&format!("l{layer}_qkv_b"), &[3 * h], &fused_b);
+        let qkv = g.op("MatMul", &[&x, &qkv_w], &[]);
+        let qkv = g.op("Add", &[&qkv, &qkv_b], &[]);
+        let qkv = g.op("Reshape", &[&qkv, &qkv_shape], &[]);
+        let qkv = g.op("Transpose", &[&qkv], &[Attr::Ints("perm", &[0, 2, 1, 3])]);
+        let parts = g.node("", "Split", &[&qkv, &split], 3, &[Attr::Int("axis", 1)]);
+        let kt = g.op("Transpose", &[&parts[1]], &[Attr::Ints("perm", &[0, 1, 3, 2])]);
+        let scores = g.op("MatMul", &[&parts[0], &kt], &[]);
+        let scores = g.op("Add", &[&scores, &mask_bias], &[]);
+        let probs = g.op("Softmax", &[&scores], &[Attr::Int("axis", -1)]);
+        let context = g.op("MatMul", &[&probs, &parts[2]], &[]);
+        let context = g.op("Transpose", &[&context], &[Attr::Ints("perm", &[0, 2, 1, 3])]);
+        let context = g.op("Reshape", &[&context, &merge_shape], &[]);
+        let attended =
+            linear(&mut g, w, &format!("{p}attention.output.dense"), &context, h, h, &format!("l{layer}_ao"))?;
+        let residual = g.op("Add", &[&attended, &x], &[]);
+        x = layer_norm(
+            &mut g,
+            w,
+            &format!("{p}attention.output.LayerNorm"),
+            &residual,
+            h,
+            eps,
+            &format!("l{layer}_ln1"),
+        )?;
+        let inner = config.intermediate_size;
+        let up = linear(&mut g, w, &format!("{p}intermediate.dense"), &x, h, inner, &format!("l{layer}_up"))?;
+        let act = activation(&mut g, &config.hidden_act, &up, layer)?;
+        let down = linear(&mut g, w, &format!("{p}output.dense"), &act, inner, h, &format!("l{layer}_down"))?;
+        let residual = g.op("Add", &[&down, &x], &[]);
+        x = layer_norm(&mut g, w, &format!("{p}output.LayerNorm"), &residual, h, eps, &format!("l{layer}_ln2"))?;
+    }
+
+    match labels {
+        None => g.output(
+            &x,
+            "last_hidden_state",
+            Elem::Float,
+            &[Dim::Named("batch"), Dim::Named("sequence"), Dim::Fixed(h as i64)],
+        ),
+        Some(n) => {
+            let zero = g.int64s("first_token", &[], &[0]);
+            let cls = g.op("Gather", &[&x, &zero], &[Attr::Int("axis", 1)]);
+            // Heads are stored outside the base model's prefix.
+            let head = Weights { tensors: w.tensors, prefix: String::new(), dir: w.dir };
+            let logits = match family {
+                Family::Bert => {
+                    let pooled = linear(&mut g, w, "pooler.dense", &cls, h, h, "pooler")?;
+                    let pooled = g.op("Tanh", &[&pooled], &[]);
+                    linear(&mut g, &head, "classifier", &pooled, h, n, "classifier")?
+                }
+                Family::Roberta => {
+                    let dense = linear(&mut g, &head, "classifier.dense", &cls, h, h, "classifier_dense")?;
+                    let dense = g.op("Tanh", &[&dense], &[]);
+                    linear(&mut g, &head, "classifier.out_proj", &dense, h, n, "classifier_out")?
+                }
+            };
+            g.output(&logits, "logits", Elem::Float, &[Dim::Named("batch"), Dim::Fixed(n as i64)]);
+        }
+    }
+    Ok(g.finish("kiln_hf_encoder", 17))
+}
+
+fn linear(
+    g: &mut GraphBuilder,
+    w: &Weights<'_>,
+    name: &str,
+    x: &str,
+    inputs: usize,
+    outputs: usize,
+    id: &str,
+) -> Result<String, BackendError> {
+    let (wt, b) = w.linear(name, inputs, outputs)?;
+    let wt = g.weight(&format!("{id}_w"), &[inputs, outputs], &wt);
+    let b = g.weight(&format!("{id}_b"), &[outputs], &b);
+    let y = g.op("MatMul", &[x, &wt], &[]);
+    Ok(g.op("Add", &[&y, &b], &[]))
+}
+
+fn layer_norm(
+    g: &mut GraphBuilder,
+    w: &Weights<'_>,
+    name: &str,
+    x: &str,
+    hidden: usize,
+    eps: f32,
+    id: &str,
+) -> Result<String, BackendError> {
+    let (scale, shift) = w.layer_norm(name, hidden)?;
+    let scale = g.weight(&format!("{id}_scale"), &[hidden], &scale);
+    let shift = g.weight(&format!("{id}_bias"), &[hidden], &shift);
+    Ok(g.op("LayerNormalization", &[x, &scale, &shift], &[Attr::Int("axis", -1), Attr::Float("epsilon", eps)]))
+}
+
+/// `hidden_act`: exact (erf) GELU, its tanh approximation, or ReLU.
+fn activation(g: &mut GraphBuilder, act: &str, x: &str, layer: usize) -> Result<String, BackendError> {
+    match act {
+        "gelu" => {
+            // x * 0.5 * (1 + erf(x / sqrt(2))): the form ONNX Runtime fuses into one Gelu kernel.
+            let sqrt2 = g.weight(&format!("l{layer}_sqrt2"), &[], &[std::f32::consts::SQRT_2]);
+            let one = g.weight(&format!("l{layer}_gelu_one"), &[], &[1.0]);
+            let half = g.weight(&format!("l{layer}_gelu_half"), &[], &[0.5]);
+            let d = g.op("Div", &[x, &sqrt2], &[]);
+            let e = g.op("Erf", &[&d], &[]);
+            let a = g.op("Add", &[&e, &one], &[]);
+            let m = g.op("Mul", &[x, &a], &[]);
+            Ok(g.op("Mul", &[&m, &half], &[]))
+        }
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => {
+            // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+            let c = g.weight(&format!("l{layer}_gelu_c"), &[], &[0.044_715]);
+            let k = g.weight(&format!("l{layer}_gelu_k"), &[], &[(2.0 / std::f32::consts::PI).sqrt()]);
+            let one = g.weight(&format!("l{layer}_gelu_one"), &[], &[1.0]);
+            let half = g.weight(&format!("l{layer}_gelu_half"), &[], &[0.5]);
+            let x2 = g.op("Mul", &[x, x], &[]);
+            let x3 = g.op("Mul", &[&x2, x], &[]);
+            let cx3 = g.op("Mul", &[&x3, &c], &[]);
+            let inner = g.op("Add", &[x, &cx3], &[]);
+            let inner = g.op("Mul", &[&inner, &k], &[]);
+            let t = g.op("Tanh", &[&inner], &[]);
+            let a = g.op("Add", &[&t, &one], &[]);
+            let m = g.op("Mul", &[x, &a], &[]);
+            Ok(g.op("Mul", &[&m, &half], &[]))
+        }
+        "relu" => Ok(g.op("Relu", &[x], &[])),
+        other => Err(BackendError::Load(format!(
+            "config.json hidden_act '{other}' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"
+        ))),
+    }
+}

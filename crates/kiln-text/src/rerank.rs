@@ -1,0 +1,178 @@
+//! Cross-encoders (rerankers): a query and a document tokenized as one pair, one relevance
+//! logit out. A [`Reranker`] is a [`ModelInstance`]: `query` BYTES `[n]` and `document` BYTES
+//! `[n]` in (row i pairs query i with document i), `score` FP32 `[n]` (the raw logit) and
+//! `token_count` INT64 `[n]` out, so it batches, logs and serves like any other model.
+
+use std::path::Path;
+
+use kiln_backend_ort::{PreparedModel, SessionOptions};
+use kiln_core::{
+    BackendError, DataType, ModelInstance, ModelSignature, Tensor, TensorData, TensorDataRef, TensorSpec, TensorView,
+};
+use tokenizers::{EncodeInput, Tokenizer};
+
+use crate::{TOKEN_COUNT_OUTPUT, TextSettings, length_groups, load_tokenizer};
+
+pub const QUERY_INPUT: &str = "query";
+pub const DOCUMENT_INPUT: &str = "document";
+pub const SCORE_OUTPUT: &str = "score";
+
+/// A loaded cross-encoder, from which instances are made.
+pub struct RerankModel {
+    tokenizer: Tokenizer,
+    encoder: PreparedModel,
+    settings: TextSettings,
+    has_token_types: bool,
+}
+
+impl RerankModel {
+    /// A classifier encoder (inputs `input_ids`, `attention_mask`[, `token_type_ids`]; first
+    /// output `[batch, 1]` logits) and its tokenizer.
+    pub fn from_encoder(bytes: Vec<u8>, tokenizer: &Path, settings: TextSettings) -> Result<Self, BackendError> {
+        let encoder = PreparedModel::new(bytes, SessionOptions { intra_threads: settings.intra_threads })?;
+        let output =
+            encoder.signature.outputs.first().ok_or_else(|| BackendError::Load("the encoder has no outputs".into()))?;
+        if output.shape.len() != 2 || output.shape[1] != 1 {
+            return Err(BackendError::Load(format!(
+                "a reranker answers one relevance logit per pair; this classifier's output '{}' has shape {:?} \
+                 (config.json id2label should have one label)",
+                output.name, output.shape
+            )));
+        }
+        let has_token_types = encoder.signature.inputs.iter().any(|s| s.name == "token_type_ids");
+        let tokenizer = load_tokenizer(tokenizer, settings.max_length)?;
+        Ok(RerankModel { tokenizer, encoder, settings, has_token_types })
+    }
+
+    pub fn signature(&self) -> ModelSignature {
+        let bytes = |name: &str| TensorSpec { name: name.into(), datatype: DataType::Bytes, shape: vec![-1] };
+        ModelSignature {
+            inputs: vec![bytes(QUERY_INPUT), bytes(DOCUMENT_INPUT)],
+            outputs: vec![
+                TensorSpec { name: SCORE_OUTPUT.into(), datatype: DataType::Fp32, shape: vec![-1] },
+                TensorSpec { name: TOKEN_COUNT_OUTPUT.into(), datatype: DataType::Int64, shape: vec![-1] },
+            ],
+        }
+    }
+
+    pub fn instantiate(&self) -> Result<Reranker, BackendError> {
+        Ok(Reranker {
+            tokenizer: self.tokenizer.clone(),
+            encoder: Box::new(self.encoder.instantiate()?),
+            encoder_output: self.encoder.signature.outputs[0].name.clone(),
+            settings: self.settings.clone(),
+            has_token_types: self.has_token_types,
+        })
+    }
+}
+
+/// One cross-encoder instance.
+pub struct Reranker {
+    tokenizer: Tokenizer,
+    encoder: Box<dyn ModelInstance>,
+    encoder_output: String,
+    settings: TextSettings,
+    has_token_types: bool,
+}
+
+impl Reranker {
+    fn texts<'a>(&self, inputs: &'a [TensorView<'a>], name: &str) -> Result<Vec<&'a str>, BackendError> {
+        let input = inputs
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| BackendError::InvalidInput(format!("missing input '{name}'")))?;
+        let TensorDataRef::Bytes(items) = input.data else {
+            return Err(BackendError::InvalidInput(format!("input '{name}' must be BYTES")));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if b.len() > self.settings.max_input_bytes {
+                    return Err(BackendError::InvalidInput(format!(
+                        "input '{name}': text {i} is {} bytes, over the limit of {} (max_input_bytes)",
+                        b.len(),
+                        self.settings.max_input_bytes
+                    )));
+                }
+                std::str::from_utf8(b).map_err(|e| {
+                    BackendError::InvalidInput(format!("input '{name}': text {i} is not valid UTF-8 ({e})"))
+                })
+            })
+            .collect()
+    }
+}
+
+impl ModelInstance for Reranker {
+    fn run(&mut self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+        let views: Vec<TensorView<'_>> = inputs.iter().map(Tensor::view).collect();
+        self.run_views(&views, outputs)
+    }
+
+    fn run_views(&mut self, inputs: &[TensorView<'_>], outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+        let queries = self.texts(inputs, QUERY_INPUT)?;
+        let documents = self.texts(inputs, DOCUMENT_INPUT)?;
+        if queries.len() != documents.len() {
+            return Err(BackendError::InvalidInput(format!(
+                "inputs '{QUERY_INPUT}' ({}) and '{DOCUMENT_INPUT}' ({}) must have the same number of rows",
+                queries.len(),
+                documents.len()
+            )));
+        }
+        let pairs: Vec<EncodeInput<'_>> = queries.iter().zip(&documents).map(|(q, d)| (*q, *d).into()).collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(pairs, true)
+            .map_err(|e| BackendError::Run(format!("tokenization failed: {e}")))?;
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let lengths: Vec<usize> = order.iter().map(|&i| encodings[i].get_ids().len()).collect();
+        let mut scores = vec![0f32; encodings.len()];
+        for (start, end) in length_groups(&lengths, self.settings.max_batch_tokens) {
+            let group = &order[start..end];
+            let seq = group.iter().map(|&i| encodings[i].get_ids().len()).max().unwrap_or(1).max(1);
+            let n = group.len();
+            let mut ids = vec![0i64; n * seq];
+            let mut mask = vec![0i64; n * seq];
+            let mut types = vec![0i64; n * seq];
+            for (row, &i) in group.iter().enumerate() {
+                let e = &encodings[i];
+                for (t, (&id, &ty)) in e.get_ids().iter().zip(e.get_type_ids()).enumerate() {
+                    ids[row * seq + t] = i64::from(id);
+                    types[row * seq + t] = i64::from(ty);
+                    mask[row * seq + t] = 1;
+                }
+            }
+            let shape = vec![n, seq];
+            let mut views = vec![
+                TensorView { name: "input_ids", shape: shape.clone(), data: TensorDataRef::Int64(&ids) },
+                TensorView { name: "attention_mask", shape: shape.clone(), data: TensorDataRef::Int64(&mask) },
+            ];
+            if self.has_token_types {
+                views.push(TensorView { name: "token_type_ids", shape, data: TensorDataRef::Int64(&types) });
+            }
+            let result = self.encoder.run_views(&views, std::slice::from_ref(&self.encoder_output))?;
+            let logits = match result.first().map(|t| &t.data) {
+                Some(TensorData::Fp32(v)) if v.len() == n => v,
+                _ => return Err(BackendError::Run("the classifier's output is not FP32 [batch, 1]".into())),
+            };
+            for (row, &i) in group.iter().enumerate() {
+                scores[i] = logits[row];
+            }
+        }
+        let n = scores.len();
+        outputs
+            .iter()
+            .map(|name| match name.as_str() {
+                SCORE_OUTPUT => {
+                    Tensor::new(name.clone(), vec![n], TensorData::Fp32(scores.clone())).map_err(BackendError::from)
+                }
+                TOKEN_COUNT_OUTPUT => {
+                    let counts = encodings.iter().map(|e| e.get_ids().len() as i64).collect();
+                    Tensor::new(name.clone(), vec![n], TensorData::Int64(counts)).map_err(BackendError::from)
+                }
+                other => Err(BackendError::Run(format!("a reranker has no output '{other}'"))),
+            })
+            .collect()
+    }
+}
