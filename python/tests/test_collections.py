@@ -14,10 +14,9 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
-from conftest import ROOT, KilnServer, SHARED_MINILM, link_minilm
+from conftest import ROOT, KilnServer, HAVE_MINILM, NO_MINILM, link_minilm
 from test_records import postgres  # noqa: F401  (the throwaway PostgreSQL fixture)
 
-SHARED = SHARED_MINILM
 
 
 def clustered(n, dim, seed=0, centers=32):
@@ -330,7 +329,7 @@ def test_batches_that_straddle_store_pages_load_whole(tmp_path, backend, request
         assert again.stop() == 0
 
 
-@pytest.mark.skipif(not (SHARED / "model.onnx").exists(), reason=f"all-MiniLM-L6-v2 is not at {SHARED} (team data in ../shared)")
+@pytest.mark.skipif(not HAVE_MINILM, reason=NO_MINILM)
 def test_text_points_and_queries_through_the_embedder(tmp_path):
     repo = tmp_path / "models"
     add_minilm(repo)
@@ -390,7 +389,7 @@ def test_a_reloaded_collection_without_a_points_store_comes_back(tmp_path):
         assert s.stop() == 0
 
 
-@pytest.mark.skipif(not (SHARED / "model.onnx").exists(), reason=f"all-MiniLM-L6-v2 is not at {SHARED} (team data in ../shared)")
+@pytest.mark.skipif(not HAVE_MINILM, reason=NO_MINILM)
 def test_reloading_an_embedder_rebuilds_the_collection_and_the_pipeline_that_use_it(tmp_path):
     repo = tmp_path / "models"
     add_minilm(repo)

@@ -10,7 +10,7 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import SHARED_MINILM
+from conftest import HAVE_MINILM, NO_MINILM
 
 
 def users(fixture, rows):
@@ -55,8 +55,7 @@ def test_recommend_says_what_is_wrong(kiln, fixture):
     assert set(hit["payload"]) == {"title", "category", "popularity", "price"}
 
 
-@pytest.mark.skipif(not (SHARED_MINILM / "model.onnx").exists(),
-                    reason=f"all-MiniLM-L6-v2 is not at {SHARED_MINILM} (team data in ../shared)")
+@pytest.mark.skipif(not HAVE_MINILM, reason=NO_MINILM)
 def test_support_answer_retrieves_the_right_passages_and_answers(kiln):
     questions = ["I lost my card, what should I do?", "How long does a transfer to another bank take?",
                  "I forgot my PIN"]

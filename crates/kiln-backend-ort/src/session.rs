@@ -35,8 +35,8 @@ pub struct PreparedModel {
     pub signature: ModelSignature,
     /// Class labels per output, taken from rewritten ZipMaps.
     pub labels: BTreeMap<String, Vec<String>>,
-    /// Things the operator should know (logged at load time).
-    pub warnings: Vec<String>,
+    /// What kiln changed to serve the model, for the operator (logged at load time as info).
+    pub notices: Vec<String>,
     pub options: SessionOptions,
 }
 
@@ -55,12 +55,12 @@ impl PreparedModel {
     /// ([`runtime::init`]).
     pub fn new(bytes: Vec<u8>, options: SessionOptions) -> Result<Self, BackendError> {
         let mut labels = BTreeMap::new();
-        let mut warnings = Vec::new();
+        let mut notices = Vec::new();
         let bytes = match onnx_proto::rewrite_zipmaps(&bytes).map_err(|e| BackendError::Load(e.to_string()))? {
             Some(rewritten) => {
                 let producer = onnx_proto::summarize(&bytes).map(|s| s.producer).unwrap_or_default();
                 for rewrite in rewritten.rewrites {
-                    warnings.push(format!(
+                    notices.push(format!(
                         "output '{}' is a ZipMap (sequence<map>), which the v2 protocol cannot carry; \
                          kiln serves it as an FP32 tensor [batch, {}] with columns in class order {:?}.{}",
                         rewrite.output,
@@ -79,7 +79,7 @@ impl PreparedModel {
             inputs: session.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
             outputs: session.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
         };
-        Ok(PreparedModel { bytes: Arc::new(bytes), signature, labels, warnings, options })
+        Ok(PreparedModel { bytes: Arc::new(bytes), signature, labels, notices, options })
     }
 
     /// Builds one more independent session of this model.

@@ -39,8 +39,8 @@ fn zipmap_outputs_become_probability_tensors() {
     assert_eq!(out[1].datatype, DataType::Fp32);
     assert_eq!(out[1].shape, vec![-1, 2]);
     assert_eq!(model.labels["output_probability"], vec!["0", "1"]);
-    assert_eq!(model.warnings.len(), 1);
-    assert!(model.warnings[0].contains("zipmap"), "{}", model.warnings[0]);
+    assert_eq!(model.notices.len(), 1);
+    assert!(model.notices[0].contains("zipmap"), "{}", model.notices[0]);
 
     let iris = prepare("examples/models/iris/1/model.onnx");
     assert_eq!(iris.labels["output_probability"], vec!["setosa", "versicolor", "virginica"]);

@@ -316,7 +316,7 @@ fn inspect(onnxruntime: Option<&Path>, path: &Path, as_json: bool) -> Result<()>
             "outputs": prepared.signature.outputs,
             "labels": prepared.labels,
             "ops": summary.ops,
-            "warnings": prepared.warnings,
+            "notices": prepared.notices,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -341,8 +341,8 @@ fn inspect(onnxruntime: Option<&Path>, path: &Path, as_json: bool) -> Result<()>
     for (op, count) in &summary.ops {
         println!("    {op:<40} {count}");
     }
-    for warning in &prepared.warnings {
-        println!("  note: {warning}");
+    for notice in &prepared.notices {
+        println!("  note: {notice}");
     }
     Ok(())
 }

@@ -52,14 +52,28 @@ pub fn prepare_model_file(
     config: &ModelConfig,
 ) -> Result<LoadedVersion, EngineError> {
     let load_error = |reason: String| EngineError::LoadFailed { model: name.to_string(), version, reason };
-    if let Some(text) = &config.text {
-        return prepare_text_model(name, version, file, config, text).map_err(load_error);
+    let version_dir = file.parent().unwrap_or(Path::new("."));
+    let names_files = config.text.as_ref().is_some_and(|t| t.model.is_some() || t.tokenizer.is_some());
+    if !file.is_file() && !names_files && kiln_text::hf::is_hf_folder(version_dir) {
+        return prepare_hf_model(name, version, version_dir, config).map_err(load_error);
+    }
+    if config.kind.as_deref() == Some("rerank") {
+        return Err(load_error(format!(
+            "kind = \"rerank\" needs a Hugging Face cross-encoder folder (config.json, model.safetensors, \
+             tokenizer.json) in {}",
+            version_dir.display()
+        )));
+    }
+    if config.is_text() {
+        let text = config.text.clone().unwrap_or_default();
+        return prepare_text_model(name, version, file, config, &text).map_err(load_error);
     }
     let bytes = std::fs::read(file).map_err(|e| load_error(format!("cannot read {}: {e}", file.display())))?;
     let options = SessionOptions { intra_threads: config.threads() };
     let prepared = PreparedModel::new(bytes, options).map_err(|e| load_error(e.to_string()))?;
-    for warning in &prepared.warnings {
-        tracing::warn!(model = name, version, "{warning}");
+    // What kiln changed in the model to serve it (a ZipMap rewrite): information, not a fault.
+    for notice in &prepared.notices {
+        tracing::info!(model = name, version, "{notice}");
     }
     let mut signature = prepared.signature.clone();
     let mut labels = prepared.labels.clone();
@@ -164,22 +178,101 @@ fn prepare_text_model(
     }
     let model = kiln_text::TextModel::load(&encoder, &tokenizer, crate::config::text_settings(text, config.threads()))
         .map_err(|e| e.to_string())?;
-    let signature = model.signature();
+    tracing::info!(model = name, version, encoder = %encoder.display(), "text embedding model loaded");
+    let warmup = vec![text_tensor(kiln_text::TEXT_INPUT, "warm up")?];
+    warmed_up(name, version, config, model.signature(), &warmup, || model.instantiate())
+}
+
+fn text_tensor(name: &str, text: &str) -> Result<Tensor, String> {
+    Tensor::new(name, vec![1], TensorData::Bytes(vec![text.as_bytes().to_vec()])).map_err(|e| e.to_string())
+}
+
+/// `config.instances` instances, each run once on `warmup` before serving.
+fn warmed_up<I: ModelInstance + 'static>(
+    name: &str,
+    version: u64,
+    config: &ModelConfig,
+    signature: ModelSignature,
+    warmup: &[Tensor],
+    instantiate: impl Fn() -> Result<I, kiln_core::BackendError>,
+) -> Result<LoadedVersion, String> {
     let mut settings = ServingSettings::of(config);
     settings.records = config.records_policy(&signature)?;
-    let warmup = vec![
-        Tensor::new(kiln_text::TEXT_INPUT, vec![1], TensorData::Bytes(vec![b"warm up".to_vec()]))
-            .map_err(|e| e.to_string())?,
-    ];
     let outputs = signature.output_names();
     let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(settings.instances);
     for _ in 0..settings.instances {
-        let mut instance = model.instantiate().map_err(|e| e.to_string())?;
-        instance.run(&warmup, &outputs).map_err(|e| format!("warm-up failed: {e}"))?;
+        let mut instance = instantiate().map_err(|e| e.to_string())?;
+        instance.run(warmup, &outputs).map_err(|e| format!("warm-up failed: {e}"))?;
         instances.push(Box::new(instance));
     }
-    tracing::info!(model = name, version, encoder = %encoder.display(), "text embedding model loaded");
     Ok(LoadedVersion { name: name.to_string(), version, signature, labels: BTreeMap::new(), settings, instances })
+}
+
+/// A Hugging Face folder (config.json + model.safetensors + tokenizer.json) in the version
+/// folder: an embedding model (pooling, normalization and truncation from the folder's
+/// sentence-transformers files unless `[text]` sets them) or, for a sequence-classification
+/// architecture, a reranker.
+fn prepare_hf_model(name: &str, version: u64, folder: &Path, config: &ModelConfig) -> Result<LoadedVersion, String> {
+    if let Some(repository) = folder.parent().and_then(Path::parent) {
+        for file in [kiln_text::hf::CONFIG_FILE, kiln_text::hf::WEIGHTS_FILE, "tokenizer.json"] {
+            let path = folder.join(file);
+            if path.exists() {
+                confine(repository, &path)?;
+            }
+        }
+    }
+    let hf = kiln_text::hf::HfModel::read(folder).map_err(|e| e.to_string())?;
+    let text = config.text.clone().unwrap_or_default();
+    let mut settings = crate::config::text_settings(&text, config.threads());
+    if text.pooling.is_none()
+        && let Some(pooling) = hf.pooling
+    {
+        settings.pooling = pooling;
+    }
+    if text.normalize.is_none()
+        && let Some(normalize) = hf.normalize
+    {
+        settings.normalize = normalize;
+    }
+    match text.max_length {
+        None => settings.max_length = hf.max_length,
+        Some(n) if n > hf.max_length => {
+            return Err(format!(
+                "[text] max_length {n} is more than this model takes ({} tokens: its position table or \
+                 sentence_bert_config.json's max_seq_length)",
+                hf.max_length
+            ));
+        }
+        Some(_) => {}
+    }
+    let kind = config.kind.as_deref();
+    match (&hf.head, kind) {
+        (kiln_text::hf::Head::Encoder, None | Some("text_embedding" | "embedding")) => {
+            let model =
+                kiln_text::TextModel::from_encoder(hf.onnx, &hf.tokenizer, settings).map_err(|e| e.to_string())?;
+            tracing::info!(model = name, version, architecture = %hf.architecture, "text embedding model loaded (Hugging Face folder)");
+            let warmup = vec![text_tensor(kiln_text::TEXT_INPUT, "warm up")?];
+            warmed_up(name, version, config, model.signature(), &warmup, || model.instantiate())
+        }
+        (kiln_text::hf::Head::Classifier { .. }, None | Some("rerank")) => {
+            let model =
+                kiln_text::RerankModel::from_encoder(hf.onnx, &hf.tokenizer, settings).map_err(|e| e.to_string())?;
+            tracing::info!(model = name, version, architecture = %hf.architecture, "reranker loaded (Hugging Face folder)");
+            let warmup = vec![
+                text_tensor(kiln_text::QUERY_INPUT, "warm up")?,
+                text_tensor(kiln_text::DOCUMENT_INPUT, "warm up")?,
+            ];
+            warmed_up(name, version, config, model.signature(), &warmup, || model.instantiate())
+        }
+        (head, kind) => Err(format!(
+            "config.toml says kind = {kind:?}, but config.json's architecture {} is {}",
+            hf.architecture,
+            match head {
+                kiln_text::hf::Head::Encoder => "an encoder (kind = \"text_embedding\")",
+                kiln_text::hf::Head::Classifier { .. } => "a sequence classifier (kind = \"rerank\")",
+            }
+        )),
+    }
 }
 
 /// Zero-valued inputs of the declared shapes: a dynamic first dimension set to `rows`, other
@@ -208,14 +301,16 @@ pub fn load_version(dir: &ModelDir, version: u64, config: &ModelConfig) -> Resul
         return load_llm(dir, version, config);
     }
     let file = dir.path.join(version.to_string()).join(MODEL_FILE);
-    if config.text.is_none() && !file.is_file() {
+    let hf_folder = kiln_text::hf::is_hf_folder(&dir.path.join(version.to_string()));
+    if !config.is_text() && !hf_folder && !file.is_file() {
         return Err(EngineError::LoadFailed {
             model: dir.name.clone(),
             version,
             reason: format!("no {MODEL_FILE} in {}", file.parent().unwrap_or(&dir.path).display()),
         });
     }
-    if config.text.is_none()
+    if !config.is_text()
+        && !hf_folder
         && let Some(repository) = dir.path.parent()
     {
         confine(repository, &file).map_err(|reason| EngineError::LoadFailed {

@@ -47,8 +47,11 @@ pub struct ModelConfig {
     /// Class labels per output name, in column order.
     #[serde(default)]
     pub labels: BTreeMap<String, Vec<String>>,
-    /// `"onnx"` (default), `"text_embedding"` (tokenizer + encoder + pooling, see `[text]`) or
-    /// `"llm"` (a GGUF file on llama.cpp, `<version>/model.gguf`, see `[llm]`).
+    /// `"onnx"` (default), `"text_embedding"` or `"embedding"` (tokenizer + encoder + pooling,
+    /// see `[text]`; a Hugging Face folder in the version folder is one), `"rerank"` (a
+    /// cross-encoder Hugging Face folder) or `"llm"` (a GGUF file on llama.cpp,
+    /// `<version>/model.gguf`, see `[llm]`). A Hugging Face folder's kind is read from its
+    /// config.json when config.toml says none.
     pub kind: Option<String>,
     /// Settings of a `text_embedding` model.
     pub text: Option<TextConfig>,
@@ -247,6 +250,12 @@ impl ModelConfig {
     }
 
     /// Whether this is a generative (`kind = "llm"`) model.
+    /// Whether config.toml names a text model kind (`text_embedding`/`embedding` or `rerank`):
+    /// a tokenizer + encoder, from `[text]` paths or a Hugging Face folder.
+    pub fn is_text(&self) -> bool {
+        matches!(self.kind.as_deref(), Some("text_embedding" | "embedding" | "rerank")) || self.text.is_some()
+    }
+
     pub fn is_llm(&self) -> bool {
         self.kind.as_deref() == Some("llm")
     }
@@ -326,14 +335,15 @@ impl ModelConfig {
             }
         }
         match (config.kind.as_deref(), &config.text) {
-            (None | Some("onnx" | "llm" | "vector_index"), None) | (Some("text_embedding"), Some(_)) => {}
-            (Some("text_embedding"), None) => return Err("kind = \"text_embedding\" needs a [text] table".into()),
+            (None | Some("onnx" | "llm" | "vector_index" | "text_embedding" | "embedding" | "rerank"), None)
+            | (Some("text_embedding" | "embedding" | "rerank"), Some(_)) => {}
             (None | Some("onnx" | "llm" | "vector_index"), Some(_)) => {
-                return Err("a [text] table needs kind = \"text_embedding\"".into());
+                return Err("a [text] table needs kind = \"text_embedding\" (or \"rerank\")".into());
             }
             (Some(other), _) => {
                 return Err(format!(
-                    "kind '{other}' is not supported (\"onnx\", \"text_embedding\", \"llm\" or \"vector_index\")"
+                    "kind '{other}' is not supported (\"onnx\", \"text_embedding\" (or \"embedding\"), \"rerank\", \
+                     \"llm\" or \"vector_index\")"
                 ));
             }
         }

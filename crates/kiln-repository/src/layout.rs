@@ -12,6 +12,8 @@ pub const MODEL_FILE: &str = "model.onnx";
 pub const CONFIG_FILE: &str = "config.toml";
 /// The file of an LLM version folder.
 pub const GGUF_FILE: &str = "model.gguf";
+/// A Hugging Face folder's weights (with config.json and tokenizer.json in the version folder).
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
 /// The file that makes a repository folder a pipeline.
 pub const PIPELINE_FILE: &str = "pipeline.toml";
 
@@ -138,7 +140,12 @@ pub fn fingerprint(model_dir: &Path) -> Fingerprint {
             .into_iter()
             .map(|v| {
                 let folder = model_dir.join(v.to_string());
-                (v, stamp(&folder.join(MODEL_FILE)).or_else(|| stamp(&folder.join(GGUF_FILE))))
+                (
+                    v,
+                    stamp(&folder.join(MODEL_FILE))
+                        .or_else(|| stamp(&folder.join(GGUF_FILE)))
+                        .or_else(|| stamp(&folder.join(SAFETENSORS_FILE))),
+                )
             })
             .collect(),
     }
