@@ -7,6 +7,7 @@ pub mod collections;
 pub mod dashboard;
 pub mod openai;
 pub mod records_api;
+pub mod rerank;
 pub mod rollout;
 pub mod v2;
 
@@ -25,6 +26,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v2::routes())
         .merge(openai::routes())
+        .merge(rerank::routes())
         .merge(chat::routes())
         .merge(records_api::routes())
         .merge(rollout::routes())
