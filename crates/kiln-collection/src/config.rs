@@ -73,6 +73,9 @@ pub struct IndexConfig {
     pub max_k: Option<usize>,
     /// The k of a v2 request that sends no `k` input (default 10).
     pub k: Option<usize>,
+    /// A payload field (a string) indexed for BM25 keyword search; searches with text then
+    /// fuse keyword and vector ranks (reciprocal rank fusion).
+    pub text_field: Option<String>,
 }
 
 /// Vector lengths kiln accepts: enough for any embedding model, small enough that a typo
@@ -94,6 +97,9 @@ impl IndexConfig {
         }
         if self.k.is_some_and(|k| k == 0 || k > self.max_k()) {
             return Err(format!("[index] k must be between 1 and max_k ({})", self.max_k()));
+        }
+        if self.text_field.as_deref().is_some_and(|f| f.is_empty() || f.len() > 256) {
+            return Err("[index] text_field must name a payload field (1 to 256 bytes)".into());
         }
         if self.exact && (self.m.is_some() || self.ef_construction.is_some() || self.ef_search.is_some()) {
             return Err(

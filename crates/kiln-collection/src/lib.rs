@@ -11,9 +11,11 @@
 //! and the `[index]` settings. It must not do I/O beyond reading a collection folder's points
 //! file, know of models, requests, protocols or the store, or run anything async.
 
+mod bm25;
 mod config;
 mod exact;
 mod filter;
+mod hybrid;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,6 +28,7 @@ use serde_json::Value;
 use exact::ExactVectors;
 
 pub use filter::Filter;
+pub use hybrid::Weights;
 
 pub use config::{IndexConfig, Metric};
 
@@ -99,6 +102,8 @@ struct State {
     points: HashMap<u64, Stored>,
     next_key: u64,
     applied_seq: u64,
+    /// The BM25 index of `[index] text_field`, when set.
+    keywords: Option<bm25::Bm25>,
 }
 
 /// usearch keeps one search context per thread it reserved and fails a search beyond them;
@@ -191,6 +196,7 @@ impl Collection {
             Some(index)
         };
         let exact = ExactVectors::new(config.dim);
+        let keywords = config.text_field.as_ref().map(|_| bm25::Bm25::default());
         Ok(Collection {
             name: name.to_string(),
             config,
@@ -201,6 +207,7 @@ impl Collection {
                 points: HashMap::new(),
                 next_key: 0,
                 applied_seq: 0,
+                keywords,
             }),
             ready: AtomicBool::new(ready),
             slots: SearchSlots { free: std::sync::Mutex::new(search_threads()), freed: std::sync::Condvar::new() },
@@ -333,6 +340,12 @@ impl Collection {
                 }
                 (None, _) => state.exact.put(key, &vector),
             }
+            if let (Some(keywords), Some(field)) = (&mut state.keywords, &self.config.text_field) {
+                match payload.as_deref().and_then(|p| p.get(field)).and_then(Value::as_str) {
+                    Some(text) => keywords.put(key, text),
+                    None => keywords.remove(key),
+                }
+            }
             let payload_text = payload.as_ref().map(|p| Arc::from(p.to_string()));
             state.points.insert(key, Stored { id, seq, payload, payload_text });
         }
@@ -361,6 +374,9 @@ impl Collection {
                 }
                 state.points.remove(&key);
                 state.exact.remove(key);
+                if let Some(keywords) = &mut state.keywords {
+                    keywords.remove(key);
+                }
                 removed += 1;
             }
         }

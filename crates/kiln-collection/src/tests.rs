@@ -13,6 +13,7 @@ fn config(metric: Metric, exact: bool) -> IndexConfig {
         ef_search: None,
         max_k: Some(50),
         k: None,
+        text_field: Some("text".into()),
     }
 }
 
@@ -103,4 +104,42 @@ fn many_threads_search_one_hnsw_index_at_once() {
             });
         }
     });
+}
+
+#[test]
+fn keyword_and_hybrid_search_fuse_ranks() {
+    for exact in [true, false] {
+        let c = Collection::new("c", config(Metric::Cosine, exact), true).unwrap();
+        c.upsert(
+            vec![
+                point("lost", [1.0, 0.0, 0.0], json!({"text": "Lost or stolen card: freeze it", "lang": "en"})),
+                point("fees", [0.0, 1.0, 0.0], json!({"text": "Card fees abroad", "lang": "en"})),
+                point("pin", [0.9, 0.1, 0.0], json!({"text": "Forgot your PIN", "lang": "de"})),
+                point("none", [0.0, 0.0, 1.0], json!({"lang": "en"})),
+            ],
+            0,
+            false,
+        )
+        .unwrap();
+        let ids = |hits: Vec<Hit>| hits.into_iter().map(|h| h.id).collect::<Vec<_>>();
+        let q = c.prepare_vector("q", vec![1.0, 0.0, 0.0]).unwrap();
+        let only_text = Weights { text: 1.0, vector: 0.0 };
+        // Keywords alone: "stolen" is in one text; "card" in two (the shorter text first).
+        assert_eq!(ids(c.search_hybrid(None, Some("stolen"), only_text, 3, None, None).unwrap()), ["lost"]);
+        assert_eq!(ids(c.search_hybrid(None, Some("card"), only_text, 3, None, None).unwrap()), ["fees", "lost"]);
+        // Fused: "lost" is first by vector and second by keywords; "pin" second by vector only.
+        let hits = c.search_hybrid(Some(&q), Some("card"), Weights::default(), 3, None, None).unwrap();
+        let want = [1.0 / 62.0 + 1.0 / 61.0, 1.0 / 61.0 + 1.0 / 63.0 - 1e-9, 1.0 / 62.0];
+        assert_eq!(ids(hits.clone()), ["lost", "fees", "pin"]);
+        assert!((hits[0].score - want[0] as f32).abs() < 1e-6, "{hits:?}");
+        // A filter applies to both sides; a re-upsert re-indexes the text, a delete drops it.
+        let en = Filter::parse(&json!({"lang": "de"})).unwrap();
+        assert_eq!(ids(c.search_hybrid(Some(&q), Some("card"), Weights::default(), 3, Some(&en), None).unwrap()), ["pin"]);
+        c.upsert(vec![point("fees", [0.0, 1.0, 0.0], json!({"text": "transfer times"}))], 0, false).unwrap();
+        assert_eq!(ids(c.search_hybrid(None, Some("card"), only_text, 3, None, None).unwrap()), ["lost"]);
+        c.delete(&["lost".to_string()], 0, false).unwrap();
+        assert!(c.search_hybrid(None, Some("card"), only_text, 3, None, None).unwrap().is_empty());
+        let bad = Weights { text: 0.0, vector: 0.0 };
+        assert!(c.search_hybrid(Some(&q), Some("card"), bad, 3, None, None).is_err());
+    }
 }
