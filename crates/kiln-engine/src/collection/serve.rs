@@ -1,6 +1,7 @@
 //! A collection served over KServe v2, so tritonclient, gRPC and pipeline steps search it like
-//! any model: `query` FP32 [N, dim] — or `text` BYTES [N] when the collection has an embedder —
-//! with optional `k` INT32/INT64 [1] and `filter` BYTES [1] (a JSON filter object), answering
+//! any model: `query` FP32 [N, dim] — or `text` BYTES [N] when the collection has an embedder
+//! or a keyword index — with optional `k` INT32/INT64 [1], `filter` BYTES [1] (a JSON filter
+//! object) and `weights` FP32 [2] (keyword, vector weights of a hybrid search), answering
 //! `ids` BYTES [N, k], `scores` FP32 [N, k] and `payloads` BYTES [N, k] (JSON text). Rows with
 //! fewer than k matches are padded with id "", score NaN and payload "null".
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use kiln_core::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
 
-use kiln_collection::{Collection, CollectionError, Filter};
+use kiln_collection::{Collection, CollectionError, Filter, Weights};
 use kiln_serving::EngineError;
 use kiln_serving::metrics::Protocol;
 use kiln_serving::{InferRequest, ModelResolver, ServedModel};
@@ -20,7 +21,7 @@ pub const MAX_ROWS: usize = 1024;
 pub fn signature(collection: &Collection) -> ModelSignature {
     let spec = |name: &str, datatype, shape: Vec<i64>| TensorSpec { name: name.into(), datatype, shape };
     let mut inputs = vec![spec("query", DataType::Fp32, vec![-1, collection.config.dim as i64])];
-    if collection.config.embedder.is_some() {
+    if collection.config.embedder.is_some() || collection.has_keywords() {
         inputs.push(spec("text", DataType::Bytes, vec![-1]));
     }
     ModelSignature {
@@ -133,6 +134,7 @@ pub async fn run(
     let mut text = None;
     let mut k = collection.config.default_k();
     let mut filter = None;
+    let mut weights = Weights::default();
     for input in request.inputs {
         match (input.name.as_str(), input.data) {
             ("query", TensorData::Fp32(values)) => query = Some((input.shape, values)),
@@ -144,11 +146,13 @@ pub async fn run(
                     .map_err(|e| EngineError::InvalidRequest(format!("input 'filter' is not JSON: {e}")))?;
                 filter = Some(Filter::parse(&value).map_err(invalid)?);
             }
-            (name @ ("query" | "text" | "k" | "filter"), data) => {
+            ("weights", TensorData::Fp32(v)) if v.len() == 2 => weights = Weights { text: v[0], vector: v[1] },
+            (name @ ("query" | "text" | "k" | "filter" | "weights"), data) => {
                 let want = match name {
                     "query" => "FP32 [N, dim]",
                     "text" => "BYTES [N]",
                     "k" => "INT64 or INT32 [1]",
+                    "weights" => "FP32 [2] (keyword weight, vector weight)",
                     _ => "BYTES [1] (a JSON filter object)",
                 };
                 return Err(EngineError::InvalidRequest(format!(
@@ -159,15 +163,24 @@ pub async fn run(
             }
             (other, _) => {
                 return Err(EngineError::InvalidRequest(format!(
-                    "collection '{}' takes inputs 'query' (or 'text'), 'k' and 'filter', not '{other}'",
+                    "collection '{}' takes inputs 'query' and/or 'text', 'k', 'filter' and 'weights', not '{other}'",
                     collection.name
                 )));
             }
         }
     }
     collection.check_k(k).map_err(invalid)?;
-    let vectors: Vec<Vec<f32>> = match (query, text) {
-        (Some((shape, values)), None) => {
+    weights.check().map_err(invalid)?;
+    let keywords = collection.has_keywords() && weights.text > 0.0;
+    let texts: Option<Vec<Vec<u8>>> = match text {
+        None => None,
+        Some((shape, _)) if shape.len() != 1 => {
+            return Err(EngineError::InvalidRequest(format!("input 'text' has shape {shape:?}; it takes [N]")));
+        }
+        Some((_, texts)) => Some(texts),
+    };
+    let vectors: Option<Vec<Vec<f32>>> = match (query, &texts) {
+        (Some((shape, values)), _) => {
             let dim = collection.config.dim;
             if shape.len() != 2 || shape[1] != dim {
                 return Err(EngineError::InvalidRequest(format!(
@@ -175,27 +188,51 @@ pub async fn run(
                     collection.name
                 )));
             }
-            values.chunks(dim).map(<[f32]>::to_vec).collect()
-        }
-        (None, Some((shape, texts))) => {
-            if shape.len() != 1 {
-                return Err(EngineError::InvalidRequest(format!("input 'text' has shape {shape:?}; it takes [N]")));
+            if texts.is_some() && !collection.has_keywords() {
+                return Err(EngineError::InvalidRequest(format!(
+                    "send 'query' or 'text', not both (collection '{}' has no keyword index: [index] text_field)",
+                    collection.name
+                )));
             }
-            embed(collection, resolver, texts, request.protocol, deadline, request.span.as_ref()).await?
+            Some(values.chunks(dim).map(<[f32]>::to_vec).collect())
         }
-        (Some(_), Some(_)) => {
-            return Err(EngineError::InvalidRequest("send 'query' or 'text', not both".into()));
+        // Text is embedded unless the search is keywords only.
+        (None, Some(texts)) if collection.config.embedder.is_some() && (!keywords || weights.vector > 0.0) => {
+            Some(embed(collection, resolver, texts.clone(), request.protocol, deadline, request.span.as_ref()).await?)
         }
-        (None, None) => {
+        (None, Some(_)) if keywords => None,
+        (None, _) => {
             return Err(EngineError::InvalidRequest(format!(
                 "collection '{}' needs input 'query' FP32 [N, {}]{}",
                 collection.name,
                 collection.config.dim,
-                if collection.config.embedder.is_some() { " or 'text' BYTES [N]" } else { "" }
+                if collection.config.embedder.is_some() || collection.has_keywords() { " or 'text' BYTES [N]" } else { "" }
             )));
         }
     };
-    let rows = vectors.len();
+    let texts: Option<Vec<String>> = match texts.filter(|_| keywords) {
+        None => None,
+        Some(texts) => Some(
+            texts
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    String::from_utf8(t)
+                        .map_err(|e| EngineError::InvalidRequest(format!("input 'text'[{i}] is not UTF-8: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    let rows = vectors.as_ref().map_or(0, Vec::len).max(texts.as_ref().map_or(0, Vec::len));
+    if let (Some(v), Some(t)) = (&vectors, &texts)
+        && v.len() != t.len()
+    {
+        return Err(EngineError::InvalidRequest(format!(
+            "inputs 'query' ({} rows) and 'text' ({} rows) must have the same number of rows",
+            v.len(),
+            t.len()
+        )));
+    }
     if rows == 0 || rows > MAX_ROWS {
         return Err(EngineError::InvalidRequest(format!("a search takes 1 to {MAX_ROWS} query rows, not {rows}")));
     }
@@ -208,12 +245,16 @@ pub async fn run(
     });
     let searched = Arc::clone(collection);
     let results = tokio::task::spawn_blocking(move || {
-        vectors
-            .into_iter()
-            .enumerate()
-            .map(|(row, vector)| {
-                let vector = searched.prepare_vector(&format!("query row {row}"), vector)?;
-                searched.search(&vector, k, filter.as_ref(), deadline)
+        let mut vectors = vectors.map(Vec::into_iter);
+        let mut texts = texts.map(Vec::into_iter);
+        (0..rows)
+            .map(|row| {
+                let vector = match vectors.as_mut().and_then(Iterator::next) {
+                    Some(v) => Some(searched.prepare_vector(&format!("query row {row}"), v)?),
+                    None => None,
+                };
+                let text = texts.as_mut().and_then(Iterator::next);
+                searched.search_hybrid(vector.as_deref(), text.as_deref(), weights, k, filter.as_ref(), deadline)
             })
             .collect::<Result<Vec<_>, _>>()
     })

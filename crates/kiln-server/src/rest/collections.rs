@@ -281,8 +281,23 @@ struct SearchBody {
     text: Option<String>,
     k: Option<usize>,
     filter: Option<Value>,
+    /// A hybrid search's weights: `{"text": 1.0, "vector": 1.0}` (each defaults to 1).
+    weights: Option<SearchWeights>,
     #[serde(default = "yes")]
     with_payload: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchWeights {
+    #[serde(default = "one")]
+    text: f32,
+    #[serde(default = "one")]
+    vector: f32,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 fn yes() -> bool {
@@ -305,20 +320,39 @@ async fn search(
     if let Some(filter) = &request.filter {
         Filter::parse(filter).map_err(collection_error)?;
     }
-    let query = match (request.vector, request.text) {
-        (Some(v), None) => {
-            let v = collection.prepare_vector("vector", v).map_err(collection_error)?;
-            Tensor::new("query", vec![1, v.len()], TensorData::Fp32(v))
-        }
-        (None, Some(t)) => Tensor::new("text", vec![1], TensorData::Bytes(vec![t.into_bytes()])),
-        _ => return Err(ApiError::bad_request("give either \"vector\" or \"text\"")),
+    let weights = request.weights.map(|w| kiln_collection::Weights { text: w.text, vector: w.vector });
+    if let Some(w) = &weights {
+        w.check().map_err(collection_error)?;
     }
-    .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let mut inputs = vec![
-        query,
-        Tensor::new("k", vec![1], TensorData::Int64(vec![k as i64]))
-            .map_err(|e| ApiError::bad_request(e.to_string()))?,
-    ];
+    let mut inputs = Vec::new();
+    match (request.vector, request.text) {
+        (None, None) => return Err(ApiError::bad_request("give \"vector\", \"text\" or both")),
+        (Some(_), Some(_)) if !collection.has_keywords() => {
+            return Err(ApiError::bad_request(format!(
+                "give either \"vector\" or \"text\": collection '{name}' has no keyword index ([index] text_field) \
+                 to search text beside a vector"
+            )));
+        }
+        (vector, text) => {
+            if let Some(v) = vector {
+                let v = collection.prepare_vector("vector", v).map_err(collection_error)?;
+                inputs.push(Tensor::new("query", vec![1, v.len()], TensorData::Fp32(v)));
+            }
+            if let Some(t) = text {
+                inputs.push(Tensor::new("text", vec![1], TensorData::Bytes(vec![t.into_bytes()])));
+            }
+        }
+    }
+    let mut inputs = inputs.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    inputs.push(
+        Tensor::new("k", vec![1], TensorData::Int64(vec![k as i64])).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    );
+    if let Some(w) = weights {
+        inputs.push(
+            Tensor::new("weights", vec![2], TensorData::Fp32(vec![w.text, w.vector]))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        );
+    }
     if let Some(filter) = &request.filter {
         inputs.push(
             Tensor::new("filter", vec![1], TensorData::Bytes(vec![filter.to_string().into_bytes()]))
