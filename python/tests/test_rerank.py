@@ -10,6 +10,7 @@ import struct
 import numpy as np
 import pytest
 import requests
+import tritonclient.http as httpclient
 from scipy.special import erf
 from tokenizers import Tokenizer
 
@@ -126,8 +127,57 @@ DOCUMENTS = [
     "Branches open at nine.",
     "Card payments abroad carry no fee in the eurozone. " * 12,  # longer than the model: truncated
     "Passwörter können in der App geändert werden — naïve café 🚀",
-    "",
 ]
+
+
+PASSAGES = ["If your card is lost or stolen, freeze it in the app and order a replacement card.",
+            "Transfers to another bank take one working day.",
+            "A new card arrives in 3 to 5 working days.",
+            "Reset a forgotten PIN at any cash machine with your card.",
+            "Card fees abroad: none in the eurozone.",
+            "Savings accounts pay interest monthly."]
+
+RETRIEVE_RERANK = """
+[[inputs]]
+name = "question"
+datatype = "BYTES"
+shape = [-1]
+
+[[steps]]
+name = "search"
+model = "passages"
+inputs = { text = "question" }
+
+[[steps]]
+name = "texts"
+op = "json_text"
+field = "text"
+inputs = ["search.payloads"]
+
+[[steps]]
+name = "rerank"
+model = "bert-reranker"
+inputs = { query = "question", document = "texts.output" }
+
+[[steps]]
+name = "top"
+op = "top_k"
+k = 2
+inputs = ["rerank.score"]
+
+[[steps]]
+name = "picked"
+op = "gather"
+inputs = ["search.ids", "top.indices"]
+
+[[outputs]]
+name = "ids"
+from = "picked.output"
+
+[[outputs]]
+name = "scores"
+from = "top.values"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +185,15 @@ def rerankers(tmp_path_factory):
     repo = tmp_path_factory.mktemp("rerank") / "models"
     weights = {family: make_cross_encoder(repo / f"{family}-reranker" / "1", family, seed)
                for seed, family in enumerate(("bert", "roberta"))}
+    # A keyword-searched collection and a pipeline that retrieves, reranks and keeps the best 2.
+    (repo / "passages").mkdir()
+    (repo / "passages" / "config.toml").write_text(
+        'kind = "vector_index"\n[index]\ndim = 2\nmetric = "cosine"\nexact = true\ntext_field = "text"\nk = 4\n')
+    (repo / "passages" / "points.jsonl").write_text("".join(
+        json.dumps({"id": f"d{i}", "vector": [1.0, float(i)], "payload": {"text": t}}) + "\n"
+        for i, t in enumerate(PASSAGES)))
+    (repo / "retrieve_rerank").mkdir()
+    (repo / "retrieve_rerank" / "pipeline.toml").write_text(RETRIEVE_RERANK)
     server = KilnServer(repo)
     yield server, weights
     assert server.stop() == 0
@@ -193,6 +252,7 @@ def test_bad_rerank_requests_are_clear_4xx(rerankers, tmp_path):
     cases = [
         ({"model": "bert-reranker", "query": QUERY, "documents": []}, 400, "'documents' is an empty list", "documents"),
         ({"model": "bert-reranker", "query": "", "documents": ["x"]}, 400, "'query' is an empty string", "query"),
+        ({"model": "bert-reranker", "query": QUERY, "documents": ["x", ""]}, 400, "'documents'[1] is an empty", "documents"),
         ({"model": "bert-reranker", "query": QUERY, "documents": ["x"], "top_n": 0}, 400, "'top_n'", "top_n"),
         ({"model": "bert-reranker", "query": QUERY, "documents": [1]}, 400, "'documents'[0]", "documents"),
         ({"query": QUERY, "documents": ["x"]}, 400, "'model' is required", "model"),
@@ -207,3 +267,26 @@ def test_bad_rerank_requests_are_clear_4xx(rerankers, tmp_path):
         assert words in error["message"], (words, error)
         assert error.get("param") == param, error
     assert requests.get(f"http://{server.url}/v2/health/ready", timeout=5).status_code == 200
+
+
+def test_a_pipeline_retrieves_then_reranks(rerankers):
+    server, _ = rerankers
+    questions = ["my card was stolen", "interest on savings", "zebra"]
+    client = httpclient.InferenceServerClient(server.url)
+    inp = httpclient.InferInput("question", [len(questions)], "BYTES")
+    inp.set_data_from_numpy(np.array([q.encode() for q in questions], dtype=object))
+    result = client.infer("retrieve_rerank", [inp])
+    ids, scores = result.as_numpy("ids"), result.as_numpy("scores")
+    assert ids.shape == (3, 2) and scores.shape == (3, 2)
+    for row, question in enumerate(questions):
+        found = requests.post(f"http://{server.url}/v1/collections/passages/search", timeout=10,
+                              json={"text": question, "k": 4}).json()["results"]
+        if not found:  # nothing to rerank: the padding scores -inf and keeps its empty ids
+            assert list(ids[row]) == [b"", b""] and np.isneginf(scores[row]).all()
+            continue
+        ranked = requests.post(f"http://{server.url}/v1/rerank", timeout=10, json={
+            "model": "bert-reranker", "query": question, "documents": [h["payload"]["text"] for h in found],
+            "raw_scores": True}).json()["results"]
+        want = [found[r["index"]]["id"].encode() for r in ranked[:2]]
+        assert [x for x in ids[row] if x] == want[:len([x for x in ids[row] if x])], (question, ids[row], want)
+        np.testing.assert_allclose(scores[row][:len(ranked[:2])], [r["relevance_score"] for r in ranked[:2]], rtol=1e-5)

@@ -258,10 +258,10 @@ fn prepare_hf_model(name: &str, version: u64, folder: &Path, config: &ModelConfi
             let model =
                 kiln_text::RerankModel::from_encoder(hf.onnx, &hf.tokenizer, settings).map_err(|e| e.to_string())?;
             tracing::info!(model = name, version, architecture = %hf.architecture, "reranker loaded (Hugging Face folder)");
-            let warmup = vec![
-                text_tensor(kiln_text::QUERY_INPUT, "warm up")?,
-                text_tensor(kiln_text::DOCUMENT_INPUT, "warm up")?,
-            ];
+            let document =
+                Tensor::new(kiln_text::DOCUMENT_INPUT, vec![1, 1], TensorData::Bytes(vec![b"warm up".to_vec()]))
+                    .map_err(|e| e.to_string())?;
+            let warmup = vec![text_tensor(kiln_text::QUERY_INPUT, "warm up")?, document];
             warmed_up(name, version, config, model.signature(), &warmup, || model.instantiate())
         }
         (head, kind) => Err(format!(

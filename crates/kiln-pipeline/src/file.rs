@@ -97,7 +97,7 @@ fn op_of(s: &StepFile) -> Result<Op, String> {
     for (field, set, owner) in
         [("template", s.template.is_some(), "format"), ("field", s.field.is_some(), "json_field")]
     {
-        if set && name != owner {
+        if set && name != owner && !(field == "field" && name == "json_text") {
             return Err(format!("step '{}': '{field}' is for the '{owner}' op, not '{name}'", s.name));
         }
     }
@@ -119,10 +119,11 @@ fn op_of(s: &StepFile) -> Result<Op, String> {
             Op::Format(Arc::new(template))
         }
         "json_field" => Op::JsonField(s.field.clone().ok_or_else(|| missing("field"))?),
+        "json_text" => Op::JsonText(s.field.clone().ok_or_else(|| missing("field"))?),
         "gather" => Op::Gather,
         other => {
             return Err(format!(
-                "step '{}': unknown op '{other}' (softmax, argmax, top_k, threshold, cast, concat, select, mean, weighted_mean, majority_vote, where, format, json_field, gather)",
+                "step '{}': unknown op '{other}' (softmax, argmax, top_k, threshold, cast, concat, select, mean, weighted_mean, majority_vote, where, format, json_field, json_text, gather)",
                 s.name
             ));
         }

@@ -35,6 +35,9 @@ pub enum Op {
     Format(super::retrieval_ops::SharedTemplate),
     /// The number at a field path of each BYTES JSON value: FP32 of the same shape.
     JsonField(String),
+    /// The string at a field path of each BYTES JSON value: BYTES of the same shape (`null`,
+    /// a search's padding, and a missing field give "").
+    JsonText(String),
     /// Inputs `[values [N, k], positions [N, m]]`: each row's values at its positions.
     Gather,
 }
@@ -58,6 +61,7 @@ impl std::fmt::Display for Op {
             Op::Where => f.write_str("where"),
             Op::Format(_) => f.write_str("format"),
             Op::JsonField(path) => write!(f, "json_field {path}"),
+            Op::JsonText(path) => write!(f, "json_text {path}"),
             Op::Gather => f.write_str("gather"),
         }
     }
@@ -92,6 +96,7 @@ pub fn run(op: &Op, inputs: &[Tensor]) -> Result<Vec<Tensor>, StepError> {
     match op {
         Op::Format(template) => template.run(inputs),
         Op::JsonField(path) => super::retrieval_ops::json_field(path, inputs),
+        Op::JsonText(path) => super::retrieval_ops::json_text(path, inputs),
         Op::Gather => super::retrieval_ops::gather(inputs),
         Op::Where => {
             let [cond, a, b] = inputs else { return Err(StepError::Input("where takes [condition, a, b]".into())) };
@@ -304,6 +309,11 @@ pub fn output_specs(op: &Op, step: &str, inputs: &[TensorSpec]) -> Result<Vec<Te
             return template.output_specs(step, &named);
         }
         Op::JsonField(_) => return super::retrieval_ops::json_field_specs(step, inputs),
+        Op::JsonText(_) => {
+            let mut specs = super::retrieval_ops::json_field_specs(step, inputs)?;
+            specs[0].datatype = DataType::Bytes;
+            return Ok(specs);
+        }
         Op::Gather => return super::retrieval_ops::gather_specs(step, inputs),
         Op::Where => {
             let [cond, a, b] = inputs else { return fail("where takes [condition, a, b]".into()) };

@@ -200,6 +200,32 @@ pub fn json_field(path: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, StepErro
     Tensor::new("output", t.shape.clone(), TensorData::Fp32(out)).map(|t| vec![t]).map_err(StepError::from)
 }
 
+/// `json_text`: the string at a field path of each JSON value (a passage's text out of a search's
+/// payloads, for a reranker); `null` and a missing field give "".
+pub fn json_text(path: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, StepError> {
+    let [t] = inputs else { return Err(StepError::Input("json_text takes one input".into())) };
+    let TensorData::Bytes(values) = &t.data else {
+        return Err(StepError::Input(format!("json_text needs BYTES JSON, '{}' is {}", t.name, t.datatype())));
+    };
+    let keys: Vec<&str> = path.split('.').collect();
+    let mut out = Vec::with_capacity(values.len());
+    for (i, raw) in values.iter().enumerate() {
+        let doc: serde_json::Value = serde_json::from_slice(raw)
+            .map_err(|e| StepError::Input(format!("json_text: value {i} of '{}' is not JSON ({e})", t.name)))?;
+        out.push(match keys.iter().try_fold(&doc, |v, key| v.get(*key)) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(s)) => s.clone().into_bytes(),
+            Some(_) => {
+                return Err(StepError::Input(format!(
+                    "json_text '{path}': value {i} of '{}' is not a string",
+                    t.name
+                )));
+            }
+        });
+    }
+    Tensor::new("output", t.shape.clone(), TensorData::Bytes(out)).map(|t| vec![t]).map_err(StepError::from)
+}
+
 /// The value at `keys` of an object, reading only the objects on the path (the other fields
 /// stay unparsed text); `None` when the borrowed fast path cannot read it (not an object,
 /// escaped keys), and the caller parses the whole value instead.

@@ -1,7 +1,9 @@
 //! Cross-encoders (rerankers): a query and a document tokenized as one pair, one relevance
 //! logit out. A [`Reranker`] is a [`ModelInstance`]: `query` BYTES `[n]` and `document` BYTES
-//! `[n]` in (row i pairs query i with document i), `score` FP32 `[n]` (the raw logit) and
-//! `token_count` INT64 `[n]` out, so it batches, logs and serves like any other model.
+//! `[n, k]` in (query i is paired with each of row i's k documents), `score` FP32 `[n, k]` (the
+//! raw logit) and `token_count` INT64 `[n, k]` out, so it batches, logs and serves like any
+//! other model — and takes a search's `[n, k]` passages in a pipeline as they are. An empty
+//! document (a search's padding, when it found fewer than k) scores -inf and is not run.
 
 use std::path::Path;
 
@@ -45,12 +47,12 @@ impl RerankModel {
     }
 
     pub fn signature(&self) -> ModelSignature {
-        let bytes = |name: &str| TensorSpec { name: name.into(), datatype: DataType::Bytes, shape: vec![-1] };
+        let spec = |name: &str, datatype, shape: Vec<i64>| TensorSpec { name: name.into(), datatype, shape };
         ModelSignature {
-            inputs: vec![bytes(QUERY_INPUT), bytes(DOCUMENT_INPUT)],
+            inputs: vec![spec(QUERY_INPUT, DataType::Bytes, vec![-1]), spec(DOCUMENT_INPUT, DataType::Bytes, vec![-1, -1])],
             outputs: vec![
-                TensorSpec { name: SCORE_OUTPUT.into(), datatype: DataType::Fp32, shape: vec![-1] },
-                TensorSpec { name: TOKEN_COUNT_OUTPUT.into(), datatype: DataType::Int64, shape: vec![-1] },
+                spec(SCORE_OUTPUT, DataType::Fp32, vec![-1, -1]),
+                spec(TOKEN_COUNT_OUTPUT, DataType::Int64, vec![-1, -1]),
             ],
         }
     }
@@ -76,11 +78,12 @@ pub struct Reranker {
 }
 
 impl Reranker {
-    fn texts<'a>(&self, inputs: &'a [TensorView<'a>], name: &str) -> Result<Vec<&'a str>, BackendError> {
+    fn texts<'a>(&self, inputs: &'a [TensorView<'a>], name: &str) -> Result<(Vec<&'a str>, Vec<usize>), BackendError> {
         let input = inputs
             .iter()
             .find(|t| t.name == name)
             .ok_or_else(|| BackendError::InvalidInput(format!("missing input '{name}'")))?;
+        let shape = input.shape.clone();
         let TensorDataRef::Bytes(items) = input.data else {
             return Err(BackendError::InvalidInput(format!("input '{name}' must be BYTES")));
         };
@@ -99,7 +102,8 @@ impl Reranker {
                     BackendError::InvalidInput(format!("input '{name}': text {i} is not valid UTF-8 ({e})"))
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|texts| (texts, shape))
     }
 }
 
@@ -110,16 +114,20 @@ impl ModelInstance for Reranker {
     }
 
     fn run_views(&mut self, inputs: &[TensorView<'_>], outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
-        let queries = self.texts(inputs, QUERY_INPUT)?;
-        let documents = self.texts(inputs, DOCUMENT_INPUT)?;
-        if queries.len() != documents.len() {
-            return Err(BackendError::InvalidInput(format!(
-                "inputs '{QUERY_INPUT}' ({}) and '{DOCUMENT_INPUT}' ({}) must have the same number of rows",
-                queries.len(),
-                documents.len()
-            )));
-        }
-        let pairs: Vec<EncodeInput<'_>> = queries.iter().zip(&documents).map(|(q, d)| (*q, *d).into()).collect();
+        let (queries, query_shape) = self.texts(inputs, QUERY_INPUT)?;
+        let (documents, shape) = self.texts(inputs, DOCUMENT_INPUT)?;
+        let per_query = match (query_shape.as_slice(), shape.as_slice()) {
+            ([n], [m, k]) if n == m => *k,
+            _ => {
+                return Err(BackendError::InvalidInput(format!(
+                    "input '{QUERY_INPUT}' must be [n] and '{DOCUMENT_INPUT}' [n, k] (each query's documents), not \
+                     {query_shape:?} and {shape:?}"
+                )));
+            }
+        };
+        // Pairs to run: every non-empty document with its row's query.
+        let live: Vec<usize> = (0..documents.len()).filter(|&i| !documents[i].is_empty()).collect();
+        let pairs: Vec<EncodeInput<'_>> = live.iter().map(|&i| (queries[i / per_query], documents[i]).into()).collect();
         let encodings = self
             .tokenizer
             .encode_batch(pairs, true)
@@ -128,6 +136,7 @@ impl ModelInstance for Reranker {
         order.sort_by_key(|&i| encodings[i].get_ids().len());
         let lengths: Vec<usize> = order.iter().map(|&i| encodings[i].get_ids().len()).collect();
         let mut scores = vec![0f32; encodings.len()];
+        let total = documents.len();
         for (start, end) in length_groups(&lengths, self.settings.max_batch_tokens) {
             let group = &order[start..end];
             let seq = group.iter().map(|&i| encodings[i].get_ids().len()).max().unwrap_or(1).max(1);
@@ -160,16 +169,20 @@ impl ModelInstance for Reranker {
                 scores[i] = logits[row];
             }
         }
-        let n = scores.len();
+        let mut all_scores = vec![f32::NEG_INFINITY; total];
+        let mut counts = vec![0i64; total];
+        for (j, &i) in live.iter().enumerate() {
+            all_scores[i] = scores[j];
+            counts[i] = encodings[j].get_ids().len() as i64;
+        }
         outputs
             .iter()
             .map(|name| match name.as_str() {
                 SCORE_OUTPUT => {
-                    Tensor::new(name.clone(), vec![n], TensorData::Fp32(scores.clone())).map_err(BackendError::from)
+                    Tensor::new(name.clone(), shape.clone(), TensorData::Fp32(all_scores.clone())).map_err(BackendError::from)
                 }
                 TOKEN_COUNT_OUTPUT => {
-                    let counts = encodings.iter().map(|e| e.get_ids().len() as i64).collect();
-                    Tensor::new(name.clone(), vec![n], TensorData::Int64(counts)).map_err(BackendError::from)
+                    Tensor::new(name.clone(), shape.clone(), TensorData::Int64(counts.clone())).map_err(BackendError::from)
                 }
                 other => Err(BackendError::Run(format!("a reranker has no output '{other}'"))),
             })

@@ -114,6 +114,9 @@ async fn rank(state: &AppState, request: axum::extract::Request, route: &'static
             _ => Err(OpenAiError::invalid(format!("'{field}'[{i}] must be a string or {{\"text\": ...}}"), param)),
         })
         .collect::<Result<_, _>>()?;
+    if let Some(i) = documents.iter().position(String::is_empty) {
+        return Err(OpenAiError::invalid(format!("'{field}'[{i}] is an empty string"), param));
+    }
     if request.top_n == Some(0) {
         return Err(OpenAiError::invalid("'top_n' must be at least 1", "top_n"));
     }
@@ -128,11 +131,11 @@ async fn rank(state: &AppState, request: axum::extract::Request, route: &'static
         return Err(OpenAiError::invalid(format!("model '{name}' is not a reranker (kind = \"rerank\")"), "model"));
     }
     let n = documents.len();
-    let queries = Tensor::new(kiln_text::QUERY_INPUT, vec![n], TensorData::Bytes(vec![query.into_bytes(); n]))
+    let queries = Tensor::new(kiln_text::QUERY_INPUT, vec![1], TensorData::Bytes(vec![query.into_bytes()]))
         .map_err(|e| OpenAiError::invalid(e.to_string(), "query"))?;
     let docs = Tensor::new(
         kiln_text::DOCUMENT_INPUT,
-        vec![n],
+        vec![1, n],
         TensorData::Bytes(documents.iter().map(|d| d.as_bytes().to_vec()).collect()),
     )
     .map_err(|e| OpenAiError::invalid(e.to_string(), param))?;
@@ -146,7 +149,7 @@ async fn rank(state: &AppState, request: axum::extract::Request, route: &'static
         classify: Vec::new(),
         origin: crate::infer::Origin { route, incoming: crate::otel::Incoming::from_http(&parts.headers) },
     };
-    // The lifecycle applies the v2 limits: rows = documents, --max-string-bytes per text.
+    // The lifecycle applies the v2 limits (--max-string-bytes per text); one query row.
     let response = crate::infer::run(state, &model, inference)
         .await
         .map_err(|error| {
