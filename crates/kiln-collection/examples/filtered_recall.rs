@@ -60,7 +60,8 @@ fn main() {
         let (mut found, mut wanted, mut short) = (0usize, 0usize, 0usize);
         let mut took = std::time::Duration::ZERO;
         for _ in 0..queries {
-            let q: Vec<f32> = centers[(rng.next().abs() * 63.0) as usize].iter().map(|x| x + rng.next() * 0.3).collect();
+            let q: Vec<f32> =
+                centers[(rng.next().abs() * 63.0) as usize].iter().map(|x| x + rng.next() * 0.3).collect();
             let q = hnsw.prepare_vector("q", q).expect("query");
             let truth = exact.search(&q, 10, Some(&filter), None).expect("exact");
             let t = std::time::Instant::now();

@@ -86,13 +86,10 @@ impl Collection {
         for (list, weight) in [(keyword_hits, weights.text), (vector_hits, weights.vector)] {
             for (rank, hit) in list.into_iter().enumerate() {
                 let part = weight / (RRF_K + rank as f32 + 1.0);
-                fused
-                    .entry(hit.id.clone())
-                    .and_modify(|entry| entry.0 += part)
-                    .or_insert_with(|| {
-                        order += 1;
-                        (part, order, hit)
-                    });
+                fused.entry(hit.id.clone()).and_modify(|entry| entry.0 += part).or_insert_with(|| {
+                    order += 1;
+                    (part, order, hit)
+                });
             }
         }
         let mut ranked: Vec<(f32, usize, Hit)> = fused.into_values().collect();

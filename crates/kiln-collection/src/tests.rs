@@ -134,7 +134,10 @@ fn keyword_and_hybrid_search_fuse_ranks() {
         assert!((hits[0].score - want[0] as f32).abs() < 1e-6, "{hits:?}");
         // A filter applies to both sides; a re-upsert re-indexes the text, a delete drops it.
         let en = Filter::parse(&json!({"lang": "de"})).unwrap();
-        assert_eq!(ids(c.search_hybrid(Some(&q), Some("card"), Weights::default(), 3, Some(&en), None).unwrap()), ["pin"]);
+        assert_eq!(
+            ids(c.search_hybrid(Some(&q), Some("card"), Weights::default(), 3, Some(&en), None).unwrap()),
+            ["pin"]
+        );
         c.upsert(vec![point("fees", [0.0, 1.0, 0.0], json!({"text": "transfer times"}))], 0, false).unwrap();
         assert_eq!(ids(c.search_hybrid(None, Some("card"), only_text, 3, None, None).unwrap()), ["lost"]);
         c.delete(&["lost".to_string()], 0, false).unwrap();

@@ -216,10 +216,7 @@ pub fn json_text(path: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, StepError
             None | Some(serde_json::Value::Null) => Vec::new(),
             Some(serde_json::Value::String(s)) => s.clone().into_bytes(),
             Some(_) => {
-                return Err(StepError::Input(format!(
-                    "json_text '{path}': value {i} of '{}' is not a string",
-                    t.name
-                )));
+                return Err(StepError::Input(format!("json_text '{path}': value {i} of '{}' is not a string", t.name)));
             }
         });
     }

@@ -182,7 +182,8 @@ pub fn openapi() -> Value {
     });
     // Vector collections (built apart: one json! of every path passes the macro recursion limit).
     document["paths"]["/v1/rerank"] = json!({"post": simple("Rerank documents for a query with a cross-encoder (kind = \"rerank\"); Cohere/Jina response shape")});
-    document["paths"]["/rerank"] = json!({"post": simple("Rerank: text-embeddings-inference's request and response shape")});
+    document["paths"]["/rerank"] =
+        json!({"post": simple("Rerank: text-embeddings-inference's request and response shape")});
     document["paths"]["/v1/collections"] = json!({"get": simple("Every vector collection (kind = \"vector_index\") with its count, dim, metric and index state")});
     document["paths"]["/v1/collections/{name}"] = json!({"get": {"summary": "One collection: count, dim, metric, index settings and state", "parameters": [path("name")],
                 "responses": {"200": ok_json("The collection", &json!({"type": "object"})), "404": error_response("Unknown collection")}}});

@@ -277,7 +277,7 @@ impl HfModel {
                 format!("config.json position_embedding_type '{kind}' is not supported (absolute only)"),
             ));
         }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err(load_error(
                 dir,
                 format!(

@@ -49,7 +49,10 @@ impl RerankModel {
     pub fn signature(&self) -> ModelSignature {
         let spec = |name: &str, datatype, shape: Vec<i64>| TensorSpec { name: name.into(), datatype, shape };
         ModelSignature {
-            inputs: vec![spec(QUERY_INPUT, DataType::Bytes, vec![-1]), spec(DOCUMENT_INPUT, DataType::Bytes, vec![-1, -1])],
+            inputs: vec![
+                spec(QUERY_INPUT, DataType::Bytes, vec![-1]),
+                spec(DOCUMENT_INPUT, DataType::Bytes, vec![-1, -1]),
+            ],
             outputs: vec![
                 spec(SCORE_OUTPUT, DataType::Fp32, vec![-1, -1]),
                 spec(TOKEN_COUNT_OUTPUT, DataType::Int64, vec![-1, -1]),
@@ -178,12 +181,10 @@ impl ModelInstance for Reranker {
         outputs
             .iter()
             .map(|name| match name.as_str() {
-                SCORE_OUTPUT => {
-                    Tensor::new(name.clone(), shape.clone(), TensorData::Fp32(all_scores.clone())).map_err(BackendError::from)
-                }
-                TOKEN_COUNT_OUTPUT => {
-                    Tensor::new(name.clone(), shape.clone(), TensorData::Int64(counts.clone())).map_err(BackendError::from)
-                }
+                SCORE_OUTPUT => Tensor::new(name.clone(), shape.clone(), TensorData::Fp32(all_scores.clone()))
+                    .map_err(BackendError::from),
+                TOKEN_COUNT_OUTPUT => Tensor::new(name.clone(), shape.clone(), TensorData::Int64(counts.clone()))
+                    .map_err(BackendError::from),
                 other => Err(BackendError::Run(format!("a reranker has no output '{other}'"))),
             })
             .collect()

@@ -206,7 +206,11 @@ pub async fn run(
                 "collection '{}' needs input 'query' FP32 [N, {}]{}",
                 collection.name,
                 collection.config.dim,
-                if collection.config.embedder.is_some() || collection.has_keywords() { " or 'text' BYTES [N]" } else { "" }
+                if collection.config.embedder.is_some() || collection.has_keywords() {
+                    " or 'text' BYTES [N]"
+                } else {
+                    ""
+                }
             )));
         }
     };

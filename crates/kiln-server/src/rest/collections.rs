@@ -343,9 +343,11 @@ async fn search(
             }
         }
     }
-    let mut inputs = inputs.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut inputs =
+        inputs.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| ApiError::bad_request(e.to_string()))?;
     inputs.push(
-        Tensor::new("k", vec![1], TensorData::Int64(vec![k as i64])).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        Tensor::new("k", vec![1], TensorData::Int64(vec![k as i64]))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
     );
     if let Some(w) = weights {
         inputs.push(

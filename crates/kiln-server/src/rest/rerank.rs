@@ -86,7 +86,10 @@ async fn rank(state: &AppState, request: axum::extract::Request, route: &'static
         (None, None) => return Err(OpenAiError::invalid("'documents' (or 'texts') is required", "documents")),
     };
     if items.is_empty() {
-        return Err(OpenAiError::invalid(format!("'{field}' is an empty list"), if field == "texts" { "texts" } else { "documents" }));
+        return Err(OpenAiError::invalid(
+            format!("'{field}' is an empty list"),
+            if field == "texts" { "texts" } else { "documents" },
+        ));
     }
     let param = if field == "texts" { "texts" } else { "documents" };
     if items.len() > MAX_DOCUMENTS {
@@ -219,7 +222,10 @@ async fn rerank_v1(State(state): State<AppState>, request: axum::extract::Reques
     })))
 }
 
-async fn rerank_tei(State(state): State<AppState>, request: axum::extract::Request) -> Result<Json<Value>, OpenAiError> {
+async fn rerank_tei(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Json<Value>, OpenAiError> {
     let ranked = rank(&state, request, "POST /rerank").await?;
     Ok(Json(Value::Array(
         ranked
