@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sentence embeddings (all-MiniLM-L6-v2 from ../shared): kiln vs the usual Python prototype
+# Sentence embeddings (all-MiniLM-L6-v2; kiln serves the demo's Hugging Face folder, the Python
+# prototype the ONNX export in ../shared): kiln vs the usual Python prototype
 # (FastAPI + uvicorn[standard] + tokenizers + onnxruntime, bench/text_fastapi_server.py, 1 and
 # 2 workers), batch-1 requests and 32-sentence requests, same load tool (kiln bench, v2 JSON),
 # same concurrency, one run. Reports sentences/s and p99.
@@ -10,8 +11,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-8}
 conc=${2:-8}
 shared=../shared/models/all-minilm-l6-v2
-bash scripts/text-example.sh ../shared/models/all-minilm-l6-v2  # the team's export (benchmarks may read ../shared)
-bash scripts/setup-venv.sh --test
+bash scripts/setup-venv.sh --test  # places the Hugging Face folder in examples/models/all-minilm-l6-v2/1
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements-bench.txt
 use_release_kiln
 work=$(mktemp -d)
