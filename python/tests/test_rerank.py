@@ -225,6 +225,9 @@ def test_scores_equal_a_numpy_forward_pass(rerankers, family):
     assert [x["index"] for x in body["results"]] == list(np.argsort(-want, kind="stable"))
     assert all(x["document"]["text"] == DOCUMENTS[x["index"]] for x in body["results"])
     assert body["usage"]["total_tokens"] > 0
+    models = requests.get(f"http://{server.url}/v1/models", timeout=10).json()["data"]
+    assert {"id": f"{family}-reranker", "kind": "rerank"}.items() <= next(
+        m for m in models if m["id"] == f"{family}-reranker").items()
 
     # Default scores go through a sigmoid (sentence-transformers' CrossEncoder, TEI); top_n cuts.
     r = requests.post(f"http://{server.url}/v1/rerank", timeout=30, json={

@@ -178,6 +178,8 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
                 }
             } else if embedding_dim(&m).is_some() {
                 entry["kind"] = json!("text_embedding");
+            } else if super::rerank::is_reranker(&m) {
+                entry["kind"] = json!("rerank");
             } else {
                 return None;
             }

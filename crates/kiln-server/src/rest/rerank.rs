@@ -54,7 +54,7 @@ struct RerankRequest {
 }
 
 /// Whether a served model is a reranker (query + document BYTES in, score FP32 out).
-fn is_reranker(model: &ServedModel) -> bool {
+pub(crate) fn is_reranker(model: &ServedModel) -> bool {
     let names: Vec<(&str, DataType)> = model.signature.inputs.iter().map(|s| (s.name.as_str(), s.datatype)).collect();
     names == [(kiln_text::QUERY_INPUT, DataType::Bytes), (kiln_text::DOCUMENT_INPUT, DataType::Bytes)]
         && model.signature.outputs.iter().any(|o| o.name == kiln_text::SCORE_OUTPUT)
