@@ -5,9 +5,9 @@
 //! The encoder is rebuilt as an ONNX graph in memory from config.json and the safetensors
 //! weights ([`kiln_backend_ort::onnx_build`]) and runs on the same ONNX Runtime as exported
 //! models: no torch export, and no second inference engine to compile and keep in step. The
-//! graph is BERT's (BERT, MiniLM, RoBERTa, XLM-RoBERTa: they differ in weight names, the
-//! position offset and token types), with an optional sequence-classification head for
-//! cross-encoders (rerankers).
+//! graph is BERT's (BERT, MiniLM, RoBERTa, XLM-RoBERTa, MPNet: they differ in weight names, the
+//! position offset, token types and MPNet's relative position bias), with an optional
+//! sequence-classification head for cross-encoders (rerankers).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -84,6 +84,7 @@ struct EncoderConfig {
     pad_token_id: Option<i64>,
     position_embedding_type: Option<String>,
     id2label: Option<BTreeMap<String, String>>,
+    relative_attention_num_buckets: Option<usize>,
 }
 
 /// The architectures kiln builds, by family.
@@ -91,6 +92,9 @@ struct EncoderConfig {
 enum Family {
     Bert,
     Roberta,
+    /// MPNet: RoBERTa's embeddings (no token types), T5-style relative position buckets added to
+    /// every layer's attention scores.
+    Mpnet,
 }
 
 const ENCODERS: &[(&str, Family, bool)] = &[
@@ -103,6 +107,8 @@ const ENCODERS: &[(&str, Family, bool)] = &[
     ("XLMRobertaModel", Family::Roberta, false),
     ("XLMRobertaForMaskedLM", Family::Roberta, false),
     ("XLMRobertaForSequenceClassification", Family::Roberta, true),
+    ("MPNetModel", Family::Mpnet, false),
+    ("MPNetForMaskedLM", Family::Mpnet, false),
 ];
 
 fn load_error(dir: &Path, message: impl std::fmt::Display) -> BackendError {
@@ -258,6 +264,7 @@ impl HfModel {
             .or(match config.model_type.as_str() {
                 "bert" if config.architectures.is_empty() => Some((Family::Bert, false)),
                 "roberta" | "xlm-roberta" if config.architectures.is_empty() => Some((Family::Roberta, false)),
+                "mpnet" if config.architectures.is_empty() => Some((Family::Mpnet, false)),
                 _ => None,
             })
             .ok_or_else(|| {
@@ -341,7 +348,7 @@ impl HfModel {
 fn position_offset(config: &EncoderConfig, family: Family) -> i64 {
     match family {
         Family::Bert => 0,
-        Family::Roberta => config.pad_token_id.unwrap_or(1) + 1,
+        Family::Roberta | Family::Mpnet => config.pad_token_id.unwrap_or(1) + 1,
     }
 }
 
@@ -370,7 +377,7 @@ fn build_graph(
         .unwrap_or(0);
     let words = g.weight("word_embeddings", &[vocab, h], &w.get("embeddings.word_embeddings.weight", &[vocab, h])?);
     let mut positions = w.get("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?;
-    let types = config.type_vocab_size;
+    let types = if family == Family::Mpnet { 0 } else { config.type_vocab_size };
     let token_types = if types > 1 {
         g.input("token_type_ids", Elem::Int64, &batch_seq);
         Some(g.weight(
@@ -413,7 +420,23 @@ fn build_graph(
     let big = g.weight("mask_value", &[], &[-1e9]);
     let bias = g.op("Mul", &[&padding, &big], &[]);
     let axes12 = g.int64s("axes_1_2", &[2], &[1, 2]);
-    let mask_bias = g.op("Unsqueeze", &[&bias, &axes12], &[]);
+    let mut mask_bias = g.op("Unsqueeze", &[&bias, &axes12], &[]);
+    if family == Family::Mpnet {
+        let position_bias = relative_position_bias(&mut g, config, w, &seq)?;
+        mask_bias = g.op("Add", &[&mask_bias, &position_bias], &[]);
+    }
+    let names = match family {
+        Family::Mpnet => {
+            ["attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "attention.LayerNorm"]
+        }
+        _ => [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "attention.output.LayerNorm",
+        ],
+    };
 
     let qkv_shape = g.int64s("qkv_shape", &[4], &[0, 0, 3 * heads as i64, head_dim as i64]);
     let merge_shape = g.int64s("merge_shape", &[3], &[0, 0, h as i64]);
@@ -424,8 +447,8 @@ fn build_graph(
         // Q, K and V as one MatMul; 1/sqrt(head_dim) folded into Q's weights.
         let mut fused_w = vec![0f32; h * 3 * h];
         let mut fused_b = Vec::with_capacity(3 * h);
-        for (part, name) in ["query", "key", "value"].iter().enumerate() {
-            let (wt, b) = w.linear(&format!("{p}attention.self.{name}"), h, h)?;
+        for (part, name) in names[..3].iter().enumerate() {
+            let (wt, b) = w.linear(&format!("{p}{name}"), h, h)?;
             let factor = if part == 0 { scaling } else { 1.0 };
             for r in 0..h {
                 for c in 0..h {
@@ -448,18 +471,9 @@ fn build_graph(
         let context = g.op("MatMul", &[&probs, &parts[2]], &[]);
         let context = g.op("Transpose", &[&context], &[Attr::Ints("perm", &[0, 2, 1, 3])]);
         let context = g.op("Reshape", &[&context, &merge_shape], &[]);
-        let attended =
-            linear(&mut g, w, &format!("{p}attention.output.dense"), &context, h, h, &format!("l{layer}_ao"))?;
+        let attended = linear(&mut g, w, &format!("{p}{}", names[3]), &context, h, h, &format!("l{layer}_ao"))?;
         let residual = g.op("Add", &[&attended, &x], &[]);
-        x = layer_norm(
-            &mut g,
-            w,
-            &format!("{p}attention.output.LayerNorm"),
-            &residual,
-            h,
-            eps,
-            &format!("l{layer}_ln1"),
-        )?;
+        x = layer_norm(&mut g, w, &format!("{p}{}", names[4]), &residual, h, eps, &format!("l{layer}_ln1"))?;
         let inner = config.intermediate_size;
         let up = linear(&mut g, w, &format!("{p}intermediate.dense"), &x, h, inner, &format!("l{layer}_up"))?;
         let act = activation(&mut g, &config.hidden_act, &up, layer)?;
@@ -486,7 +500,7 @@ fn build_graph(
                     let pooled = g.op("Tanh", &[&pooled], &[]);
                     linear(&mut g, &head, "classifier", &pooled, h, n, "classifier")?
                 }
-                Family::Roberta => {
+                Family::Roberta | Family::Mpnet => {
                     let dense = linear(&mut g, &head, "classifier.dense", &cls, h, h, "classifier_dense")?;
                     let dense = g.op("Tanh", &[&dense], &[]);
                     linear(&mut g, &head, "classifier.out_proj", &dense, h, n, "classifier_out")?
@@ -496,6 +510,57 @@ fn build_graph(
         }
     }
     Ok(g.finish("kiln_hf_encoder", 17))
+}
+
+/// MPNet's relative position bias `[1, heads, S, S]`: the bucket of each (query, key) distance
+/// (T5's bidirectional buckets, max distance 128), looked up in
+/// `encoder.relative_attention_bias` and shared by every layer.
+fn relative_position_bias(
+    g: &mut GraphBuilder,
+    config: &EncoderConfig,
+    w: &Weights<'_>,
+    seq: &str,
+) -> Result<String, BackendError> {
+    let buckets = config.relative_attention_num_buckets.unwrap_or(32);
+    let heads = config.num_attention_heads;
+    let table = w.get("encoder.relative_attention_bias.weight", &[buckets, heads])?;
+    let table = g.weight("relative_attention_bias", &[buckets, heads], &table);
+    let p = config.max_position_embeddings;
+    let mut index = Vec::with_capacity(p * p);
+    for i in 0..p {
+        for j in 0..p {
+            index.push(relative_bucket(j as i64 - i as i64, buckets, 128));
+        }
+    }
+    let index = g.int64s("relative_buckets", &[p, p], &index);
+    let starts = g.int64s("relative_starts", &[2], &[0, 0]);
+    let ends = g.op("Concat", &[seq, seq], &[Attr::Int("axis", 0)]);
+    let axes = g.int64s("relative_axes", &[2], &[0, 1]);
+    let index = g.op("Slice", &[&index, &starts, &ends, &axes], &[]);
+    let bias = g.op("Gather", &[&table, &index], &[]);
+    let bias = g.op("Transpose", &[&bias], &[Attr::Ints("perm", &[2, 0, 1])]);
+    let axis = g.int64s("relative_batch_axis", &[1], &[0]);
+    Ok(g.op("Unsqueeze", &[&bias, &axis], &[]))
+}
+
+/// The bucket of a relative position (key - query), as transformers computes it for MPNet and
+/// T5: half the buckets per direction, exact below a quarter, logarithmic up to `max_distance`
+/// (float32 arithmetic, truncated).
+fn relative_bucket(relative: i64, buckets: usize, max_distance: usize) -> i64 {
+    let half = (buckets / 2) as i64;
+    let n = -relative;
+    let mut bucket = if n < 0 { half } else { 0 };
+    let n = n.abs();
+    let exact = half / 2;
+    if n < exact {
+        bucket += n;
+    } else {
+        // torch: log(float32(n) / max_exact) / float32(math.log(max_distance / max_exact)) * ...
+        let denominator = (max_distance as f64 / exact as f64).ln() as f32;
+        let scaled = (n as f32 / exact as f32).ln() / denominator * (half - exact) as f32;
+        bucket += (exact + scaled as i64).min(half - 1);
+    }
+    bucket
 }
 
 fn linear(
