@@ -1,7 +1,8 @@
 """Keyword (BM25) and hybrid search in a collection with `[index] text_field`: keyword scores
 equal a Python BM25 written from the formula in docs, hybrid ranks equal reciprocal rank fusion
 of that BM25 and exact vector search, filters apply to both sides, over REST and v2
-(tritonclient); and with an HNSW index, filtered searches return k whenever k points pass."""
+(tritonclient); and with an HNSW index, filtered searches return k whenever k points pass, with
+recall@10 >= 0.95 against exact search at selectivities 50 %, 5 % and 0.5 %."""
 
 import math
 from collections import Counter
@@ -138,10 +139,15 @@ def test_filtered_hnsw_search_returns_k_when_k_points_pass(tmp_path, selectivity
         rng = np.random.default_rng(1)
         d = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         passing = np.arange(n) % every == 0
-        for _ in range(5):
-            q = rng.normal(size=dim).astype(np.float32)
+        found = wanted = 0
+        for _ in range(20):
+            q = vectors[rng.integers(n)] + rng.normal(size=dim).astype(np.float32) * 0.2
             got = search(server, "v", vector=q.tolist(), k=k, filter={"bucket": 0})["results"]
             assert len(got) == min(k, passing.sum())
             assert all(r["payload"]["bucket"] == 0 for r in got)
+            exact = np.argsort(-(d @ (q / np.linalg.norm(q))) + 10 * ~passing, kind="stable")[:k]
+            found += len({r["id"] for r in got} & {f"p{i}" for i in exact})
+            wanted += k
+        assert found / wanted >= 0.95, f"recall@10 {found / wanted:.3f} at selectivity {selectivity}"
     finally:
         assert server.stop() == 0
