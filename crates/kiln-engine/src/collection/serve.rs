@@ -201,6 +201,13 @@ pub async fn run(
             Some(embed(collection, resolver, texts.clone(), request.protocol, deadline, request.span.as_ref()).await?)
         }
         (None, Some(_)) if keywords => None,
+        (None, Some(_)) if !collection.has_keywords() => {
+            return Err(EngineError::InvalidRequest(format!(
+                "collection '{}' has no embedder ([index] embedder) and no keyword index ([index] text_field): \
+                 send vectors",
+                collection.name
+            )));
+        }
         (None, _) => {
             return Err(EngineError::InvalidRequest(format!(
                 "collection '{}' needs input 'query' FP32 [N, {}]{}",
