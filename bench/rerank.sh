@@ -2,13 +2,14 @@
 # Rerank latency: one query x 50 passages (~60 tokens each) at POST /v1/rerank, sequential
 # requests, on a cross-encoder of ms-marco-MiniLM-L-6-v2's shape (BertForSequenceClassification,
 # 6 layers, hidden 384, 12 heads; random weights written here: no cross-encoder ships on PyPI, and
-# latency depends on the shape, not the weights), release build, default settings (1 instance,
-# 2 intra-op threads). Prints p50, p90, p99 and pairs/s.
-#   bash bench/rerank.sh [REQUESTS=100]
+# latency depends on the shape, not the weights), release build, one instance, THREADS intra-op
+# threads (config.toml `threads`; kiln's default is 1). Prints p50, p90, p99 and pairs/s.
+#   bash bench/rerank.sh [REQUESTS=100] [THREADS=2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
 requests=${1:-100}
+threads=${2:-2}
 bash scripts/setup-venv.sh --test >/dev/null
 use_release_kiln
 work=$(mktemp -d)
@@ -45,8 +46,9 @@ write_safetensors(folder / "model.safetensors", w)
     "max_position_embeddings": 512, "type_vocab_size": 2, "id2label": {"0": "LABEL_0"}}))
 (folder / "tokenizer.json").write_bytes(Path("examples/models/all-minilm-l6-v2/1/tokenizer.json").read_bytes())
 PY
+printf 'kind = "rerank"\nthreads = %s\n' "$threads" > "$work/repo/reranker/config.toml"
 start_kiln_on "$work/repo"
-.venv/bin/python - "127.0.0.1:$kp" "$requests" <<'PY'
+.venv/bin/python - "127.0.0.1:$kp" "$requests" "$threads" <<'PY'
 import sys, time
 import numpy as np, requests
 url, n = sys.argv[1], int(sys.argv[2])
@@ -65,7 +67,7 @@ for _ in range(n):
     r.raise_for_status()
 tokens = r.json()["usage"]["total_tokens"]
 ms = np.array(times) * 1000
-print(f"1 query x 50 passages ({tokens} tokens a request), {n} requests: "
+print(f"threads {sys.argv[3]}: 1 query x 50 passages ({tokens} tokens a request), {n} requests: "
       f"p50 {np.percentile(ms, 50):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms, "
       f"{50 * n / sum(times):.0f} pairs/s")
 PY
