@@ -114,14 +114,7 @@ impl Collection {
         keywords
             .search(text, depth, &passes)
             .into_iter()
-            .filter_map(|(key, score)| {
-                state.points.get(&key).map(|p| Hit {
-                    id: p.id.clone(),
-                    score,
-                    payload: p.payload.clone(),
-                    payload_text: p.payload_text.clone(),
-                })
-            })
+            .filter_map(|(key, score)| state.points.get(&key).map(|p| p.hit(score)))
             .collect()
     }
 }

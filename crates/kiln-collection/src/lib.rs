@@ -84,6 +84,12 @@ pub struct Info {
     pub applied_seq: u64,
 }
 
+impl Stored {
+    fn hit(&self, score: f32) -> Hit {
+        Hit { id: self.id.clone(), score, payload: self.payload.clone(), payload_text: self.payload_text.clone() }
+    }
+}
+
 struct Stored {
     id: String,
     /// The store's sequence number of the change this point came from (0: the folder's file):
@@ -455,14 +461,7 @@ impl Collection {
                 top_k(&mut scored, k, metric.higher_is_closer());
                 return Ok(scored
                     .into_iter()
-                    .filter_map(|(key, score)| {
-                        state.points.get(&key).map(|p| Hit {
-                            id: p.id.clone(),
-                            score,
-                            payload: p.payload.clone(),
-                            payload_text: p.payload_text.clone(),
-                        })
-                    })
+                    .filter_map(|(key, score)| state.points.get(&key).map(|p| p.hit(score)))
                     .collect());
             }
         };
@@ -470,12 +469,9 @@ impl Collection {
         Ok(hits
             .into_iter()
             .filter_map(|(key, distance)| {
-                state.points.get(&key).map(|p| Hit {
-                    id: p.id.clone(),
+                state.points.get(&key).map(|p| {
                     // usearch's IP distance is 1 - dot; L2sq is the squared distance.
-                    score: if metric.higher_is_closer() { 1.0 - distance } else { distance },
-                    payload: p.payload.clone(),
-                    payload_text: p.payload_text.clone(),
+                    p.hit(if metric.higher_is_closer() { 1.0 - distance } else { distance })
                 })
             })
             .collect())

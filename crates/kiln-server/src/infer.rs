@@ -31,6 +31,28 @@ pub struct Inference {
     pub origin: Origin,
 }
 
+impl Inference {
+    /// A REST request of kiln's own JSON routes (`/v1/embeddings`, `/v1/rerank`, collection
+    /// search): these inputs, the wanted outputs (empty = all), no request parameters.
+    pub fn rest(
+        inputs: Vec<Tensor>,
+        outputs: Vec<String>,
+        route: &'static str,
+        headers: &axum::http::HeaderMap,
+    ) -> Self {
+        Inference {
+            inputs,
+            outputs,
+            timeout: None,
+            trace: false,
+            client_key: None,
+            protocol: Protocol::Rest,
+            classify: Vec::new(),
+            origin: Origin { route, incoming: crate::otel::Incoming::from_http(headers) },
+        }
+    }
+}
+
 /// How a request came: its route, as the name of its server span (`POST /v2/models/{model}/infer`,
 /// `inference.GRPCInferenceService/ModelInfer`), and the caller's W3C trace context.
 #[derive(Debug, Clone, Default)]

@@ -105,6 +105,37 @@ pub(crate) fn length_groups(sorted_lengths: &[usize], max_batch_tokens: usize) -
     groups
 }
 
+/// The texts of a BYTES input (any shape) and its shape: each valid UTF-8 and at most
+/// `max_input_bytes`; errors name the input and the text.
+pub(crate) fn text_input<'a>(
+    inputs: &'a [TensorView<'a>],
+    name: &str,
+    max_input_bytes: usize,
+) -> Result<(Vec<&'a str>, Vec<usize>), BackendError> {
+    let input = inputs
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| BackendError::InvalidInput(format!("missing input '{name}'")))?;
+    let TensorDataRef::Bytes(items) = input.data else {
+        return Err(BackendError::InvalidInput(format!("input '{name}' must be BYTES")));
+    };
+    let texts = items
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if b.len() > max_input_bytes {
+                return Err(BackendError::InvalidInput(format!(
+                    "input '{name}': text {i} is {} bytes, over the limit of {max_input_bytes} (max_input_bytes)",
+                    b.len()
+                )));
+            }
+            std::str::from_utf8(b)
+                .map_err(|e| BackendError::InvalidInput(format!("input '{name}': text {i} is not valid UTF-8 ({e})")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((texts, input.shape.clone()))
+}
+
 /// A loaded text embedding model: the tokenizer and the prepared encoder, from which
 /// instances are made.
 pub struct TextModel {
@@ -206,32 +237,6 @@ struct Encoded {
 }
 
 impl TextEmbedder {
-    fn texts<'a>(&self, inputs: &'a [TensorView<'a>]) -> Result<Vec<&'a str>, BackendError> {
-        let input = inputs
-            .iter()
-            .find(|t| t.name == TEXT_INPUT)
-            .ok_or_else(|| BackendError::InvalidInput(format!("missing input '{TEXT_INPUT}'")))?;
-        let TensorDataRef::Bytes(items) = input.data else {
-            return Err(BackendError::InvalidInput(format!("input '{TEXT_INPUT}' must be BYTES")));
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                if b.len() > self.settings.max_input_bytes {
-                    return Err(BackendError::InvalidInput(format!(
-                        "input '{TEXT_INPUT}': text {i} is {} bytes, over the limit of {} (max_input_bytes)",
-                        b.len(),
-                        self.settings.max_input_bytes
-                    )));
-                }
-                std::str::from_utf8(b).map_err(|e| {
-                    BackendError::InvalidInput(format!("input '{TEXT_INPUT}': text {i} is not valid UTF-8 ({e})"))
-                })
-            })
-            .collect()
-    }
-
     /// Runs one padded sub-batch and pools it into `out` (rows in `order`).
     fn run_group(&mut self, group: &[(usize, &Encoded)], out: &mut [f32]) -> Result<(), BackendError> {
         let seq = group.iter().map(|(_, e)| e.ids.len()).max().unwrap_or(1).max(1);
@@ -289,7 +294,7 @@ impl ModelInstance for TextEmbedder {
     }
 
     fn run_views(&mut self, inputs: &[TensorView<'_>], outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
-        let texts = self.texts(inputs)?;
+        let (texts, _) = text_input(inputs, TEXT_INPUT, self.settings.max_input_bytes)?;
         let encodings = self
             .tokenizer
             .encode_batch(texts.clone(), true)

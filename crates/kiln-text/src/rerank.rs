@@ -13,7 +13,7 @@ use kiln_core::{
 };
 use tokenizers::{EncodeInput, Tokenizer};
 
-use crate::{TOKEN_COUNT_OUTPUT, TextSettings, length_groups, load_tokenizer};
+use crate::{TOKEN_COUNT_OUTPUT, TextSettings, length_groups, load_tokenizer, text_input};
 
 pub const QUERY_INPUT: &str = "query";
 pub const DOCUMENT_INPUT: &str = "document";
@@ -80,36 +80,6 @@ pub struct Reranker {
     has_token_types: bool,
 }
 
-impl Reranker {
-    fn texts<'a>(&self, inputs: &'a [TensorView<'a>], name: &str) -> Result<(Vec<&'a str>, Vec<usize>), BackendError> {
-        let input = inputs
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| BackendError::InvalidInput(format!("missing input '{name}'")))?;
-        let shape = input.shape.clone();
-        let TensorDataRef::Bytes(items) = input.data else {
-            return Err(BackendError::InvalidInput(format!("input '{name}' must be BYTES")));
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                if b.len() > self.settings.max_input_bytes {
-                    return Err(BackendError::InvalidInput(format!(
-                        "input '{name}': text {i} is {} bytes, over the limit of {} (max_input_bytes)",
-                        b.len(),
-                        self.settings.max_input_bytes
-                    )));
-                }
-                std::str::from_utf8(b).map_err(|e| {
-                    BackendError::InvalidInput(format!("input '{name}': text {i} is not valid UTF-8 ({e})"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|texts| (texts, shape))
-    }
-}
-
 impl ModelInstance for Reranker {
     fn run(&mut self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
         let views: Vec<TensorView<'_>> = inputs.iter().map(Tensor::view).collect();
@@ -117,8 +87,8 @@ impl ModelInstance for Reranker {
     }
 
     fn run_views(&mut self, inputs: &[TensorView<'_>], outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
-        let (queries, query_shape) = self.texts(inputs, QUERY_INPUT)?;
-        let (documents, shape) = self.texts(inputs, DOCUMENT_INPUT)?;
+        let (queries, query_shape) = text_input(inputs, QUERY_INPUT, self.settings.max_input_bytes)?;
+        let (documents, shape) = text_input(inputs, DOCUMENT_INPUT, self.settings.max_input_bytes)?;
         let per_query = match (query_shape.as_slice(), shape.as_slice()) {
             ([n], [m, k]) if n == m => *k,
             _ => {

@@ -365,19 +365,7 @@ async fn search(
     if request.with_payload {
         outputs.push("payloads".to_string());
     }
-    let inference = crate::infer::Inference {
-        inputs,
-        outputs,
-        timeout: None,
-        trace: false,
-        client_key: None,
-        protocol: Protocol::Rest,
-        classify: Vec::new(),
-        origin: crate::infer::Origin {
-            route: "POST /v1/collections/{name}/search",
-            incoming: crate::otel::Incoming::from_http(&headers),
-        },
-    };
+    let inference = crate::infer::Inference::rest(inputs, outputs, "POST /v1/collections/{name}/search", &headers);
     let answer = crate::infer::run(&state, &model, inference).await?;
     let mut tensors = answer.response.outputs.into_iter();
     let (Some(ids), Some(scores)) = (tensors.next(), tensors.next()) else {

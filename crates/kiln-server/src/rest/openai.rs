@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use kiln_core::{DataType, Tensor, TensorData};
-use kiln_serving::{Protocol, ServedModel};
+use kiln_serving::ServedModel;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -101,19 +101,7 @@ async fn embeddings(
         TensorData::Bytes(texts.into_iter().map(String::into_bytes).collect()),
     )
     .map_err(|e| OpenAiError::invalid(e.to_string(), "input"))?;
-    let inference = Inference {
-        inputs: vec![input],
-        outputs: Vec::new(),
-        timeout: None,
-        trace: false,
-        client_key: None,
-        protocol: Protocol::Rest,
-        classify: Vec::new(),
-        origin: crate::infer::Origin {
-            route: "POST /v1/embeddings",
-            incoming: crate::otel::Incoming::from_http(&parts.headers),
-        },
-    };
+    let inference = Inference::rest(vec![input], Vec::new(), "POST /v1/embeddings", &parts.headers);
     // The lifecycle applies the v2 limits (rows = texts, --max-string-bytes per text); a
     // request it refuses is about its one input, so the error names that field.
     let response = crate::infer::run(&state, &model, inference)

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use kiln_core::{DataType, Tensor, TensorData};
-use kiln_serving::{Protocol, ServedModel};
+use kiln_serving::ServedModel;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -142,16 +142,7 @@ async fn rank(state: &AppState, request: axum::extract::Request, route: &'static
         TensorData::Bytes(documents.iter().map(|d| d.as_bytes().to_vec()).collect()),
     )
     .map_err(|e| OpenAiError::invalid(e.to_string(), param))?;
-    let inference = Inference {
-        inputs: vec![queries, docs],
-        outputs: Vec::new(),
-        timeout: None,
-        trace: false,
-        client_key: None,
-        protocol: Protocol::Rest,
-        classify: Vec::new(),
-        origin: crate::infer::Origin { route, incoming: crate::otel::Incoming::from_http(&parts.headers) },
-    };
+    let inference = Inference::rest(vec![queries, docs], Vec::new(), route, &parts.headers);
     // The lifecycle applies the v2 limits (--max-string-bytes per text); one query row.
     let response = crate::infer::run(state, &model, inference)
         .await
