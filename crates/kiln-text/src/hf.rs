@@ -5,7 +5,7 @@
 //! The encoder is rebuilt as an ONNX graph in memory from config.json and the safetensors
 //! weights ([`kiln_backend_ort::onnx_build`]) and runs on the same ONNX Runtime as exported
 //! models: no torch export, and no second inference engine to compile and keep in step. The
-//! graph is BERT's (BERT, MiniLM, RoBERTa, XLM-RoBERTa, MPNet: they differ in weight names, the
+//! graph is BERT's (BERT, MiniLM, RoBERTa, XLM-RoBERTa, MPNet, DistilBERT: they differ in weight names, the
 //! position offset, token types and MPNet's relative position bias), with an optional
 //! sequence-classification head for cross-encoders (rerankers).
 
@@ -72,11 +72,16 @@ struct EncoderConfig {
     architectures: Vec<String>,
     #[serde(default)]
     model_type: String,
+    // DistilBERT names them dim, n_heads, n_layers, hidden_dim and activation.
+    #[serde(alias = "dim")]
     hidden_size: usize,
+    #[serde(alias = "n_heads")]
     num_attention_heads: usize,
+    #[serde(alias = "n_layers")]
     num_hidden_layers: usize,
+    #[serde(alias = "hidden_dim")]
     intermediate_size: usize,
-    #[serde(default = "default_act")]
+    #[serde(default = "default_act", alias = "activation")]
     hidden_act: String,
     #[serde(default = "default_eps")]
     layer_norm_eps: f64,
@@ -97,6 +102,8 @@ enum Family {
     /// MPNet: RoBERTa's embeddings (no token types), T5-style relative position buckets added to
     /// every layer's attention scores.
     Mpnet,
+    /// DistilBERT: BERT's blocks under other names, no token types, a ReLU classification head.
+    Distilbert,
 }
 
 const ENCODERS: &[(&str, Family, bool)] = &[
@@ -111,6 +118,9 @@ const ENCODERS: &[(&str, Family, bool)] = &[
     ("XLMRobertaForSequenceClassification", Family::Roberta, true),
     ("MPNetModel", Family::Mpnet, false),
     ("MPNetForMaskedLM", Family::Mpnet, false),
+    ("DistilBertModel", Family::Distilbert, false),
+    ("DistilBertForMaskedLM", Family::Distilbert, false),
+    ("DistilBertForSequenceClassification", Family::Distilbert, true),
 ];
 
 fn load_error(dir: &Path, message: impl std::fmt::Display) -> BackendError {
@@ -267,6 +277,7 @@ impl HfModel {
                 "bert" if config.architectures.is_empty() => Some((Family::Bert, false)),
                 "roberta" | "xlm-roberta" if config.architectures.is_empty() => Some((Family::Roberta, false)),
                 "mpnet" if config.architectures.is_empty() => Some((Family::Mpnet, false)),
+                "distilbert" if config.architectures.is_empty() => Some((Family::Distilbert, false)),
                 _ => None,
             })
             .ok_or_else(|| {

@@ -8,7 +8,7 @@ use super::{EncoderConfig, Family, Weights};
 /// Where position ids start: RoBERTa counts from the padding id + 1.
 pub(super) fn position_offset(config: &EncoderConfig, family: Family) -> i64 {
     match family {
-        Family::Bert => 0,
+        Family::Bert | Family::Distilbert => 0,
         Family::Roberta | Family::Mpnet => config.pad_token_id.unwrap_or(1) + 1,
     }
 }
@@ -38,7 +38,7 @@ pub(super) fn build_graph(
         .unwrap_or(0);
     let words = g.weight("word_embeddings", &[vocab, h], &w.get("embeddings.word_embeddings.weight", &[vocab, h])?);
     let mut positions = w.get("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?;
-    let types = if family == Family::Mpnet { 0 } else { config.type_vocab_size };
+    let types = if matches!(family, Family::Mpnet | Family::Distilbert) { 0 } else { config.type_vocab_size };
     let token_types = if types > 1 {
         g.input("token_type_ids", Elem::Int64, &batch_seq);
         Some(g.weight(
@@ -86,25 +86,47 @@ pub(super) fn build_graph(
         let position_bias = relative_position_bias(&mut g, config, w, &seq)?;
         mask_bias = g.op("Add", &[&mask_bias, &position_bias], &[]);
     }
-    let names = match family {
-        Family::Mpnet => {
-            ["attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "attention.LayerNorm"]
-        }
-        _ => [
+    // Per block: Q, K, V, attention output, its LayerNorm, FFN in, FFN out, the output LayerNorm.
+    let names: [&str; 8] = match family {
+        Family::Mpnet => [
+            "attention.attn.q",
+            "attention.attn.k",
+            "attention.attn.v",
+            "attention.attn.o",
+            "attention.LayerNorm",
+            "intermediate.dense",
+            "output.dense",
+            "output.LayerNorm",
+        ],
+        Family::Distilbert => [
+            "attention.q_lin",
+            "attention.k_lin",
+            "attention.v_lin",
+            "attention.out_lin",
+            "sa_layer_norm",
+            "ffn.lin1",
+            "ffn.lin2",
+            "output_layer_norm",
+        ],
+        Family::Bert | Family::Roberta => [
             "attention.self.query",
             "attention.self.key",
             "attention.self.value",
             "attention.output.dense",
             "attention.output.LayerNorm",
+            "intermediate.dense",
+            "output.dense",
+            "output.LayerNorm",
         ],
     };
+    let blocks = if family == Family::Distilbert { "transformer.layer" } else { "encoder.layer" };
 
     let qkv_shape = g.int64s("qkv_shape", &[4], &[0, 0, 3 * heads as i64, head_dim as i64]);
     let merge_shape = g.int64s("merge_shape", &[3], &[0, 0, h as i64]);
     let split = g.int64s("qkv_split", &[3], &[heads as i64; 3]);
     let scaling = 1.0 / (head_dim as f32).sqrt();
     for layer in 0..config.num_hidden_layers {
-        let p = format!("encoder.layer.{layer}.");
+        let p = format!("{blocks}.{layer}.");
         // Q, K and V as one MatMul; 1/sqrt(head_dim) folded into Q's weights.
         let mut fused_w = vec![0f32; h * 3 * h];
         let mut fused_b = Vec::with_capacity(3 * h);
@@ -136,11 +158,11 @@ pub(super) fn build_graph(
         let residual = g.op("Add", &[&attended, &x], &[]);
         x = layer_norm(&mut g, w, &format!("{p}{}", names[4]), &residual, h, eps, &format!("l{layer}_ln1"))?;
         let inner = config.intermediate_size;
-        let up = linear(&mut g, w, &format!("{p}intermediate.dense"), &x, h, inner, &format!("l{layer}_up"))?;
+        let up = linear(&mut g, w, &format!("{p}{}", names[5]), &x, h, inner, &format!("l{layer}_up"))?;
         let act = activation(&mut g, &config.hidden_act, &up, layer)?;
-        let down = linear(&mut g, w, &format!("{p}output.dense"), &act, inner, h, &format!("l{layer}_down"))?;
+        let down = linear(&mut g, w, &format!("{p}{}", names[6]), &act, inner, h, &format!("l{layer}_down"))?;
         let residual = g.op("Add", &[&down, &x], &[]);
-        x = layer_norm(&mut g, w, &format!("{p}output.LayerNorm"), &residual, h, eps, &format!("l{layer}_ln2"))?;
+        x = layer_norm(&mut g, w, &format!("{p}{}", names[7]), &residual, h, eps, &format!("l{layer}_ln2"))?;
     }
 
     match labels {
@@ -160,6 +182,11 @@ pub(super) fn build_graph(
                     let pooled = linear(&mut g, w, "pooler.dense", &cls, h, h, "pooler")?;
                     let pooled = g.op("Tanh", &[&pooled], &[]);
                     linear(&mut g, &head, "classifier", &pooled, h, n, "classifier")?
+                }
+                Family::Distilbert => {
+                    let dense = linear(&mut g, &head, "pre_classifier", &cls, h, h, "pre_classifier")?;
+                    let dense = g.op("Relu", &[&dense], &[]);
+                    linear(&mut g, &head, "classifier", &dense, h, n, "classifier")?
                 }
                 Family::Roberta | Family::Mpnet => {
                     let dense = linear(&mut g, &head, "classifier.dense", &cls, h, h, "classifier_dense")?;
