@@ -15,7 +15,7 @@ use crate::{Feedback, Record, RecordsError};
 pub type DbError = sqlx::Error;
 
 /// Rows per INSERT statement: a fixed size, so the statement is prepared once and cached.
-const PER_STATEMENT: usize = 64;
+const PER_STATEMENT: usize = 256;
 
 /// A multi-row INSERT of `rows` rows. SQLite gets positional `?` (measured ~3× cheaper in
 /// sqlx-sqlite than numbered `?NNN`), PostgreSQL `$n`.
