@@ -172,7 +172,7 @@ impl Engine {
                     // The canary's share; then the highest version that is neither the canary
                     // nor the shadow (or, when none of those is ready, whatever is).
                     if let Some(c) = rollout.config.canary
-                        && fastrand::f64() * 100.0 < c.percent
+                        && rollout.takes_canary(c.percent)
                         && let Some(m) = ready(&c.version)
                     {
                         return Ok(m);

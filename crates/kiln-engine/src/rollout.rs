@@ -26,6 +26,8 @@ pub struct Rollout {
     pub disagreed: AtomicU64,
     pub failed: AtomicU64,
     pub dropped: AtomicU64,
+    /// Requests that asked for the model's default version so far (the canary's split).
+    picks: AtomicU64,
 }
 
 /// The right to run one shadow copy; released when dropped.
@@ -41,7 +43,17 @@ impl Rollout {
             disagreed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            picks: AtomicU64::new(0),
         }
+    }
+
+    /// Whether this request goes to the canary: an even split by count, not a coin — of any
+    /// run of requests, `percent` % (to 0.01 %, rounded down) go to the canary, spread evenly,
+    /// so a canary's share holds at low traffic too and its statistics are not noise.
+    pub fn takes_canary(&self, percent: f64) -> bool {
+        let per_10k = (percent * 100.0).round().clamp(0.0, 10_000.0) as u64;
+        let n = self.picks.fetch_add(1, Ordering::Relaxed) % 10_000;
+        (n + 1) * per_10k / 10_000 > n * per_10k / 10_000
     }
 
     /// A slot for one more shadow copy, or `None` (counted as dropped) when the shadow is behind.
@@ -110,6 +122,20 @@ fn same_values(a: &TensorData, b: &TensorData, tolerance: f64) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_canary_gets_its_share_of_any_run_of_requests_spread_evenly() {
+        let rollout = Rollout::new(RolloutConfig { canary: None, shadow: None, tolerance: None });
+        let picks: Vec<bool> = (0..2000).map(|_| rollout.takes_canary(10.0)).collect();
+        assert_eq!(picks.iter().filter(|&&p| p).count(), 200);
+        // Every run of 10 has exactly one.
+        assert!(picks.chunks(10).all(|c| c.iter().filter(|&&p| p).count() == 1));
+        let rollout = Rollout::new(RolloutConfig { canary: None, shadow: None, tolerance: None });
+        assert_eq!((0..10_000).filter(|_| rollout.takes_canary(2.5)).count(), 250);
+        assert!(!(0..100).any(|_| rollout.takes_canary(0.0)));
+        assert!((0..100).all(|_| rollout.takes_canary(100.0)));
+    }
+
     use super::*;
 
     fn t(name: &str, data: TensorData) -> Tensor {
