@@ -136,6 +136,38 @@ pub(crate) fn text_input<'a>(
     Ok((texts, input.shape.clone()))
 }
 
+/// Runs an encoder on rows of (token ids, type ids) padded to the longest (`input_ids`,
+/// `attention_mask` and, when it takes them, `token_type_ids`); returns its first output and
+/// the padded length.
+pub(crate) fn run_padded(
+    encoder: &mut dyn ModelInstance,
+    output: &str,
+    has_token_types: bool,
+    rows: &[(&[u32], &[u32])],
+) -> Result<(Vec<Tensor>, usize), BackendError> {
+    let seq = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(1).max(1);
+    let n = rows.len();
+    let mut ids = vec![0i64; n * seq];
+    let mut mask = vec![0i64; n * seq];
+    let mut types = vec![0i64; n * seq];
+    for (row, (row_ids, row_types)) in rows.iter().enumerate() {
+        for (t, (&id, &ty)) in row_ids.iter().zip(row_types.iter()).enumerate() {
+            ids[row * seq + t] = i64::from(id);
+            types[row * seq + t] = i64::from(ty);
+            mask[row * seq + t] = 1;
+        }
+    }
+    let shape = vec![n, seq];
+    let mut views = vec![
+        TensorView { name: "input_ids", shape: shape.clone(), data: TensorDataRef::Int64(&ids) },
+        TensorView { name: "attention_mask", shape: shape.clone(), data: TensorDataRef::Int64(&mask) },
+    ];
+    if has_token_types {
+        views.push(TensorView { name: "token_type_ids", shape, data: TensorDataRef::Int64(&types) });
+    }
+    Ok((encoder.run_views(&views, &[output.to_string()])?, seq))
+}
+
 /// A loaded text embedding model: the tokenizer and the prepared encoder, from which
 /// instances are made.
 pub struct TextModel {
@@ -232,32 +264,16 @@ pub struct TextEmbedder {
 }
 
 struct Encoded {
-    ids: Vec<i64>,
-    types: Vec<i64>,
+    ids: Vec<u32>,
+    types: Vec<u32>,
 }
 
 impl TextEmbedder {
     /// Runs one padded sub-batch and pools it into `out` (rows in `order`).
     fn run_group(&mut self, group: &[(usize, &Encoded)], out: &mut [f32]) -> Result<(), BackendError> {
-        let seq = group.iter().map(|(_, e)| e.ids.len()).max().unwrap_or(1).max(1);
+        let rows: Vec<(&[u32], &[u32])> = group.iter().map(|(_, e)| (&e.ids[..], &e.types[..])).collect();
+        let (result, seq) = run_padded(&mut *self.encoder, &self.encoder_output, self.has_token_types, &rows)?;
         let n = group.len();
-        let mut ids = vec![0i64; n * seq];
-        let mut mask = vec![0i64; n * seq];
-        let mut types = vec![0i64; n * seq];
-        for (row, (_, e)) in group.iter().enumerate() {
-            ids[row * seq..row * seq + e.ids.len()].copy_from_slice(&e.ids);
-            types[row * seq..row * seq + e.types.len()].copy_from_slice(&e.types);
-            mask[row * seq..row * seq + e.ids.len()].fill(1);
-        }
-        let shape = vec![n, seq];
-        let mut views = vec![
-            TensorView { name: "input_ids", shape: shape.clone(), data: TensorDataRef::Int64(&ids) },
-            TensorView { name: "attention_mask", shape: shape.clone(), data: TensorDataRef::Int64(&mask) },
-        ];
-        if self.has_token_types {
-            views.push(TensorView { name: "token_type_ids", shape, data: TensorDataRef::Int64(&types) });
-        }
-        let result = self.encoder.run_views(&views, std::slice::from_ref(&self.encoder_output))?;
         let states = match result.first().map(|t| &t.data) {
             Some(TensorData::Fp32(v)) if v.len() == n * seq * self.dim => v,
             _ => return Err(BackendError::Run("the encoder's output is not FP32 [batch, seq, dim]".into())),
@@ -299,13 +315,8 @@ impl ModelInstance for TextEmbedder {
             .tokenizer
             .encode_batch(texts.clone(), true)
             .map_err(|e| BackendError::Run(format!("tokenization failed: {e}")))?;
-        let encoded: Vec<Encoded> = encodings
-            .iter()
-            .map(|e| Encoded {
-                ids: e.get_ids().iter().map(|&i| i64::from(i)).collect(),
-                types: e.get_type_ids().iter().map(|&i| i64::from(i)).collect(),
-            })
-            .collect();
+        let encoded: Vec<Encoded> =
+            encodings.iter().map(|e| Encoded { ids: e.get_ids().to_vec(), types: e.get_type_ids().to_vec() }).collect();
         let mut embeddings = vec![0f32; texts.len() * self.dim];
         let mut order: Vec<(usize, &Encoded)> = encoded.iter().enumerate().collect();
         order.sort_by_key(|(_, e)| e.ids.len());

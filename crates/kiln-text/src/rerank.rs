@@ -8,12 +8,10 @@
 use std::path::Path;
 
 use kiln_backend_ort::{PreparedModel, SessionOptions};
-use kiln_core::{
-    BackendError, DataType, ModelInstance, ModelSignature, Tensor, TensorData, TensorDataRef, TensorSpec, TensorView,
-};
+use kiln_core::{BackendError, DataType, ModelInstance, ModelSignature, Tensor, TensorData, TensorSpec, TensorView};
 use tokenizers::{EncodeInput, Tokenizer};
 
-use crate::{TOKEN_COUNT_OUTPUT, TextSettings, length_groups, load_tokenizer, text_input};
+use crate::{TOKEN_COUNT_OUTPUT, TextSettings, length_groups, load_tokenizer, run_padded, text_input};
 
 pub const QUERY_INPUT: &str = "query";
 pub const DOCUMENT_INPUT: &str = "document";
@@ -112,28 +110,10 @@ impl ModelInstance for Reranker {
         let total = documents.len();
         for (start, end) in length_groups(&lengths, self.settings.max_batch_tokens) {
             let group = &order[start..end];
-            let seq = group.iter().map(|&i| encodings[i].get_ids().len()).max().unwrap_or(1).max(1);
+            let rows: Vec<(&[u32], &[u32])> =
+                group.iter().map(|&i| (encodings[i].get_ids(), encodings[i].get_type_ids())).collect();
+            let (result, _) = run_padded(&mut *self.encoder, &self.encoder_output, self.has_token_types, &rows)?;
             let n = group.len();
-            let mut ids = vec![0i64; n * seq];
-            let mut mask = vec![0i64; n * seq];
-            let mut types = vec![0i64; n * seq];
-            for (row, &i) in group.iter().enumerate() {
-                let e = &encodings[i];
-                for (t, (&id, &ty)) in e.get_ids().iter().zip(e.get_type_ids()).enumerate() {
-                    ids[row * seq + t] = i64::from(id);
-                    types[row * seq + t] = i64::from(ty);
-                    mask[row * seq + t] = 1;
-                }
-            }
-            let shape = vec![n, seq];
-            let mut views = vec![
-                TensorView { name: "input_ids", shape: shape.clone(), data: TensorDataRef::Int64(&ids) },
-                TensorView { name: "attention_mask", shape: shape.clone(), data: TensorDataRef::Int64(&mask) },
-            ];
-            if self.has_token_types {
-                views.push(TensorView { name: "token_type_ids", shape, data: TensorDataRef::Int64(&types) });
-            }
-            let result = self.encoder.run_views(&views, std::slice::from_ref(&self.encoder_output))?;
             let logits = match result.first().map(|t| &t.data) {
                 Some(TensorData::Fp32(v)) if v.len() == n => v,
                 _ => return Err(BackendError::Run("the classifier's output is not FP32 [batch, 1]".into())),
