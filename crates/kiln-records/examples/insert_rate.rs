@@ -13,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let inputs = kiln_records::capture::encode(std::iter::once(&input));
     let label = kiln_core::Tensor::new("label", vec![1], kiln_core::TensorData::Int64(vec![0]))?;
     let outputs = kiln_records::capture::encode(std::iter::once(&label));
-    let rows: Vec<Record> = (0..200_000)
+    let rows: Vec<std::sync::Arc<Record>> = (0..200_000)
         .map(|i| Record {
             id: format!("{:012x}{:020x}", 1_000_000 + i, fastrand::u128(..) >> 48),
             client_key: None,
@@ -30,14 +30,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             labels: Some("[\"0\"]".into()),
             truncated: false,
         })
+        .map(std::sync::Arc::new)
         .collect();
     for batch in [1usize, 64, 512] {
         let started = Instant::now();
         let cpu = cpu_time();
         let mut n = 0;
         for chunk in rows.chunks(batch).take(200_000 / batch / 4) {
-            let refs: Vec<&Record> = chunk.iter().collect();
-            store.insert(&refs).await?;
+            store.insert(chunk.to_vec()).await?;
             n += chunk.len();
         }
         let wall = started.elapsed().as_secs_f64();

@@ -9,37 +9,14 @@ use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use crate::{Feedback, Record, RecordsError};
+use crate::{Feedback, RecordsError};
 
 /// The database error type, for callers that do not depend on sqlx.
 pub type DbError = sqlx::Error;
 
-/// Rows per INSERT statement: a fixed size, so the statement is prepared once and cached.
-const PER_STATEMENT: usize = 256;
-
-/// A multi-row INSERT of `rows` rows. SQLite gets positional `?` (measured ~3× cheaper in
-/// sqlx-sqlite than numbered `?NNN`), PostgreSQL `$n`.
-fn insert_sql(dialect: Dialect, rows: usize) -> String {
-    const COLUMNS: usize = 14;
-    let mut sql = String::from(
-        "INSERT INTO predictions (id, client_key, model, version, protocol, ts_ms, latency_us, outcome, error, \
-         rows_n, inputs_bin, outputs_bin, labels, truncated) VALUES ",
-    );
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        let row: Vec<String> = (1..=COLUMNS)
-            .map(|c| match dialect {
-                Dialect::Sqlite => "?".to_string(),
-                Dialect::Postgres => format!("${}", i * COLUMNS + c),
-            })
-            .collect();
-        sql.push_str(&format!("({})", row.join(",")));
-    }
-    sql.push_str(" ON CONFLICT (id) DO NOTHING");
-    sql
-}
+mod write;
+pub use write::WriteError;
+use write::{PER_STATEMENT, SQLITE_PRAGMAS, SqliteWriter, Writes, insert_sql, open_sqlite_writer};
 
 /// Which SQL the store speaks (placeholders differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +30,10 @@ pub enum Dialect {
 pub struct Store {
     /// Queries, feedback and the collections' points.
     pool: AnyPool,
-    /// The log writer's inserts and retention: one connection, so SQLite's page cache of the
-    /// indexes it appends to stays valid between transactions (on a shared pool each batch
-    /// could land on a connection whose cache another had made stale, and read the pages again).
-    writes: AnyPool,
+    /// The log writer's inserts and retention.
+    writes: Writes,
     dialect: Dialect,
-    /// `insert_sql(dialect, PER_STATEMENT)`, built once (shared: handles are cloned per request).
+    /// `insert_sql(PER_STATEMENT)` (PostgreSQL), built once (shared: handles are cloned per request).
     full_insert: std::sync::Arc<str>,
     /// The URL without a password, for logs.
     pub display: std::sync::Arc<str>,
@@ -150,11 +125,13 @@ impl Store {
     /// `postgres://...` needs the database to exist.
     pub async fn connect(url: &str) -> Result<Store, RecordsError> {
         sqlx::any::install_default_drivers();
+        let mut sqlite_path = None;
         let (dialect, url) = if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.trim_start_matches("//");
             if path.is_empty() {
                 return Err(RecordsError::Config("sqlite: needs a file path, e.g. sqlite:kiln-records.sqlite".into()));
             }
+            sqlite_path = Some(path.to_string());
             (Dialect::Sqlite, format!("sqlite://{path}?mode=rwc"))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Dialect::Postgres, url.to_string())
@@ -170,22 +147,9 @@ impl Store {
                 move |conn, _| {
                     Box::pin(async move {
                         if dialect == Dialect::Sqlite {
-                            // A new file only (fixed once a table exists): rows of a few
-                            // hundred bytes fill 8 KiB pages ~98 %, 4 KiB ones ~92 %.
-                            conn.execute("PRAGMA page_size = 8192").await?;
-                            // WAL: readers never block the writer; a short busy timeout so a locked
-                            // file shows up as a retryable failure instead of a long stall.
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = NORMAL").await?;
-                            conn.execute("PRAGMA busy_timeout = 1000").await?;
-                            // Keep the indexes' pages in memory and read the file through mmap:
-                            // page reads were syscalls that cost more than the inserts.
-                            conn.execute("PRAGMA cache_size = -65536").await?;
-                            conn.execute("PRAGMA mmap_size = 268435456").await?;
-                            conn.execute("PRAGMA wal_autocheckpoint = 2000").await?; // pages: 16 MiB
-                            // The multi-row INSERTs need a statement journal: in memory, not a
-                            // temporary file created and deleted per statement.
-                            conn.execute("PRAGMA temp_store = MEMORY").await?;
+                            for pragma in SQLITE_PRAGMAS {
+                                conn.execute(*pragma).await?;
+                            }
                         }
                         Ok(())
                     })
@@ -207,14 +171,16 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| RecordsError::Database(format!("migrating the records database {display}: {e}")))?;
-        let writes = open(1).await?;
-        Ok(Store {
-            pool,
-            writes,
-            dialect,
-            full_insert: insert_sql(dialect, PER_STATEMENT).into(),
-            display: display.into(),
-        })
+        let writes = match sqlite_path {
+            Some(path) => Writes::Sqlite(
+                open_sqlite_writer(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|conn| SqliteWriter::start(conn).map_err(|e| e.to_string()))
+                    .map_err(|e| RecordsError::Database(format!("cannot open the records database {display}: {e}")))?,
+            ),
+            None => Writes::Pool(open(1).await?),
+        };
+        Ok(Store { pool, writes, dialect, full_insert: insert_sql(PER_STATEMENT).into(), display: display.into() })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -241,100 +207,6 @@ impl Store {
             Dialect::Sqlite => format!("?{n}"),
             Dialect::Postgres => format!("${n}"),
         }
-    }
-
-    /// Inserts rows in one transaction; rows already there (a retry after a lost commit
-    /// acknowledgement) are left as they are. Values are bound into cached 64-row statements:
-    /// 4 µs of CPU a row with SQLite here, where a batch sent as one JSON parameter and unpacked
-    /// by the database (`json_each`) cost 13+.
-    pub async fn insert(&self, records: &[&Record]) -> Result<(), sqlx::Error> {
-        let mut tx = self.writes.begin().await?;
-        for chunk in records.chunks(PER_STATEMENT) {
-            // Full chunks reuse the statement built at connect time; only a batch's last,
-            // shorter chunk builds its own.
-            let sql = if chunk.len() == PER_STATEMENT {
-                std::borrow::Cow::Borrowed(&*self.full_insert)
-            } else {
-                std::borrow::Cow::Owned(insert_sql(self.dialect, chunk.len()))
-            };
-            let mut query = sqlx::query(&sql);
-            for r in chunk {
-                query = query
-                    .bind(r.id.as_str())
-                    .bind(r.client_key.as_deref())
-                    .bind(r.model.as_str())
-                    .bind(r.version)
-                    .bind(r.protocol.as_str())
-                    .bind(r.ts_ms)
-                    .bind(r.latency_us)
-                    .bind(r.outcome.as_str())
-                    .bind(r.error.as_deref())
-                    .bind(r.rows)
-                    .bind(r.inputs.as_deref())
-                    .bind(r.outputs.as_deref())
-                    .bind(r.labels.as_deref())
-                    .bind(i64::from(r.truncated));
-            }
-            tx.execute(query).await?;
-        }
-        tx.commit().await
-    }
-
-    /// Deletes up to `limit` of the oldest predictions older than `cutoff_ms`; returns how many.
-    pub async fn delete_older_than(&self, cutoff_ms: i64, limit: i64) -> Result<u64, sqlx::Error> {
-        let key = self.row_key();
-        let sql = format!(
-            "DELETE FROM predictions WHERE {key} IN (SELECT {key} FROM predictions WHERE ts_ms < {} ORDER BY ts_ms LIMIT {})",
-            self.ph(1),
-            self.ph(2)
-        );
-        let done = sqlx::query(&sql).bind(cutoff_ms).bind(limit).execute(&self.writes).await?.rows_affected();
-        let sql = format!(
-            "DELETE FROM feedback WHERE id IN (SELECT id FROM feedback WHERE ts_ms < {} ORDER BY ts_ms LIMIT {})",
-            self.ph(1),
-            self.ph(2)
-        );
-        sqlx::query(&sql).bind(cutoff_ms).bind(limit).execute(&self.writes).await?;
-        Ok(done)
-    }
-
-    /// Deletes the `limit` oldest predictions; returns how many.
-    pub async fn delete_oldest(&self, limit: i64) -> Result<u64, sqlx::Error> {
-        let key = self.row_key();
-        let sql = format!(
-            "DELETE FROM predictions WHERE {key} IN (SELECT {key} FROM predictions ORDER BY ts_ms LIMIT {})",
-            self.ph(1)
-        );
-        Ok(sqlx::query(&sql).bind(limit).execute(&self.writes).await?.rows_affected())
-    }
-
-    /// Bytes the log's data takes now, and (PostgreSQL) about how many predictions it holds.
-    /// SQLite: the pages in use, exact (freed pages are reused, so the file stops growing at
-    /// its high-water mark); no row count. PostgreSQL: the tables' size (indexes and TOAST
-    /// included) times the share of live rows, and the live rows, as the statistics collector
-    /// last saw them (it lags by about a second; deleted rows' space returns after autovacuum).
-    pub async fn usage(&self) -> Result<(i64, Option<i64>), sqlx::Error> {
-        match self.dialect {
-            Dialect::Sqlite => {
-                let sql = "SELECT ((SELECT page_count FROM pragma_page_count()) \
-                           - (SELECT freelist_count FROM pragma_freelist_count())) \
-                           * (SELECT page_size FROM pragma_page_size()) AS used";
-                Ok((sqlx::query(sql).fetch_one(&self.writes).await?.try_get::<i64, _>("used")?, None))
-            }
-            Dialect::Postgres => {
-                let sql = "SELECT CAST(COALESCE(SUM(pg_total_relation_size(relid) * (n_live_tup + 1.0) \
-                           / (n_live_tup + n_dead_tup + 1.0)), 0) AS BIGINT) AS used, \
-                           CAST(COALESCE(SUM(CASE WHEN relname = 'predictions' THEN n_live_tup END), 0) AS BIGINT) AS live \
-                           FROM pg_stat_user_tables WHERE relname IN ('predictions', 'feedback')";
-                let row = sqlx::query(sql).fetch_one(&self.writes).await?;
-                Ok((row.try_get::<i64, _>("used")?, Some(row.try_get::<i64, _>("live")?)))
-            }
-        }
-    }
-
-    /// [`Store::usage`]'s bytes.
-    pub async fn used_bytes(&self) -> Result<i64, sqlx::Error> {
-        Ok(self.usage().await?.0)
     }
 
     pub async fn add_feedback(&self, f: &Feedback) -> Result<(), sqlx::Error> {
