@@ -67,6 +67,8 @@ def server(tmp_path_factory):
     folder(repo, "missing", {1: fast}, "[rollout]\nshadow = 7\n")
     folder(repo, "graded", {1: threshold_classifier(0.5), 2: threshold_classifier(0.3)},
            "[rollout]\ncanary = { version = 2, percent = 50 }\n")
+    folder(repo, "graded_shadow", {1: threshold_classifier(0.5), 2: threshold_classifier(0.3)},
+           "[rollout]\nshadow = 2\n")
     s = KilnServer(repo)
     yield s
     assert s.stop() == 0
@@ -213,3 +215,46 @@ def test_each_versions_accuracy_comes_from_the_log_once_feedback_arrives(server)
         assert quality[version]["accuracy"] == pytest.approx(accuracy), (version, quality)
     assert requests.get(f"http://{server.url}/v1/models/graded/rollout?window=0", timeout=10).status_code == 400
     assert requests.get(f"http://{server.url}/v1/models/graded/rollout?windw=60", timeout=10).status_code == 400
+
+
+def test_a_shadows_accuracy_comes_from_its_logged_answers_once_feedback_arrives(server):
+    """The truth is x > 0.5: version 1 answers and is always right; the shadow (threshold 0.3)
+    would have been wrong exactly for x in (0.3, 0.5]. Its answers are logged apart: the
+    prediction listing holds only what callers got."""
+    session = requests.Session()
+    xs = np.random.default_rng(11).random(120).astype(np.float32)
+    for i, x in enumerate(xs):
+        body = {"id": f"sh-{i}", "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [float(x)]}]}
+        r = session.post(f"http://{server.url}/v2/models/graded_shadow/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == "1"
+    for i, x in enumerate(xs):
+        deadline = time.time() + 10
+        while True:
+            r = session.post(f"http://{server.url}/v1/feedback", json={"key": f"sh-{i}", "label": int(x > 0.5)}, timeout=10)
+            assert r.status_code == 201, r.text
+            if r.json()["matched"] or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert r.json()["matched"], r.text
+    # The copies run off the callers' path: wait until every one was compared and logged.
+    deadline = time.time() + 15
+    while True:
+        status, body = rollout(server, "graded_shadow")
+        assert status == 200, body
+        quality = {v["version"]: v["quality"] for v in body["versions"]}
+        sent = body["shadow_comparison"]["sent"]
+        if quality[2]["logged_requests"] == sent and body["shadow_comparison"]["agreed"] + body["shadow_comparison"]["disagreed"] == sent:
+            break
+        assert time.time() < deadline, body
+        time.sleep(0.1)
+    assert sent == len(xs), body  # sequential requests: no copy was dropped
+    right = sum(1 for x in xs if (x > 0.5) == (x > 0.3))
+    assert right < len(xs)
+    assert quality[1] == {"logged_requests": len(xs), "labeled_rows": len(xs), "accuracy": 1.0}, quality
+    assert quality[2]["labeled_rows"] == len(xs), quality
+    assert quality[2]["accuracy"] == pytest.approx(right / len(xs)), quality
+    assert body["shadow_comparison"]["disagreed"] == len(xs) - right, body
+    listed = requests.get(f"http://{server.url}/v1/predictions", params={"model": "graded_shadow", "limit": 1000},
+                          timeout=10).json()["predictions"]
+    assert len(listed) == len(xs) and {p["version"] for p in listed} == {1}, listed[:3]

@@ -29,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             outputs: Some(outputs.clone()),
             labels: Some("[\"0\"]".into()),
             truncated: false,
+            shadow_of: None,
         })
         .map(std::sync::Arc::new)
         .collect();

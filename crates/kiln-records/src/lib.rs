@@ -72,6 +72,9 @@ pub struct Record {
     /// JSON array of the predicted label per row.
     pub labels: Option<String>,
     pub truncated: bool,
+    /// A `[rollout]` shadow version's answer to the logged request with this id: stored apart
+    /// (`shadow_predictions`: no inputs, client key, error text or row count of its own).
+    pub shadow_of: Option<String>,
 }
 
 /// A record as a request leaves it: its tensors encoded (capped), its labels still raw, turned

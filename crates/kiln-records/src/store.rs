@@ -367,8 +367,38 @@ impl Store {
             self.ph(2),
             self.ph(3)
         );
-        let rows =
-            sqlx::query(&sql).bind(model.to_string()).bind(since_ms).bind(until_ms).fetch_all(&self.pool).await?;
+        self.scored_rows(&sql, model, since_ms, until_ms).await
+    }
+
+    /// A model's `[rollout]` shadow answers in [since, until), each with the newest feedback of
+    /// the prediction it answered beside (by that request's id or client key).
+    pub async fn shadow_scored(&self, model: &str, since_ms: i64, until_ms: i64) -> Result<Vec<Scored>, sqlx::Error> {
+        let sql = format!(
+            "SELECT s.id AS id, s.ts_ms AS ts_ms, s.version AS version, s.latency_us AS latency_us, s.outcome AS outcome, \
+             s.labels AS labels, p.rows_n AS rows_n, f1.labels AS by_id, f1.ts_ms AS by_id_ts, f2.labels AS by_key, \
+             f2.ts_ms AS by_key_ts \
+             FROM shadow_predictions s \
+             JOIN predictions p ON p.id = s.shadow_of \
+             LEFT JOIN feedback f1 ON f1.prediction_id = s.shadow_of \
+             LEFT JOIN feedback f2 ON p.client_key IS NOT NULL AND f2.client_key = p.client_key \
+             WHERE s.model = {} AND s.ts_ms >= {} AND s.ts_ms < {} ORDER BY s.ts_ms, s.id",
+            self.ph(1),
+            self.ph(2),
+            self.ph(3)
+        );
+        self.scored_rows(&sql, model, since_ms, until_ms).await
+    }
+
+    /// Runs a scoring query (`model`, `since`, `until` bound in order; the columns of
+    /// [`Store::scored`]'s) and keeps the newest feedback of each prediction.
+    async fn scored_rows(
+        &self,
+        sql: &str,
+        model: &str,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<Scored>, sqlx::Error> {
+        let rows = sqlx::query(sql).bind(model.to_string()).bind(since_ms).bind(until_ms).fetch_all(&self.pool).await?;
         let mut out: Vec<Scored> = Vec::new();
         let mut last: Option<(String, i64)> = None;
         for r in &rows {

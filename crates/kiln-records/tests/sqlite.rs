@@ -30,6 +30,7 @@ fn record(i: i64, model: &str) -> Record {
         outputs: None,
         labels: Some(format!("[\"{}\"]", i % 2)),
         truncated: false,
+        shadow_of: None,
     }
 }
 
@@ -239,4 +240,65 @@ async fn rows_waiting_for_a_locked_database_stay_under_their_byte_bound() {
     recorder.record(record(n, "a")).await.expect("queued");
     assert!(recorder.flush(Duration::from_secs(10)).await);
     assert_eq!(recorder.dropped(), dropped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_answers_are_kept_apart_scored_by_their_requests_feedback_and_retained_with_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite:{}", dir.path().join("log.sqlite").display());
+    let recorder = Recorder::open(config(&url, WriteMode::Async)).await.expect("opens");
+    for i in 0..20 {
+        recorder.record(record(i, "a")).await.expect("queued");
+        // Version 2 shadows every request and answers the opposite label.
+        let shadow = Record {
+            id: format!("shadow-{i:04}"),
+            version: 2,
+            protocol: "shadow".into(),
+            inputs: None,
+            labels: Some(format!("[\"{}\"]", 1 - i % 2)),
+            shadow_of: Some(format!("req-{i:04}")),
+            ..record(i, "a")
+        };
+        recorder.record(shadow).await.expect("queued");
+    }
+    assert!(recorder.flush(Duration::from_secs(10)).await);
+    let store = recorder.store();
+    let listed = store.predictions(&PredictionFilter { limit: 100, ..Default::default() }).await.expect("q");
+    assert_eq!(listed.len(), 20);
+    assert!(listed.iter().all(|p| p.version == 1));
+    // Feedback for even requests by id, odd ones by client key: the truth is i % 2.
+    for i in 0..20 {
+        let (prediction_id, client_key) =
+            if i % 2 == 0 { (Some(format!("req-{i:04}")), None) } else { (None, Some(format!("key-{i}"))) };
+        let f = Feedback {
+            id: format!("f-{i}"),
+            prediction_id,
+            client_key,
+            ts_ms: 5_000,
+            labels: vec![(i % 2).to_string()],
+        };
+        recorder.feedback(&f).await.expect("feedback");
+    }
+    let shadows = store.shadow_scored("a", 0, i64::MAX).await.expect("scored");
+    assert_eq!(shadows.len(), 20);
+    for s in &shadows {
+        assert_eq!(s.version, 2);
+        let (predicted, truth) = (s.predicted.as_ref().expect("label"), s.truth.as_ref().expect("feedback"));
+        assert_ne!(predicted, truth, "{s:?}");
+    }
+    // Age: shadows older than the cutoff go with their predictions.
+    store.delete_older_than(1_010, 1_000).await.expect("deletes");
+    assert_eq!(store.shadow_scored("a", 0, i64::MAX).await.expect("scored").len(), 10);
+    // Size: the oldest predictions, then the shadows older than the oldest one left.
+    store.delete_oldest(5).await.expect("deletes");
+    let left = store.shadow_scored("a", 0, i64::MAX).await.expect("scored");
+    assert_eq!(left.len(), 5);
+    assert!(left.iter().all(|s| s.ts_ms >= 1_015));
+    // Deleted, not merely unmatched.
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.path().join("log.sqlite").display()))
+        .await
+        .expect("c");
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM shadow_predictions").fetch_one(&mut conn).await.expect("count");
+    assert_eq!(stored, 5);
 }

@@ -113,7 +113,9 @@ pub async fn run(state: &AppState, model: &ModelHandle, request: Inference) -> R
         })
         .await;
     if let (Ok(answer), Some((shadow, rollout, inputs, outputs))) = (&result, shadow) {
-        send_to_shadow(answer, shadow, &rollout, (inputs, outputs));
+        // The log keeps the shadow's answer beside the caller's when it keeps the request.
+        let logged = state.records.clone().zip(call.request_id().map(str::to_string));
+        send_to_shadow(answer, shadow, &rollout, (inputs, outputs), logged);
     }
     let classify = request.classify;
     let request_id = call.close(&result).await?;
@@ -124,13 +126,15 @@ pub async fn run(state: &AppState, model: &ModelHandle, request: Inference) -> R
 
 /// Runs a copy of a request on its model's shadow version, off the caller's path: a task of its
 /// own, at most `SHADOW_IN_FLIGHT` at once (beyond, the copy is dropped and counted), its answer
-/// compared with what the caller got and counted on the rollout. Never delays, fails or answers
-/// the caller.
+/// compared with what the caller got and counted on the rollout, and — when `logged` (the log
+/// and the caller's request id) — logged beside the caller's prediction. Never delays, fails or
+/// answers the caller.
 fn send_to_shadow(
     answer: &InferResponse,
     shadow: ModelHandle,
     rollout: &std::sync::Arc<kiln_engine::rollout::Rollout>,
     (inputs, outputs): (Vec<Tensor>, Vec<String>),
+    logged: Option<(kiln_records::Recorder, String)>,
 ) {
     let Some(slot) = rollout.try_send() else { return };
     let (rollout, primary) = (rollout.clone(), answer.outputs.clone());
@@ -138,8 +142,13 @@ fn send_to_shadow(
         let _slot = slot;
         let request =
             InferRequest { inputs, outputs, timeout: None, protocol: Protocol::InProcess, trace: false, span: None };
+        let started = (std::time::Instant::now(), kiln_records::now_ms());
         let got = shadow.infer(request).await;
-        rollout.count(got.ok().map(|r| kiln_engine::rollout::agree(&primary, &r.outputs, rollout.tolerance())));
+        rollout
+            .count(got.as_ref().ok().map(|r| kiln_engine::rollout::agree(&primary, &r.outputs, rollout.tolerance())));
+        if let Some((recorder, request_id)) = logged {
+            crate::records::shadow(&recorder, request_id, &shadow, started, &got).await;
+        }
     });
 }
 

@@ -109,7 +109,51 @@ pub async fn finish(
         outputs: None,
         labels: None,
         truncated: false,
+        shadow_of: None,
     };
     let pending = PendingRecord { record, inputs: capture.inputs, outputs, labels };
     recorder.record(pending).await.map(|()| Some(request_id))
+}
+
+/// Logs a `[rollout]` shadow version's answer to the logged request `shadow_of`, apart from the
+/// answers callers got (`shadow_predictions`): its outputs under the shadow's own policy, its
+/// label column, latency and outcome — what the rollout view scores once feedback arrives for
+/// that request. Off the caller's path (the shadow's task); a failure is counted by the log.
+pub async fn shadow(
+    recorder: &Recorder,
+    shadow_of: String,
+    model: &ServedModel,
+    (started, ts_ms): (Instant, i64),
+    result: &Result<InferResponse, EngineError>,
+) {
+    let policy = &model.settings.records;
+    let (outcome, outputs, labels) = match result {
+        Ok(r) => {
+            let kept_any = policy.outputs.as_ref().is_none_or(|n| !n.is_empty());
+            let outputs = kept_any.then(|| Captured::new(kept(&r.outputs, policy.outputs.as_ref()), policy.max_bytes));
+            ("success", outputs, labels(model, &r.outputs))
+        }
+        Err(_) => ("error", None, None),
+    };
+    let record = Record {
+        id: format!("{:032x}", new_request_id()),
+        client_key: None,
+        model: model.name.clone(),
+        version: model.version as i64,
+        protocol: "shadow".to_string(),
+        ts_ms,
+        latency_us: started.elapsed().as_micros() as i64,
+        outcome: outcome.to_string(),
+        error: None,
+        rows: 0,
+        inputs: None,
+        outputs: None,
+        labels: None,
+        truncated: false,
+        shadow_of: Some(shadow_of),
+    };
+    let pending = PendingRecord { record, inputs: None, outputs, labels };
+    if let Err(e) = recorder.record(pending).await {
+        tracing::debug!(error = %e, "a shadow answer was not logged");
+    }
 }

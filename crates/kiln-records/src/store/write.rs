@@ -47,6 +47,16 @@ fn sqlite_insert_sql() -> String {
     format!("{INSERT_COLUMNS}(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT (id) DO NOTHING")
 }
 
+/// A shadow version's answer (`Record::shadow_of`), `?1`…`?9` (`$n` in PostgreSQL).
+fn shadow_insert_sql(dollar: bool) -> String {
+    let ph: Vec<String> = (1..=9).map(|n| if dollar { format!("${n}") } else { format!("?{n}") }).collect();
+    format!(
+        "INSERT INTO shadow_predictions (id, shadow_of, model, version, ts_ms, latency_us, outcome, outputs_bin, labels) \
+         VALUES ({}) ON CONFLICT (id) DO NOTHING",
+        ph.join(", ")
+    )
+}
+
 /// The per-connection settings of a SQLite connection (the pool's and the writer's).
 pub(super) const SQLITE_PRAGMAS: &[&str] = &[
     // A new file only (fixed once a table exists): rows of a few hundred bytes fill 8 KiB
@@ -130,7 +140,22 @@ fn insert_sqlite(conn: &mut rusqlite::Connection, records: &[Arc<Record>]) -> ru
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut statement = tx.prepare_cached(&sqlite_insert_sql())?;
+        let mut shadows = tx.prepare_cached(&shadow_insert_sql(false))?;
         for r in records {
+            if let Some(of) = &r.shadow_of {
+                shadows.execute(rusqlite::params![
+                    r.id,
+                    of,
+                    r.model,
+                    r.version,
+                    r.ts_ms,
+                    r.latency_us,
+                    r.outcome,
+                    r.outputs,
+                    r.labels
+                ])?;
+                continue;
+            }
             statement.execute(rusqlite::params![
                 r.id,
                 r.client_key,
@@ -162,6 +187,22 @@ impl Store {
             Writes::Sqlite(conn) => conn.run(move |conn| insert_sqlite(conn, &records)).await,
             Writes::Pool(pool) => {
                 let mut tx = pool.begin().await?;
+                let (shadows, records): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.shadow_of.is_some());
+                // Shadow answers are a share of one model's traffic at most: a statement each.
+                let shadow_sql = shadow_insert_sql(true);
+                for r in &shadows {
+                    let query = sqlx::query(&shadow_sql)
+                        .bind(r.id.as_str())
+                        .bind(r.shadow_of.as_deref())
+                        .bind(r.model.as_str())
+                        .bind(r.version)
+                        .bind(r.ts_ms)
+                        .bind(r.latency_us)
+                        .bind(r.outcome.as_str())
+                        .bind(r.outputs.as_deref())
+                        .bind(r.labels.as_deref());
+                    tx.execute(query).await?;
+                }
                 for chunk in records.chunks(PER_STATEMENT) {
                     // Full chunks reuse the statement built at connect time; only a batch's last,
                     // shorter chunk builds its own.
@@ -235,6 +276,12 @@ impl Store {
             self.ph(2)
         );
         self.write(sql, cutoff_ms, Some(limit)).await?;
+        let sql = format!(
+            "DELETE FROM shadow_predictions WHERE id IN (SELECT id FROM shadow_predictions WHERE ts_ms < {} ORDER BY ts_ms LIMIT {})",
+            self.ph(1),
+            self.ph(2)
+        );
+        self.write(sql, cutoff_ms, Some(limit)).await?;
         Ok(done)
     }
 
@@ -245,7 +292,15 @@ impl Store {
             "DELETE FROM predictions WHERE {key} IN (SELECT {key} FROM predictions ORDER BY ts_ms LIMIT {})",
             self.ph(1)
         );
-        self.write(sql, limit, None).await
+        let done = self.write(sql, limit, None).await?;
+        // Shadow answers go with the oldest predictions they answered beside.
+        let sql = format!(
+            "DELETE FROM shadow_predictions WHERE id IN (SELECT id FROM shadow_predictions \
+             WHERE ts_ms < (SELECT MIN(ts_ms) FROM predictions) ORDER BY ts_ms LIMIT {})",
+            self.ph(1)
+        );
+        self.write(sql, limit, None).await?;
+        Ok(done)
     }
 
     /// Bytes the log's data takes now, and (PostgreSQL) about how many predictions it holds.
@@ -266,7 +321,7 @@ impl Store {
                 let sql = "SELECT CAST(COALESCE(SUM(pg_total_relation_size(relid) * (n_live_tup + 1.0) \
                            / (n_live_tup + n_dead_tup + 1.0)), 0) AS BIGINT) AS used, \
                            CAST(COALESCE(SUM(CASE WHEN relname = 'predictions' THEN n_live_tup END), 0) AS BIGINT) AS live \
-                           FROM pg_stat_user_tables WHERE relname IN ('predictions', 'feedback')";
+                           FROM pg_stat_user_tables WHERE relname IN ('predictions', 'feedback', 'shadow_predictions')";
                 let row = sqlx::query(sql).fetch_one(pool).await?;
                 Ok((row.try_get::<i64, _>("used")?, Some(row.try_get::<i64, _>("live")?)))
             }

@@ -26,8 +26,9 @@ struct RolloutQuery {
     window: Option<i64>,
 }
 
-/// Per answering version, from the prediction log over the last `window` seconds: the rows
-/// that got feedback and how many were right (`None` when records are off).
+/// Per version, from the prediction log over the last `window` seconds: the rows that got
+/// feedback and how many were right (`None` when records are off) — a shadow's from its logged
+/// answers to the same requests.
 async fn logged_quality(
     state: &AppState,
     model: &str,
@@ -36,9 +37,11 @@ async fn logged_quality(
     let Some(recorder) = &state.records else { return Ok(None) };
     let until = kiln_records::now_ms();
     let since = until - window.saturating_mul(1000);
-    let scored = recorder.store().scored(model, since, until).await.map_err(|e| {
-        ApiError::new(crate::error::Kind::Unavailable, format!("the prediction log's database failed: {e}"))
-    })?;
+    let failed =
+        |e| ApiError::new(crate::error::Kind::Unavailable, format!("the prediction log's database failed: {e}"));
+    // The answers callers got, and a shadow's answers to the same requests (logged apart).
+    let mut scored = recorder.store().scored(model, since, until).await.map_err(failed)?;
+    scored.extend(recorder.store().shadow_scored(model, since, until).await.map_err(failed)?);
     let mut by_version: std::collections::BTreeMap<i64, Vec<&kiln_records::store::Scored>> = Default::default();
     for s in &scored {
         by_version.entry(s.version).or_default().push(s);
