@@ -81,6 +81,21 @@ def infer(session, server, model, value=0.5):
     return r.json()
 
 
+def give_feedback(session, server, prefix, xs):
+    """The truth (x > 0.5) of request `{prefix}-{i}` for each x, by the request's own id (the
+    client key), once its row is logged."""
+    for i, x in enumerate(xs):
+        deadline = time.time() + 10
+        while True:
+            r = session.post(f"http://{server.url}/v1/feedback", json={"key": f"{prefix}-{i}", "label": int(x > 0.5)},
+                             timeout=10)
+            assert r.status_code == 201, r.text
+            if r.json()["matched"] or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert r.json()["matched"], r.text
+
+
 def rollout(server, model):
     r = requests.get(f"http://{server.url}/v1/models/{model}/rollout", timeout=10)
     return r.status_code, r.json()
@@ -191,16 +206,7 @@ def test_each_versions_accuracy_comes_from_the_log_once_feedback_arrives(server)
     status, body = rollout(server, "graded")
     assert status == 200, body
     assert body["quality_window_s"] == 3600
-    # Feedback by the request's own id (the client key), after the rows are logged.
-    for i, x in enumerate(xs):
-        deadline = time.time() + 10
-        while True:
-            r = session.post(f"http://{server.url}/v1/feedback", json={"key": f"g-{i}", "label": int(x > 0.5)}, timeout=10)
-            assert r.status_code == 201, r.text
-            if r.json()["matched"] or time.time() > deadline:
-                break
-            time.sleep(0.05)
-        assert r.json()["matched"], r.text
+    give_feedback(session, server, "g", xs)
     expected = {}
     for version in (1, 2):
         mine = [x for i, x in enumerate(xs) if answered[i] == version]
@@ -228,15 +234,7 @@ def test_a_shadows_accuracy_comes_from_its_logged_answers_once_feedback_arrives(
         r = session.post(f"http://{server.url}/v2/models/graded_shadow/infer", json=body, timeout=30)
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == "1"
-    for i, x in enumerate(xs):
-        deadline = time.time() + 10
-        while True:
-            r = session.post(f"http://{server.url}/v1/feedback", json={"key": f"sh-{i}", "label": int(x > 0.5)}, timeout=10)
-            assert r.status_code == 201, r.text
-            if r.json()["matched"] or time.time() > deadline:
-                break
-            time.sleep(0.05)
-        assert r.json()["matched"], r.text
+    give_feedback(session, server, "sh", xs)
     # The copies run off the callers' path: wait until every one was compared and logged.
     deadline = time.time() + 15
     while True:
