@@ -404,6 +404,14 @@ pub(crate) fn serve(onnxruntime: Option<&Path>, args: ServeArgs) -> Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-io").build()?;
     let served = runtime.block_on(async move {
+        // Loads and reloads free large buffers on threads that then idle (`purge_freed_memory`).
+        tokio::spawn(async {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                crate::purge_freed_memory();
+            }
+        });
         let server = BoundServer::bind(&config, engine).await?;
         let addr = server.local_addr()?;
         let grpc = server.grpc_addr()?;
