@@ -224,6 +224,31 @@ def test_each_versions_accuracy_comes_from_the_log_once_feedback_arrives(server)
 
 
 def test_a_shadows_accuracy_comes_from_its_logged_answers_once_feedback_arrives(server):
+    check_shadow_accuracy(server)
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory):
+    from test_records import Postgres
+
+    pg = Postgres()
+    try:
+        repo = tmp_path_factory.mktemp("rollout_pg") / "models"
+        folder(repo, "graded_shadow", {1: threshold_classifier(0.5), 2: threshold_classifier(0.3)},
+               "[rollout]\nshadow = 2\n")
+        s = KilnServer(repo, extra_args=["--records", pg.new_database()])
+        yield s
+        assert s.stop() == 0
+    finally:
+        pg.stop()
+        pg.remove()
+
+
+def test_a_shadows_accuracy_from_a_postgresql_log(postgres_server):
+    check_shadow_accuracy(postgres_server)
+
+
+def check_shadow_accuracy(server):
     """The truth is x > 0.5: version 1 answers and is always right; the shadow (threshold 0.3)
     would have been wrong exactly for x in (0.3, 0.5]. Its answers are logged apart: the
     prediction listing holds only what callers got."""
