@@ -74,6 +74,23 @@ fn labels(model: &ServedModel, outputs: &[Tensor]) -> Option<Labels> {
     Labels::new(&outputs.iter().find(|t| t.name == name)?.data)
 }
 
+/// What the log keeps of an answer under `model`'s policy: the outcome, the error text, the
+/// outputs (capped) and the label column.
+fn answered(
+    model: &ServedModel,
+    result: &Result<InferResponse, EngineError>,
+) -> (&'static str, Option<String>, Option<Captured>, Option<Labels>) {
+    let policy = &model.settings.records;
+    match result {
+        Ok(r) => {
+            let kept_any = policy.outputs.as_ref().is_none_or(|n| !n.is_empty());
+            let outputs = kept_any.then(|| Captured::new(kept(&r.outputs, policy.outputs.as_ref()), policy.max_bytes));
+            ("success", None, outputs, labels(model, &r.outputs))
+        }
+        Err(e) => ("error", Some(e.to_string()), None, None),
+    }
+}
+
 /// Hands the record of a finished request that [`begin`] kept to the log, and returns its
 /// request id for the answer. In durable mode this waits for the commit.
 pub async fn finish(
@@ -84,15 +101,7 @@ pub async fn finish(
     result: &Result<InferResponse, EngineError>,
 ) -> Result<Option<String>, RecordsError> {
     let (Some(recorder), Some(capture)) = (recorder, capture) else { return Ok(None) };
-    let policy = &model.settings.records;
-    let (outcome, error, outputs, labels) = match result {
-        Ok(r) => {
-            let kept_any = policy.outputs.as_ref().is_none_or(|n| !n.is_empty());
-            let outputs = kept_any.then(|| Captured::new(kept(&r.outputs, policy.outputs.as_ref()), policy.max_bytes));
-            ("success", None, outputs, labels(model, &r.outputs))
-        }
-        Err(e) => ("error", Some(e.to_string()), None, None),
-    };
+    let (outcome, error, outputs, labels) = answered(model, result);
     let request_id = capture.request_id.clone();
     let record = Record {
         id: capture.request_id,
@@ -126,15 +135,7 @@ pub async fn shadow(
     (started, ts_ms): (Instant, i64),
     result: &Result<InferResponse, EngineError>,
 ) {
-    let policy = &model.settings.records;
-    let (outcome, outputs, labels) = match result {
-        Ok(r) => {
-            let kept_any = policy.outputs.as_ref().is_none_or(|n| !n.is_empty());
-            let outputs = kept_any.then(|| Captured::new(kept(&r.outputs, policy.outputs.as_ref()), policy.max_bytes));
-            ("success", outputs, labels(model, &r.outputs))
-        }
-        Err(_) => ("error", None, None),
-    };
+    let (outcome, _, outputs, labels) = answered(model, result);
     let record = Record {
         id: format!("{:032x}", new_request_id()),
         client_key: None,
