@@ -55,7 +55,7 @@ def stream_http(url, model, prompt, max_tokens, out, system=SYSTEM):
             times.append(time.perf_counter())
     conn.close()
     tokens = usage["completion_tokens"] if usage else len(times)
-    out.append({"started": started, "times": times, "tokens": tokens})
+    out.append({"started": started, "times": times, "tokens": tokens, "prompt_tokens": usage["prompt_tokens"] if usage else 0})
 
 
 def stream_in_process(llm, prompt, max_tokens, out):
@@ -103,6 +103,8 @@ def run(args):
         ttft = [(r["times"][0] - r["started"]) * 1000 for r in results if r["times"]]
         tokens = sum(r["tokens"] for r in results)
         rounds.append({
+            # What the server made of the messages: servers compared must see the same prompt.
+            "prompt_tokens": sum(r.get("prompt_tokens", 0) for r in results),
             "tokens": tokens,
             # A server that drops streams (llama-cpp-python's interrupt_requests) shows here.
             "fewest_tokens_in_a_stream": min(r["tokens"] for r in results),

@@ -43,7 +43,9 @@ serve() {
     wait_http "http://127.0.0.1:$sport/v2/health/ready"
   else
     local gguf=$smollm2 template=()
-    if [ "$2" = gemma ]; then gguf=$gemma; template=(--chat-template gemma); fi
+    # --no-jinja first: with Jinja on (its default) llama-server takes `--chat-template gemma`
+    # as the template's text, and every Gemma prompt became the 3 tokens "<bos>gemma".
+    if [ "$2" = gemma ]; then gguf=$gemma; template=(--no-jinja --chat-template gemma); fi
     LD_LIBRARY_PATH=$(dirname "$LS") "$LS" -m "$gguf" -t 2 -tb 2 -np 8 -c 8192 --host 127.0.0.1 --port "$sport" \
       -a "$2" "${template[@]}" > "$work/llama-server-$2.log" 2>&1 &
     spid=$!
@@ -87,5 +89,14 @@ for model in ("smollm2", "gemma"):
     for label, row, key, lower in rows:
         k, l = med("kiln", model, row, key), med("llama-server", model, row, key)
         print(f"| {model} | {label} | {k:.1f} | {l:.1f} | {k / l:.2f}x{' (lower is better)' if lower else ''} |")
+# Both servers must have been given the same prompts: the usage each reported.
+print()
+for model in ("smollm2", "gemma"):
+    for row in ("1", "8", "system"):
+        k, l = med("kiln", model, row, "prompt_tokens"), med("llama-server", model, row, "prompt_tokens")
+        same = "same prompts" if k == l else "PROMPTS DIFFER: the rows above compare different work"
+        print(f"- {model}, row {row}: prompt tokens kiln {k:.0f} / llama-server {l:.0f} ({same})")
+        if k != l:
+            print(f"warning: {model} row {row}: kiln saw {k:.0f} prompt tokens, llama-server {l:.0f}", file=sys.stderr)
 PY
 cat "$out/llm_peer.md"
