@@ -64,6 +64,7 @@ def gemma(tmp_path_factory):
     gguf = gemma_gguf()
     llm_folder(repo, "gemma", gguf, 'chat_template = "gemma"\n')
     llm_folder(repo, "gemma_nocache", gguf, "prefix_cache = false\n")
+    llm_folder(repo, "gemma_fa", gguf, "flash_attention = true\n")
     s = KilnServer(repo, ["--points", "off", "--records", "off"])
     yield s, gguf
     assert s.stop() == 0
@@ -99,6 +100,34 @@ def test_gemma_greedy_text_equals_llama_cpp_python(gemma):
     for p in PROMPTS:
         theirs = llm.create_completion(p, max_tokens=40, temperature=0.0)["choices"][0]["text"]
         assert complete(server, "gemma", p) == theirs, p
+
+
+def test_flash_attention_gives_the_same_answer_every_way_and_equals_llama_cpp_python(gemma):
+    """With flash attention a prompt's numbers depend on how it is cut into micro-batches, so
+    kiln does not reuse kept prompts there (`prefix_cache: false` in /v1/models); generated
+    tokens are the same decoded alone or together. So the same request still gives the same
+    text — repeated, streamed, 8 at once, after a prompt sharing its start — equal to
+    llama-cpp-python's with flash attention."""
+    server, gguf = gemma
+    models = {m["id"]: m for m in requests.get(f"http://{server.url}/v1/models", timeout=10).json()["data"]}
+    assert models["gemma_fa"]["prefix_cache"] is False and models["gemma"]["prefix_cache"] is True
+    solo = [complete(server, "gemma_fa", p) for p in PROMPTS]
+    assert [complete(server, "gemma_fa", p) for p in PROMPTS] == solo
+    assert [complete(server, "gemma_fa", p, stream=True) for p in PROMPTS] == solo
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda p: complete(server, "gemma_fa", p), PROMPTS)) == solo
+    # A kept prompt sharing the start would have been reused here (and changed the text).
+    long = " ".join(PROMPTS * 2)
+    first = complete(server, "gemma_fa", long + " So")
+    complete(server, "gemma_fa", long + " Then")
+    assert complete(server, "gemma_fa", long + " So") == first
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (requirements-llm.txt)")
+    llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=2, flash_attn=True, verbose=False)
+    for p, ours in zip(PROMPTS + [long + " So"], solo + [first]):
+        # Its own prompt reuse off too (it keeps the last prompt's cells and decodes only what
+        # follows the common start): with flash attention that changes the text.
+        llm.reset()
+        assert llm.create_completion(p, max_tokens=40, temperature=0.0)["choices"][0]["text"] == ours, p
 
 
 def test_gemma_chats_through_a_built_in_template(gemma):

@@ -157,6 +157,7 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
                 entry["context_length"] = json!(llm.info().context_length);
                 entry["chat_template"] = json!(llm.info().chat_template);
                 entry["batched_steps"] = json!(llm.info().batched_steps);
+                entry["prefix_cache"] = json!(llm.info().prefix_cache);
                 entry["tool_syntax"] = json!(llm.tool_syntax().name());
                 entry["reasoning"] = json!(llm.reasons());
                 // Under --llm-memory-budget: whether its weights are loaded now, and what it counts.
