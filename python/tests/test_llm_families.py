@@ -82,6 +82,7 @@ def test_gemma_greedy_text_repeats_streamed_concurrent_and_with_or_without_the_p
         assert list(pool.map(lambda p: complete(server, "gemma_nocache", p, stream=True), PROMPTS)) == solo
     models = {m["id"]: m for m in requests.get(f"http://{server.url}/v1/models", timeout=10).json()["data"]}
     assert models["gemma"]["batched_steps"] is True
+    assert models["gemma"]["prefix_cache"] is True and models["gemma_nocache"]["prefix_cache"] is False
     assert [complete(server, "gemma_nocache", p) for p in PROMPTS] == solo
     # A kept prompt is reused whatever the length of the tail decoded after it, but not once
     # the sliding window has dropped the cells a continuation attends to. Long prompts sharing
@@ -103,29 +104,29 @@ def test_gemma_greedy_text_equals_llama_cpp_python(gemma):
 
 
 def test_flash_attention_gives_the_same_answer_every_way_and_equals_llama_cpp_python(gemma):
-    """With flash attention a prompt's numbers depend on how it is cut into micro-batches, so
-    kiln does not reuse kept prompts there (`prefix_cache: false` in /v1/models); generated
-    tokens are the same decoded alone or together. So the same request still gives the same
-    text — repeated, streamed, 8 at once, after a prompt sharing its start — equal to
-    llama-cpp-python's with flash attention."""
+    """With flash attention a prompt row's numbers depend on the rows sharing its micro-batch, so
+    kiln cuts every prompt into the same 64-token blocks from position 0 and reuses kept prompts
+    in whole blocks only: the same request gives the same text — repeated, streamed, 8 at once,
+    after a prompt sharing its start (served from the cache) — equal to llama-cpp-python's with
+    flash attention cutting alike (n_batch = n_ubatch = 64)."""
     server, gguf = gemma
-    models = {m["id"]: m for m in requests.get(f"http://{server.url}/v1/models", timeout=10).json()["data"]}
-    assert models["gemma_fa"]["prefix_cache"] is False and models["gemma"]["prefix_cache"] is True
     solo = [complete(server, "gemma_fa", p) for p in PROMPTS]
     assert [complete(server, "gemma_fa", p) for p in PROMPTS] == solo
     assert [complete(server, "gemma_fa", p, stream=True) for p in PROMPTS] == solo
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lambda p: complete(server, "gemma_fa", p), PROMPTS)) == solo
-    # A kept prompt sharing the start would have been reused here (and changed the text).
-    long = " ".join(PROMPTS * 2)
+    long = " ".join(PROMPTS * 4)
+    cached = lambda: metric(server.metrics(), "kiln_llm_prompt_tokens_cached_total", model="gemma_fa")
     first = complete(server, "gemma_fa", long + " So")
     complete(server, "gemma_fa", long + " Then")
+    before = cached()
     assert complete(server, "gemma_fa", long + " So") == first
+    assert cached() - before >= 128  # whole blocks of the kept prompt were reused
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (requirements-llm.txt)")
-    llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=2, flash_attn=True, verbose=False)
+    llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=2, flash_attn=True, n_batch=64, n_ubatch=64, verbose=False)
     for p, ours in zip(PROMPTS + [long + " So"], solo + [first]):
-        # Its own prompt reuse off too (it keeps the last prompt's cells and decodes only what
-        # follows the common start): with flash attention that changes the text.
+        # Its own prompt reuse off (it keeps the last prompt and decodes what follows the common
+        # start, cut elsewhere than whole blocks).
         llm.reset()
         assert llm.create_completion(p, max_tokens=40, temperature=0.0)["choices"][0]["text"] == ours, p
 

@@ -93,19 +93,8 @@ pub struct LlmInfo {
     /// Whether generating sequences share decode steps (each is decoded alone in a process
     /// without [`BATCH_INVARIANT_ENV`]).
     pub batched_steps: bool,
-    /// Whether a later prompt starts from a kept prompt's KV cells (`[llm] prefix_cache`, and
-    /// never with flash attention: see [`reuses_prompts`]).
+    /// Whether a later prompt starts from a kept prompt's KV cells (`[llm] prefix_cache`).
     pub prefix_cache: bool,
-}
-
-/// Whether a model reuses kept prompts' KV cells. Not with flash attention: its attention sums
-/// a row in an order that depends on how many query rows share the micro-batch, so a prompt's
-/// tail decoded after a kept prefix would get other numbers than the whole prompt decoded at
-/// once (llama-cpp-python, same GGUF: |Δlogit| up to 1.6 for every row after a split), and the
-/// same request would answer differently with and without the cache. Generated tokens are the
-/// same one at a time or several together with flash attention (and not without it).
-fn reuses_prompts(settings: &LlmSettings) -> bool {
-    settings.prefix_cache && !settings.flash_attention
 }
 
 /// A request on its way to the scheduler.
@@ -296,15 +285,8 @@ impl LlmModel {
             has_chat_template: template.is_some(),
             chat_template: origin,
             batched_steps: false,
-            prefix_cache: reuses_prompts(&settings),
+            prefix_cache: settings.prefix_cache,
         };
-        if settings.prefix_cache && settings.flash_attention {
-            tracing::info!(
-                model = name,
-                "flash attention is on: kept prompts are not reused (a prompt decoded after a kept prefix would \
-                 get other numbers than decoded whole, and change the answer)"
-            );
-        }
         let sliding_window = model
             .meta_val_str(&format!("{}.attention.sliding_window", info.architecture))
             .ok()

@@ -34,6 +34,12 @@ pub(crate) const STEP_TOKENS: usize = 512;
 /// Fewest tokens a copy of another slot's cells must save (a copy moves the whole KV stream).
 const MIN_COPY_GAIN: usize = 32;
 
+/// With flash attention, prompts are decoded in blocks of this many tokens from position 0 and
+/// kept prompts reused in whole blocks: flash attention's sums for a prompt row depend on the
+/// rows sharing its micro-batch, so only the same cuts give the same numbers (llama-cpp-python
+/// with `n_batch = n_ubatch = 64` cuts alike).
+pub(crate) const FLASH_BLOCK: usize = 64;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub threads: usize,
@@ -117,6 +123,8 @@ pub(crate) struct Scheduler<'m> {
     /// Per slot id: the prompt tokens whose KV cells the slot still holds.
     kept: Vec<Vec<LlamaToken>>,
     prefix_cache: bool,
+    /// `Some(FLASH_BLOCK)` with flash attention: prompts cut in aligned blocks (see there).
+    block: Option<usize>,
     sliding_window: usize,
     /// Generating sequences' next tokens are decoded in one batch; otherwise each in a batch of
     /// its own (see `start`).
@@ -143,6 +151,7 @@ impl<'m> Scheduler<'m> {
             running: Vec::new(),
             kept: vec![Vec::new(); limits.max_sequences],
             prefix_cache: limits.prefix_cache,
+            block: limits.flash_attention.then_some(FLASH_BLOCK),
             sliding_window: limits.sliding_window,
             batched: false,
             context_length: limits.context_length,
@@ -250,7 +259,7 @@ impl<'m> Scheduler<'m> {
                 // Two tokens at least are decoded again: a one-token batch takes other kernels
                 // (llama.cpp's attention sums in another order for n = 1), and the first
                 // token's logits must be those of a fresh prompt.
-                let shared = shared.min(prompt.len().saturating_sub(2));
+                let shared = self.reusable(shared, prompt.len());
                 if shared > 0 && self.window_held(id, shared) && best.is_none_or(|(_, n)| shared > n) {
                     best = Some((at, shared));
                 }
@@ -292,14 +301,29 @@ impl<'m> Scheduler<'m> {
         if !self.prefix_cache {
             return None;
         }
-        let usable = prompt.len().saturating_sub(2);
-        let common = |tokens: &[LlamaToken]| tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(usable);
+        let common = |tokens: &[LlamaToken]| {
+            self.reusable(tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count(), prompt.len())
+        };
         let free =
             self.free.iter().map(|&other| (other, common(&self.kept[usize::try_from(other).unwrap_or_default()])));
         let running = self.running.iter().map(|s| (s.id, common(&s.prompt[..s.fed])));
         free.chain(running)
             .filter(|&(other, n)| other != id && n >= shared + MIN_COPY_GAIN && self.window_held(other, n))
             .max_by_key(|&(_, n)| n)
+    }
+
+    /// How many of a prompt's `len` tokens may come from cells holding its first `common`: all
+    /// but the last two (a one-token chunk takes other kernels without flash attention, and
+    /// the first token's logits must be a fresh prompt's); with flash attention, whole blocks
+    /// only, short of the block holding the last token.
+    fn reusable(&self, common: usize, len: usize) -> usize {
+        match self.block {
+            None => common.min(len.saturating_sub(2)),
+            Some(block) => {
+                let n = common.min(len.saturating_sub(1));
+                n - n % block
+            }
+        }
     }
 
     /// Whether slot `id` still holds the cells a prompt continuing at `shared` attends to: with
@@ -351,34 +375,47 @@ impl<'m> Scheduler<'m> {
                 self.decode_and_sample();
             }
         }
-        // New prompts, one chunk each, until this step has taken STEP_TOKENS prompt tokens.
+        // New prompts, one chunk each (with flash attention's blocks, as many blocks as fit), until
+        // this step has taken STEP_TOKENS prompt tokens.
         let mut budget = STEP_TOKENS;
         for i in 0..self.running.len() {
-            let s = &mut self.running[i];
-            if budget == 0 || s.next.is_some() || s.finished.is_some() {
-                continue;
-            }
-            self.batch.clear();
-            let left = s.prompt.len() - s.fed;
-            let mut take = left.min(STEP_TOKENS);
-            // Never leave a one-token chunk: it would take other kernels than the rest.
-            if left - take == 1 {
-                take -= 1;
-            }
-            for k in 0..take {
-                let last = s.fed + k + 1 == s.prompt.len();
-                let at = self.batch.n_tokens();
-                if self.batch.add(s.prompt[s.fed + k], s.position, &[s.id], last).is_err() {
+            loop {
+                let s = &mut self.running[i];
+                if budget == 0 || s.next.is_some() || s.finished.is_some() || s.fed == s.prompt.len() {
                     break;
                 }
-                if last {
-                    s.logits_at = Some(at);
+                self.batch.clear();
+                let left = s.prompt.len() - s.fed;
+                let take = match self.block {
+                    // Always the same cuts: the block from `fed` (a multiple of the block) on.
+                    Some(block) => left.min(block - s.fed % block),
+                    None => {
+                        let mut take = left.min(STEP_TOKENS);
+                        // Never leave a one-token chunk: it would take other kernels than the rest.
+                        if left - take == 1 {
+                            take -= 1;
+                        }
+                        take
+                    }
+                };
+                for k in 0..take {
+                    let last = s.fed + k + 1 == s.prompt.len();
+                    let at = self.batch.n_tokens();
+                    if self.batch.add(s.prompt[s.fed + k], s.position, &[s.id], last).is_err() {
+                        break;
+                    }
+                    if last {
+                        s.logits_at = Some(at);
+                    }
+                    s.position += 1;
                 }
-                s.position += 1;
+                s.fed += take;
+                budget = budget.saturating_sub(take);
+                self.decode_and_sample();
+                if self.block.is_none() {
+                    break;
+                }
             }
-            s.fed += take;
-            budget = budget.saturating_sub(take);
-            self.decode_and_sample();
         }
         let mut i = 0;
         while i < self.running.len() {
