@@ -1,9 +1,16 @@
 //! How a sequence picks its tokens: llama.cpp's sampler chain built from a request's
 //! temperature, top-p, seed and [`crate::Shaping`].
 
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
+
+use crate::LlmError;
+use crate::constraint::Constraint;
 
 /// How a sequence picks its tokens.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +91,38 @@ pub(crate) fn logprobs(logits: &[f32], chosen: usize, top: usize) -> (f32, Vec<(
     best.truncate(top);
     best.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
     (chosen_lp, best.into_iter().map(|t| (t, lp(logits[t]))).collect())
+}
+
+/// Samples from the tokens `constraint` allows only, then advances it past the choice. The
+/// candidates are the allowed tokens with their logits, in token order — the same draw as the
+/// full vocabulary with every other token at zero probability.
+pub(crate) fn constrained_sample(
+    model: &LlamaModel,
+    context: &LlamaContext<'_>,
+    at: i32,
+    sampler: &mut LlamaSampler,
+    constraint: &mut Constraint,
+) -> Result<LlamaToken, LlmError> {
+    let allowed = constraint.allowed()?;
+    let logits = context.get_logits_ith(at);
+    let mut candidates = Vec::with_capacity(allowed.num_set().min(logits.len()));
+    allowed.iter_set_entries(|id| {
+        if let (Some(&logit), Ok(token)) = (logits.get(id), i32::try_from(id)) {
+            candidates.push(LlamaTokenData::new(LlamaToken(token), logit, 0.0));
+        }
+    });
+    if candidates.is_empty() {
+        return Err(LlmError::Grammar("the grammar allows no token of this model's vocabulary here".into()));
+    }
+    let mut array = LlamaTokenDataArray::new(candidates, false);
+    array.apply_sampler(sampler);
+    let token = array.selected_token().ok_or_else(|| LlmError::Engine("the sampler chose no token".into()))?;
+    sampler.accept(token);
+    // The end of the text is not part of the grammar's language: the scheduler ends there.
+    if !model.vocab().is_eog(token) {
+        constraint.advance(token.0.cast_unsigned())?;
+    }
+    Ok(token)
 }
 
 #[cfg(test)]

@@ -18,8 +18,6 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::token::data::LlamaTokenData;
-use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 
 use crate::constraint::Constraint;
 use crate::metrics::{Active, LlmMetrics, SequenceOutcome};
@@ -456,15 +454,17 @@ impl<'m> Scheduler<'m> {
         let at = s.logits_at?;
         let token = match s.constraint.as_mut() {
             None => s.sampler.sample(&self.context, at),
-            Some(constraint) => match constrained_sample(self.model, &self.context, at, &mut s.sampler, constraint) {
-                Ok(token) => token,
-                Err(error) => {
-                    tracing::warn!("constrained decoding failed: {error}");
-                    s.sink.send(Event::Failed(error));
-                    s.finished = Some(SequenceOutcome::Failed);
-                    return None;
+            Some(constraint) => {
+                match sampling::constrained_sample(self.model, &self.context, at, &mut s.sampler, constraint) {
+                    Ok(token) => token,
+                    Err(error) => {
+                        tracing::warn!("constrained decoding failed: {error}");
+                        s.sink.send(Event::Failed(error));
+                        s.finished = Some(SequenceOutcome::Failed);
+                        return None;
+                    }
                 }
-            },
+            }
         };
         match s.last_token_at {
             None => self.metrics.first_token(now - s.queued_at),
@@ -564,38 +564,6 @@ impl<'m> Scheduler<'m> {
         // Its `Active` guard lowers the active-sequence gauge.
         drop(sequence);
     }
-}
-
-/// Samples from the tokens `constraint` allows only, then advances it past the choice. The
-/// candidates are the allowed tokens with their logits, in token order — the same draw as the
-/// full vocabulary with every other token at zero probability.
-fn constrained_sample(
-    model: &LlamaModel,
-    context: &LlamaContext<'_>,
-    at: i32,
-    sampler: &mut LlamaSampler,
-    constraint: &mut Constraint,
-) -> Result<LlamaToken, LlmError> {
-    let allowed = constraint.allowed()?;
-    let logits = context.get_logits_ith(at);
-    let mut candidates = Vec::with_capacity(allowed.num_set().min(logits.len()));
-    allowed.iter_set_entries(|id| {
-        if let (Some(&logit), Ok(token)) = (logits.get(id), i32::try_from(id)) {
-            candidates.push(LlamaTokenData::new(LlamaToken(token), logit, 0.0));
-        }
-    });
-    if candidates.is_empty() {
-        return Err(LlmError::Grammar("the grammar allows no token of this model's vocabulary here".into()));
-    }
-    let mut array = LlamaTokenDataArray::new(candidates, false);
-    array.apply_sampler(sampler);
-    let token = array.selected_token().ok_or_else(|| LlmError::Engine("the sampler chose no token".into()))?;
-    sampler.accept(token);
-    // The end of the text is not part of the grammar's language: the scheduler ends there.
-    if !model.vocab().is_eog(token) {
-        constraint.advance(token.0.cast_unsigned())?;
-    }
-    Ok(token)
 }
 
 fn send_text(sink: &crate::outbox::Sink, text: String) {
