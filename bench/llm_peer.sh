@@ -36,7 +36,7 @@ gemma_template='chat_template = "gemma"
 kiln_repo kiln smollm2 "$smollm2" ""
 kiln_repo kiln gemma "$gemma" "$gemma_template"
 # kiln with llama.cpp's flash attention, as llama-server runs by default (`-fa auto` turns it on
-# on a CPU); kiln then reuses no kept prompt (see docs/llm.md).
+# on a CPU); kiln then reuses kept prompts in whole 64-token blocks (see docs/llm.md).
 kiln_repo kiln-fa smollm2 "$smollm2" 'flash_attention = true
 '
 kiln_repo kiln-fa gemma "$gemma" "${gemma_template}flash_attention = true
@@ -89,7 +89,7 @@ for line in open(sys.argv[1]):
 med = lambda who, model, row, key: statistics.median(r[key] for r in runs[(who, model, row)])
 print("kiln vs llama-server (bench/llm_peer.sh): same GGUF, -t 2, 8 slots x 1024 tokens, streamed greedy chat, "
       f"128 new tokens; medians of {len(runs[('kiln', 'smollm2', '1')])} interleaved rounds. kiln: its defaults "
-      "(no flash attention, prompt reuse); kiln FA: `flash_attention = true` (no prompt reuse); llama-server: its "
+      "(no flash attention, prompt reuse); kiln FA: `flash_attention = true` (whole-block prompt reuse); llama-server: its "
       "defaults (flash attention on); llama-server no FA: `-fa off` (kiln's default kernels).")
 print()
 print("| model | row | kiln | kiln FA | llama-server | llama-server no FA | kiln / llama-server | kiln FA / llama-server "
