@@ -58,6 +58,16 @@ def complete(server, model, prompt, stream=False, max_tokens=40):
     return "".join(pieces)
 
 
+def same_text_every_way(server, model, pool):
+    """`model`'s greedy texts for PROMPTS, after checking they come again on a repeat, streamed,
+    and 8 at once (8 rows share decode steps: where ggml's tiled matmul would take over)."""
+    solo = [complete(server, model, p) for p in PROMPTS]
+    assert [complete(server, model, p) for p in PROMPTS] == solo
+    assert [complete(server, model, p, stream=True) for p in PROMPTS] == solo
+    assert list(pool.map(lambda p: complete(server, model, p), PROMPTS)) == solo
+    return solo
+
+
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
     repo = tmp_path_factory.mktemp("gemma") / "models"
@@ -72,13 +82,8 @@ def gemma(tmp_path_factory):
 
 def test_gemma_greedy_text_repeats_streamed_concurrent_and_with_or_without_the_prefix_cache(gemma):
     server, _ = gemma
-    solo = [complete(server, "gemma", p) for p in PROMPTS]
-    assert [complete(server, "gemma", p) for p in PROMPTS] == solo
-    assert [complete(server, "gemma", p, stream=True) for p in PROMPTS] == solo
-    # 8 at once share decode steps (8 rows: where ggml's tiled matmul would take over) and
-    # give their solo texts.
     with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(lambda p: complete(server, "gemma", p), PROMPTS)) == solo
+        solo = same_text_every_way(server, "gemma", pool)
         assert list(pool.map(lambda p: complete(server, "gemma_nocache", p, stream=True), PROMPTS)) == solo
     models = {m["id"]: m for m in requests.get(f"http://{server.url}/v1/models", timeout=10).json()["data"]}
     assert models["gemma"]["batched_steps"] is True
@@ -110,11 +115,8 @@ def test_flash_attention_gives_the_same_answer_every_way_and_equals_llama_cpp_py
     after a prompt sharing its start (served from the cache) — equal to llama-cpp-python's with
     flash attention cutting alike (n_batch = n_ubatch = 64)."""
     server, gguf = gemma
-    solo = [complete(server, "gemma_fa", p) for p in PROMPTS]
-    assert [complete(server, "gemma_fa", p) for p in PROMPTS] == solo
-    assert [complete(server, "gemma_fa", p, stream=True) for p in PROMPTS] == solo
     with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(lambda p: complete(server, "gemma_fa", p), PROMPTS)) == solo
+        solo = same_text_every_way(server, "gemma_fa", pool)
     long = " ".join(PROMPTS * 4)
     cached = lambda: metric(server.metrics(), "kiln_llm_prompt_tokens_cached_total", model="gemma_fa")
     first = complete(server, "gemma_fa", long + " So")
